@@ -80,3 +80,35 @@ def submit_generation(api: APIClient) -> Callable[..., Any]:
         return api.post("/generate/submit", body, format="json")
 
     return submit
+
+
+@pytest.fixture
+def cluster(transactional_db: None):
+    """The cluster served by a real gunicorn process on a free port, on the test database.
+
+    Call `cluster.restart()` to restart it mid-test; it is stopped at teardown.
+    """
+    from koboldcluster.testing import ClusterProcess
+
+    process = ClusterProcess()
+    process.start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def scheduler(transactional_db: None):
+    """A factory for a real `manage.py qcluster` process; pass env overrides for short intervals."""
+    from koboldcluster.testing import SchedulerProcess
+
+    started: list[SchedulerProcess] = []
+
+    def start(**env: str) -> SchedulerProcess:
+        process = SchedulerProcess(env)
+        process.start()
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.stop()

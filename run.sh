@@ -15,7 +15,7 @@ fi
 .venv/bin/gunicorn koboldcluster.wsgi \
     --bind "${HOST:-0.0.0.0}:$PORT" \
     --workers "${WEB_WORKERS:-2}" --threads "${WEB_THREADS:-4}" \
-    --access-logfile - --graceful-timeout 10 &
+    --access-logfile - --graceful-timeout 10 --no-control-socket &
 web=$!
 .venv/bin/python manage.py qcluster &
 scheduler=$!
