@@ -69,6 +69,21 @@ def test_the_register_api_and_page_share_one_limit_per_address(api, client, rate
     assert b"Too many registrations" in refused_page.content
 
 
+def test_new_keys_are_limited_like_registrations_but_listing_them_is_not(
+    api, register, rate_limits
+):
+    _, key = register("carol")
+    rate_limits(register_account="1/hour")
+
+    created = api.post("/api/v2/apikeys", {}, format="json", HTTP_APIKEY=key)
+    refused = api.post("/api/v2/apikeys", {}, format="json", HTTP_APIKEY=key)
+    listed = [api.get("/api/v2/apikeys", HTTP_APIKEY=key).status_code for _ in range(3)]
+
+    assert created.status_code == 201
+    assert refused.status_code == 429
+    assert listed == [200, 200, 200]
+
+
 def test_an_account_is_limited_across_addresses(api, register, rate_limits):
     _, key = register("carol")
     rate_limits(submit_account="2/min")
