@@ -71,10 +71,6 @@ class Prompt(models.Model):
                 name="prompt_user_queue",
             ),
             models.Index(fields=["expires_at"], name="prompt_expiry"),
-            # A user's waiting slots, summed by the concurrency check of every submit.
-            models.Index(
-                fields=["user"], condition=Q(waiting__gt=0, state="live"), name="prompt_user_queued"
-            ),
         ]
 
     def __str__(self) -> str:
