@@ -35,10 +35,10 @@ def rate_limits(settings: Any) -> Callable[..., None]:
     """Turn the rate limits on, with `name="count/period"` overrides (e.g. submit_ip="2/min")."""
 
     def turn_on(**rates: str) -> None:
-        from koboldcluster.settings import env_rate
+        from koboldcluster.settings import parse_rate
 
         limits = settings.KOBOLDCLUSTER
-        parsed = {name: env_rate("(test)", rate) for name, rate in rates.items()}
+        parsed = {name: parse_rate(rate) for name, rate in rates.items()}
         settings.KOBOLDCLUSTER = {
             **limits,
             "RATE_LIMITS_ENABLED": True,

@@ -58,9 +58,9 @@ _PERIODS = {
 }
 
 
-def env_rate(name: str, default: str) -> tuple[int, int] | None:
+def parse_rate(value: str, name: str = "rate") -> tuple[int, int] | None:
     """A rate like `90/min`, `2/s`, `10/hour`, `1000/day` as (requests, seconds); `off`: None."""
-    value = (os.environ.get(name) or default).strip().lower()
+    value = value.strip().lower()
     if value in ("off", "none"):
         return None
     count, _, period = value.partition("/")
@@ -68,6 +68,10 @@ def env_rate(name: str, default: str) -> tuple[int, int] | None:
     if not count.isdigit() or int(count) < 1 or seconds is None:
         raise ImproperlyConfigured(f"{name}={value!r}: expected e.g. 90/min, 2/s, 10/hour or off")
     return int(count), seconds
+
+
+def env_rate(name: str, default: str) -> tuple[int, int] | None:
+    return parse_rate(os.environ.get(name) or default, name)
 
 
 VAR_DIR = Path(os.environ.get("KOBOLDCLUSTER_VAR_DIR") or BASE_DIR / "var")
