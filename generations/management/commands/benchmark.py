@@ -13,9 +13,15 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 from django.db import connection
-from django.test.utils import CaptureQueriesContext, setup_databases, teardown_databases
+from django.test.utils import (
+    CaptureQueriesContext,
+    override_settings,
+    setup_databases,
+    teardown_databases,
+)
 from django.utils import timezone
 
 # A sample per measured call: wall milliseconds and database queries.
@@ -138,19 +144,26 @@ class Command(BaseCommand):
         server = {"username": "rt-owner", "password": "pw", "name": "rt-1", "model": "m"}
         client.post("/generate/pop", server, format="json")  # create the account once
         cpu = []
-        for _ in range(rounds):
-            start = time.process_time()
-            prompt = client.post("/generate/prompt", {"prompt": "Hello"}, format="json").json()
-            job = client.post("/generate/pop", server, format="json").json()
-            body = {"id": job["id"], "password": "pw", "generation": "world"}
-            client.post("/generate/submit", body, format="json")
-            client.get(f"/generate/prompt/{prompt['id']}")
-            cpu.append((time.process_time() - start) * 1000)
+        # One client hammering the API is exactly what the rate limits refuse.
+        limits_off = {**settings.KOBOLDCLUSTER, "RATE_LIMITS_ENABLED": False}
+        with override_settings(KOBOLDCLUSTER=limits_off):
+            for _ in range(rounds):
+                cpu.append(self._round_trip(client, server))
         self.stdout.write("")
         self.stdout.write(
             f"round trip (prompt, pop, submit, status over HTTP, in-process): "
             f"{statistics.median(cpu):.2f} ms CPU median, {_p95(cpu):.2f} ms p95"
         )
+
+    def _round_trip(self, client: Any, server: dict[str, str]) -> float:
+        """CPU milliseconds of one generation through the API."""
+        start = time.process_time()
+        prompt = client.post("/generate/prompt", {"prompt": "Hello"}, format="json").json()
+        job = client.post("/generate/pop", server, format="json").json()
+        body = {"id": job["id"], "password": "pw", "generation": "world"}
+        client.post("/generate/submit", body, format="json")
+        client.get(f"/generate/prompt/{prompt['id']}")
+        return (time.process_time() - start) * 1000
 
 
 def _timed(samples: list[Sample], call: Callable[[], Any]) -> Any:
