@@ -63,7 +63,8 @@ class Command(BaseCommand):
             max_length=512,
             max_context_length=4096,
         )
-        self._fill_queue(size)
+        # Enough slots that every round finds work, however small the queue.
+        self._fill_queue(size, slots=max(3, rounds // size + 1))
         self.stdout.write(f"  queue of {size} waiting prompts ready")
         samples: dict[str, list[Sample]] = {"pop": [], "submit": [], "status": []}
         for _ in range(rounds):
@@ -78,7 +79,7 @@ class Command(BaseCommand):
 
         Prompt.objects.all().delete()
 
-    def _fill_queue(self, size: int) -> None:
+    def _fill_queue(self, size: int, slots: int) -> None:
         """Waiting prompts like real traffic: most accept any model, some name models."""
         from accounts.models import User
         from generations.models import Prompt, PromptModel
@@ -93,8 +94,8 @@ class Command(BaseCommand):
             prompt = Prompt(
                 user=requester,
                 text=f"benchmark prompt {index} " * 20,
-                n=3,
-                waiting=3,
+                n=slots,
+                waiting=slots,
                 max_length=80 if index % 5 else 1024,
                 max_context_length=2048,
                 models=named,
