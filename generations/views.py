@@ -144,7 +144,14 @@ class PopView(APIView):
         server = server_check_in(owner=owner, check_in=check_in)
         result = job_pop(server=server, priority_user_ids=first)
         if result.job is None:
-            return Response({"id": None, "skipped": result.skipped})
+            # The original API's three reasons, in its spelling ({} for a paused server).
+            names = {"model": "models", "max_content_length": "max_context_length"}
+            skipped = {
+                name: result.skipped[names.get(name, name)]
+                for name in ("model", "max_content_length", "max_length")
+                if result.skipped
+            }
+            return Response({"id": None, "skipped": skipped})
         return Response(
             {"id": str(result.job.id), "payload": result.job.payload(), "ttl": result.ttl}
         )
