@@ -73,6 +73,9 @@ class Prompt(models.Model):
     slow_workers = models.BooleanField(default=True, help_text="Slow servers may serve it too.")
     workers = models.CharField(max_length=8, choices=Workers.choices, default=Workers.ANY)
     nsfw = models.BooleanField(default=True, help_text="Stored; text requests are not filtered.")
+    batching = models.BooleanField(
+        default=True, help_text="A server may take several of its slots in one pop."
+    )
     created = models.DateTimeField(default=timezone.now)
     last_activity = models.DateTimeField(default=timezone.now)
     expires_at = models.DateTimeField()

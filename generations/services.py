@@ -62,6 +62,7 @@ class GenerationRequest:
     server_ids: list[object] = field(default_factory=list)
     servers_excluded: bool = False  # server_ids is a deny list rather than an allow list
     nsfw: bool = True
+    batching: bool = True  # a server asking for several jobs at once may get several of these
 
     def tokens_at_most(self) -> int:
         """The most tokens the request can cost: every generation at its full max_length."""
@@ -113,6 +114,7 @@ def prompt_create(*, user: User, request: GenerationRequest, now: datetime | Non
         slow_workers=request.slow_workers,
         workers=listed if server_ids else Prompt.Workers.ANY,
         nsfw=request.nsfw,
+        batching=request.batching,
         created=now,
         last_activity=now,
         expires_at=now + _expiry(),
@@ -267,7 +269,7 @@ def _claim(prompt_id: object, server: Server, amount: int, now: datetime) -> lis
         prompt = Prompt.objects.get(id=prompt_id)
         # The UPDATE above holds the row (PostgreSQL) or the database (SQLite) until commit,
         # so the slots read here are still there to take.
-        more = min(amount - 1, prompt.waiting)
+        more = min(amount - 1, prompt.waiting) if prompt.batching else 0
         if more > 0 and Prompt.objects.filter(id=prompt_id, waiting__gte=more).update(
             waiting=F("waiting") - more
         ):
