@@ -48,8 +48,12 @@ def model_stats(*, now: datetime | None = None) -> list[ModelStats]:
         for name, tokens, slots in PromptModel.objects.filter(
             name__in=names, prompt__in=Prompt.objects.queued(now)
         )
-        .values_list("name")
-        .annotate(Sum(F("prompt__max_length") * F("prompt__waiting")), Sum("prompt__waiting"))
+        .values("name")
+        .annotate(
+            tokens=Sum(F("prompt__max_length") * F("prompt__waiting")),
+            slots=Sum("prompt__waiting"),
+        )
+        .values_list("name", "tokens", "slots")
         .order_by()
     }
     in_flight = dict(
