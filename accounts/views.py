@@ -8,7 +8,8 @@ from typing import Any
 
 from django.contrib.auth.validators import UnicodeUsernameValidator
 from django.utils import timezone
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -41,14 +42,30 @@ from koboldcluster.openapi import (
     shape,
 )
 
+ORIGINAL = ["Original cluster API"]
+ACCOUNTS = ["Accounts and API keys"]
+TOKENS_BY_USER = OpenApiResponse(OpenApiTypes.OBJECT, description="{username: tokens}")
+
 
 class UsageView(APIView):
+    @extend_schema(
+        operation_id="usage",
+        tags=ORIGINAL,
+        summary="{username: tokens received}",
+        responses={200: TOKENS_BY_USER},
+    )
     def get(self, request: Request) -> Response:
         """Tokens each user has received from the cluster."""
         return Response(tokens_by_username("tokens_used"))
 
 
 class ContributionsView(APIView):
+    @extend_schema(
+        operation_id="contributions",
+        tags=ORIGINAL,
+        summary="{username: tokens their servers generated}",
+        responses={200: TOKENS_BY_USER},
+    )
     def get(self, request: Request) -> Response:
         """Tokens each user's servers have generated for others."""
         return Response(tokens_by_username("tokens_contributed"))
@@ -67,6 +84,23 @@ class RegisterView(APIView):
     class Input(serializers.Serializer):
         username = UsernameField()
 
+    @extend_schema(
+        operation_id="register",
+        tags=ACCOUNTS,
+        summary="Register an account and get its first API key",
+        request=Input,
+        responses={
+            201: shape(
+                "Registered",
+                {
+                    "id": serializers.IntegerField(),
+                    "username": serializers.CharField(help_text="alias#id"),
+                    "apikey": serializers.CharField(help_text="Shown this once."),
+                },
+            ),
+            400: error("UsernameTaken, ValidationError"),
+        },
+    )
     def post(self, request: Request) -> Response:
         """A new account and its first API key, shown this once."""
         data = validated(self.Input, request.data)
@@ -101,6 +135,19 @@ def _key_body(api_key: ApiKey) -> dict[str, Any]:
     }
 
 
+API_KEY = shape(
+    "ApiKey",
+    {
+        "id": serializers.IntegerField(),
+        "name": serializers.CharField(),
+        "created": serializers.DateTimeField(),
+        "last_used": serializers.DateTimeField(allow_null=True),
+        "revoked": serializers.BooleanField(),
+        "apikey": serializers.CharField(required=False, help_text="Only when created."),
+    },
+)
+
+
 class ApiKeyListView(APIView):
     class Input(serializers.Serializer):
         name = StrictCharField(max_length=100, required=False, allow_blank=True, default="")
@@ -112,10 +159,26 @@ class ApiKeyListView(APIView):
         # Making keys is limited like registering; listing them is not.
         return "register" if self.request.method == "POST" else None
 
+    @extend_schema(
+        operation_id="apikeys",
+        tags=ACCOUNTS,
+        summary="Your working API keys (without the keys: only digests are kept)",
+        parameters=[APIKEY_HEADER_REQUIRED],
+        responses={200: shape("ApiKeys", {"key": API_KEY}, many=True)},
+    )
     def get(self, request: Request) -> Response:
         """The caller's working keys, without the keys themselves (they are not stored)."""
         return Response([_key_body(k) for k in api_keys_of(_key_owner(request))])
 
+    @extend_schema(
+        operation_id="apikey_create",
+        tags=ACCOUNTS,
+        summary="A new API key, shown once",
+        description="By your key, or (an account a server's first pop made) by username and "
+        "password.",
+        request=Input,
+        responses={201: API_KEY, 401: error("InvalidAPIKey, InvalidCredentials")},
+    )
     def post(self, request: Request) -> Response:
         """A new key for the caller, shown this once."""
         data = validated(self.Input, request.data)
@@ -124,6 +187,13 @@ class ApiKeyListView(APIView):
 
 
 class ApiKeyDetailView(APIView):
+    @extend_schema(
+        operation_id="apikey_revoke",
+        tags=ACCOUNTS,
+        summary="Revoke one of your API keys",
+        parameters=[APIKEY_HEADER_REQUIRED],
+        responses={200: API_KEY, 400: error("LastApiKey"), 404: error("ApiKeyNotFound")},
+    )
     def delete(self, request: Request, key_id: int) -> Response:
         """Revoke one of the caller's keys; it stops working at once."""
         api_key = apikey_revoke(user=_key_owner(request), key_id=key_id)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, inline_serializer
 from rest_framework import serializers
 
@@ -62,3 +64,32 @@ ERROR = shape(
         ),
     },
 )
+
+
+class ClusterAutoSchema(AutoSchema):
+    """Names a view's nested serializer after the view: `TextPopView.Input` becomes
+    `TextPopViewInput`, so the many `Input` classes do not collide in the schema."""
+
+    def get_serializer_name(self, serializer: serializers.Serializer, direction: str) -> str:
+        qualname = type(serializer).__qualname__
+        if "." in qualname:
+            return qualname.replace(".", "")
+        return super().get_serializer_name(serializer, direction)
+
+
+class ApiKeyScheme(OpenApiAuthenticationExtension):
+    target_class = "accounts.authentication.ApiKeyAuthentication"
+    name = "apikey"
+    description = (
+        "An API key (22 characters) from /api/v2/register, or the anonymous key 0000000000. "
+        "An unknown key is a 401."
+    )
+
+    def get_security_definition(self, auto_schema: AutoSchema) -> dict[str, str]:
+        return {"type": "apiKey", "in": "header", "name": "apikey", "description": self.description}
+
+
+class LenientApiKeyScheme(ApiKeyScheme):
+    target_class = "accounts.authentication.LenientApiKeyAuthentication"
+    name = "apikeyOptional"
+    description = "The same header where a key is optional: an unknown key counts as none."

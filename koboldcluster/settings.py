@@ -233,7 +233,7 @@ REST_FRAMEWORK = {
     "NUM_PROXIES": env_int("KOBOLDCLUSTER_NUM_PROXIES", 0),
     "UNAUTHENTICATED_USER": None,
     "EXCEPTION_HANDLER": "koboldcluster.errors.exception_handler",
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "koboldcluster.openapi.ClusterAutoSchema",
 }
 
 # The OpenAPI schema at /api/schema and Swagger UI at /api/, with its assets served by the
