@@ -79,6 +79,23 @@ def test_purge_removes_exactly_the_expired_prompts_and_keeps_the_ledger(
 
 
 @pytest.mark.django_db
+def test_an_expired_prompt_is_gone_for_every_read_before_the_purge(
+    api, time_machine, submit_prompt, pop, submit_generation
+):
+    at(time_machine, 0)
+    prompt_id = submit_prompt(params={"n": 2, "max_length": 16})
+    job_id = pop().json()["id"]
+    at(time_machine, 10)
+
+    assert api.get(f"/generate/prompt/{prompt_id}").json()["rc"] == "RequestNotFound"
+    assert api.delete(f"/generate/prompt/{prompt_id}").json()["rc"] == "RequestNotFound"
+    assert pop().json()["id"] is None
+    assert submit_generation(job_id, "too late").json()["rc"] == "InvalidJobID"
+    assert Prompt.objects.filter(id=prompt_id).exists()  # the purge has not run yet
+    assert not LedgerEntry.objects.exists()
+
+
+@pytest.mark.django_db
 def test_a_polled_prompt_outlives_ten_minutes_and_an_unpolled_one_does_not(
     api, time_machine, submit_prompt
 ):
