@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import re
 import socket
-import threading
-from collections import deque
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -22,50 +18,17 @@ from bridge.cluster import (
     OriginalClusterProtocol,
     Submitted,
 )
+from bridge.tests.cluster_double import ScriptedCluster
 
 CAPS = Capabilities("KoboldAI/OPT-13B-Erebus", 80, 1024)
 JOB_ID = "5b7f0c2e-8d37-4a57-9a0e-3c8f3f1d2a11"
 
 
-class ScriptedCluster(ThreadingHTTPServer):
-    """Answers each request with the next scripted (status, body) and records what it got."""
-
-    daemon_threads = True
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.answers: deque[tuple[int, Any]] = deque()
-        self.requests: list[tuple[str, dict[str, str], Any]] = []
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: ScriptedCluster
-
-    def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        self.server.requests.append((self.path, dict(self.headers), body))
-        status, answer = self.server.answers.popleft()
-        data = answer if isinstance(answer, bytes) else json.dumps(answer).encode()
-        self.send_response(status)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.fixture
 def cluster() -> Iterator[ScriptedCluster]:
-    server = ScriptedCluster()
-    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    server = ScriptedCluster().start()
     yield server
-    server.shutdown()
-    server.server_close()
+    server.stop()
 
 
 def client(url: str, **kwargs: Any) -> OriginalClusterProtocol:
