@@ -31,6 +31,10 @@ class ClusterRejected(ClusterError):
     """The cluster refuses this server (credentials, name, settings): retrying cannot help."""
 
 
+class NotACluster(ClusterRejected):
+    """Whatever answered does not speak the cluster's API: a wrong URL, if it never did."""
+
+
 @dataclass(frozen=True)
 class Capabilities:
     """What this server can serve right now, sent with every pop."""
@@ -219,7 +223,7 @@ class OriginalClusterProtocol:
             if isinstance(errors, dict) and errors:
                 message += " (" + ", ".join(f"{k}: {v}" for k, v in errors.items()) + ")"
             raise ClusterRejected(f"the cluster refused this server: {message}")
-        raise ClusterRejected(
+        raise NotACluster(
             f"the server at {self.url} is not a KoboldAI Cluster (POST /generate/pop answered "
             f"{status}); check --cluster-url"
         )

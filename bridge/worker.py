@@ -23,6 +23,7 @@ from bridge.cluster import (
     ClusterRejected,
     ClusterUnavailable,
     Job,
+    NotACluster,
     NoWork,
     Submitted,
 )
@@ -219,6 +220,7 @@ class Worker:
         self._clock = clock
         self._kobold_failures = 0
         self._cluster_failures = 0
+        self._cluster_answered = False
         self._maintenance: str | None = None
 
     def _real_wait(self, seconds: float, interruptible: bool = True) -> None:
@@ -259,11 +261,15 @@ class Worker:
 
         try:
             answer = self.cluster.pop(capabilities)
+        except NotACluster as error:
+            # At start this is a wrong --cluster-url. Once the cluster has answered, it is more
+            # likely a proxy or a deployment in progress: wait it out like an outage.
+            if not self._cluster_answered:
+                raise
+            return self._cluster_down(error)
         except ClusterUnavailable as error:
-            self._cluster_failures += 1
-            delay = self.settings.backoff.delay(self._cluster_failures)
-            log.warning("%s; retrying in %.1f s", error, delay)
-            return delay
+            return self._cluster_down(error)
+        self._cluster_answered = True
         if self._cluster_failures:
             log.info("the cluster at %s answers again", self.cluster.url)
             self._cluster_failures = 0
@@ -275,6 +281,12 @@ class Worker:
             self._maintenance = None
         self.serve(answer)
         return 0.0
+
+    def _cluster_down(self, error: Exception) -> float:
+        self._cluster_failures += 1
+        delay = self.settings.backoff.delay(self._cluster_failures)
+        log.warning("%s; retrying in %.1f s", error, delay)
+        return delay
 
     def _idle(self, answer: NoWork) -> float:
         if answer.maintenance is not None:

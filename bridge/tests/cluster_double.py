@@ -20,8 +20,10 @@ from typing import Any
 class ScriptedCluster(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
+    allow_reuse_address = True
+
+    def __init__(self, port: int = 0) -> None:
+        super().__init__(("127.0.0.1", port), _Handler)
         self.answers: deque[tuple[int, Any]] = deque()  # (status, JSON-able or raw bytes)
         self.jobs: deque[dict[str, Any]] = deque()  # pop answers: {"id", "payload", "ttl"}
         self.requests: list[tuple[str, dict[str, str], Any]] = []

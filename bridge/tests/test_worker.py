@@ -16,6 +16,7 @@ from bridge.cluster import (
     ClusterRejected,
     ClusterUnavailable,
     Job,
+    NotACluster,
     NoWork,
     Submitted,
 )
@@ -453,6 +454,19 @@ def test_rejection_is_fatal_for_the_worker():
     cluster = FakeCluster([ClusterRejected("the cluster rejected the credentials: nope")])
     with pytest.raises(ClusterRejected):
         Harness(cluster).worker.run()
+
+
+def test_not_a_cluster_is_fatal_at_start_but_an_outage_later(caplog):
+    wrong = NotACluster(
+        "the server at x is not a KoboldAI Cluster (POST /generate/pop answered 404)"
+    )
+    with pytest.raises(NotACluster):
+        Harness(FakeCluster([wrong])).worker.run()
+    cluster = FakeCluster([NoWork(), wrong, job()])
+    harness = Harness(cluster)
+    harness.run(waits=3)
+    assert cluster.submitted == [(JOB_ID, "HELLO WORLD!")]
+    assert f"{wrong}; retrying in 1.0 s" in caplog.messages
 
 
 def test_stats_summary():
