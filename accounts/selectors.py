@@ -1,0 +1,84 @@
+"""Exact ledger totals: what the fold has written plus the entries it has not reached yet."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+
+from django.db.models import Count, Sum
+
+from accounts.models import Balance, LedgerEntry, LedgerFold, User
+
+
+@dataclass(frozen=True)
+class Totals:
+    tokens_used: int = 0
+    tokens_contributed: int = 0
+    kudos: int = 0
+    requests: int = 0
+    fulfilments: int = 0
+
+
+def _add_tail_row(totals: Totals, kind: str, tokens: int, kudos: int, count: int) -> Totals:
+    totals = replace(totals, kudos=totals.kudos + kudos)
+    if kind == LedgerEntry.Kind.USAGE:
+        return replace(
+            totals, tokens_used=totals.tokens_used + tokens, requests=totals.requests + count
+        )
+    if kind == LedgerEntry.Kind.CONTRIBUTION:
+        return replace(
+            totals,
+            tokens_contributed=totals.tokens_contributed + tokens,
+            fulfilments=totals.fulfilments + count,
+        )
+    return totals
+
+
+def _watermark() -> int:
+    return LedgerFold.objects.values_list("last_entry_id", flat=True).first() or 0
+
+
+def user_totals(user_ids: Iterable[int] | None = None) -> dict[int, Totals]:
+    """Totals per user id (all users with any entry when `user_ids` is None).
+
+    The fold may commit between our reads; reading the watermark before and after and retrying
+    when it moved keeps the sum exact without locking anything.
+    """
+    ids = list(user_ids) if user_ids is not None else None
+    while True:
+        watermark = _watermark()
+        balances = Balance.objects.all()
+        tail = LedgerEntry.objects.filter(id__gt=watermark)
+        if ids is not None:
+            balances = balances.filter(user_id__in=ids)
+            tail = tail.filter(user_id__in=ids)
+        totals = {
+            b.user_id: Totals(
+                b.tokens_used, b.tokens_contributed, b.kudos, b.requests, b.fulfilments
+            )
+            for b in balances
+        }
+        rows = tail.values_list("user_id", "kind").annotate(
+            Sum("tokens"), Sum("kudos"), Count("id")
+        )
+        for user_id, kind, tokens, kudos, count in rows:
+            totals[user_id] = _add_tail_row(
+                totals.get(user_id, Totals()), kind, tokens, kudos, count
+            )
+        if _watermark() == watermark:
+            return totals
+
+
+def totals_for(user: User) -> Totals:
+    return user_totals([user.pk]).get(user.pk, Totals())
+
+
+def tokens_by_username(field: str) -> dict[str, int]:
+    """`{"username": tokens}` for `/usage` (tokens_used) and `/contributions`."""
+    totals = user_totals()
+    names = dict(User.objects.filter(pk__in=totals.keys()).values_list("pk", "username"))
+    return {
+        names[user_id]: getattr(t, field)
+        for user_id, t in sorted(totals.items())
+        if getattr(t, field) and user_id in names
+    }

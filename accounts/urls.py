@@ -1,0 +1,8 @@
+from django.urls import path
+
+from accounts import views
+
+urlpatterns = [
+    path("usage", views.UsageView.as_view()),
+    path("contributions", views.ContributionsView.as_view()),
+]

@@ -1,0 +1,114 @@
+"""Shared fixtures: named personas and small helpers that drive the API like clients do."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from django.core.cache import cache
+from rest_framework.test import APIClient
+
+from accounts.models import User
+
+SERVER_PASSWORD = "s3rver-pass"
+
+
+@pytest.fixture(autouse=True)
+def fast_password_hasher(settings: Any) -> None:
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(autouse=True)
+def empty_cache() -> None:
+    cache.clear()
+
+
+@pytest.fixture
+def api() -> APIClient:
+    return APIClient()
+
+
+@pytest.fixture
+def alice(db: None) -> User:
+    """A client who submits prompts under an unclaimed name."""
+    return User.objects.create(username="alice", kind=User.Kind.UNCLAIMED)
+
+
+@pytest.fixture
+def bob(db: None) -> User:
+    """A contributor whose servers generate for others."""
+    return User.objects.create_user("bob", password=SERVER_PASSWORD)
+
+
+@pytest.fixture
+def submit_prompt(api: APIClient) -> Callable[..., str]:
+    """POST /generate/prompt and return the id."""
+
+    def submit(prompt: str = "Once upon a time", **body: Any) -> str:
+        body.setdefault("params", {"n": 1, "max_length": 16})
+        response = api.post("/generate/prompt", {"prompt": prompt, **body}, format="json")
+        assert response.status_code == 200, response.json()
+        return response.json()["id"]
+
+    return submit
+
+
+@pytest.fixture
+def pop(api: APIClient) -> Callable[..., Any]:
+    """POST /generate/pop as a server of bob's and return the response."""
+
+    def do_pop(name: str = "bob-1", **body: Any) -> Any:
+        body = {
+            "username": "bob",
+            "password": SERVER_PASSWORD,
+            "name": name,
+            "model": "tiny-llm",
+            "max_length": 80,
+            "max_content_length": 2048,
+            **body,
+        }
+        return api.post("/generate/pop", body, format="json")
+
+    return do_pop
+
+
+@pytest.fixture
+def submit_generation(api: APIClient) -> Callable[..., Any]:
+    def submit(job_id: str, text: str = " and then", **body: Any) -> Any:
+        body = {"id": job_id, "password": SERVER_PASSWORD, "generation": text, **body}
+        return api.post("/generate/submit", body, format="json")
+
+    return submit
+
+
+@pytest.fixture
+def cluster(transactional_db: None):
+    """The cluster served by a real gunicorn process on a free port, on the test database.
+
+    Call `cluster.restart()` to restart it mid-test; it is stopped at teardown.
+    """
+    from koboldcluster.testing import ClusterProcess
+
+    process = ClusterProcess()
+    process.start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def scheduler(transactional_db: None):
+    """A factory for a real `manage.py qcluster` process; pass env overrides for short intervals."""
+    from koboldcluster.testing import SchedulerProcess
+
+    started: list[SchedulerProcess] = []
+
+    def start(**env: str) -> SchedulerProcess:
+        process = SchedulerProcess(env)
+        process.start()
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.stop()

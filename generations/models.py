@@ -1,0 +1,153 @@
+"""Prompts (what clients ask for) and jobs (one generation slot handed to one server)."""
+
+from __future__ import annotations
+
+import math
+import uuid
+from datetime import datetime
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+
+class PromptQuerySet(models.QuerySet):
+    def live(self, now: datetime | None = None) -> PromptQuerySet:
+        """Prompts not yet expired. Expired ones are gone even before the purge runs."""
+        return self.filter(expires_at__gt=now or timezone.now())
+
+    def queued(self, now: datetime | None = None) -> PromptQuerySet:
+        """Live prompts with slots waiting for a server."""
+        return self.live(now).filter(state=Prompt.State.LIVE, waiting__gt=0)
+
+    def for_models(self, model_names: list[str]) -> PromptQuerySet:
+        return self.filter(Prompt.model_match(model_names))
+
+    def fitting(self, max_length: int, max_context_length: int) -> PromptQuerySet:
+        """Prompts that ask for no more than a server offers (note the direction)."""
+        return self.filter(max_length__lte=max_length, max_context_length__lte=max_context_length)
+
+
+class Prompt(models.Model):
+    class State(models.TextChoices):
+        LIVE = "live", "Live"
+        CANCELLED = "cancelled", "Cancelled"
+        FAULTED = "faulted", "Faulted"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, models.PROTECT, related_name="prompts")
+    text = models.TextField()
+    params = models.JSONField(default=dict, blank=True, help_text="Whitelisted KoboldAI params.")
+    any_model = models.BooleanField(default=True)
+    n = models.PositiveIntegerField()
+    waiting = models.IntegerField(help_text="Slots not yet handed to a server.")
+    max_length = models.PositiveIntegerField()
+    max_context_length = models.PositiveIntegerField()
+    sort_key = models.FloatField(help_text="Queue order, highest first (DESIGN §4.3).")
+    state = models.CharField(max_length=16, choices=State.choices, default=State.LIVE)
+    faulted_jobs = models.PositiveSmallIntegerField(default=0)
+    client_agent = models.CharField(max_length=255, blank=True)
+    created = models.DateTimeField(default=timezone.now)
+    last_activity = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+    # Last: from here on `models` in this class body is the field, not django.db.models.
+    models = models.JSONField(default=list, blank=True, help_text="Acceptable models; [] = any.")
+
+    objects = PromptQuerySet.as_manager()
+
+    class Meta:
+        indexes = [
+            # The queue: what pop walks, in the order it walks it, and nothing else.
+            models.Index(
+                fields=["-sort_key", "created"],
+                condition=Q(waiting__gt=0, state="live"),
+                name="prompt_queue",
+            ),
+            models.Index(fields=["expires_at"], name="prompt_expiry"),
+        ]
+
+    def __str__(self) -> str:
+        return str(self.id)
+
+    @staticmethod
+    def model_match(model_names: list[str]) -> Q:
+        """Prompts that accept any model or name one of `model_names`."""
+        named = PromptModel.objects.filter(name__in=model_names).values("prompt_id")
+        return Q(any_model=True) | Q(id__in=named)
+
+    def model_for(self, server_models: list[str]) -> str:
+        """The model a job of this prompt runs on a server serving `server_models`."""
+        if not self.any_model:
+            for name in server_models:
+                if name in self.models:
+                    return name
+        return server_models[0] if server_models else ""
+
+
+class PromptModel(models.Model):
+    """One acceptable model of a prompt, as a row so pop can match it with an index."""
+
+    prompt = models.ForeignKey(Prompt, models.CASCADE, related_name="model_names")
+    name = models.CharField(max_length=255)
+
+    class Meta:
+        indexes = [models.Index(fields=["name", "prompt"], name="prompt_model_name")]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Job(models.Model):
+    class State(models.TextChoices):
+        PROCESSING = "processing", "Processing"
+        DONE = "done", "Done"
+        FAULTED = "faulted", "Faulted"
+        ABANDONED = "abandoned", "Abandoned"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    prompt = models.ForeignKey(Prompt, models.CASCADE, related_name="jobs")
+    server = models.ForeignKey(
+        "servers.Server", models.SET_NULL, null=True, blank=True, related_name="jobs"
+    )
+    model = models.CharField(max_length=255, blank=True)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.PROCESSING)
+    started = models.DateTimeField(default=timezone.now)
+    deadline = models.DateTimeField()
+    finished = models.DateTimeField(null=True, blank=True)
+    text = models.TextField(blank=True)
+    tokens = models.PositiveIntegerField(default=0)
+    seed = models.BigIntegerField(null=True, blank=True)
+
+    class Meta:
+        indexes = [
+            models.Index(
+                fields=["deadline"], condition=Q(state="processing"), name="job_processing_deadline"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return str(self.id)
+
+    @property
+    def ttl(self) -> int:
+        """Seconds the server was given for this job."""
+        return int((self.deadline - self.started).total_seconds())
+
+    def payload(self) -> dict:
+        """What the server posts to KoboldAI's /api/latest/generate for this job."""
+        prompt = self.prompt
+        return {
+            "prompt": prompt.text,
+            **prompt.params,
+            "n": 1,
+            "max_length": prompt.max_length,
+            "max_context_length": prompt.max_context_length,
+        }
+
+
+def count_tokens(text: str, max_length: int) -> int:
+    """Tokens a generation is worth: ceil(len/4), at least 1 for any text, at most max_length."""
+    if not text:
+        return 0
+    return min(max(math.ceil(len(text) / 4), 1), max_length)

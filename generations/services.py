@@ -1,0 +1,374 @@
+"""The queue: create a prompt, hand its slots to servers, take their generations back.
+
+Every state change is a conditional UPDATE on the state it changes from, so that under any
+interleaving a slot goes to exactly one server and a generation is paid exactly once, on
+SQLite (writers serialised by BEGIN IMMEDIATE) and PostgreSQL (row locks; READ COMMITTED
+re-checks the WHERE clause after waiting) alike.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Case, Count, F, Q, Value, When
+from django.utils import timezone
+
+from accounts.models import User
+from accounts.selectors import totals_for
+from accounts.services import ledger_record_generation
+from generations.models import Job, Prompt, PromptModel, PromptQuerySet, count_tokens
+from koboldcluster.errors import BadRequest, NotFound
+from servers.models import Server
+
+logger = logging.getLogger(__name__)
+
+# How many queue candidates a pop reads at once; more rounds follow only under contention.
+POP_CANDIDATES = 8
+POP_ROUNDS = 16
+
+
+def _expiry() -> timedelta:
+    return timedelta(seconds=settings.KOBOLDCLUSTER["PROMPT_EXPIRY_SECONDS"])
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """A validated request for `n` generations of one prompt."""
+
+    text: str
+    n: int
+    max_length: int
+    max_context_length: int
+    params: dict = field(default_factory=dict)
+    models: list[str] = field(default_factory=list)
+    client_agent: str = ""
+
+
+def priority_of(user: User) -> int:
+    """The balance a prompt is queued with (DESIGN §4.3), within the configured bounds.
+
+    Anonymous and unclaimed names sit at the floor; the cap keeps a huge balance from
+    pushing everyone else back by more than the ageing makes up in a few minutes.
+    """
+    limits = settings.KOBOLDCLUSTER
+    floor, cap = limits["PRIORITY_FLOOR_TOKENS"], limits["PRIORITY_CAP_TOKENS"]
+    if not user.has_credentials:
+        return floor
+    return min(max(totals_for(user).kudos, floor), cap)
+
+
+def sort_key(balance: float, created: datetime) -> float:
+    """Order by balance + rate × waiting time; equal to this key, which never changes."""
+    return balance - settings.KOBOLDCLUSTER["AGEING_TOKENS_PER_SECOND"] * created.timestamp()
+
+
+def prompt_create(*, user: User, request: GenerationRequest, now: datetime | None = None) -> Prompt:
+    """Queue a prompt with `n` waiting slots; it lives PROMPT_EXPIRY_SECONDS past its last use."""
+    now = now or timezone.now()
+    prompt = Prompt(
+        user=user,
+        text=request.text,
+        params=request.params,
+        models=list(dict.fromkeys(request.models)),
+        any_model=not request.models,
+        n=request.n,
+        waiting=request.n,
+        max_length=request.max_length,
+        max_context_length=request.max_context_length,
+        sort_key=sort_key(priority_of(user), now),
+        client_agent=request.client_agent[:255],
+        created=now,
+        last_activity=now,
+        expires_at=now + _expiry(),
+    )
+    with transaction.atomic():
+        prompt.save(force_insert=True)
+        PromptModel.objects.bulk_create(PromptModel(prompt=prompt, name=m) for m in prompt.models)
+    logger.info(
+        "prompt %s queued: user=%s n=%s max_length=%s max_context_length=%s models=%s",
+        prompt.id,
+        user.pk,
+        prompt.n,
+        prompt.max_length,
+        prompt.max_context_length,
+        len(prompt.models),
+    )
+    return prompt
+
+
+@dataclass
+class PopResult:
+    job: Job | None
+    ttl: int | None = None
+    skipped: dict[str, int] = field(default_factory=dict)
+
+
+def _servable(server: Server, now: datetime) -> PromptQuerySet:
+    return (
+        Prompt.objects.queued(now)
+        .fitting(server.max_length, server.max_context_length)
+        .for_models(server.models)
+    )
+
+
+def job_pop(
+    *, server: Server, priority_user_ids: Iterable[int] = (), now: datetime | None = None
+) -> PopResult:
+    """Claim one slot of the best prompt `server` can serve, or say why there is none.
+
+    The server's owner and its priority users come first, then everyone by sort_key.
+    """
+    now = now or timezone.now()
+    first_users = {server.owner_id, *priority_user_ids}
+    servable = _servable(server, now)
+    for queryset in (servable.filter(user_id__in=first_users), servable):
+        job = _claim_best(queryset, server, now)
+        if job is not None:
+            return PopResult(job=job, ttl=job.ttl)
+    return PopResult(job=None, skipped=_skipped(server, now))
+
+
+def _claim_best(queryset: PromptQuerySet, server: Server, now: datetime) -> Job | None:
+    ordered = queryset.order_by("-sort_key", "created").values_list("id", flat=True)
+    for _ in range(POP_ROUNDS):
+        candidates = list(ordered[:POP_CANDIDATES])
+        if not candidates:
+            return None
+        for prompt_id in candidates:
+            job = _claim(prompt_id, server, now)
+            if job is not None:
+                return job
+        # Every candidate was taken by racing pops; they have left the queue, read it again.
+    return None
+
+
+def _claim(prompt_id: object, server: Server, now: datetime) -> Job | None:
+    with transaction.atomic():
+        claimed = (
+            Prompt.objects.queued(now)
+            .filter(id=prompt_id)
+            .update(waiting=F("waiting") - 1, last_activity=now, expires_at=now + _expiry())
+        )
+        if not claimed:
+            return None
+        prompt = Prompt.objects.get(id=prompt_id)
+        ttl = server.job_ttl(prompt.max_length)
+        job = Job.objects.create(
+            prompt=prompt,
+            server=server,
+            model=prompt.model_for(server.models),
+            started=now,
+            deadline=now + timedelta(seconds=ttl),
+        )
+    logger.info("job %s of prompt %s popped by server %s", job.id, prompt_id, server.id)
+    return job
+
+
+def _skipped(server: Server, now: datetime) -> dict[str, int]:
+    """Counts of waiting prompts this server cannot serve, by the first reason that bars it."""
+    match = Prompt.model_match(server.models)
+    too_long_context = Q(max_context_length__gt=server.max_context_length)
+    return Prompt.objects.queued(now).aggregate(
+        model=Count("id", filter=~match),
+        max_content_length=Count("id", filter=match & too_long_context),
+        max_length=Count(
+            "id", filter=match & ~too_long_context & Q(max_length__gt=server.max_length)
+        ),
+    )
+
+
+def job_for_submit(*, job_id: object, now: datetime | None = None) -> Job:
+    """The job a server wants to submit, with its server and owner; 404 when unknown or gone."""
+    job = (
+        Job.objects.select_related("server__owner", "prompt")
+        .defer("text", "prompt__text", "prompt__params")
+        .filter(id=job_id, prompt__expires_at__gt=now or timezone.now(), server__isnull=False)
+        .first()
+    )
+    if job is None:
+        raise NotFound(f"Job {job_id} is unknown or has expired.", rc="InvalidJobID")
+    return job
+
+
+def job_submit(
+    *,
+    job: Job,
+    text: str,
+    state: str = "ok",
+    seed: int | None = None,
+    now: datetime | None = None,
+) -> int:
+    """Accept a generation exactly once and pay for it; return the reward in tokens.
+
+    `state="faulted"` gives the slot back to the queue and pays nothing.
+    """
+    now = now or timezone.now()
+    if state == Job.State.FAULTED:
+        job_fault(job=job, now=now)
+        return 0
+    tokens = count_tokens(text, job.prompt.max_length)
+    done = {"state": Job.State.DONE, "text": text, "tokens": tokens, "finished": now, "seed": seed}
+    with transaction.atomic():
+        accepted = Job.objects.filter(id=job.id, state=Job.State.PROCESSING).update(**done)
+        if not accepted:
+            _accept_late(job, done)
+        ledger_record_generation(
+            requester_id=job.prompt.user_id,
+            owner_id=job.server.owner_id,
+            tokens=tokens,
+            server_id=job.server_id,
+            job_id=job.id,
+            model=job.model,
+            now=now,
+        )
+        _credit_server(job, tokens, now)
+        Prompt.objects.filter(id=job.prompt_id).update(
+            last_activity=now, expires_at=now + _expiry()
+        )
+    logger.info("job %s done by server %s: %s tokens", job.id, job.server_id, tokens)
+    return tokens
+
+
+def _accept_late(job: Job, done: dict) -> None:
+    """Take a result for a job that is no longer processing, if the rules allow it.
+
+    An abandoned job's result is still welcome while its slot waits for a server: take the
+    slot back and accept. Otherwise explain why not (raising rolls the slot back too).
+    """
+    current = Job.objects.filter(id=job.id).values_list("state", flat=True).first()
+    if current == Job.State.ABANDONED:
+        slot_back = Prompt.objects.filter(
+            id=job.prompt_id, state=Prompt.State.LIVE, waiting__gt=0
+        ).update(waiting=F("waiting") - 1)
+        if slot_back and Job.objects.filter(id=job.id, state=current).update(**done):
+            return
+    if current == Job.State.DONE or Job.objects.filter(id=job.id, state=Job.State.DONE).exists():
+        raise BadRequest(f"Job {job.id} was already submitted.", rc="DuplicateGen")
+    raise NotFound(
+        f"Job {job.id} ran out of time and its slot went to another server.", rc="AbortedGen"
+    )
+
+
+def _credit_server(job: Job, tokens: int, now: datetime) -> None:
+    changes = {"tokens_generated": F("tokens_generated") + tokens}
+    changes["requests_fulfilled"] = F("requests_fulfilled") + 1
+    seconds = (now - job.started).total_seconds()
+    if tokens and seconds > 0:
+        sample = tokens / seconds
+        weight = Server.SPEED_SMOOTHING
+        # One UPDATE: every right-hand side sees the row as it was before this statement.
+        changes["speed"] = Case(
+            When(requests_fulfilled=0, then=Value(sample)),
+            default=F("speed") * (1 - weight) + Value(sample * weight),
+        )
+    Server.objects.filter(pk=job.server_id).update(**changes)
+
+
+def job_fault(*, job: Job, now: datetime | None = None) -> None:
+    """A server gave up on its job: put the slot back in the queue."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        moved = Job.objects.filter(id=job.id, state=Job.State.PROCESSING).update(
+            state=Job.State.FAULTED, finished=now
+        )
+        if not moved:
+            if Job.objects.filter(id=job.id, state=Job.State.DONE).exists():
+                raise BadRequest(f"Job {job.id} was already submitted.", rc="DuplicateGen")
+            raise NotFound(f"Job {job.id} is no longer processing.", rc="AbortedGen")
+        Server.objects.filter(pk=job.server_id).update(uncompleted_jobs=F("uncompleted_jobs") + 1)
+        slot_return(prompt_id=job.prompt_id, now=now)
+    logger.info("job %s faulted by server %s", job.id, job.server_id)
+
+
+def slot_return(*, prompt_id: object, now: datetime) -> None:
+    """Give a failed job's slot back; the MAX_JOB_FAILURES-th failure faults the prompt."""
+    Prompt.objects.filter(id=prompt_id, state=Prompt.State.LIVE).update(
+        waiting=F("waiting") + 1, faulted_jobs=F("faulted_jobs") + 1, last_activity=now
+    )
+    faulted = Prompt.objects.filter(
+        id=prompt_id,
+        state=Prompt.State.LIVE,
+        faulted_jobs__gte=settings.KOBOLDCLUSTER["MAX_JOB_FAILURES"],
+    ).update(state=Prompt.State.FAULTED, waiting=0)
+    if faulted:
+        logger.info("prompt %s faulted after repeated job failures", prompt_id)
+
+
+@dataclass
+class PromptStatus:
+    prompt: Prompt
+    jobs: list[Job]
+
+    def _count(self, *states: str) -> int:
+        return sum(1 for job in self.jobs if job.state in states)
+
+    @property
+    def finished(self) -> int:
+        return self._count(Job.State.DONE)
+
+    @property
+    def processing(self) -> int:
+        return self._count(Job.State.PROCESSING)
+
+    @property
+    def restarted(self) -> int:
+        return self._count(Job.State.FAULTED, Job.State.ABANDONED)
+
+    @property
+    def waiting(self) -> int:
+        return self.prompt.waiting  # cancelling and faulting set it to 0
+
+    @property
+    def faulted(self) -> bool:
+        return self.prompt.state == Prompt.State.FAULTED
+
+    @property
+    def done(self) -> bool:
+        """Nothing waiting and nothing in flight: all n delivered, or cancelled, or faulted."""
+        return self.faulted or (self.waiting == 0 and self.processing == 0)
+
+    @property
+    def generations(self) -> list[Job]:
+        return [job for job in self.jobs if job.state == Job.State.DONE]
+
+
+def _live_prompt(prompt_id: object, now: datetime) -> Prompt:
+    prompt = Prompt.objects.live(now).filter(id=prompt_id).first()
+    if prompt is None:
+        raise NotFound(f"Request {prompt_id} is unknown or has expired.", rc="RequestNotFound")
+    return prompt
+
+
+def _status(prompt: Prompt) -> PromptStatus:
+    jobs = list(prompt.jobs.select_related("server").order_by("started", "id"))
+    return PromptStatus(prompt=prompt, jobs=jobs)
+
+
+def prompt_status(*, prompt_id: object, now: datetime | None = None) -> PromptStatus:
+    """The prompt's progress. A poll is activity: it keeps the prompt alive."""
+    now = now or timezone.now()
+    prompt = _live_prompt(prompt_id, now)
+    expiry = _expiry()
+    # Write the new expiry only when it moves noticeably: a client polling every second
+    # should not turn every poll into a write.
+    if prompt.expires_at < now + expiry - expiry / 20:
+        prompt.expires_at = now + expiry
+        Prompt.objects.filter(pk=prompt.pk).update(last_activity=now, expires_at=prompt.expires_at)
+    return _status(prompt)
+
+
+def prompt_cancel(*, prompt_id: object, now: datetime | None = None) -> PromptStatus:
+    """Stop handing out slots; jobs in flight may still finish and are paid."""
+    now = now or timezone.now()
+    prompt = _live_prompt(prompt_id, now)
+    Prompt.objects.filter(pk=prompt.pk, state=Prompt.State.LIVE).update(
+        state=Prompt.State.CANCELLED, waiting=0, last_activity=now, expires_at=now + _expiry()
+    )
+    prompt.refresh_from_db()
+    logger.info("prompt %s cancelled", prompt.id)
+    return _status(prompt)

@@ -1,0 +1,10 @@
+from django.urls import path
+
+from generations import views
+
+urlpatterns = [
+    path("generate/prompt", views.PromptCreateView.as_view()),
+    path("generate/prompt/<str:prompt_id>", views.PromptStatusView.as_view()),
+    path("generate/pop", views.PopView.as_view()),
+    path("generate/submit", views.SubmitView.as_view()),
+]

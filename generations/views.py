@@ -1,0 +1,161 @@
+"""The original cluster API: submit a prompt, poll it, pop a job, submit a generation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework import serializers
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from accounts.services import user_for_request, user_for_server, verify_owner
+from generations.serializers import GenerationParamsSerializer, PromptTextField, split_params
+from generations.services import (
+    GenerationRequest,
+    PromptStatus,
+    job_for_submit,
+    job_pop,
+    job_submit,
+    prompt_cancel,
+    prompt_create,
+    prompt_status,
+)
+from koboldcluster.api import api_user, parse_uuid, validated
+from koboldcluster.fields import (
+    StrictCharField,
+    StrictIntegerField,
+    StringListField,
+)
+from servers.services import CheckIn, server_check_in
+
+
+def _optional_text(**kwargs: Any) -> StrictCharField:
+    return StrictCharField(required=False, allow_null=True, allow_blank=True, **kwargs)
+
+
+class PromptCreateView(APIView):
+    class Input(serializers.Serializer):
+        prompt = PromptTextField()
+        # Missing params still pass through validate_params, which fills in the defaults.
+        params = serializers.DictField(required=False, default=dict)
+        username = _optional_text(max_length=150)
+        password = _optional_text(max_length=1024, trim_whitespace=False)
+        models = StringListField(required=False, max_length=200)
+
+        def validate_params(self, value: dict) -> dict:
+            params = GenerationParamsSerializer(data=value)
+            params.is_valid(raise_exception=True)
+            return params.validated_data
+
+    def post(self, request: Request) -> Response:
+        data = validated(self.Input, request.data)
+        user = user_for_request(
+            username=data.get("username"), password=data.get("password"), api_user=api_user(request)
+        )
+        shape, samplers = split_params(data["params"])
+        generation = GenerationRequest(
+            text=data["prompt"], params=samplers, models=data.get("models") or [], **shape
+        )
+        prompt = prompt_create(user=user, request=generation)
+        return Response({"id": str(prompt.id)})
+
+
+def _status_body(status: PromptStatus) -> dict[str, Any]:
+    return {
+        "finished": status.finished,
+        "processing": status.processing,
+        "restarted": status.restarted,
+        "waiting": status.waiting,
+        "done": status.done,
+        "faulted": status.faulted,
+        "generations": [job.text for job in status.generations],
+    }
+
+
+class PromptStatusView(APIView):
+    def get(self, request: Request, prompt_id: str) -> Response:
+        status = prompt_status(prompt_id=_prompt_uuid(prompt_id))
+        return Response(_status_body(status))
+
+    def delete(self, request: Request, prompt_id: str) -> Response:
+        status = prompt_cancel(prompt_id=_prompt_uuid(prompt_id))
+        return Response(_status_body(status))
+
+
+def _prompt_uuid(value: str) -> object:
+    return parse_uuid(value, rc="RequestNotFound", what="Request")
+
+
+class PopView(APIView):
+    class Input(serializers.Serializer):
+        username = _optional_text(max_length=150)
+        password = _optional_text(max_length=1024, trim_whitespace=False)
+        name = StrictCharField(max_length=100)
+        model = StrictCharField(max_length=255, required=False, allow_null=True)
+        models = StringListField(required=False, max_length=200)
+        max_length = StrictIntegerField(min_value=1, default=512)
+        max_content_length = StrictIntegerField(min_value=1, required=False, allow_null=True)
+        max_context_length = StrictIntegerField(min_value=1, required=False, allow_null=True)
+        bridge_agent = _optional_text(max_length=1000)
+        threads = StrictIntegerField(min_value=1, max_value=50, default=1)
+
+        def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+            if not attrs.get("model") and not attrs.get("models"):
+                raise serializers.ValidationError({"model": "This field is required."})
+            return attrs
+
+    def post(self, request: Request) -> Response:
+        data = validated(self.Input, request.data)
+        owner = user_for_server(
+            username=data.get("username"), password=data.get("password"), api_user=api_user(request)
+        )
+        check_in = CheckIn(
+            name=data["name"],
+            models=data.get("models") or [data["model"]],
+            max_length=data["max_length"],
+            max_context_length=(
+                data.get("max_context_length") or data.get("max_content_length") or 2048
+            ),
+            bridge_agent=data.get("bridge_agent") or "",
+            threads=data["threads"],
+        )
+        server = server_check_in(owner=owner, check_in=check_in)
+        result = job_pop(server=server)
+        if result.job is None:
+            return Response({"id": None, "skipped": result.skipped})
+        return Response(
+            {"id": str(result.job.id), "payload": result.job.payload(), "ttl": result.ttl}
+        )
+
+
+class GenerationField(StrictCharField):
+    """Generated text, kept exactly; NUL (which PostgreSQL cannot store) becomes U+FFFD."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(allow_blank=True, trim_whitespace=False, **kwargs)
+
+    def to_internal_value(self, data: Any) -> str:
+        if isinstance(data, str):
+            data = data.replace("\x00", "\ufffd")
+        return super().to_internal_value(data)
+
+
+class SubmitView(APIView):
+    class Input(serializers.Serializer):
+        id = serializers.UUIDField()
+        password = _optional_text(max_length=1024, trim_whitespace=False)
+        generation = GenerationField(max_length=1_000_000)
+        state = serializers.ChoiceField(["ok", "faulted", "censored"], default="ok")
+        seed = StrictIntegerField(required=False, allow_null=True)
+
+    def post(self, request: Request) -> Response:
+        data = validated(self.Input, request.data)
+        job = job_for_submit(job_id=data["id"])
+        verify_owner(
+            owner=job.server.owner, password=data.get("password"), api_user=api_user(request)
+        )
+        reward = job_submit(
+            job=job, text=data["generation"], state=data["state"], seed=data.get("seed")
+        )
+        return Response({"reward": reward})

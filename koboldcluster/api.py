@@ -1,0 +1,35 @@
+"""Small helpers the thin API views share."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from rest_framework import serializers
+from rest_framework.request import Request
+
+from accounts.models import User
+from koboldcluster.errors import NotFound
+
+
+def validated(serializer_class: type[serializers.Serializer], data: Any) -> dict[str, Any]:
+    """Validate a request body; a bad one becomes a 400 naming each field at fault."""
+    if not isinstance(data, dict):
+        raise serializers.ValidationError({"body": "Expected a JSON object."})
+    serializer = serializer_class(data=data)
+    serializer.is_valid(raise_exception=True)
+    return serializer.validated_data
+
+
+def parse_uuid(value: str, *, rc: str, what: str) -> uuid.UUID:
+    """A malformed id names nothing that exists: answer 404 like for an unknown one."""
+    try:
+        return uuid.UUID(str(value))
+    except ValueError:
+        raise NotFound(f"{what} {value} is unknown or has expired.", rc=rc) from None
+
+
+def api_user(request: Request) -> User | None:
+    """The user an API key identified, if the request carried one."""
+    user = request.user
+    return user if isinstance(user, User) else None

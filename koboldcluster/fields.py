@@ -1,0 +1,74 @@
+"""Serializer fields that refuse what JSON did not say.
+
+DRF's own fields coerce: "5" becomes 5, 1 becomes "1", "yes" becomes True. A client that sends
+the wrong type has a bug it should hear about, so these fields accept only the JSON type.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework import serializers
+
+
+class StrictCharField(serializers.CharField):
+    default_error_messages = {
+        "invalid": "Must be a string.",
+        "invalid_unicode": "Must be valid Unicode (no lone surrogates).",
+    }
+
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            self.fail("invalid")
+        try:
+            data.encode("utf-8")
+        except UnicodeEncodeError:
+            self.fail("invalid_unicode")
+        return super().to_internal_value(data)
+
+
+class StrictIntegerField(serializers.IntegerField):
+    default_error_messages = {"invalid": "Must be an integer."}
+
+    def to_internal_value(self, data: Any) -> int:
+        if isinstance(data, bool) or not isinstance(data, (int, float)):
+            self.fail("invalid")
+        if isinstance(data, float) and not data.is_integer():
+            self.fail("invalid")
+        return super().to_internal_value(int(data))
+
+
+class StrictFloatField(serializers.FloatField):
+    default_error_messages = {"invalid": "Must be a number."}
+
+    def to_internal_value(self, data: Any) -> float:
+        if isinstance(data, bool) or not isinstance(data, (int, float)):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class StrictBooleanField(serializers.BooleanField):
+    default_error_messages = {"invalid": "Must be true or false."}
+
+    def to_internal_value(self, data: Any) -> bool:
+        if not isinstance(data, bool):
+            self.fail("invalid")
+        return data
+
+
+class StringListField(serializers.ListField):
+    """A JSON list of strings; `null` counts as an empty list."""
+
+    default_error_messages = {"not_a_list": "Must be a list of strings."}
+
+    def __init__(self, *, item_max_length: int = 255, **kwargs: Any) -> None:
+        # Kept exactly as sent: a stop sequence of "\n" must stay "\n".
+        kwargs.setdefault(
+            "child", StrictCharField(max_length=item_max_length, trim_whitespace=False)
+        )
+        super().__init__(**kwargs)
+
+    def validate_empty_values(self, data: Any) -> tuple[bool, Any]:
+        if data is None:
+            return True, []
+        return super().validate_empty_values(data)

@@ -1,0 +1,242 @@
+"""Settings for KoboldAI Cluster: one file, every value from the environment.
+
+The defaults run a whole cluster on one machine (SQLite under `var/`, local-memory cache,
+django-q2 on the ORM broker). Production sets DATABASE_URL, REDIS_URL and SECRET_KEY.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def env_bool(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ImproperlyConfigured(f"{name}={value!r}: expected true or false")
+
+
+def env_int(name: str, default: int, minimum: int | None = 0) -> int:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}={value!r}: expected a whole number") from None
+    if minimum is not None and number < minimum:
+        raise ImproperlyConfigured(f"{name}={value!r}: must be at least {minimum}")
+    return number
+
+
+def env_float(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        return float(value)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}={value!r}: expected a number") from None
+
+
+VAR_DIR = Path(os.environ.get("KOBOLDCLUSTER_VAR_DIR") or BASE_DIR / "var")
+VAR_DIR.mkdir(parents=True, exist_ok=True)
+
+
+def _secret_key() -> str:
+    """Use SECRET_KEY when set; otherwise generate one once and keep it in var/."""
+    if os.environ.get("SECRET_KEY"):
+        return os.environ["SECRET_KEY"]
+    path = VAR_DIR / "secret_key"
+    if not path.exists():
+        # O_EXCL: two processes starting at once must not write two different keys.
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass
+        else:
+            with os.fdopen(fd, "w") as file:
+                file.write(secrets.token_urlsafe(50))
+    return path.read_text().strip()
+
+
+SECRET_KEY = _secret_key()
+DEBUG = env_bool("DEBUG", False)
+ALLOWED_HOSTS = [h.strip() for h in os.environ.get("ALLOWED_HOSTS", "*").split(",") if h.strip()]
+CSRF_TRUSTED_ORIGINS = [
+    o.strip() for o in os.environ.get("CSRF_TRUSTED_ORIGINS", "").split(",") if o.strip()
+]
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "django_q",
+    "accounts",
+    "servers",
+    "generations",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "koboldcluster.urls"
+WSGI_APPLICATION = "koboldcluster.wsgi.application"
+# API clients POST to exact paths; a redirect to a slashed URL would turn their POST into a GET.
+APPEND_SLASH = False
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database -------------------------------------------------------------------------------
+
+DATABASE_URL = os.environ.get("DATABASE_URL") or f"sqlite:///{VAR_DIR / 'db.sqlite3'}"
+DATABASES = {"default": dj_database_url.parse(DATABASE_URL)}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    DATABASES["default"]["OPTIONS"] = {
+        # Writers take the lock when their transaction starts and wait for it (timeout) instead
+        # of failing with "database is locked" halfway through.
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 30,
+        # WAL lets readers run beside the one writer; secure_delete zeroes the bytes of deleted
+        # prompts so wiped text does not linger in free pages.
+        "init_command": (
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA secure_delete=ON;"
+        ),
+    }
+    # A file, not the shared-cache memory database: tests open it from threads and processes.
+    DATABASES["default"]["TEST"] = {
+        "NAME": os.environ.get("KOBOLDCLUSTER_TEST_SQLITE") or str(VAR_DIR / "test-db.sqlite3")
+    }
+else:
+    DATABASES["default"]["CONN_MAX_AGE"] = env_int("CONN_MAX_AGE", 60)
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+AUTH_USER_MODEL = "accounts.User"
+
+# --- Cache, task queue ----------------------------------------------------------------------
+
+REDIS_URL = os.environ.get("REDIS_URL", "")
+if REDIS_URL:
+    CACHES = {
+        "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}
+    }
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
+Q_CLUSTER = {
+    "name": "koboldcluster",
+    "workers": env_int("Q_WORKERS", 1, minimum=1),
+    "timeout": 60,
+    "retry": 120,  # must exceed timeout, or a slow task runs twice
+    "catch_up": False,
+    "poll": 1.0,
+    **({"redis": REDIS_URL} if REDIS_URL else {"orm": "default"}),
+}
+
+# --- Passwords, i18n, static ----------------------------------------------------------------
+
+AUTH_PASSWORD_VALIDATORS: list[dict] = []
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+STATIC_URL = "static/"
+STATIC_ROOT = VAR_DIR / "static"
+STATIC_ROOT.mkdir(exist_ok=True)
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+# Serve the admin's assets straight from the installed apps: no collectstatic step to forget.
+WHITENOISE_USE_FINDERS = True
+
+# --- API ------------------------------------------------------------------------------------
+
+REST_FRAMEWORK = {
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["koboldcluster.parsers.LenientJSONParser"],
+    "DEFAULT_AUTHENTICATION_CLASSES": [],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.AllowAny"],
+    "UNAUTHENTICATED_USER": None,
+    "EXCEPTION_HANDLER": "koboldcluster.errors.exception_handler",
+}
+
+# --- Logging: one line per event, never prompt text -----------------------------------------
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
+    "loggers": {"django.db.backends": {"level": "WARNING"}},
+}
+
+# --- The cluster's own rules (README: "Configuration") --------------------------------------
+
+KOBOLDCLUSTER = {
+    # Seconds a prompt lives after its last activity (creation, status poll, pop, submit).
+    "PROMPT_EXPIRY_SECONDS": env_int("KOBOLDCLUSTER_PROMPT_EXPIRY_SECONDS", 600, minimum=1),
+    # The least time a server gets to deliver a job; longer for long requests on slow servers.
+    "JOB_TTL_FLOOR_SECONDS": env_int("KOBOLDCLUSTER_JOB_TTL_FLOOR_SECONDS", 150, minimum=1),
+    "JOB_TTL_MAX_SECONDS": env_int("KOBOLDCLUSTER_JOB_TTL_MAX_SECONDS", 1800, minimum=1),
+    # A server that has not checked in for this long is not listed and not counted.
+    "SERVER_STALE_SECONDS": env_int("KOBOLDCLUSTER_SERVER_STALE_SECONDS", 300, minimum=1),
+    # A pop writes the server's check-in time at most this often.
+    "CHECK_IN_WRITE_SECONDS": env_int("KOBOLDCLUSTER_CHECK_IN_WRITE_SECONDS", 30),
+    "MAX_N": env_int("KOBOLDCLUSTER_MAX_N", 100, minimum=1),
+    "MAX_LENGTH": env_int("KOBOLDCLUSTER_MAX_LENGTH", 4096, minimum=1),
+    "MAX_CONTEXT_LENGTH": env_int("KOBOLDCLUSTER_MAX_CONTEXT_LENGTH", 1048576, minimum=1),
+    "MAX_PROMPT_CHARS": env_int("KOBOLDCLUSTER_MAX_PROMPT_CHARS", 100_000, minimum=1),
+    # Failed or abandoned jobs after which a prompt is given up as faulted.
+    "MAX_JOB_FAILURES": env_int("KOBOLDCLUSTER_MAX_JOB_FAILURES", 3, minimum=1),
+    # How long a verified server password is remembered (as a keyed digest, never in clear).
+    "PASSWORD_CACHE_SECONDS": env_int("KOBOLDCLUSTER_PASSWORD_CACHE_SECONDS", 300),
+    # The ledger fold leaves the newest entries alone this long, so that a transaction that
+    # committed late can never slip under the fold's watermark.
+    "LEDGER_FOLD_LAG_SECONDS": env_int("KOBOLDCLUSTER_LEDGER_FOLD_LAG_SECONDS", 30),
+    # Queue priority is the requester's balance (tokens contributed − used) within these
+    # bounds, plus this many points per second of waiting. Anonymous and unclaimed names sit
+    # at the floor. Worst case: a floor prompt overtakes a capped one that arrived at the same
+    # time after (CAP − FLOOR) / AGEING seconds.
+    "PRIORITY_FLOOR_TOKENS": env_int("KOBOLDCLUSTER_PRIORITY_FLOOR_TOKENS", -1000, None),
+    "PRIORITY_CAP_TOKENS": env_int("KOBOLDCLUSTER_PRIORITY_CAP_TOKENS", 10000, None),
+    "AGEING_TOKENS_PER_SECOND": env_float("KOBOLDCLUSTER_AGEING_TOKENS_PER_SECOND", 50.0),
+}

@@ -1,0 +1,72 @@
+"""A server: one KoboldAI instance and its bridge, working for its owner's account."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+
+class ServerQuerySet(models.QuerySet):
+    def active(self, now: datetime | None = None) -> ServerQuerySet:
+        """Servers that checked in recently; stale ones are hidden and not counted."""
+        now = now or timezone.now()
+        stale = timedelta(seconds=settings.KOBOLDCLUSTER["SERVER_STALE_SECONDS"])
+        return self.filter(last_check_in__gte=now - stale)
+
+
+class Server(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    name = models.CharField(max_length=100, unique=True)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, models.PROTECT, related_name="servers")
+    max_length = models.PositiveIntegerField(default=80)
+    max_context_length = models.PositiveIntegerField(default=1024)
+    bridge_agent = models.CharField(max_length=1000, blank=True)
+    threads = models.PositiveSmallIntegerField(default=1)
+    created = models.DateTimeField(default=timezone.now)
+    last_check_in = models.DateTimeField(default=timezone.now, db_index=True)
+    maintenance = models.BooleanField(default=False)
+    maintenance_msg = models.CharField(max_length=1000, blank=True)
+    paused = models.BooleanField(default=False)
+    info = models.CharField(max_length=1000, blank=True)
+    speed = models.FloatField(default=0.0, help_text="Tokens per second, moving average.")
+    tokens_generated = models.BigIntegerField(default=0)
+    requests_fulfilled = models.BigIntegerField(default=0)
+    uncompleted_jobs = models.BigIntegerField(default=0)
+    # Last: from here on `models` in this class body is the field, not django.db.models.
+    models = models.JSONField(default=list, blank=True, help_text="The models it serves.")
+
+    objects = ServerQuerySet.as_manager()
+
+    # Weight of the newest job in the moving average of speed.
+    SPEED_SMOOTHING = 0.2
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def model(self) -> str:
+        """The original API's single model: the first the server declared."""
+        return self.models[0] if self.models else ""
+
+    def is_active(self, now: datetime | None = None) -> bool:
+        now = now or timezone.now()
+        stale = timedelta(seconds=settings.KOBOLDCLUSTER["SERVER_STALE_SECONDS"])
+        return self.last_check_in >= now - stale
+
+    def latest_performance(self) -> str:
+        """Real seconds per token, as the original API reports it."""
+        if not self.requests_fulfilled or self.speed <= 0:
+            return "No requests fulfilled yet"
+        return f"{1 / self.speed:.2f} seconds per token"
+
+    def job_ttl(self, max_length: int) -> int:
+        """Seconds this server gets for a job: twice its expected time, within the limits."""
+        limits = settings.KOBOLDCLUSTER
+        floor, ceiling = limits["JOB_TTL_FLOOR_SECONDS"], limits["JOB_TTL_MAX_SECONDS"]
+        if self.speed <= 0:
+            return floor
+        return int(min(max(floor, 2 * max_length / self.speed), max(ceiling, floor)))
