@@ -253,7 +253,7 @@ class Worker:
         except KoboldError as error:
             self._kobold_failures += 1
             delay = self.settings.backoff.delay(self._kobold_failures)
-            log.debug("%s; checking again in %.1f s", error, delay)
+            log.debug("checking KoboldAI again in %.1f s: %s", delay, error)
             return delay
         self._kobold_failures = 0
         if self.stop.is_set():
@@ -285,7 +285,7 @@ class Worker:
     def _cluster_down(self, error: Exception) -> float:
         self._cluster_failures += 1
         delay = self.settings.backoff.delay(self._cluster_failures)
-        log.warning("%s; retrying in %.1f s", error, delay)
+        log.warning("retrying in %.1f s: %s", delay, error)
         return delay
 
     def _idle(self, answer: NoWork) -> float:
@@ -357,12 +357,12 @@ class Worker:
                     return None
                 delay = self.settings.backoff.delay(failures)
                 log.warning(
-                    "job %s: %s; retrying in %.1f s (try %d of %d)",
+                    "job %s: retrying in %.1f s (try %d of %d): %s",
                     _short(job),
-                    error,
                     delay,
                     failures + 1,
                     self.settings.max_attempts,
+                    error,
                 )
             self._wait(delay, True)
 
@@ -391,7 +391,7 @@ class Worker:
                     return
                 delay = self.settings.backoff.delay(failures)
                 log.warning(
-                    "job %s: submit failed: %s; retrying in %.1f s", _short(job), error, delay
+                    "job %s: submit failed, retrying in %.1f s: %s", _short(job), delay, error
                 )
                 self._wait(delay, False)
         self._record(job, text, seconds, result)

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
+
+import requests
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -87,6 +91,34 @@ class Process:
         self._reader.join(5)
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_until(
+    condition: Callable[[], Any], what: str, timeout: float = 30.0, watch: Sequence[Process] = ()
+) -> Any:
+    """Poll `condition()` until it is truthy and return it. Fails after `timeout` seconds, or
+    at once if one of the `watch` processes has ended (its output goes in the message)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        for process in watch:
+            if process.popen.poll() is not None:
+                raise AssertionError(
+                    f"{process.args[2]} ended ({process.popen.returncode}) before {what}:\n"
+                    f"{process.output}"
+                )
+        if time.monotonic() > deadline:
+            outputs = "\n".join(process.output for process in watch)
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{outputs}")
+        time.sleep(0.05)
+
+
 def bridge_env(**settings: object) -> dict[str, str]:
     """The environment for a bridge process: this one without any BRIDGE_* a developer may have
     set, plus `settings` (BRIDGE_INTERVAL=0.1 ...), with the repository importable."""
@@ -102,12 +134,41 @@ def start_bridge(cwd: Path, *args: str, **settings: object) -> Process:
     return Process([sys.executable, "-m", "bridge", *args], cwd=cwd, env=bridge_env(**settings))
 
 
-def start_kai_double(cwd: Path, *args: str) -> tuple[Process, str]:
-    """`python -m bridge.tests.kai_double ARGS` on a free port; returns it and its URL."""
-    process = Process(
-        [sys.executable, "-m", "bridge.tests.kai_double", *args],
-        cwd=cwd,
-        env=bridge_env(),
-    )
-    line = process.wait_for("FakeKoboldAI listening on", timeout=10)
-    return process, line.rsplit(" ", 1)[1]
+class KaiDoubleProcess:
+    """FakeKoboldAI (the test double of KoboldAI) as a real process on a fixed free port, so it
+    can crash (`kill`) and come back (`start` again) where the bridge expects it."""
+
+    def __init__(self, cwd: Path, *args: str) -> None:
+        self.cwd = cwd
+        self.args = list(args)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: Process | None = None
+
+    def start(self) -> KaiDoubleProcess:
+        self.process = Process(
+            [sys.executable, "-m", "bridge.tests.kai_double", "--port", str(self.port), *self.args],
+            cwd=self.cwd,
+            env=bridge_env(),
+        )
+        self.process.wait_for("FakeKoboldAI listening on", timeout=15)
+        return self
+
+    def control(self, **changes: Any) -> dict[str, Any]:
+        """Change the double's behaviour at run time (busy_next=3, delay=1.0, ...)."""
+        response = requests.post(f"{self.url}/_double/control", json=changes, timeout=5)
+        response.raise_for_status()
+        return response.json()
+
+    def state(self) -> dict[str, Any]:
+        return requests.get(f"{self.url}/_double/state", timeout=5).json()
+
+    def kill(self) -> None:
+        """Crash: SIGKILL, so every connection is cut without an answer."""
+        if self.process is not None:
+            self.process.popen.kill()
+            self.process.wait()
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()

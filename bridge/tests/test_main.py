@@ -27,7 +27,7 @@ def kai() -> Iterator[FakeKoboldAI]:
 
 
 @pytest.fixture
-def cluster() -> Iterator[ScriptedCluster]:
+def scripted_cluster() -> Iterator[ScriptedCluster]:
     server = ScriptedCluster().start()
     yield server
     server.stop()
@@ -42,11 +42,11 @@ def processes() -> Iterator[list[Process]]:
 
 
 @pytest.fixture
-def run_bridge(tmp_path, processes, kai, cluster):
+def run_bridge(tmp_path, processes, kai, scripted_cluster):
     """Start `python -m bridge` against the doubles; extra flags and env may be given."""
 
     def run(*args: str, **env: str) -> Process:
-        flags = ["--kai-url", kai.url, "--cluster-url", cluster.url, "--name", "bob-1"]
+        flags = ["--kai-url", kai.url, "--cluster-url", scripted_cluster.url, "--name", "bob-1"]
         flags += ["--username", "bob", "--password", "pw"]
         process = start_bridge(tmp_path, *flags, *args, **{**FAST, **env})
         processes.append(process)
@@ -139,8 +139,8 @@ def test_no_model_loaded_at_start(run_bridge, kai):
     assert bridge.lines[-1].endswith(f"KoboldAI at {kai.url} has no model loaded; load one first")
 
 
-def test_rejected_credentials(run_bridge, cluster):
-    cluster.answers.append(
+def test_rejected_credentials(run_bridge, scripted_cluster):
+    scripted_cluster.answers.append(
         (401, {"message": "Wrong password for bob.", "rc": "InvalidCredentials"})
     )
     bridge = run_bridge()
@@ -151,17 +151,19 @@ def test_rejected_credentials(run_bridge, cluster):
     )
 
 
-def test_serves_jobs_and_stops_on_ctrl_c_with_a_summary(run_bridge, cluster, kai):
-    cluster.add_job(ID1, "Once upon a time")
-    cluster.add_job(ID2, "It was a dark and stormy night")
+def test_serves_jobs_and_stops_on_ctrl_c_with_a_summary(run_bridge, scripted_cluster, kai):
+    scripted_cluster.add_job(ID1, "Once upon a time")
+    scripted_cluster.add_job(ID2, "It was a dark and stormy night")
     bridge = run_bridge()
     bridge.wait_for(" tokens/s)", count=2)
     bridge.interrupt()
     assert bridge.wait() == 0
-    assert cluster.submitted[ID1]["generation"] == fake_text("Once upon a time")
-    assert cluster.submitted[ID2]["generation"] == fake_text("It was a dark and stormy night")
+    assert scripted_cluster.submitted[ID1]["generation"] == fake_text("Once upon a time")
+    assert scripted_cluster.submitted[ID2]["generation"] == fake_text(
+        "It was a dark and stormy night"
+    )
     assert kai.payloads[0]["quiet"] is True
-    pop = next(body for path, _, body in cluster.requests if path == "/generate/pop")
+    pop = next(body for path, _, body in scripted_cluster.requests if path == "/generate/pop")
     assert pop["model"] == "KoboldAI/FakeModel-1B"
     assert pop["bridge_agent"].startswith("KoboldAI Cluster Bridge:")
     assert "job 11111111: 16 tokens in" in bridge.output
@@ -173,31 +175,31 @@ def test_serves_jobs_and_stops_on_ctrl_c_with_a_summary(run_bridge, cluster, kai
     assert "Once upon" not in bridge.output  # prompts stay private by default
 
 
-def test_ctrl_c_during_a_job_finishes_it(run_bridge, cluster, kai):
+def test_ctrl_c_during_a_job_finishes_it(run_bridge, scripted_cluster, kai):
     kai.delay = 1.0
-    cluster.add_job(ID1, "slow prompt")
+    scripted_cluster.add_job(ID1, "slow prompt")
     bridge = run_bridge()
     bridge.wait_until(lambda: kai.state()["active"] == 1, "the generation to start")
     bridge.interrupt()
     bridge.wait_for("stopping: finishing the job in progress (Ctrl-C again to quit now)")
     assert bridge.wait() == 0
-    assert cluster.submitted[ID1]["generation"] == fake_text("slow prompt")
+    assert scripted_cluster.submitted[ID1]["generation"] == fake_text("slow prompt")
     assert "stopped: 1 jobs done" in bridge.lines[-1]
 
 
-def test_sigterm_stops_gracefully_too(run_bridge, cluster, kai):
+def test_sigterm_stops_gracefully_too(run_bridge, scripted_cluster, kai):
     kai.delay = 0.5
-    cluster.add_job(ID1, "prompt")
+    scripted_cluster.add_job(ID1, "prompt")
     bridge = run_bridge()
     bridge.wait_until(lambda: kai.state()["active"] == 1, "the generation to start")
     bridge.popen.send_signal(signal.SIGTERM)
     assert bridge.wait() == 0
-    assert ID1 in cluster.submitted
+    assert ID1 in scripted_cluster.submitted
 
 
-def test_second_ctrl_c_quits_at_once(run_bridge, cluster, kai):
+def test_second_ctrl_c_quits_at_once(run_bridge, scripted_cluster, kai):
     kai.delay = 30.0
-    cluster.add_job(ID1, "very slow prompt")
+    scripted_cluster.add_job(ID1, "very slow prompt")
     bridge = run_bridge()
     bridge.wait_until(lambda: kai.state()["active"] == 1, "the generation to start")
     bridge.interrupt()
@@ -207,13 +209,13 @@ def test_second_ctrl_c_quits_at_once(run_bridge, cluster, kai):
     assert bridge.wait() == 130
     assert time.monotonic() - started < 5
     assert "quit at once: 0 jobs done" in bridge.lines[-1]
-    assert cluster.submitted == {}
+    assert scripted_cluster.submitted == {}
 
 
-def test_quiet_shows_only_problems_and_the_final_summary(run_bridge, cluster):
-    cluster.add_job(ID1, "prompt")
+def test_quiet_shows_only_problems_and_the_final_summary(run_bridge, scripted_cluster):
+    scripted_cluster.add_job(ID1, "prompt")
     bridge = run_bridge("-q")
-    bridge.wait_until(lambda: ID1 in cluster.submitted, "the submit")
+    bridge.wait_until(lambda: ID1 in scripted_cluster.submitted, "the submit")
     bridge.interrupt()
     assert bridge.wait() == 0
     assert [line.split(" ", 2)[2] for line in bridge.lines] == [
@@ -223,7 +225,7 @@ def test_quiet_shows_only_problems_and_the_final_summary(run_bridge, cluster):
     ]
 
 
-def test_verbose_logs_every_request(run_bridge, cluster):
+def test_verbose_logs_every_request(run_bridge, scripted_cluster):
     bridge = run_bridge("-v")
     bridge.wait_for('"POST /generate/pop HTTP/1.1" 200')
     bridge.wait_for("no work (skipped: nothing)")
@@ -231,8 +233,8 @@ def test_verbose_logs_every_request(run_bridge, cluster):
     assert bridge.wait() == 0
 
 
-def test_log_prompts_shows_prompt_and_text(run_bridge, cluster):
-    cluster.add_job(ID1, "show me")
+def test_log_prompts_shows_prompt_and_text(run_bridge, scripted_cluster):
+    scripted_cluster.add_job(ID1, "show me")
     bridge = run_bridge("--log-prompts")
     bridge.wait_for("job 11111111 prompt: 'show me'")
     bridge.wait_for(f"job 11111111 text: {fake_text('show me')!r}")
@@ -240,19 +242,19 @@ def test_log_prompts_shows_prompt_and_text(run_bridge, cluster):
     assert bridge.wait() == 0
 
 
-def test_threads_serve_jobs_concurrently(run_bridge, cluster, kai):
+def test_threads_serve_jobs_concurrently(run_bridge, scripted_cluster, kai):
     kai.delay = 0.4
     for number in range(6):
-        cluster.add_job(f"{number:08d}-0000-4000-8000-000000000000", f"prompt {number}")
+        scripted_cluster.add_job(f"{number:08d}-0000-4000-8000-000000000000", f"prompt {number}")
     bridge = run_bridge("--threads", "3")
     started = time.monotonic()
-    bridge.wait_until(lambda: len(cluster.submitted) == 6, "six submits")
+    bridge.wait_until(lambda: len(scripted_cluster.submitted) == 6, "six submits")
     elapsed = time.monotonic() - started
     bridge.interrupt()
     assert bridge.wait() == 0
     # Six 0.4 s jobs one at a time would take 2.4 s.
     assert elapsed < 2.0
-    assert all(body["threads"] == 3 for path, _, body in cluster.requests if "pop" in path)
+    assert all(body["threads"] == 3 for path, _, body in scripted_cluster.requests if "pop" in path)
     assert "[worker-" in bridge.output
 
 
@@ -265,7 +267,9 @@ def test_cluster_port_closed_is_retried_until_it_answers(tmp_path, processes, ka
         **FAST,
     )
     processes.append(bridge)
-    bridge.wait_for("connection refused); retrying in", count=2)
+    bridge.wait_for(
+        f"cannot reach the cluster at http://127.0.0.1:{port} (connection refused)", count=2
+    )
     late = ScriptedCluster(port).start()
     try:
         late.add_job(ID1, "finally")

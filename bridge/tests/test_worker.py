@@ -225,7 +225,7 @@ def test_repeated_failures_give_the_job_back_after_max_attempts(caplog):
     assert len(kobold.generated) == 4
     assert cluster.given_back == [JOB_ID] and cluster.submitted == []
     assert [seconds for seconds, _ in harness.waits[:3]] == [1.0, 2.0, 4.0]
-    assert f"job {SHORT}: {lost}; retrying in 1.0 s (try 2 of 4)" in caplog.messages
+    assert f"job {SHORT}: retrying in 1.0 s (try 2 of 4): {lost}" in caplog.messages
     assert f"job {SHORT}: given back to the cluster (4 tries failed)" in caplog.messages
 
 
@@ -256,7 +256,7 @@ def test_submit_network_errors_are_retried_without_generating_again(caplog):
     assert cluster.submitted == [(JOB_ID, "HELLO WORLD!")]
     # Submit retries are not cut short by Ctrl-C: the text is paid work.
     assert harness.waits[:2] == [(1.0, False), (2.0, False)]
-    assert f"job {SHORT}: submit failed: {down}; retrying in 1.0 s" in caplog.messages
+    assert f"job {SHORT}: submit failed, retrying in 1.0 s: {down}" in caplog.messages
 
 
 def test_submit_gives_up_after_its_patience():
@@ -331,7 +331,7 @@ def test_cluster_outage_backs_off_then_recovers(caplog):
     harness.run(waits=4)
     assert [seconds for seconds, _ in harness.waits] == [1.0, 2.0, 4.0, 1.0]
     assert cluster.submitted == [(JOB_ID, "HELLO WORLD!")]
-    assert f"{down}; retrying in 4.0 s" in caplog.messages
+    assert f"retrying in 4.0 s: {down}" in caplog.messages
     assert "the cluster at http://cluster.test answers again" in caplog.messages
 
 
@@ -466,7 +466,7 @@ def test_not_a_cluster_is_fatal_at_start_but_an_outage_later(caplog):
     harness = Harness(cluster)
     harness.run(waits=3)
     assert cluster.submitted == [(JOB_ID, "HELLO WORLD!")]
-    assert f"{wrong}; retrying in 1.0 s" in caplog.messages
+    assert f"retrying in 1.0 s: {wrong}" in caplog.messages
 
 
 def test_stats_summary():
