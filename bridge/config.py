@@ -261,7 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _read_file(path: Path, explicit: bool) -> dict[str, Any]:
+def _read_file(path: Path, shown: str, explicit: bool) -> dict[str, Any]:
+    """The file's settings; `shown` is the file as the contributor named it, for messages."""
     if not path.exists():
         if explicit:
             raise ConfigError(f"config file not found: {path}")
@@ -270,14 +271,14 @@ def _read_file(path: Path, explicit: bool) -> dict[str, Any]:
         with path.open("rb") as handle:
             data = tomllib.load(handle)
     except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"{path} is not valid TOML: {error}") from None
+        raise ConfigError(f"{shown} is not valid TOML: {error}") from None
     except OSError as error:
         raise ConfigError(f"cannot read config file {path}: {error.strerror}") from None
     for key in data:
         if key not in _BY_KEY:
             close = difflib.get_close_matches(key, list(_BY_KEY), n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
-            raise ConfigError(f"unknown setting {key!r} in {path}{hint}")
+            raise ConfigError(f"unknown setting {key!r} in {shown}{hint}")
     return data
 
 
@@ -292,10 +293,9 @@ def load_config(
     flags = vars(build_parser().parse_args(argv))
 
     explicit_file = "config" in flags
-    path = Path(flags.pop("config")) if explicit_file else Path(DEFAULT_CONFIG_FILE)
-    if not path.is_absolute():
-        path = cwd / path
-    from_file = _read_file(path, explicit_file)
+    shown = flags.pop("config") if explicit_file else DEFAULT_CONFIG_FILE
+    path = Path(shown) if Path(shown).is_absolute() else cwd / shown
+    from_file = _read_file(path, shown, explicit_file)
 
     # Each source maps key -> (raw value, how the contributor wrote it, for messages).
     # An empty environment variable counts as unset, as docker-compose and .env files produce them.
@@ -306,7 +306,7 @@ def load_config(
             for option in OPTIONS
             if environ.get(option.env, "").strip()
         },
-        {key: (value, f"{key} in {path.name}") for key, value in from_file.items()},
+        {key: (value, f"{key} in {shown}") for key, value in from_file.items()},
     ]
 
     values: dict[str, Any] = {}
@@ -324,7 +324,7 @@ def load_config(
         if environ.get(env, "").strip():
             values[key] = _parse(_seconds, environ[env], env)
 
-    _check_identity(values, path.name)
+    _check_identity(values, shown)
     return Config(**values, config_file=str(path) if path.exists() else None)
 
 

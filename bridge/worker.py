@@ -151,7 +151,7 @@ class ModelWatcher:
             # No pops until KoboldAI answers again: we could not serve the jobs.
             self._fresh = False
             if self._info is not None and not self._down:
-                log.warning("%s; no new jobs until it is back", error)
+                log.warning("no new jobs until KoboldAI is back: %s", error)
             self._down = True
             raise
         previous, was_down = self._info, self._down

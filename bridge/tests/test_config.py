@@ -216,8 +216,17 @@ def test_unknown_file_setting_suggests_the_right_name(tmp_path):
     assert message.endswith("(did you mean kai_url?)")
 
 
-def test_toml_error_gives_the_position(tmp_path):
-    assert "line 2" in error_of(tmp_path, IDENTITY, toml="name = 'x'\nthreads = = 2\n")
+def test_toml_error_gives_the_file_and_position(tmp_path):
+    message = error_of(tmp_path, IDENTITY, toml="name = 'x'\nthreads = = 2\n")
+    assert message.startswith("bridgeData.toml is not valid TOML: ")
+    assert message.endswith("(at line 2, column 11)")
+
+
+def test_file_is_named_as_given_in_messages(tmp_path):
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "mine.toml").write_text("threads = 0\n")
+    message = error_of(tmp_path, [*IDENTITY, "--config", "conf/mine.toml"])
+    assert message == "threads in conf/mine.toml must be a whole number from 1 to 50, got 0"
 
 
 def test_help_explains_every_option(capsys):
@@ -244,3 +253,10 @@ def test_template_copied_as_is_loads(tmp_path):
     template = (BRIDGE_DIR / "bridgeData.template.toml").read_text(encoding="utf-8")
     config = load(tmp_path, toml=template)
     assert (config.name, config.username) == ("my-kobold-server", "my-username")
+
+
+def test_readme_documents_every_option():
+    readme = (BRIDGE_DIR / "README.md").read_text(encoding="utf-8")
+    for option in OPTIONS:
+        for name in (option.flag, option.env, f"`{option.key}`"):
+            assert name in readme, name

@@ -362,7 +362,7 @@ def test_kobold_down_means_no_pops_until_it_is_back(caplog):
     # The idle wait (1 s) made the model stale; three failed checks, then pops resume.
     assert [seconds for seconds, _ in harness.waits[1:5]] == [1.0, 2.0, 4.0, 1.0]
     assert len(cluster.popped) == 2
-    assert f"{lost}; no new jobs until it is back" in caplog.messages
+    assert f"no new jobs until KoboldAI is back: {lost}" in caplog.messages
     assert (
         "KoboldAI is back, serving KoboldAI/Tiny-1B (max_length 512, max_context_length 2048)"
         in caplog.messages
