@@ -74,8 +74,10 @@ def install_signal_handlers(bridge: Bridge) -> None:
         presses += 1
         if presses == 1:
             bridge.stop.set()
-            if bridge.stats.in_flight:
-                log.warning("stopping: finishing the job in progress (Ctrl-C again to quit now)")
+            jobs = bridge.stats.in_flight
+            if jobs:
+                what = "the job" if jobs == 1 else f"the {jobs} jobs"
+                log.warning("stopping: finishing %s in progress (Ctrl-C again to quit now)", what)
             else:
                 log.warning("stopping")
             return

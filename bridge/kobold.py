@@ -111,15 +111,16 @@ class KoboldClient:
             lengths.append(value)
         return ModelInfo(name=name, max_length=lengths[0], max_context_length=lengths[1])
 
-    def generate(self, payload: dict[str, Any]) -> str:
-        """Generate one text for a job's payload and return it."""
+    def generate(self, payload: dict[str, Any], timeout: float | None = None) -> str:
+        """Generate one text for a job's payload and return it, waiting up to `timeout`
+        seconds for KoboldAI, but never less than `generate_timeout`."""
         # quiet: KoboldAI would otherwise print every prompt and result to its own console.
         body = {**payload, "quiet": True}
         try:
             response = self._session.post(
                 f"{self.url}/api/latest/generate",
                 json=body,
-                timeout=(self.connect_timeout, self.generate_timeout),
+                timeout=(self.connect_timeout, max(self.generate_timeout, timeout or 0.0)),
             )
         except requests.RequestException as error:
             raise self._unreachable(error) from None

@@ -36,6 +36,9 @@ summary_log = logging.getLogger("bridge.summary")
 
 # Used when the cluster does not say how long a job may take: the AI Horde's job ttl.
 DEFAULT_TTL = 150.0
+# How long past its ttl a generation is still worth waiting for: the cluster accepts a late
+# result until the job's slot goes to another server, which takes its reaper a minute or so.
+LATE_GRACE = 60.0
 
 
 class KoboldAPI(Protocol):
@@ -45,7 +48,7 @@ class KoboldAPI(Protocol):
 
     def model_info(self) -> ModelInfo: ...
 
-    def generate(self, payload: dict) -> str: ...
+    def generate(self, payload: dict, timeout: float | None = None) -> str: ...
 
 
 @dataclass
@@ -337,8 +340,11 @@ class Worker:
                 self.stats.add(dropped=1)
                 return None
             started = self._clock()
+            # A slow server's long job may legitimately take more than KoboldClient's default
+            # timeout: the cluster sized the ttl to this server's speed, so wait that long.
+            patience = deadline - started + LATE_GRACE
             try:
-                return self.kobold.generate(job.payload), self._clock() - started
+                return self.kobold.generate(job.payload, patience), self._clock() - started
             except KoboldBusy:
                 busy += 1
                 delay = self.settings.busy_backoff.delay(busy)

@@ -164,6 +164,14 @@ def test_slow_generation_times_out(kai):
         client.generate(JOB)
 
 
+def test_a_longer_timeout_than_the_default_may_be_asked_for(kai):
+    kai.delay = 0.4
+    client = KoboldClient(kai.url, generate_timeout=0.2)
+    assert client.generate(JOB, timeout=2.0) == fake_text(JOB["prompt"])
+    with pytest.raises(KoboldUnreachable, match="no answer in time"):
+        client.generate(JOB, timeout=0.1)  # never below the default
+
+
 def test_death_mid_generation_and_revival(kai):
     kai.delay = 5.0
     client = KoboldClient(kai.url)

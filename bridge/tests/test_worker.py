@@ -94,6 +94,7 @@ class FakeKobold:
         self.info_errors: deque[Exception] = deque(info_errors)
         self.info = INFO
         self.generated: list[dict] = []
+        self.timeouts: list[float | None] = []
         self.info_calls = 0
         self.on_generate: Callable[[], None] | None = None
         self.clock: FakeClock | None = None
@@ -106,9 +107,10 @@ class FakeKobold:
             raise self.info_errors.popleft()
         return self.info
 
-    def generate(self, payload: dict) -> str:
+    def generate(self, payload: dict, timeout: float | None = None) -> str:
         with self._lock:
             self.generated.append(payload)
+            self.timeouts.append(timeout)
             error = self.errors.popleft() if self.errors else None
         if self.on_generate:
             self.on_generate()
@@ -175,6 +177,14 @@ def test_serves_a_job_and_submits_its_text(caplog):
     assert cluster.popped[0] == Capabilities("KoboldAI/Tiny-1B", 512, 2048)
     assert (harness.stats.done, harness.stats.tokens, harness.stats.seconds) == (1, 3, 2.0)
     assert f"job {SHORT}: 3 tokens in 2.0 s (1.5 tokens/s)" in caplog.messages
+
+
+def test_kobold_may_take_as_long_as_the_ttl_allows():
+    lost = KoboldUnreachable("cannot reach KoboldAI (no answer in time)")
+    harness = Harness(FakeCluster([job(ttl=1200)]), FakeKobold([lost]))
+    harness.run(waits=2)
+    # The whole ttl plus a grace at first; after a 1 s retry wait, one second less.
+    assert harness.kobold.timeouts == [1260.0, 1259.0]
 
 
 def test_poll_interval_holds_when_there_is_no_work():
