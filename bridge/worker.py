@@ -92,7 +92,7 @@ class Stats:
         self._lock = threading.Lock()
         self.started = clock()
         self.done = 0
-        self.failed = 0  # given back to the cluster (refused payload, repeated errors, stop)
+        self.given_back = 0  # returned unpaid: refused payload, repeated errors, a stop
         self.dropped = 0  # expired, refused by the cluster or abandoned: nobody was paid
         self.tokens = 0
         self.seconds = 0.0  # time spent generating, for the average speed
@@ -107,7 +107,7 @@ class Stats:
         with self._lock:
             speed = self.tokens / self.seconds if self.seconds else 0.0
             return (
-                f"{self.done} jobs done, {self.failed} given back, {self.dropped} dropped; "
+                f"{self.done} jobs done, {self.given_back} given back, {self.dropped} dropped; "
                 f"{self.tokens} tokens at {speed:.1f} tokens/s; "
                 f"up {format_duration(self._clock() - self.started)}"
             )
@@ -433,7 +433,7 @@ class Worker:
         """Report the job as faulted so its slot goes to another server now, not at its ttl.
         One try only: if it fails, the cluster re-queues the job when the ttl passes anyway."""
         if count:
-            self.stats.add(failed=1)
+            self.stats.add(given_back=1)
         try:
             result = self.cluster.give_back(job)
         except ClusterUnavailable as error:

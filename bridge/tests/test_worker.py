@@ -221,7 +221,7 @@ def test_refused_payload_is_given_back_and_the_loop_goes_on(caplog):
     harness.run(waits=1)
     assert cluster.given_back == [JOB_ID]
     assert cluster.submitted == [(JOB_ID, "NEXT")]
-    assert harness.stats.failed == 1 and harness.stats.done == 1
+    assert harness.stats.given_back == 1 and harness.stats.done == 1
     assert f"job {SHORT}: {refused}" in caplog.messages
     assert f"job {SHORT}: given back to the cluster (KoboldAI refused it)" in caplog.messages
 
@@ -482,7 +482,7 @@ def test_not_a_cluster_is_fatal_at_start_but_an_outage_later(caplog):
 def test_stats_summary():
     clock = FakeClock()
     stats = Stats(clock)
-    stats.add(done=3, tokens=120, seconds=4.0, failed=1, dropped=2)
+    stats.add(done=3, tokens=120, seconds=4.0, given_back=1, dropped=2)
     clock.now += 3725
     assert stats.summary() == (
         "3 jobs done, 1 given back, 2 dropped; 120 tokens at 30.0 tokens/s; up 1:02:05"
