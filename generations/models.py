@@ -8,7 +8,7 @@ from datetime import datetime
 
 from django.conf import settings
 from django.db import models
-from django.db.models import Q
+from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
 
@@ -64,6 +64,12 @@ class Prompt(models.Model):
                 condition=Q(waiting__gt=0, state="live"),
                 name="prompt_queue",
             ),
+            # A user's own queue: the owner-first pass of pop, and the concurrency count.
+            models.Index(
+                fields=["user", "-sort_key"],
+                condition=Q(waiting__gt=0, state="live"),
+                name="prompt_user_queue",
+            ),
             models.Index(fields=["expires_at"], name="prompt_expiry"),
         ]
 
@@ -72,9 +78,13 @@ class Prompt(models.Model):
 
     @staticmethod
     def model_match(model_names: list[str]) -> Q:
-        """Prompts that accept any model or name one of `model_names`."""
-        named = PromptModel.objects.filter(name__in=model_names).values("prompt_id")
-        return Q(any_model=True) | Q(id__in=named)
+        """Prompts that accept any model or name one of `model_names`.
+
+        A correlated EXISTS, probed per queue row with the (name, prompt) index: an IN over
+        every prompt naming the model would cost as much as the queue is long.
+        """
+        named = PromptModel.objects.filter(prompt_id=OuterRef("id"), name__in=model_names)
+        return Q(any_model=True) | Q(Exists(named))
 
     def model_for(self, server_models: list[str]) -> str:
         """The model a job of this prompt runs on a server serving `server_models`."""

@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 # How many queue candidates a pop reads at once; more rounds follow only under contention.
 POP_CANDIDATES = 8
 POP_ROUNDS = 16
+SKIPPED_SCAN = 1000
 
 
 def _expiry() -> timedelta:
@@ -170,10 +171,15 @@ def _claim(prompt_id: object, server: Server, now: datetime) -> Job | None:
 
 
 def _skipped(server: Server, now: datetime) -> dict[str, int]:
-    """Counts of waiting prompts this server cannot serve, by the first reason that bars it."""
+    """Counts of waiting prompts this server cannot serve, by the first reason that bars it.
+
+    Only the first SKIPPED_SCAN prompts of the queue are looked at: an idle server asks every
+    second, and its answer must not cost as much as the queue is long.
+    """
     match = Prompt.model_match(server.models)
     too_long_context = Q(max_context_length__gt=server.max_context_length)
-    return Prompt.objects.queued(now).aggregate(
+    head = Prompt.objects.queued(now).order_by("-sort_key", "created").values("id")
+    return Prompt.objects.filter(id__in=head[:SKIPPED_SCAN]).aggregate(
         model=Count("id", filter=~match),
         max_content_length=Count("id", filter=match & too_long_context),
         max_length=Count(

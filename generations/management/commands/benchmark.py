@@ -1,0 +1,167 @@
+"""`manage.py benchmark`: the cost of pop, submit and status as the queue grows (DESIGN §7).
+
+It runs in a throwaway test database (never the configured one), fills the queue with
+synthetic waiting prompts, and times the hot-path services and the whole HTTP round trip.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+import uuid
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandParser
+from django.db import connection
+from django.test.utils import CaptureQueriesContext, setup_databases, teardown_databases
+from django.utils import timezone
+
+# A sample per measured call: wall milliseconds and database queries.
+Sample = tuple[float, int]
+
+
+class Command(BaseCommand):
+    help = "Measure pop, submit and status against queues of different sizes (test database)."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--sizes", default="100,10000", help="Comma-separated queue sizes (waiting prompts)."
+        )
+        parser.add_argument("--rounds", type=int, default=200, help="Calls measured per size.")
+
+    def handle(self, *args: Any, sizes: str, rounds: int, **options: Any) -> None:
+        queue_sizes = [int(size) for size in sizes.split(",")]
+        vendor = connection.vendor
+        self.stdout.write(f"Benchmark on {vendor}: {rounds} rounds per queue size")
+        old_config = setup_databases(verbosity=0, interactive=False)
+        try:
+            results = {size: self._measure(size, rounds) for size in queue_sizes}
+            self._report(results, queue_sizes)
+            self._report_round_trip(rounds)
+        finally:
+            teardown_databases(old_config, verbosity=0)
+
+    def _measure(self, size: int, rounds: int) -> dict[str, list[Sample]]:
+        from accounts.models import User
+        from generations.services import job_pop, job_submit, prompt_status
+        from servers.models import Server
+
+        self._reset()
+        owner = User.objects.create_user(f"owner-{uuid.uuid4().hex[:8]}", password="x")
+        server = Server.objects.create(
+            name=f"bench-{uuid.uuid4().hex[:8]}",
+            owner=owner,
+            models=["bench-model"],
+            max_length=512,
+            max_context_length=4096,
+        )
+        self._fill_queue(size)
+        self.stdout.write(f"  queue of {size} waiting prompts ready")
+        samples: dict[str, list[Sample]] = {"pop": [], "submit": [], "status": []}
+        for _ in range(rounds):
+            popped = _timed(samples["pop"], lambda: job_pop(server=server))
+            job = popped.job
+            _timed(samples["status"], lambda job=job: prompt_status(prompt_id=job.prompt_id))
+            _timed(samples["submit"], lambda job=job: job_submit(job=job, text="x" * 64))
+        return samples
+
+    def _reset(self) -> None:
+        from generations.models import Prompt
+
+        Prompt.objects.all().delete()
+
+    def _fill_queue(self, size: int) -> None:
+        """Waiting prompts like real traffic: most accept any model, some name models."""
+        from accounts.models import User
+        from generations.models import Prompt, PromptModel
+        from generations.services import sort_key
+
+        now = timezone.now()
+        requester = User.objects.create(username=f"req-{uuid.uuid4().hex[:8]}")
+        prompts, names = [], []
+        for index in range(size):
+            created = now - timedelta(seconds=index % 300)
+            named = ["bench-model", "other-model"] if index % 3 == 0 else []
+            prompt = Prompt(
+                user=requester,
+                text=f"benchmark prompt {index} " * 20,
+                n=3,
+                waiting=3,
+                max_length=80 if index % 5 else 1024,
+                max_context_length=2048,
+                models=named,
+                any_model=not named,
+                sort_key=sort_key(index % 50, created),
+                created=created,
+                last_activity=created,
+                expires_at=now + timedelta(hours=1),
+            )
+            prompts.append(prompt)
+            names += [PromptModel(prompt=prompt, name=name) for name in named]
+        Prompt.objects.bulk_create(prompts, batch_size=2000)
+        PromptModel.objects.bulk_create(names, batch_size=2000)
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("ANALYZE")
+
+    def _report(self, results: dict[int, dict[str, list[Sample]]], sizes: list[int]) -> None:
+        self.stdout.write("")
+        header = f"{'operation':<10}{'queue':>8}{'mean ms':>10}{'p50 ms':>9}{'p95 ms':>9}"
+        self.stdout.write(header + f"{'queries':>9}")
+        for name in ("pop", "submit", "status"):
+            for size in sizes:
+                millis = [ms for ms, _ in results[size][name]]
+                queries = max(q for _, q in results[size][name])
+                self.stdout.write(
+                    f"{name:<10}{size:>8}{statistics.mean(millis):>10.2f}"
+                    f"{statistics.median(millis):>9.2f}{_p95(millis):>9.2f}{queries:>9}"
+                )
+        if len(sizes) > 1:
+            small, large = sizes[0], sizes[-1]
+            self.stdout.write("")
+            for name in ("pop", "submit", "status"):
+                ratio = statistics.median(m for m, _ in results[large][name]) / statistics.median(
+                    m for m, _ in results[small][name]
+                )
+                self.stdout.write(
+                    f"{name}: median at {large} is {ratio:.2f}x the median at {small}"
+                )
+
+    def _report_round_trip(self, rounds: int) -> None:
+        """CPU time of one generation through the HTTP API: prompt, pop, submit, status."""
+        from rest_framework.test import APIClient
+
+        self._reset()
+        client = APIClient()
+        server = {"username": "rt-owner", "password": "pw", "name": "rt-1", "model": "m"}
+        client.post("/generate/pop", server, format="json")  # create the account once
+        cpu = []
+        for _ in range(rounds):
+            start = time.process_time()
+            prompt = client.post("/generate/prompt", {"prompt": "Hello"}, format="json").json()
+            job = client.post("/generate/pop", server, format="json").json()
+            body = {"id": job["id"], "password": "pw", "generation": "world"}
+            client.post("/generate/submit", body, format="json")
+            client.get(f"/generate/prompt/{prompt['id']}")
+            cpu.append((time.process_time() - start) * 1000)
+        self.stdout.write("")
+        self.stdout.write(
+            f"round trip (prompt, pop, submit, status over HTTP, in-process): "
+            f"{statistics.median(cpu):.2f} ms CPU median, {_p95(cpu):.2f} ms p95"
+        )
+
+
+def _timed(samples: list[Sample], call: Callable[[], Any]) -> Any:
+    with CaptureQueriesContext(connection) as queries:
+        start = time.perf_counter()
+        result = call()
+        elapsed = (time.perf_counter() - start) * 1000
+    samples.append((elapsed, len(queries.captured_queries)))
+    return result
+
+
+def _p95(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * 0.95))]
