@@ -139,7 +139,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     install_signal_handlers(bridge)
     bridge.start()
     bridge.join()
-    summary_log.info("stopped: %s", bridge.stats.summary())
+    stats = bridge.stats
+    # A bridge refused at its first pop has nothing to sum up: the error is the whole story.
+    if bridge.fatal is None or stats.done or stats.given_back or stats.dropped:
+        summary_log.info("stopped: %s", stats.summary())
     if bridge.fatal is not None:
         log.error("%s", bridge.fatal)
         return EXIT_FATAL
