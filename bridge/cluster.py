@@ -18,6 +18,14 @@ import requests
 
 from bridge.net import describe_network_error, json_body
 
+# Error codes that mean "these credentials are not good enough", whatever the status.
+CREDENTIAL_CODES = {
+    "WrongCredentials",
+    "InvalidCredentials",
+    "CredentialsRequired",
+    "InvalidAPIKey",
+}
+
 
 class ClusterError(Exception):
     """Base class; the message is one line meant for the contributor."""
@@ -211,7 +219,7 @@ class OriginalClusterProtocol:
     def _raise_for_pop(self, response: requests.Response, data: Any) -> NoReturn:
         status, message, rc = response.status_code, _message(response, data), _rc(data)
         self._raise_if_transient(response)
-        if status == 401 or rc == "WrongCredentials":
+        if status == 401 or rc in CREDENTIAL_CODES:
             raise ClusterRejected(f"the cluster rejected the credentials: {message}")
         if rc == "AnonForbiddenWorker":
             raise ClusterRejected(

@@ -100,6 +100,11 @@ def test_a_job_without_ttl_has_no_deadline(cluster):
         ),
         (
             403,
+            error("Invalid API key.", "InvalidAPIKey"),
+            "the cluster rejected the credentials: Invalid API key.",
+        ),
+        (
+            403,
             error("Anonymous users cannot run servers.", "AnonForbiddenWorker"),
             "the cluster does not let anonymous users run servers (Anonymous users cannot run "
             "servers.): set --username and --password, or --apikey",

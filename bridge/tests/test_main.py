@@ -149,6 +149,7 @@ def test_rejected_credentials(run_bridge, scripted_cluster):
     assert bridge.lines[-1].endswith(
         "the cluster rejected the credentials: Wrong password for bob."
     )
+    assert "stopped:" not in bridge.output
 
 
 def test_serves_jobs_and_stops_on_ctrl_c_with_a_summary(run_bridge, scripted_cluster, kai):
