@@ -65,6 +65,7 @@ class Option:
     parse: Callable[[Any], Any]
     metavar: str | None = None  # None: a switch that takes no value
     short: str | None = None
+    secret: bool = False  # never echo the value in an error message
 
     @property
     def env(self) -> str:
@@ -92,7 +93,9 @@ def _url(value: Any) -> str:
 
 def _text(value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
-        raise _Invalid("a non-empty text")
+        # TOML reads password = 1234 as a number: the fix is quotes.
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        raise _Invalid("a non-empty text", " (put it in quotes)" if number else "")
     return value.strip()
 
 
@@ -166,13 +169,16 @@ OPTIONS: tuple[Option, ...] = (
         _text,
         "USER",
     ),
-    Option("password", "--password", "your cluster account's password", _text, "PASSWORD"),
+    Option(
+        "password", "--password", "your cluster account's password", _text, "PASSWORD", secret=True
+    ),
     Option(
         "apikey",
         "--apikey",
         "an API key of your cluster account, used instead of --username/--password",
         _text,
         "KEY",
+        secret=True,
     ),
     Option(
         "interval",
@@ -316,7 +322,7 @@ def load_config(
         for source in sources:
             if option.key in source:
                 raw, label = source[option.key]
-                values[option.key] = _parse(option.parse, raw, label)
+                values[option.key] = _parse(option.parse, raw, label, option.secret)
                 break
     values["verbosity"] = _verbosity(sources)
     for key in _TUNING:
@@ -328,12 +334,24 @@ def load_config(
     return Config(**values, config_file=str(path) if path.exists() else None)
 
 
-def _parse(parse: Callable[[Any], Any], raw: Any, label: str) -> Any:
+def _parse(parse: Callable[[Any], Any], raw: Any, label: str, secret: bool = False) -> Any:
     try:
         return parse(raw)
     except _Invalid as invalid:
-        shown = repr(raw) if isinstance(raw, str) else raw
+        # A password or key is described, never shown: error lines end up in screenshots.
+        shown = _describe(raw) if secret else repr(raw) if isinstance(raw, str) else raw
         raise ConfigError(f"{label} must be {invalid.wanted}, got {shown}{invalid.hint}") from None
+
+
+def _describe(value: Any) -> str:
+    """What kind of value this is, for messages that must not show a secret."""
+    if isinstance(value, bool):
+        return "true or false"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "an empty text" if not value.strip() else "a text"
+    return "a list" if isinstance(value, list) else "a table"
 
 
 def _verbosity(sources: list[dict[str, tuple[Any, str]]]) -> str:

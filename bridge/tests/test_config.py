@@ -172,7 +172,12 @@ ERRORS = [
         "",
         "BRIDGE_MAX_CONTEXT_LENGTH must be a whole number of at least 1",
     ),
-    (["--apikey", "k"], {}, "name = 3", "name in bridgeData.toml must be a non-empty text, got 3"),
+    (
+        ["--apikey", "k"],
+        {},
+        "name = 3",
+        "name in bridgeData.toml must be a non-empty text, got 3 (put it in quotes)",
+    ),
     (["--apikey", "k"], {}, 'name = "  "', "name in bridgeData.toml must be a non-empty text"),
     (
         IDENTITY,
@@ -209,6 +214,14 @@ ERRORS = [
 @pytest.mark.parametrize(("argv", "env", "toml", "expected"), ERRORS)
 def test_error_messages(tmp_path, argv, env, toml, expected):
     assert expected in error_of(tmp_path, argv, env, toml)
+
+
+def test_a_bad_password_is_not_echoed(tmp_path):
+    message = error_of(tmp_path, ["--name", "s", "--username", "u"], toml="password = 271828")
+    assert message == (
+        "password in bridgeData.toml must be a non-empty text, got a number (put it in quotes)"
+    )
+    assert "271828" not in message
 
 
 def test_unknown_file_setting_suggests_the_right_name(tmp_path):
