@@ -83,6 +83,10 @@ class KoboldClient:
         info_timeout: float = 10.0,
     ) -> None:
         self.url = url.rstrip("/")
+        # People paste the API's address as KoboldCpp prints it ("…/api"); the paths below
+        # already start with /api, so keep only the server's address.
+        for suffix in ("/api/latest", "/api/v1", "/api"):
+            self.url = self.url.removesuffix(suffix)
         self.generate_timeout = generate_timeout
         self.connect_timeout = connect_timeout
         self.info_timeout = info_timeout

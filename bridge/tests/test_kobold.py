@@ -64,6 +64,13 @@ def test_model_name_gets_its_slash_back(reported, advertised):
     assert cluster_model_name(reported) == advertised
 
 
+@pytest.mark.parametrize("suffix", ["", "/", "/api", "/api/", "/api/v1", "/api/latest"])
+def test_the_apis_address_works_as_well_as_the_servers(kai, suffix):
+    client = KoboldClient(kai.url + suffix)
+    assert client.url == kai.url
+    assert client.model_info().name == kai.model
+
+
 def test_no_model_loaded(kai):
     kai.model = "ReadOnly"
     with pytest.raises(NoModelLoaded, match=f"KoboldAI at {kai.url} has no model loaded"):
