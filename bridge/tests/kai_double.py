@@ -77,6 +77,9 @@ class _Server(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, like the servers KoboldAI runs on
+    # Headers and body leave in two writes; with Nagle's algorithm and the client's delayed
+    # ACK each answer would wait ~40 ms, which would show up as a slow KoboldAI.
+    disable_nagle_algorithm = True
     server: _Server
 
     def log_message(self, format: str, *args: Any) -> None:
