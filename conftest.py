@@ -24,6 +24,30 @@ def empty_cache() -> None:
     cache.clear()
 
 
+@pytest.fixture(autouse=True)
+def no_rate_limits(settings: Any) -> None:
+    """Rate limits are off in tests; the `rate_limits` fixture turns them on."""
+    settings.KOBOLDCLUSTER = {**settings.KOBOLDCLUSTER, "RATE_LIMITS_ENABLED": False}
+
+
+@pytest.fixture
+def rate_limits(settings: Any) -> Callable[..., None]:
+    """Turn the rate limits on, with `name="count/period"` overrides (e.g. submit_ip="2/min")."""
+
+    def turn_on(**rates: str) -> None:
+        from koboldcluster.settings import parse_rate
+
+        limits = settings.KOBOLDCLUSTER
+        parsed = {name: parse_rate(rate) for name, rate in rates.items()}
+        settings.KOBOLDCLUSTER = {
+            **limits,
+            "RATE_LIMITS_ENABLED": True,
+            "RATE_LIMITS": {**limits["RATE_LIMITS"], **parsed},
+        }
+
+    return turn_on
+
+
 @pytest.fixture
 def api() -> APIClient:
     return APIClient()
@@ -42,12 +66,30 @@ def bob(db: None) -> User:
 
 
 @pytest.fixture
-def submit_prompt(api: APIClient) -> Callable[..., str]:
-    """POST /generate/prompt and return the id."""
+def register(db: None) -> Callable[..., tuple[User, str]]:
+    """Register an account (as /api/v2/register does); return the user and its API key."""
+    from accounts.services import account_register
 
-    def submit(prompt: str = "Once upon a time", **body: Any) -> str:
+    def make(username: str, **fields: Any) -> tuple[User, str]:
+        user, key = account_register(username=username)
+        if fields:
+            User.objects.filter(pk=user.pk).update(**fields)
+            user.refresh_from_db()
+        return user, key
+
+    return make
+
+
+@pytest.fixture
+def submit_prompt(api: APIClient) -> Callable[..., str]:
+    """POST /generate/prompt (with an `apikey` header if given) and return the id."""
+
+    def submit(prompt: str = "Once upon a time", apikey: str | None = None, **body: Any) -> str:
         body.setdefault("params", {"n": 1, "max_length": 16})
-        response = api.post("/generate/prompt", {"prompt": prompt, **body}, format="json")
+        headers = {"HTTP_APIKEY": apikey} if apikey else {}
+        response = api.post(
+            "/generate/prompt", {"prompt": prompt, **body}, format="json", **headers
+        )
         assert response.status_code == 200, response.json()
         return response.json()["id"]
 

@@ -1,18 +1,74 @@
 from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
+from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from accounts.models import Balance, LedgerEntry, User
+from accounts.models import ApiKey, Balance, LedgerEntry, User
+from accounts.services import apikeys_revoke
+
+
+class ApiKeyInline(admin.TabularInline):
+    """A user's keys: names and use only, since the keys themselves are never stored."""
+
+    model = ApiKey
+    fields = ("name", "created", "last_used", "revoked_at")
+    readonly_fields = ("created", "last_used", "revoked_at")
+    extra = 0
+    can_delete = False
+    show_change_link = True
+
+    def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False  # keys are shown once: issue them with `manage.py createapikey`
 
 
 @admin.register(User)
 class UserAdmin(DjangoUserAdmin):
     list_display = ("username", "id", "kind", "trusted", "moderator", "concurrency", "date_joined")
+    list_editable = ("trusted", "concurrency")
     list_filter = ("kind", "trusted", "moderator", "is_staff")
     fieldsets = (
         *DjangoUserAdmin.fieldsets,
         ("Cluster", {"fields": ("kind", "trusted", "moderator", "concurrency")}),
     )
+    inlines = [ApiKeyInline]
+    actions = ["mark_trusted", "mark_untrusted", "default_concurrency", "revoke_keys"]
+
+    @admin.action(description="Mark the selected users trusted")
+    def mark_trusted(self, request: HttpRequest, queryset: QuerySet[User]) -> None:
+        self.message_user(request, f"{queryset.update(trusted=True)} users trusted.")
+
+    @admin.action(description="Take the trust from the selected users")
+    def mark_untrusted(self, request: HttpRequest, queryset: QuerySet[User]) -> None:
+        self.message_user(request, f"{queryset.update(trusted=False)} users no longer trusted.")
+
+    @admin.action(description="Reset the selected users' concurrency to the default")
+    def default_concurrency(self, request: HttpRequest, queryset: QuerySet[User]) -> None:
+        self.message_user(request, f"{queryset.update(concurrency=None)} users on the default.")
+
+    @admin.action(description="Revoke every API key of the selected users")
+    def revoke_keys(self, request: HttpRequest, queryset: QuerySet[User]) -> None:
+        keys = ApiKey.objects.filter(user__in=queryset).values_list("pk", flat=True)
+        self.message_user(request, f"{apikeys_revoke(key_ids=keys)} API keys revoked.")
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(admin.ModelAdmin):
+    list_display = ("id", "user", "name", "created", "last_used", "revoked_at")
+    list_filter = ("revoked_at",)
+    search_fields = ("user__username", "name")
+    raw_id_fields = ("user",)
+    list_select_related = ("user",)
+    fields = ("user", "name", "created", "last_used", "revoked_at")
+    readonly_fields = ("user", "created", "last_used", "revoked_at")
+    actions = ["revoke"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # keys are shown once: issue them with `manage.py createapikey`
+
+    @admin.action(description="Revoke the selected API keys")
+    def revoke(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
+        revoked = apikeys_revoke(key_ids=queryset.values_list("pk", flat=True))
+        self.message_user(request, f"{revoked} API keys revoked.")
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):

@@ -8,6 +8,9 @@ and readers add the entries the fold has not reached yet (`accounts.selectors`).
 
 from __future__ import annotations
 
+import hashlib
+
+from django.conf import settings
 from django.contrib.auth.models import AbstractUser, UserManager
 from django.db import models
 from django.utils import timezone
@@ -28,7 +31,10 @@ class User(AbstractUser):
     trusted = models.BooleanField(default=False)
     moderator = models.BooleanField(default=False)
     concurrency = models.PositiveIntegerField(
-        default=30, help_text="The most waiting generation slots this user may have queued."
+        null=True,
+        blank=True,
+        help_text="The most waiting generation slots this user may have queued. Empty: the "
+        "default for anonymous, trusted or other users (KOBOLDCLUSTER_CONCURRENCY…).",
     )
 
     objects = UserManager()
@@ -48,6 +54,51 @@ class User(AbstractUser):
     @property
     def has_credentials(self) -> bool:
         return self.kind == self.Kind.REGISTERED
+
+    def concurrency_limit(self) -> int:
+        """The most waiting slots this user may have: their own setting, or their kind's."""
+        if self.concurrency is not None:
+            return self.concurrency
+        limits = settings.KOBOLDCLUSTER
+        if self.is_anonymous_user:
+            return limits["CONCURRENCY_ANONYMOUS"]
+        return limits["CONCURRENCY_TRUSTED"] if self.trusted else limits["CONCURRENCY"]
+
+
+class ApiKey(models.Model):
+    """A key that identifies its user in the `apikey` header.
+
+    Only the SHA-256 digest is stored; the key itself is shown once, when it is issued. A key
+    has 128 random bits, so an unsalted digest cannot be reversed by guessing.
+    """
+
+    # The AI Horde's shared anonymous key: it names the anonymous user and is never stored.
+    ANONYMOUS_KEY = "0000000000"
+
+    user = models.ForeignKey(User, models.CASCADE, related_name="api_keys")
+    digest = models.CharField(max_length=64, unique=True, editable=False)
+    name = models.CharField(max_length=100, blank=True)
+    created = models.DateTimeField(default=timezone.now)
+    last_used = models.DateTimeField(
+        null=True, blank=True, help_text="Written about once a minute."
+    )
+    revoked_at = models.DateTimeField(
+        null=True, blank=True, help_text="When it was revoked; a revoked key identifies nobody."
+    )
+
+    class Meta:
+        verbose_name = "API key"
+
+    def __str__(self) -> str:
+        return f"{self.name or 'key'} #{self.pk} of {self.user_id}"
+
+    @staticmethod
+    def digest_of(key: str) -> str:
+        return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+
+    @property
+    def revoked(self) -> bool:
+        return self.revoked_at is not None
 
 
 class LedgerEntry(models.Model):

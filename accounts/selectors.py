@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from uuid import UUID
 
 from django.db.models import Count, Sum
 
-from accounts.models import Balance, LedgerEntry, LedgerFold, User
+from accounts.models import ApiKey, Balance, LedgerEntry, LedgerFold, User
 
 
 @dataclass(frozen=True)
@@ -82,3 +84,44 @@ def tokens_by_username(field: str) -> dict[str, int]:
         for user_id, t in sorted(totals.items())
         if getattr(t, field) and user_id in names
     }
+
+
+def api_keys_of(user: User) -> list[ApiKey]:
+    """A user's keys that still work, oldest first (digests only: keys are never stored)."""
+    return list(user.api_keys.filter(revoked_at__isnull=True).order_by("id"))
+
+
+@dataclass(frozen=True)
+class UserDetails:
+    """What `/api/v2/users/<id>` and `find_user` show; the private parts only if `privileged`."""
+
+    user: User
+    totals: Totals
+    server_count: int
+    privileged: bool
+    server_ids: list[UUID] = field(default_factory=list)
+    active_prompt_ids: list[UUID] = field(default_factory=list)
+
+
+def user_details(user: User, *, privileged: bool, now: datetime | None = None) -> UserDetails:
+    """The user's totals and servers; with `privileged`, their server and live prompt ids.
+
+    Never privileged for the anonymous user: its prompts are everyone's without a key, and
+    their ids are enough to read or cancel them.
+    """
+    privileged = privileged and not user.is_anonymous_user
+    servers = user.servers.order_by("created").values_list("id", flat=True)
+    details = UserDetails(
+        user=user,
+        totals=totals_for(user),
+        server_count=servers.count(),
+        privileged=privileged,
+    )
+    if not privileged:
+        return details
+    prompts = user.prompts.live(now).filter(state="live").order_by("created")
+    return replace(
+        details,
+        server_ids=list(servers),
+        active_prompt_ids=list(prompts.values_list("id", flat=True)),
+    )

@@ -5,6 +5,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import re
+import secrets
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 
 from django.conf import settings
@@ -14,8 +17,8 @@ from django.db import IntegrityError, transaction
 from django.db.models import Count, F, Max, Sum
 from django.utils import timezone
 
-from accounts.models import Balance, LedgerEntry, LedgerFold, User
-from koboldcluster.errors import Forbidden, Unauthorized
+from accounts.models import ApiKey, Balance, LedgerEntry, LedgerFold, User
+from koboldcluster.errors import BadRequest, Forbidden, NotFound, Unauthorized
 
 logger = logging.getLogger(__name__)
 
@@ -70,16 +73,18 @@ def _get_or_create_user(username: str, **fields: object) -> tuple[User, bool]:
 
 
 def _check_password(user: User, password: str | None) -> None:
+    if not user.has_usable_password():
+        # Registered on /register or with createapikey: the account has keys, no password.
+        raise Unauthorized(
+            f"The username '{user.username}' belongs to a registered account without a "
+            "password: send its API key in the 'apikey' header.",
+            rc="InvalidCredentials" if password else "CredentialsRequired",
+        )
     if not password:
         raise Unauthorized(
             f"The username '{user.username}' belongs to an account with credentials: "
-            "send its API key in the 'apikey' header, or its password.",
+            "send its password, or its API key in the 'apikey' header.",
             rc="CredentialsRequired",
-        )
-    if not user.has_usable_password():
-        raise Unauthorized(
-            f"The account '{user.username}' has no password; use its API key.",
-            rc="InvalidCredentials",
         )
     if not password_matches(user, password):
         raise Unauthorized(f"Wrong password for '{user.username}'.", rc="InvalidCredentials")
@@ -162,6 +167,180 @@ def verify_owner(*, owner: User, password: str | None, api_user: User | None = N
             raise Forbidden("This job belongs to another account's server.", rc="WrongCredentials")
         return
     _check_password(owner, password)
+
+
+def user_by_password(*, username: str, password: str | None) -> User:
+    """The registered account `username` after checking its password (401 otherwise)."""
+    user = User.objects.filter(username=username, kind=User.Kind.REGISTERED).first()
+    if user is None:
+        raise Unauthorized(f"No account '{username}' has credentials.", rc="InvalidCredentials")
+    _check_password(user, password)
+    return user
+
+
+def lock_account(user: User) -> None:
+    """Serialise writers that must see each other's effect on `user` (call in a transaction).
+
+    FOR NO KEY UPDATE, unlike FOR UPDATE, does not block the inserts that merely reference
+    the user (prompts, ledger entries). On SQLite the transaction already holds the one write
+    lock, so there is nothing to add.
+    """
+    list(User.objects.select_for_update(no_key=True).filter(pk=user.pk).values_list("pk"))
+
+
+# --- API keys --------------------------------------------------------------------------------
+
+# `last_used` is for people (which key is still in use?), not for security: writing it on every
+# request would turn every pop into a write.
+KEY_LAST_USED_WRITE = timedelta(seconds=60)
+
+
+def apikey_issue(*, user: User, name: str = "", now: datetime | None = None) -> tuple[ApiKey, str]:
+    """Make a new key for `user`; return its row and the key, which is never shown again."""
+    if user.is_anonymous_user:
+        raise Forbidden("The anonymous user cannot have API keys: register.", rc="AnonForbidden")
+    key = secrets.token_urlsafe(16)  # 22 characters: what AI Horde clients accept
+    api_key = ApiKey.objects.create(
+        user=user, digest=ApiKey.digest_of(key), name=name, created=now or timezone.now()
+    )
+    logger.info("API key %s issued to user %s", api_key.pk, user.pk)
+    return api_key, key
+
+
+def apikey_authenticate(
+    *, key: str, now: datetime | None = None
+) -> tuple[User, ApiKey | None] | None:
+    """The user a key names (with its row; None for the anonymous key), or None if no one."""
+    if key == ApiKey.ANONYMOUS_KEY:
+        return anonymous_user(), None
+    api_key = (
+        ApiKey.objects.select_related("user")
+        .filter(digest=ApiKey.digest_of(key), revoked_at__isnull=True, user__is_active=True)
+        .first()
+    )
+    if api_key is None:
+        return None
+    now = now or timezone.now()
+    if api_key.last_used is None or api_key.last_used <= now - KEY_LAST_USED_WRITE:
+        ApiKey.objects.filter(pk=api_key.pk).update(last_used=now)
+        api_key.last_used = now
+    return api_key.user, api_key
+
+
+def apikey_revoke(*, user: User, key_id: int, now: datetime | None = None) -> ApiKey:
+    """Revoke one of `user`'s keys at once (every request looks its key up).
+
+    The last key of an account without a password is refused: revoking it would lock the
+    owner out for good. Create a new key first.
+    """
+    now = now or timezone.now()
+    with transaction.atomic():
+        lock_account(user)  # two revokes at once must not both see "another key is left"
+        active = ApiKey.objects.filter(user=user, revoked_at__isnull=True)
+        api_key = active.filter(pk=key_id).first()
+        if api_key is None:
+            raise NotFound(f"You have no API key {key_id}.", rc="ApiKeyNotFound")
+        if not user.has_usable_password() and not active.exclude(pk=key_id).exists():
+            raise BadRequest(
+                "This is the account's last API key: create a new one before revoking it.",
+                rc="LastApiKey",
+            )
+        active.filter(pk=key_id).update(revoked_at=now)
+    api_key.revoked_at = now
+    logger.info("API key %s of user %s revoked", key_id, user.pk)
+    return api_key
+
+
+def apikeys_revoke(*, key_ids: Iterable[int], now: datetime | None = None) -> int:
+    """Revoke keys by id, whosever they are (the admin's action); return how many."""
+    revoked = ApiKey.objects.filter(pk__in=list(key_ids), revoked_at__isnull=True).update(
+        revoked_at=now or timezone.now()
+    )
+    logger.info("%s API keys revoked by an administrator", revoked)
+    return revoked
+
+
+# --- Registration ----------------------------------------------------------------------------
+
+
+def _registered_account(username: str) -> tuple[User, bool]:
+    """A registered account named `username`: new, or claimed from an unclaimed name.
+
+    Returns the user and whether it had credentials already. An unclaimed name has only been
+    used by prompts without credentials; the first to register it (or to run a server with
+    it) gets it, as in the original cluster.
+    """
+    if username == User.ANONYMOUS_USERNAME:
+        raise BadRequest(f"The username '{username}' is reserved.", rc="UsernameTaken")
+    user, created = _get_or_create_user(
+        username, kind=User.Kind.REGISTERED, password=make_password(None)
+    )
+    if created:
+        return user, False
+    if User.objects.filter(pk=user.pk, kind=User.Kind.UNCLAIMED).update(kind=User.Kind.REGISTERED):
+        user.kind = User.Kind.REGISTERED
+        logger.info("account %s claimed by registration", user.pk)
+        return user, False
+    return user, True
+
+
+def account_register(*, username: str, now: datetime | None = None) -> tuple[User, str]:
+    """Create the registered account `username` with a first API key; return both.
+
+    A name that already belongs to an account with credentials is refused (400).
+    """
+    with transaction.atomic():
+        user, existed = _registered_account(username)
+        if existed:
+            raise BadRequest(f"The username '{username}' is taken.", rc="UsernameTaken")
+        _, key = apikey_issue(user=user, name="registration", now=now)
+    logger.info("account %s registered", user.pk)
+    return user, key
+
+
+def apikey_issue_for_username(
+    *, username: str, name: str = "", now: datetime | None = None
+) -> tuple[User, str, bool]:
+    """The operator's way (`createapikey`): a new key for `username`, registering it if needed.
+
+    Returns the user, the key and whether the account was registered just now.
+    """
+    with transaction.atomic():
+        user, existed = _registered_account(username)
+        _, key = apikey_issue(user=user, name=name, now=now)
+    return user, key, not existed
+
+
+# --- Priority users --------------------------------------------------------------------------
+
+_HORDE_NAME = re.compile(r"#([0-9]{1,18})\Z")
+
+
+def priority_user_ids(entries: Iterable[str]) -> set[int]:
+    """The ids of the users a server serves first.
+
+    An entry is `alias#id` (the AI Horde's form: only the id counts) or a plain username.
+    Users that do not exist are ignored, so a server's list may name friends who have not
+    registered yet.
+    """
+    ids: set[int] = set()
+    names: list[str] = []
+    for entry in entries:
+        if "#" in entry:
+            match = _HORDE_NAME.search(entry)
+            if match is None:
+                raise BadRequest(
+                    f"Priority username {entry!r} must look like alias#id, e.g. alice#12.",
+                    rc="InvalidPriorityUsername",
+                )
+            ids.add(int(match.group(1)))
+        elif entry:
+            names.append(entry)
+        else:
+            raise BadRequest("A priority username is empty.", rc="InvalidPriorityUsername")
+    if names:
+        ids.update(User.objects.filter(username__in=names).values_list("pk", flat=True))
+    return ids
 
 
 def ledger_record_generation(

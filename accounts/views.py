@@ -1,12 +1,30 @@
-"""The original API's ledger views."""
+"""The accounts API: the original API's ledger views, and the AI Horde v2 user endpoints
+(registration, API keys, user details) under /api/v2/."""
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
+from django.contrib.auth.validators import UnicodeUsernameValidator
+from django.utils import timezone
+from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.selectors import tokens_by_username
+from accounts.authentication import LenientApiKeyAuthentication, apikey_header
+from accounts.models import ApiKey, User
+from accounts.selectors import UserDetails, api_keys_of, tokens_by_username, user_details
+from accounts.services import (
+    account_register,
+    apikey_issue,
+    apikey_revoke,
+    user_by_password,
+)
+from koboldcluster.api import api_user, validated
+from koboldcluster.errors import Forbidden, NotFound, Unauthorized
+from koboldcluster.fields import StrictCharField
 
 
 class UsageView(APIView):
@@ -19,3 +37,161 @@ class ContributionsView(APIView):
     def get(self, request: Request) -> Response:
         """Tokens each user's servers have generated for others."""
         return Response(tokens_by_username("tokens_contributed"))
+
+
+class UsernameField(StrictCharField):
+    """A new account's name: letters, digits and @.+-_ (no `#`, which separates the id)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(max_length=150, validators=[UnicodeUsernameValidator()], **kwargs)
+
+
+class RegisterView(APIView):
+    throttle_scope = "register"
+
+    class Input(serializers.Serializer):
+        username = UsernameField()
+
+    def post(self, request: Request) -> Response:
+        """A new account and its first API key, shown this once."""
+        data = validated(self.Input, request.data)
+        user, key = account_register(username=data["username"])
+        return Response({"id": user.pk, "username": user.horde_name, "apikey": key}, status=201)
+
+
+def _key_owner(request: Request, data: dict[str, Any] | None = None) -> User:
+    """The account whose keys are managed: by its key, or (to get a first key for an account
+    a server's pop created) by `username` and `password` in the body."""
+    user = api_user(request)
+    if user is None and data and data.get("username"):
+        user = user_by_password(username=data["username"], password=data.get("password"))
+    if user is None:
+        raise Unauthorized(
+            "Send your API key in the 'apikey' header (or, for an account made by a server's "
+            "first pop, 'username' and 'password' in the body).",
+            rc="InvalidAPIKey",
+        )
+    if user.is_anonymous_user:
+        raise Forbidden("The anonymous user has no API keys: register.", rc="AnonForbidden")
+    return user
+
+
+def _key_body(api_key: ApiKey) -> dict[str, Any]:
+    return {
+        "id": api_key.pk,
+        "name": api_key.name,
+        "created": api_key.created.isoformat(),
+        "last_used": api_key.last_used.isoformat() if api_key.last_used else None,
+        "revoked": api_key.revoked,
+    }
+
+
+class ApiKeyListView(APIView):
+    class Input(serializers.Serializer):
+        name = StrictCharField(max_length=100, required=False, allow_blank=True, default="")
+        username = StrictCharField(max_length=150, required=False)
+        password = StrictCharField(max_length=1024, required=False, trim_whitespace=False)
+
+    @property
+    def throttle_scope(self) -> str | None:
+        # Making keys is limited like registering; listing them is not.
+        return "register" if self.request.method == "POST" else None
+
+    def get(self, request: Request) -> Response:
+        """The caller's working keys, without the keys themselves (they are not stored)."""
+        return Response([_key_body(k) for k in api_keys_of(_key_owner(request))])
+
+    def post(self, request: Request) -> Response:
+        """A new key for the caller, shown this once."""
+        data = validated(self.Input, request.data)
+        api_key, key = apikey_issue(user=_key_owner(request, data), name=data["name"])
+        return Response({**_key_body(api_key), "apikey": key}, status=201)
+
+
+class ApiKeyDetailView(APIView):
+    def delete(self, request: Request, key_id: int) -> Response:
+        """Revoke one of the caller's keys; it stops working at once."""
+        api_key = apikey_revoke(user=_key_owner(request), key_id=key_id)
+        return Response(_key_body(api_key))
+
+
+def _user_body(details: UserDetails) -> dict[str, Any]:
+    """The AI Horde's user object (research §2.6); every count is a JSON integer."""
+    user, totals = details.user, details.totals
+    earned = totals.tokens_contributed - totals.tokens_used
+    body: dict[str, Any] = {
+        "username": user.horde_name,
+        "id": user.pk,
+        # The balance in tokens: what orders the queue.
+        "kudos": totals.kudos,
+        "kudos_details": {
+            "accumulated": earned,
+            "gifted": 0,
+            "donated": 0,
+            "admin": totals.kudos - earned,
+            "received": 0,
+            "recurring": 0,
+            "awarded": 0,
+            "styled": 0,
+        },
+        "usage": {"megapixelsteps": 0, "requests": totals.requests},
+        "contributions": {"megapixelsteps": 0, "fulfillments": totals.fulfilments},
+        "records": {
+            "usage": {"megapixelsteps": 0, "tokens": totals.tokens_used},
+            "contribution": {"megapixelsteps": 0, "tokens": totals.tokens_contributed},
+            "fulfillment": {"image": 0, "text": totals.fulfilments, "interrogation": 0},
+            "request": {"image": 0, "text": totals.requests, "interrogation": 0},
+            "style": {"image": 0, "text": 0},
+        },
+        "concurrency": user.concurrency_limit(),
+        "worker_invited": 0,
+        "moderator": user.moderator,
+        "trusted": user.trusted,
+        "flagged": False,
+        "service": False,
+        "education": False,
+        "customizer": False,
+        "deleted": False,
+        # No account here is tied to a real-world identity.
+        "pseudonymous": not user.is_anonymous_user,
+        "worker_count": details.server_count,
+        "account_age": int((timezone.now() - user.date_joined).total_seconds()),
+        "styles": [],
+    }
+    if details.privileged:
+        body["worker_ids"] = [str(i) for i in details.server_ids]
+        body["active_generations"] = {
+            "text": [str(i) for i in details.active_prompt_ids],
+            "image": [],
+            "alchemy": [],
+        }
+        body["sharedkey_ids"] = []
+    return body
+
+
+_USER_ID = re.compile(r"[0-9]{1,18}\Z")
+
+
+class UserDetailView(APIView):
+    def get(self, request: Request, user_id: str) -> Response:
+        """A user's public details; their own key or a moderator's also shows private ones."""
+        user = User.objects.filter(pk=int(user_id)).first() if _USER_ID.match(user_id) else None
+        if user is None:
+            raise NotFound(f"User {user_id} is unknown.", rc="UserNotFound")
+        viewer = api_user(request)
+        privileged = viewer is not None and (viewer.pk == user.pk or viewer.moderator)
+        return Response(_user_body(user_details(user, privileged=privileged)))
+
+
+class FindUserView(APIView):
+    # The AI Horde answers an unknown key here with 404 UserNotFound, not 401.
+    authentication_classes = [LenientApiKeyAuthentication]
+
+    def get(self, request: Request) -> Response:
+        """The user the `apikey` header names, with their private details."""
+        if apikey_header(request) is None:
+            raise Unauthorized("Send your API key in the 'apikey' header.", rc="InvalidAPIKey")
+        user = api_user(request)
+        if user is None:
+            raise NotFound("No user has this API key.", rc="UserNotFound")
+        return Response(_user_body(user_details(user, privileged=True)))

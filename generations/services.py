@@ -15,15 +15,15 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Case, Count, F, Q, Value, When
+from django.db.models import Case, Count, F, Q, Sum, Value, When
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
 from accounts.models import User
 from accounts.selectors import totals_for
-from accounts.services import ledger_record_generation
+from accounts.services import ledger_record_generation, lock_account
 from generations.models import Job, Prompt, PromptModel, PromptQuerySet, count_tokens
-from koboldcluster.errors import BadRequest, NotFound
+from koboldcluster.errors import BadRequest, Forbidden, NotFound, TooManyRequests
 from servers.models import Server
 
 logger = logging.getLogger(__name__)
@@ -92,6 +92,7 @@ def prompt_create(*, user: User, request: GenerationRequest, now: datetime | Non
         expires_at=now + _expiry(),
     )
     with transaction.atomic():
+        _check_concurrency(user, request.n, now)
         prompt.save(force_insert=True)
         PromptModel.objects.bulk_create(PromptModel(prompt=prompt, name=m) for m in prompt.models)
     logger.info(
@@ -104,6 +105,36 @@ def prompt_create(*, user: User, request: GenerationRequest, now: datetime | Non
         len(prompt.models),
     )
     return prompt
+
+
+# A slot frees when a server takes one, which we cannot foresee: ask for a short pause.
+TOO_MANY_PROMPTS_RETRY_AFTER = 10
+
+
+def _check_concurrency(user: User, n: int, now: datetime) -> None:
+    """Refuse (429) a prompt that would take `user` over their waiting slots limit.
+
+    Call in the transaction that inserts the prompt. Two submits of one user at once must not
+    both see room for one more, so they queue on the user's row. Not the anonymous user's:
+    that one account is shared by every caller without a key, and making all of them wait
+    for each other is the lock convoy the AI Horde suffered. Its generous pooled limit may be
+    overshot by the anonymous submits in flight at that instant, which the per-address rate
+    limit bounds.
+    """
+    limit = user.concurrency_limit()
+    if not user.is_anonymous_user:
+        lock_account(user)
+    waiting = Prompt.objects.queued(now).filter(user=user).aggregate(total=Sum("waiting"))["total"]
+    waiting = waiting or 0
+    if waiting + n <= limit:
+        return
+    message = (
+        f"Too many generations waiting: {waiting} queued, {n} more asked for, and the limit is "
+        f"{limit}. Wait until servers have taken some."
+    )
+    if user.is_anonymous_user:
+        message += " The anonymous limit is shared by everyone without an account: register."
+    raise TooManyRequests(message, rc="TooManyPrompts", retry_after=TOO_MANY_PROMPTS_RETRY_AFTER)
 
 
 @dataclass
@@ -126,11 +157,25 @@ def job_pop(
 ) -> PopResult:
     """Claim one slot of the best prompt `server` can serve, or say why there is none.
 
-    The server's owner and its priority users come first, then everyone by sort_key.
+    The server's owner and its priority users come first, then everyone by sort_key. A server
+    in maintenance or paused gets only its owner's prompts; with none, maintenance answers
+    403 `WorkerMaintenance` with its message, and a paused server quietly gets nothing.
     """
     now = now or timezone.now()
-    first_users = {server.owner_id, *priority_user_ids}
     servable = _servable(server, now)
+    if server.maintenance or server.paused:
+        job = _claim_best(servable.filter(user_id=server.owner_id), server, now)
+        if job is not None:
+            return PopResult(job=job, ttl=job.ttl)
+        if server.maintenance:
+            raise Forbidden(
+                server.maintenance_msg
+                or f"The server '{server.name}' is in maintenance: it only gets its owner's "
+                "requests. Its owner or an administrator can end the maintenance.",
+                rc="WorkerMaintenance",
+            )
+        return PopResult(job=None)
+    first_users = {server.owner_id, *priority_user_ids}
     for queryset in (servable.filter(user_id__in=first_users), servable):
         job = _claim_best(queryset, server, now)
         if job is not None:

@@ -9,7 +9,13 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.services import user_for_request, user_for_server, verify_owner
+from accounts.authentication import LenientApiKeyAuthentication
+from accounts.services import (
+    priority_user_ids,
+    user_for_request,
+    user_for_server,
+    verify_owner,
+)
 from generations.serializers import GenerationParamsSerializer, PromptTextField, split_params
 from generations.services import (
     GenerationRequest,
@@ -35,6 +41,8 @@ def _optional_text(**kwargs: Any) -> StrictCharField:
 
 
 class PromptCreateView(APIView):
+    throttle_scope = "submit"
+
     class Input(serializers.Serializer):
         prompt = PromptTextField()
         # Missing params still pass through validate_params, which fills in the defaults.
@@ -74,6 +82,10 @@ def _status_body(status: PromptStatus) -> dict[str, Any]:
 
 
 class PromptStatusView(APIView):
+    throttle_scope = "status"
+    # Anyone holding the id may poll or cancel; a key only selects the account's rate limit.
+    authentication_classes = [LenientApiKeyAuthentication]
+
     def get(self, request: Request, prompt_id: str) -> Response:
         status = prompt_status(prompt_id=_prompt_uuid(prompt_id))
         return Response(_status_body(status))
@@ -88,6 +100,8 @@ def _prompt_uuid(value: str) -> object:
 
 
 class PopView(APIView):
+    throttle_scope = "worker"
+
     class Input(serializers.Serializer):
         username = _optional_text(max_length=150)
         password = _optional_text(max_length=1024, trim_whitespace=False)
@@ -99,6 +113,12 @@ class PopView(APIView):
         max_context_length = StrictIntegerField(min_value=1, required=False, allow_null=True)
         bridge_agent = _optional_text(max_length=1000)
         threads = StrictIntegerField(min_value=1, max_value=50, default=1)
+        # Users served first: `alias#id` (the AI Horde's form) or plain usernames.
+        priority_usernames = StringListField(
+            required=False,
+            max_length=100,
+            child=StrictCharField(max_length=255, allow_blank=True),  # "" gets the rc below
+        )
 
         def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
             if not attrs.get("model") and not attrs.get("models"):
@@ -120,8 +140,9 @@ class PopView(APIView):
             bridge_agent=data.get("bridge_agent") or "",
             threads=data["threads"],
         )
+        first = priority_user_ids(data.get("priority_usernames") or [])
         server = server_check_in(owner=owner, check_in=check_in)
-        result = job_pop(server=server)
+        result = job_pop(server=server, priority_user_ids=first)
         if result.job is None:
             return Response({"id": None, "skipped": result.skipped})
         return Response(
@@ -142,6 +163,8 @@ class GenerationField(StrictCharField):
 
 
 class SubmitView(APIView):
+    throttle_scope = "worker"
+
     class Input(serializers.Serializer):
         id = serializers.UUIDField()
         password = _optional_text(max_length=1024, trim_whitespace=False)

@@ -7,6 +7,7 @@ the same shape, so no client ever sees an HTML page or a stack trace.
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from django.core.exceptions import PermissionDenied
@@ -23,10 +24,14 @@ class ApiError(Exception):
     status_code = 400
     default_rc = "BadRequest"
 
-    def __init__(self, message: str, *, rc: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, rc: str | None = None, retry_after: int | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.rc = rc or self.default_rc
+        # Seconds a client should wait before trying again (the Retry-After header).
+        self.retry_after = retry_after
 
 
 class BadRequest(ApiError):
@@ -100,7 +105,8 @@ _DRF_CODES: dict[type[exceptions.APIException], str] = {
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     """DRF's EXCEPTION_HANDLER: every error the API raises becomes `{"message", "rc"}`."""
     if isinstance(exc, ApiError):
-        return Response(error_body(exc.message, exc.rc), status=exc.status_code)
+        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
+        return Response(error_body(exc.message, exc.rc), status=exc.status_code, headers=headers)
     if isinstance(exc, exceptions.ValidationError):
         return validation_response(exc.detail)
     if isinstance(exc, Http404):
@@ -114,7 +120,7 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     if getattr(exc, "auth_header", None):
         headers["WWW-Authenticate"] = exc.auth_header
     if getattr(exc, "wait", None) is not None:
-        headers["Retry-After"] = str(int(exc.wait) + 1)
+        headers["Retry-After"] = str(max(1, math.ceil(exc.wait)))
     return Response(error_body(str(exc.detail), rc), status=exc.status_code, headers=headers)
 
 

@@ -50,6 +50,30 @@ def env_float(name: str, default: float) -> float:
         raise ImproperlyConfigured(f"{name}={value!r}: expected a number") from None
 
 
+_PERIODS = {
+    1: ("s", "sec", "second"),
+    60: ("m", "min", "minute"),
+    3600: ("h", "hour"),
+    86400: ("d", "day"),
+}
+
+
+def parse_rate(value: str, name: str = "rate") -> tuple[int, int] | None:
+    """A rate like `90/min`, `2/s`, `10/hour`, `1000/day` as (requests, seconds); `off`: None."""
+    value = value.strip().lower()
+    if value in ("off", "none"):
+        return None
+    count, _, period = value.partition("/")
+    seconds = next((s for s, words in _PERIODS.items() if period in words), None)
+    if not count.isdigit() or int(count) < 1 or seconds is None:
+        raise ImproperlyConfigured(f"{name}={value!r}: expected e.g. 90/min, 2/s, 10/hour or off")
+    return int(count), seconds
+
+
+def env_rate(name: str, default: str) -> tuple[int, int] | None:
+    return parse_rate(os.environ.get(name) or default, name)
+
+
 VAR_DIR = Path(os.environ.get("KOBOLDCLUSTER_VAR_DIR") or BASE_DIR / "var")
 VAR_DIR.mkdir(parents=True, exist_ok=True)
 
@@ -192,8 +216,18 @@ WHITENOISE_USE_FINDERS = True
 REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["koboldcluster.parsers.LenientJSONParser"],
-    "DEFAULT_AUTHENTICATION_CLASSES": [],
+    # Only the `apikey` header: no session authentication, so the API needs no CSRF token
+    # (the admin keeps Django's own session login and CSRF protection).
+    "DEFAULT_AUTHENTICATION_CLASSES": ["accounts.authentication.ApiKeyAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.AllowAny"],
+    # Views that set `throttle_scope` are rate limited per address and per account.
+    "DEFAULT_THROTTLE_CLASSES": [
+        "koboldcluster.throttling.AddressRateThrottle",
+        "koboldcluster.throttling.AccountRateThrottle",
+    ],
+    # Proxies in front of the cluster whose X-Forwarded-For entries are believed. 0: the peer
+    # address is the client (a client-supplied X-Forwarded-For must never pick its own bucket).
+    "NUM_PROXIES": env_int("KOBOLDCLUSTER_NUM_PROXIES", 0),
     "UNAUTHENTICATED_USER": None,
     "EXCEPTION_HANDLER": "koboldcluster.errors.exception_handler",
 }
@@ -244,4 +278,25 @@ KOBOLDCLUSTER = {
     "PRIORITY_FLOOR_TOKENS": env_int("KOBOLDCLUSTER_PRIORITY_FLOOR_TOKENS", -1000, None),
     "PRIORITY_CAP_TOKENS": env_int("KOBOLDCLUSTER_PRIORITY_CAP_TOKENS", 10000, None),
     "AGEING_TOKENS_PER_SECOND": env_float("KOBOLDCLUSTER_AGEING_TOKENS_PER_SECOND", 50.0),
+    # The most waiting generation slots a user may have queued (a user's own `concurrency`
+    # overrides it). The anonymous user is one account shared by every caller without a key.
+    "CONCURRENCY": env_int("KOBOLDCLUSTER_CONCURRENCY", 30, minimum=1),
+    "CONCURRENCY_TRUSTED": env_int("KOBOLDCLUSTER_CONCURRENCY_TRUSTED", 100, minimum=1),
+    "CONCURRENCY_ANONYMOUS": env_int("KOBOLDCLUSTER_CONCURRENCY_ANONYMOUS", 500, minimum=1),
+    # Rate limits per client address and per account, fixed windows counted in the cache
+    # (shared by every process once REDIS_URL is set). "off" turns them all off: load tests.
+    "RATE_LIMITS_ENABLED": env_bool("KOBOLDCLUSTER_RATE_LIMITS", True),
+    "RATE_LIMITS": {
+        f"{scope}_{per}": env_rate(f"KOBOLDCLUSTER_RATE_{scope.upper()}_{per.upper()}", default)
+        for (scope, per), default in {
+            ("submit", "ip"): "90/min",
+            ("submit", "account"): "120/min",
+            ("status", "ip"): "600/min",
+            ("status", "account"): "600/min",
+            ("worker", "ip"): "60/s",
+            ("worker", "account"): "60/s",
+            ("register", "ip"): "10/hour",
+            ("register", "account"): "10/hour",
+        }.items()
+    },
 }

@@ -8,6 +8,7 @@ urlpatterns = [
     path("", include("generations.urls")),
     path("", include("servers.urls")),
     path("", include("accounts.urls")),
+    path("api/v2/", include("accounts.urls_v2")),
 ]
 
 handler400 = "koboldcluster.errors.json_400"

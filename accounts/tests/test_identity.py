@@ -3,8 +3,10 @@
 import pytest
 from django.db import connection
 
-from accounts.models import User
+from accounts.models import LedgerEntry, User
 from accounts.services import password_matches
+from generations.models import Job, Prompt
+from servers.models import Server
 
 pytestmark = pytest.mark.django_db
 
@@ -70,3 +72,105 @@ def test_no_plaintext_password_anywhere_after_server_registration(pop):
         for table in connection.introspection.table_names():
             cursor.execute(f"SELECT * FROM {connection.ops.quote_name(table)}")
             assert "franks-plaintext-secret" not in repr(cursor.fetchall()), table
+
+
+# --- Impersonation with API keys ---------------------------------------------------------------
+
+
+def test_a_registered_name_cannot_submit_without_its_key(api, register):
+    register("carol")
+
+    for body in ({}, {"password": "guess"}):
+        response = api.post(
+            "/generate/prompt", {"prompt": "x", "username": "carol", **body}, format="json"
+        )
+
+        assert response.status_code == 401
+        assert "'apikey' header" in response.json()["message"]
+    assert not Prompt.objects.exists()
+
+
+def test_a_registered_name_cannot_pop_without_its_key(pop, register):
+    register("carol")
+
+    for password in (None, "guess"):
+        response = pop(username="carol", password=password, name="carol-1")
+
+        assert response.status_code == 401
+        assert "'apikey' header" in response.json()["message"]
+    assert not Server.objects.exists()
+
+
+def test_which_credential_is_missing_is_named(api, pop, bob):
+    prompt = api.post("/generate/prompt", {"prompt": "x", "username": "bob"}, format="json")
+    server = pop(password=None)
+
+    for response in (prompt, server):
+        assert response.status_code == 401
+        assert response.json()["rc"] == "CredentialsRequired"
+        assert "password" in response.json()["message"]
+        assert "apikey" in response.json()["message"]
+
+
+def test_a_server_pops_and_submits_with_a_key_alone(api, register, submit_prompt):
+    carol, key = register("carol")
+    prompt_id = submit_prompt()
+
+    job = api.post(
+        "/generate/pop", {"name": "carol-1", "model": "m"}, format="json", HTTP_APIKEY=key
+    ).json()
+    reward = api.post(
+        "/generate/submit", {"id": job["id"], "generation": "abcd"}, format="json", HTTP_APIKEY=key
+    )
+
+    assert str(Job.objects.get(id=job["id"]).prompt_id) == prompt_id
+    assert Server.objects.get(name="carol-1").owner == carol
+    assert reward.json() == {"reward": 1}
+    assert LedgerEntry.objects.get(kind="contribution").user == carol
+
+
+def test_the_anonymous_key_cannot_run_a_server(api):
+    response = api.post(
+        "/generate/pop", {"name": "anon-1", "model": "m"}, format="json", HTTP_APIKEY="0000000000"
+    )
+
+    assert response.status_code == 403
+    assert response.json()["rc"] == "AnonForbiddenWorker"
+
+
+def test_a_server_name_owned_by_one_account_cannot_be_used_by_another(api, register):
+    _, carols_key = register("carol")
+    _, daves_key = register("dave")
+    api.post(
+        "/generate/pop", {"name": "shared", "model": "m"}, format="json", HTTP_APIKEY=carols_key
+    )
+
+    response = api.post(
+        "/generate/pop", {"name": "shared", "model": "m"}, format="json", HTTP_APIKEY=daves_key
+    )
+
+    assert response.status_code == 403
+    assert response.json()["rc"] == "WrongCredentials"
+    assert Server.objects.get(name="shared").owner.username == "carol"
+
+
+def test_nobody_submits_for_another_accounts_server(api, register, submit_prompt):
+    _, carols_key = register("carol")
+    _, daves_key = register("dave")
+    submit_prompt()
+    job = api.post(
+        "/generate/pop", {"name": "carol-1", "model": "m"}, format="json", HTTP_APIKEY=carols_key
+    ).json()
+
+    by_key = api.post(
+        "/generate/submit",
+        {"id": job["id"], "generation": "x"},
+        format="json",
+        HTTP_APIKEY=daves_key,
+    )
+    by_nothing = api.post("/generate/submit", {"id": job["id"], "generation": "x"}, format="json")
+
+    assert (by_key.status_code, by_key.json()["rc"]) == (403, "WrongCredentials")
+    assert by_nothing.status_code == 401
+    assert Job.objects.get(id=job["id"]).state == Job.State.PROCESSING
+    assert not LedgerEntry.objects.exists()

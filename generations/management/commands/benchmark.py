@@ -13,9 +13,15 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 from django.db import connection
-from django.test.utils import CaptureQueriesContext, setup_databases, teardown_databases
+from django.test.utils import (
+    CaptureQueriesContext,
+    override_settings,
+    setup_databases,
+    teardown_databases,
+)
 from django.utils import timezone
 
 # A sample per measured call: wall milliseconds and database queries.
@@ -57,7 +63,8 @@ class Command(BaseCommand):
             max_length=512,
             max_context_length=4096,
         )
-        self._fill_queue(size)
+        # Enough slots that every round finds work, however small the queue.
+        self._fill_queue(size, slots=max(3, rounds // size + 1))
         self.stdout.write(f"  queue of {size} waiting prompts ready")
         samples: dict[str, list[Sample]] = {"pop": [], "submit": [], "status": []}
         for _ in range(rounds):
@@ -72,7 +79,7 @@ class Command(BaseCommand):
 
         Prompt.objects.all().delete()
 
-    def _fill_queue(self, size: int) -> None:
+    def _fill_queue(self, size: int, slots: int) -> None:
         """Waiting prompts like real traffic: most accept any model, some name models."""
         from accounts.models import User
         from generations.models import Prompt, PromptModel
@@ -87,8 +94,8 @@ class Command(BaseCommand):
             prompt = Prompt(
                 user=requester,
                 text=f"benchmark prompt {index} " * 20,
-                n=3,
-                waiting=3,
+                n=slots,
+                waiting=slots,
                 max_length=80 if index % 5 else 1024,
                 max_context_length=2048,
                 models=named,
@@ -138,19 +145,26 @@ class Command(BaseCommand):
         server = {"username": "rt-owner", "password": "pw", "name": "rt-1", "model": "m"}
         client.post("/generate/pop", server, format="json")  # create the account once
         cpu = []
-        for _ in range(rounds):
-            start = time.process_time()
-            prompt = client.post("/generate/prompt", {"prompt": "Hello"}, format="json").json()
-            job = client.post("/generate/pop", server, format="json").json()
-            body = {"id": job["id"], "password": "pw", "generation": "world"}
-            client.post("/generate/submit", body, format="json")
-            client.get(f"/generate/prompt/{prompt['id']}")
-            cpu.append((time.process_time() - start) * 1000)
+        # One client hammering the API is exactly what the rate limits refuse.
+        limits_off = {**settings.KOBOLDCLUSTER, "RATE_LIMITS_ENABLED": False}
+        with override_settings(KOBOLDCLUSTER=limits_off):
+            for _ in range(rounds):
+                cpu.append(self._round_trip(client, server))
         self.stdout.write("")
         self.stdout.write(
             f"round trip (prompt, pop, submit, status over HTTP, in-process): "
             f"{statistics.median(cpu):.2f} ms CPU median, {_p95(cpu):.2f} ms p95"
         )
+
+    def _round_trip(self, client: Any, server: dict[str, str]) -> float:
+        """CPU milliseconds of one generation through the API."""
+        start = time.process_time()
+        prompt = client.post("/generate/prompt", {"prompt": "Hello"}, format="json").json()
+        job = client.post("/generate/pop", server, format="json").json()
+        body = {"id": job["id"], "password": "pw", "generation": "world"}
+        client.post("/generate/submit", body, format="json")
+        client.get(f"/generate/prompt/{prompt['id']}")
+        return (time.process_time() - start) * 1000
 
 
 def _timed(samples: list[Sample], call: Callable[[], Any]) -> Any:

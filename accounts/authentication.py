@@ -1,0 +1,49 @@
+"""The `apikey` header, for every API view (DRF's DEFAULT_AUTHENTICATION_CLASSES)."""
+
+from __future__ import annotations
+
+from rest_framework.authentication import BaseAuthentication
+from rest_framework.exceptions import AuthenticationFailed
+from rest_framework.request import Request
+
+from accounts.models import ApiKey, User
+from accounts.services import apikey_authenticate
+
+
+def apikey_header(request: Request) -> str | None:
+    """The `apikey` header, or None when it is absent or empty."""
+    return request.META.get("HTTP_APIKEY") or None
+
+
+class ApiKeyAuthentication(BaseAuthentication):
+    """`apikey: <key>` is that key's user; `apikey: 0000000000` is the anonymous user.
+
+    Without the header there is no user (`request.user` is None) and the original API's
+    `username`/`password` rules apply. An unknown or revoked key is a 401 `InvalidAPIKey`:
+    a client with a mistyped key should hear so, not be served as someone else.
+    """
+
+    def authenticate(self, request: Request) -> tuple[User, ApiKey | None] | None:
+        key = apikey_header(request)
+        if key is None:
+            return None
+        found = apikey_authenticate(key=key)
+        if found is None:
+            raise AuthenticationFailed(
+                "The API key in the 'apikey' header is unknown or revoked.", code="InvalidAPIKey"
+            )
+        return found
+
+    def authenticate_header(self, request: Request) -> str:
+        # Without a challenge DRF would turn the 401 into a 403.
+        return "apikey"
+
+
+class LenientApiKeyAuthentication(ApiKeyAuthentication):
+    """For views that only read identity for rate limits: a bad key counts as no key."""
+
+    def authenticate(self, request: Request) -> tuple[User, ApiKey | None] | None:
+        try:
+            return super().authenticate(request)
+        except AuthenticationFailed:
+            return None

@@ -1,0 +1,98 @@
+"""At most `concurrency` waiting slots per user: 429 TooManyPrompts beyond it."""
+
+import pytest
+from rest_framework.test import APIClient
+
+from generations.models import Prompt
+from generations.tests.test_concurrency import run_together
+
+
+def submit(api, n: int, **headers):
+    body = {"prompt": "hi", "params": {"n": n, "max_length": 16}}
+    return api.post("/generate/prompt", body, format="json", **headers)
+
+
+@pytest.mark.django_db
+def test_a_user_may_have_30_waiting_slots(api, register):
+    _, key = register("carol")
+
+    accepted = [submit(api, 10, HTTP_APIKEY=key).status_code for _ in range(3)]
+    refused = submit(api, 1, HTTP_APIKEY=key)
+
+    assert accepted == [200, 200, 200]
+    assert refused.status_code == 429
+    assert refused.json()["rc"] == "TooManyPrompts"
+    assert refused["Retry-After"] == "10"
+    assert "30" in refused.json()["message"]
+    assert Prompt.objects.count() == 3
+
+
+@pytest.mark.django_db
+def test_slots_taken_by_servers_free_room(api, register, pop, bob):
+    _, key = register("carol")
+    submit(api, 30, HTTP_APIKEY=key)
+
+    assert submit(api, 1, HTTP_APIKEY=key).status_code == 429
+    pop()
+
+    assert submit(api, 1, HTTP_APIKEY=key).status_code == 200
+
+
+@pytest.mark.django_db
+def test_cancelled_and_expired_prompts_free_room(api, register, time_machine):
+    _, key = register("carol")
+    time_machine.move_to("2030-01-01 00:00:00+00:00", tick=False)
+    first = submit(api, 30, HTTP_APIKEY=key).json()["id"]
+    api.delete(f"/generate/prompt/{first}")
+    submit(api, 30, HTTP_APIKEY=key)
+
+    time_machine.move_to("2030-01-01 00:10:01+00:00", tick=False)
+
+    assert submit(api, 30, HTTP_APIKEY=key).status_code == 200
+
+
+@pytest.mark.django_db
+def test_trusted_users_and_a_users_own_setting_allow_more(api, register, settings):
+    _, trusted = register("carol", trusted=True)
+    _, custom = register("dave", concurrency=3)
+
+    assert submit(api, 100, HTTP_APIKEY=trusted).status_code == 200
+    assert submit(api, 1, HTTP_APIKEY=trusted).status_code == 429
+    assert submit(api, 3, HTTP_APIKEY=custom).status_code == 200
+    assert submit(api, 1, HTTP_APIKEY=custom).status_code == 429
+
+
+@pytest.mark.django_db
+def test_the_anonymous_pool_is_shared_and_larger(api, settings):
+    settings.KOBOLDCLUSTER = {**settings.KOBOLDCLUSTER, "CONCURRENCY_ANONYMOUS": 40}
+
+    first = submit(api, 30)
+    second = submit(api, 10, HTTP_APIKEY="0000000000")
+    third = submit(api, 1)
+
+    assert (first.status_code, second.status_code) == (200, 200)
+    assert third.status_code == 429
+    assert "register" in third.json()["message"]
+
+
+@pytest.mark.django_db
+def test_each_unclaimed_name_has_its_own_limit(api):
+    for name in ("erin", "frank"):
+        body = {"prompt": "hi", "params": {"n": 30, "max_length": 16}, "username": name}
+        assert api.post("/generate/prompt", body, format="json").status_code == 200
+
+    body = {"prompt": "hi", "params": {"n": 1, "max_length": 16}, "username": "erin"}
+    assert api.post("/generate/prompt", body, format="json").status_code == 429
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_submits_of_one_user_never_exceed_the_limit(register):
+    carol, key = register("carol", concurrency=5)
+
+    def one(index: int) -> int:
+        return submit(APIClient(), 1, HTTP_APIKEY=key).status_code
+
+    statuses = run_together(16, one)
+
+    assert sorted(statuses) == [200] * 5 + [429] * 11
+    assert Prompt.objects.filter(user=carol).count() == 5
