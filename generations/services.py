@@ -394,18 +394,20 @@ def prompts_purge(*, now: datetime | None = None) -> PurgeResult:
     keeps its entries (they hold job ids as plain values, not foreign keys).
     """
     now = now or timezone.now()
+    expired = Prompt.objects.filter(expires_at__lte=now)
     prompts = jobs = 0
     while True:
         with transaction.atomic():
-            # Locked (PostgreSQL) or under the write lock (SQLite): nothing revives them now.
-            batch = list(
-                Prompt.objects.select_for_update()
-                .filter(expires_at__lte=now)
-                .order_by("expires_at")
-                .values_list("id", flat=True)[:PURGE_BATCH]
-            )
+            batch = list(expired.order_by("expires_at").values_list("id", flat=True)[:PURGE_BATCH])
             if not batch:
                 break
+            # On PostgreSQL, lock the jobs before their prompts, in the order submit and the
+            # reaper take them: the other order deadlocks with a submit in flight. Then check
+            # again, under lock, that nothing revived a prompt since the first read.
+            list(Job.objects.select_for_update().filter(prompt_id__in=batch).values_list("id"))
+            batch = list(
+                expired.select_for_update().filter(id__in=batch).values_list("id", flat=True)
+            )
             # Cascades to the jobs and model rows. only("id"): the cascade loads the prompts
             # it deletes, and has no use for their text.
             _, deleted = Prompt.objects.filter(id__in=batch).only("id").delete()
