@@ -66,7 +66,13 @@ class Server(models.Model):
         """Real seconds per token, as the original API reports it."""
         if not self.requests_fulfilled or self.speed <= 0:
             return "No requests fulfilled yet"
-        return f"{1 / self.speed:.2f} seconds per token"
+        seconds = 1 / self.speed
+        # Two decimals as the original did, but never "0.00" for a server faster than 200 t/s.
+        return (
+            f"{seconds:.2f} seconds per token"
+            if seconds >= 0.1
+            else f"{seconds:.2g} seconds per token"
+        )
 
     def job_ttl(self, max_length: int) -> int:
         """Seconds this server gets for a job: twice its expected time, within the limits."""

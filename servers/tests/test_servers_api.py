@@ -63,6 +63,8 @@ def test_latest_performance_is_seconds_per_token(bob):
     server = Server.objects.create(name="s", owner=bob, speed=1 / 0.74, requests_fulfilled=3)
 
     assert server.latest_performance() == "0.74 seconds per token"
+    server.speed = 320.0
+    assert server.latest_performance() == "0.0031 seconds per token"
 
 
 def test_models_counts_active_servers_per_model(api, pop):

@@ -1,0 +1,504 @@
+"""The bridge's loop: pop a job, generate it with KoboldAI, submit the text; repeat.
+
+No HTTP here. The loop gets a cluster protocol (`bridge.cluster`) and a KoboldAI client
+(`bridge.kobold`) and only sees their results and exceptions, so the tests drive it with fakes.
+Several workers (one per `--threads`) share one stop flag, one set of statistics and one view
+of KoboldAI's current model.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Protocol
+
+from bridge.cluster import (
+    Capabilities,
+    ClusterProtocol,
+    ClusterRejected,
+    ClusterUnavailable,
+    Job,
+    NotACluster,
+    NoWork,
+    Submitted,
+)
+from bridge.kobold import KoboldBusy, KoboldError, ModelInfo, PayloadRefused
+from bridge.retry import Backoff
+
+log = logging.getLogger("bridge")
+# The closing summary goes through its own logger so that --quiet still shows it.
+summary_log = logging.getLogger("bridge.summary")
+
+# Used when the cluster does not say how long a job may take: the AI Horde's job ttl.
+DEFAULT_TTL = 150.0
+# How long past its ttl a generation is still worth waiting for: the cluster accepts a late
+# result until the job's slot goes to another server, which takes its reaper a minute or so.
+LATE_GRACE = 60.0
+
+
+class KoboldAPI(Protocol):
+    """What the loop needs from KoboldAI (`bridge.kobold.KoboldClient`, or a fake)."""
+
+    url: str
+
+    def model_info(self) -> ModelInfo: ...
+
+    def generate(self, payload: dict, timeout: float | None = None) -> str: ...
+
+
+@dataclass
+class Settings:
+    """How the loop behaves; __main__ fills it from the Config, tests with short delays."""
+
+    interval: float = 1.0  # wait when there is no work
+    threads: int = 1
+    max_length: int | None = None  # overrides, capped by what KoboldAI reports
+    max_context_length: int | None = None
+    refresh_interval: float = 30.0  # re-read KoboldAI's model and limits this often
+    summary_interval: float = 300.0
+    maintenance_interval: float = 30.0  # poll slowly while the cluster has us in maintenance
+    max_attempts: int = 4  # tries to generate one job before giving it back
+    submit_patience: float = 600.0  # keep retrying a submit this long: the result is paid work
+    stop_grace: float = 10.0  # after Ctrl-C, keep retrying a submit only this long
+    log_prompts: bool = False
+    backoff: Backoff = field(default_factory=Backoff)
+    # 503 means KoboldAI is busy with someone else right now: retry soon, not after minutes.
+    busy_backoff: Backoff = field(default_factory=lambda: Backoff(cap=4.0))
+
+
+def estimate_tokens(text: str) -> int:
+    """The cluster's count (DESIGN §4.6), used only when it did not tell us its own."""
+    return math.ceil(len(text) / 4) if text else 0
+
+
+def _short(job: Job) -> str:
+    return job.id[:8]
+
+
+def format_duration(seconds: float) -> str:
+    return str(timedelta(seconds=int(seconds)))
+
+
+class Stats:
+    """Counters shared by every worker thread."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self.started = clock()
+        self.done = 0
+        self.given_back = 0  # returned unpaid: refused payload, repeated errors, a stop
+        self.dropped = 0  # expired, refused by the cluster or abandoned: nobody was paid
+        self.tokens = 0
+        self.seconds = 0.0  # time spent generating, for the average speed
+        self.in_flight = 0
+
+    def add(self, **counts: float) -> None:
+        with self._lock:
+            for name, value in counts.items():
+                setattr(self, name, getattr(self, name) + value)
+
+    def summary(self) -> str:
+        with self._lock:
+            speed = self.tokens / self.seconds if self.seconds else 0.0
+            return (
+                f"{self.done} jobs done, {self.given_back} given back, {self.dropped} dropped; "
+                f"{self.tokens} tokens at {speed:.1f} tokens/s; "
+                f"up {format_duration(self._clock() - self.started)}"
+            )
+
+
+class ModelWatcher:
+    """KoboldAI's current model and limits, re-read every `refresh_interval` seconds because
+    the contributor may load another model while the bridge runs. Shared by all workers."""
+
+    def __init__(
+        self,
+        kobold: KoboldAPI,
+        settings: Settings,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.kobold = kobold
+        self.settings = settings
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._info: ModelInfo | None = None  # the last model KoboldAI reported
+        self._fresh = False  # whether _info may be used for the next pop
+        self._checked = -math.inf
+        self._down = False
+        self._warned: set[tuple[str, int, int]] = set()
+
+    def capabilities(self) -> Capabilities:
+        """What to advertise in the next pop. Raises KoboldError while KoboldAI is unusable."""
+        with self._lock:
+            stale = self._clock() - self._checked >= self.settings.refresh_interval
+            if not self._fresh or stale:
+                self._refresh()
+            assert self._info is not None
+            return self._limit(self._info)
+
+    def invalidate(self) -> None:
+        """KoboldAI just failed: check it again before popping another job."""
+        with self._lock:
+            self._fresh = False
+
+    def _refresh(self) -> None:
+        try:
+            info = self.kobold.model_info()
+        except KoboldError as error:
+            # No pops until KoboldAI answers again: we could not serve the jobs.
+            self._fresh = False
+            if self._info is not None and not self._down:
+                log.warning("no new jobs until KoboldAI is back: %s", error)
+            self._down = True
+            raise
+        previous, was_down = self._info, self._down
+        self._info, self._fresh, self._down, self._checked = info, True, False, self._clock()
+        if previous is None:
+            how = "serves"
+        elif was_down:
+            how = "is back, serving"
+        elif info != previous:
+            how = "now serves"
+        else:
+            return
+        log.info(
+            "KoboldAI %s %s (max_length %d, max_context_length %d)",
+            how,
+            info.cluster_name,
+            info.max_length,
+            info.max_context_length,
+        )
+
+    def _limit(self, info: ModelInfo) -> Capabilities:
+        lengths = []
+        for flag, override, reported in (
+            ("--max-length", self.settings.max_length, info.max_length),
+            ("--max-context-length", self.settings.max_context_length, info.max_context_length),
+        ):
+            too_high = override is not None and override > reported
+            if too_high and (flag, override, reported) not in self._warned:
+                self._warned.add((flag, override, reported))
+                log.warning(
+                    "%s %d is above what KoboldAI reports (%d); using %d",
+                    flag,
+                    override,
+                    reported,
+                    reported,
+                )
+            lengths.append(min(reported, override) if override is not None else reported)
+        return Capabilities(info.cluster_name, lengths[0], lengths[1])
+
+
+Wait = Callable[[float, bool], None]
+
+
+class Worker:
+    """One pop/generate/submit loop. Run several (threads) to serve jobs concurrently."""
+
+    def __init__(
+        self,
+        *,
+        cluster: ClusterProtocol,
+        kobold: KoboldAPI,
+        settings: Settings,
+        stop: threading.Event,
+        stats: Stats,
+        watcher: ModelWatcher,
+        wait: Wait | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.cluster = cluster
+        self.kobold = kobold
+        self.settings = settings
+        self.stop = stop
+        self.stats = stats
+        self.watcher = watcher
+        self._wait = wait or self._real_wait
+        self._clock = clock
+        self._kobold_failures = 0
+        self._cluster_failures = 0
+        self._cluster_answered = False
+        self._maintenance: str | None = None
+
+    def _real_wait(self, seconds: float, interruptible: bool = True) -> None:
+        # Interruptible waits end at once on Ctrl-C; the others are the short pauses between
+        # retries that must go on during a graceful stop (delivering a finished job).
+        if interruptible:
+            self.stop.wait(seconds)
+        else:
+            time.sleep(seconds)
+
+    def run(self) -> None:
+        """Loop until the stop flag is set. Raises ClusterRejected (fatal) to the caller."""
+        while not self.stop.is_set():
+            try:
+                delay = self.step()
+            except ClusterRejected:
+                raise
+            except Exception:
+                # A bug must not silently end a contributor's bridge; say so loudly and go on.
+                log.exception("unexpected error in the bridge loop; continuing")
+                delay = self.settings.backoff.delay(1)
+            if delay > 0:
+                self._wait(delay, True)
+
+    def step(self) -> float:
+        """Check KoboldAI, pop, and serve the job if there is one. Returns the seconds to wait
+        before the next step (0 after a job: there may be more work)."""
+        try:
+            capabilities = self.watcher.capabilities()
+        except KoboldError as error:
+            self._kobold_failures += 1
+            delay = self.settings.backoff.delay(self._kobold_failures)
+            log.debug("checking KoboldAI again in %.1f s: %s", delay, error)
+            return delay
+        self._kobold_failures = 0
+        if self.stop.is_set():
+            return 0.0
+
+        try:
+            answer = self.cluster.pop(capabilities)
+        except NotACluster as error:
+            # At start this is a wrong --cluster-url. Once the cluster has answered, it is more
+            # likely a proxy or a deployment in progress: wait it out like an outage.
+            if not self._cluster_answered:
+                raise
+            return self._cluster_down(error)
+        except ClusterUnavailable as error:
+            return self._cluster_down(error)
+        self._cluster_answered = True
+        if self._cluster_failures:
+            log.info("the cluster at %s answers again", self.cluster.url)
+            self._cluster_failures = 0
+
+        if isinstance(answer, NoWork):
+            return self._idle(answer)
+        if self._maintenance is not None:
+            log.info("the cluster gives this server jobs again")
+            self._maintenance = None
+        self.serve(answer)
+        return 0.0
+
+    def _cluster_down(self, error: Exception) -> float:
+        self._cluster_failures += 1
+        delay = self.settings.backoff.delay(self._cluster_failures)
+        log.warning("retrying in %.1f s: %s", delay, error)
+        return delay
+
+    def _idle(self, answer: NoWork) -> float:
+        if answer.maintenance is not None:
+            if answer.maintenance != self._maintenance:
+                log.warning(
+                    "the cluster has this server in maintenance: %s; asking again every %.0f s",
+                    answer.maintenance,
+                    self.settings.maintenance_interval,
+                )
+                self._maintenance = answer.maintenance
+            return max(self.settings.maintenance_interval, self.settings.interval)
+        if self._maintenance is not None:
+            log.info("the cluster took this server out of maintenance")
+            self._maintenance = None
+        log.debug("no work (skipped: %s)", answer.skipped or "nothing")
+        return self.settings.interval
+
+    def serve(self, job: Job) -> None:
+        """Generate and deliver one job; every outcome is logged and counted."""
+        self.stats.add(in_flight=1)
+        try:
+            ttl = f"{job.ttl:.0f} s" if job.ttl is not None else "none"
+            log.debug("job %s: popped (ttl %s)", _short(job), ttl)
+            if self.settings.log_prompts:
+                log.info("job %s prompt: %r", _short(job), job.payload.get("prompt"))
+            generated = self._generate(job)
+            if generated is not None:
+                self._deliver(job, *generated)
+        finally:
+            self.stats.add(in_flight=-1)
+
+    def _generate(self, job: Job) -> tuple[str, float] | None:
+        """The text and the seconds it took, or None if the job was given back or dropped."""
+        deadline = job.deadline if job.deadline is not None else job.received + DEFAULT_TTL
+        failures = busy = 0
+        while True:
+            if self.stop.is_set():
+                self._give_back(job, "stopping before it was generated")
+                return None
+            if self._clock() > deadline:
+                # The cluster may already have handed the slot to another server.
+                log.warning(
+                    "job %s: its ttl (%.0f s) passed before it could be generated; dropping it",
+                    _short(job),
+                    deadline - job.received,
+                )
+                self._give_back(job, "ttl passed", count=False)
+                self.stats.add(dropped=1)
+                return None
+            started = self._clock()
+            # A slow server's long job may legitimately take more than KoboldClient's default
+            # timeout: the cluster sized the ttl to this server's speed, so wait that long.
+            patience = deadline - started + LATE_GRACE
+            try:
+                return self.kobold.generate(job.payload, patience), self._clock() - started
+            except KoboldBusy:
+                busy += 1
+                delay = self.settings.busy_backoff.delay(busy)
+                log.debug("job %s: KoboldAI is busy; retrying in %.1f s", _short(job), delay)
+            except PayloadRefused as error:
+                log.warning("job %s: %s", _short(job), error)
+                self._give_back(job, "KoboldAI refused it")
+                return None
+            except KoboldError as error:
+                failures += 1
+                # Make the next pop wait until KoboldAI answers again.
+                self.watcher.invalidate()
+                if failures >= self.settings.max_attempts:
+                    log.warning("job %s: %s", _short(job), error)
+                    self._give_back(job, f"{failures} tries failed")
+                    return None
+                delay = self.settings.backoff.delay(failures)
+                log.warning(
+                    "job %s: retrying in %.1f s (try %d of %d): %s",
+                    _short(job),
+                    delay,
+                    failures + 1,
+                    self.settings.max_attempts,
+                    error,
+                )
+            self._wait(delay, True)
+
+    def _deliver(self, job: Job, text: str, seconds: float) -> None:
+        """Submit the text, retrying network errors: generating it again would waste the GPU
+        time and could pay twice, so this never goes back to KoboldAI."""
+        failures = 0
+        first_failure = stop_seen = None
+        while True:
+            try:
+                result = self.cluster.submit(job, text)
+                break
+            except ClusterUnavailable as error:
+                failures += 1
+                now = self._clock()
+                first_failure = now if first_failure is None else first_failure
+                if self.stop.is_set():
+                    stop_seen = now if stop_seen is None else stop_seen
+                    if now - stop_seen >= self.settings.stop_grace:
+                        log.warning("job %s: abandoned while stopping: %s", _short(job), error)
+                        self.stats.add(dropped=1)
+                        return
+                if now - first_failure >= self.settings.submit_patience:
+                    log.error("job %s: could not submit it, dropping it: %s", _short(job), error)
+                    self.stats.add(dropped=1)
+                    return
+                delay = self.settings.backoff.delay(failures)
+                log.warning(
+                    "job %s: submit failed, retrying in %.1f s: %s", _short(job), delay, error
+                )
+                self._wait(delay, False)
+        self._record(job, text, seconds, result)
+
+    def _record(self, job: Job, text: str, seconds: float, result: Submitted) -> None:
+        if self.settings.log_prompts:
+            log.info("job %s text: %r", _short(job), text)
+        if result.outcome in ("accepted", "duplicate"):
+            tokens = result.reward if result.reward is not None else estimate_tokens(text)
+            self.stats.add(done=1, tokens=tokens, seconds=seconds)
+            speed = tokens / seconds if seconds > 0 else 0.0
+            note = "" if result.outcome == "accepted" else " (the cluster already had it)"
+            log.info(
+                "job %s: %d tokens in %.1f s (%.1f tokens/s)%s",
+                _short(job),
+                tokens,
+                seconds,
+                speed,
+                note,
+            )
+        elif result.outcome == "expired":
+            log.warning(
+                "job %s: the cluster no longer wants it (%s); moving on",
+                _short(job),
+                result.message,
+            )
+            self.stats.add(dropped=1)
+        else:
+            log.error("job %s: the cluster refused the result: %s", _short(job), result.message)
+            self.stats.add(dropped=1)
+
+    def _give_back(self, job: Job, reason: str, *, count: bool = True) -> None:
+        """Report the job as faulted so its slot goes to another server now, not at its ttl.
+        One try only: if it fails, the cluster re-queues the job when the ttl passes anyway."""
+        if count:
+            self.stats.add(given_back=1)
+        try:
+            result = self.cluster.give_back(job)
+        except ClusterUnavailable as error:
+            log.warning("job %s: could not give it back (%s): %s", _short(job), reason, error)
+            return
+        log.info("job %s: given back to the cluster (%s)", _short(job), reason)
+        log.debug("job %s: give-back answered %s", _short(job), result.outcome)
+
+
+class Bridge:
+    """Runs `settings.threads` workers and the periodic summary until stopped."""
+
+    def __init__(
+        self,
+        *,
+        cluster: ClusterProtocol,
+        kobold: KoboldAPI,
+        settings: Settings,
+        stop: threading.Event | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.cluster = cluster
+        self.kobold = kobold
+        self.settings = settings
+        self.stop = stop or threading.Event()
+        self.stats = Stats(clock)
+        self.watcher = ModelWatcher(kobold, settings, clock)
+        self.fatal: ClusterRejected | None = None
+        self._clock = clock
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        for number in range(1, self.settings.threads + 1):
+            worker = Worker(
+                cluster=self.cluster,
+                kobold=self.kobold,
+                settings=self.settings,
+                stop=self.stop,
+                stats=self.stats,
+                watcher=self.watcher,
+                clock=self._clock,
+            )
+            # Daemon threads: a second Ctrl-C must be able to end the process at once even
+            # while a worker waits on KoboldAI.
+            thread = threading.Thread(
+                target=self._run, args=(worker,), name=f"worker-{number}", daemon=True
+            )
+            self._threads.append(thread)
+            thread.start()
+
+    def _run(self, worker: Worker) -> None:
+        try:
+            worker.run()
+        except ClusterRejected as error:
+            if self.fatal is None:
+                self.fatal = error
+            self.stop.set()
+
+    def join(self, poll: float = 0.2) -> None:
+        """Wait for every worker to end, logging the summary every `summary_interval`.
+        Polls with a short timeout so the main thread stays responsive to Ctrl-C (Windows
+        delivers it only between waits)."""
+        next_summary = self._clock() + self.settings.summary_interval
+        while alive := [thread for thread in self._threads if thread.is_alive()]:
+            alive[0].join(poll)
+            if self._clock() >= next_summary:
+                log.info("summary: %s", self.stats.summary())
+                next_summary += self.settings.summary_interval
