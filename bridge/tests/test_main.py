@@ -216,7 +216,8 @@ def test_second_ctrl_c_quits_at_once(run_bridge, scripted_cluster, kai):
 def test_quiet_shows_only_problems_and_the_final_summary(run_bridge, scripted_cluster):
     scripted_cluster.add_job(ID1, "prompt")
     bridge = run_bridge("-q")
-    bridge.wait_until(lambda: ID1 in scripted_cluster.submitted, "the submit")
+    # Idle again (polling after the submit): a Ctrl-C earlier would find the job in progress.
+    bridge.wait_until(lambda: _popped_after_submit(scripted_cluster), "the bridge to be idle")
     bridge.interrupt()
     assert bridge.wait() == 0
     assert [line.split(" ", 2)[2] for line in bridge.lines] == [
@@ -280,3 +281,10 @@ def test_cluster_port_closed_is_retried_until_it_answers(tmp_path, processes, ka
         assert bridge.wait() == 0
     finally:
         late.stop()
+
+
+def _popped_after_submit(cluster) -> bool:
+    paths = [path for path, _, _ in list(cluster.requests)]
+    return (
+        "/generate/submit" in paths and "/generate/pop" in paths[paths.index("/generate/submit") :]
+    )
