@@ -84,6 +84,11 @@ def format_duration(seconds: float) -> str:
     return str(timedelta(seconds=int(seconds)))
 
 
+def format_kudos(kudos: float) -> str:
+    """At most two decimals, none when whole: 16, 3.4, 0.25."""
+    return f"{kudos:.2f}".rstrip("0").rstrip(".")
+
+
 class Stats:
     """Counters shared by every worker thread."""
 
@@ -95,6 +100,7 @@ class Stats:
         self.given_back = 0  # returned unpaid: refused payload, repeated errors, a stop
         self.dropped = 0  # expired, refused by the cluster or abandoned: nobody was paid
         self.tokens = 0
+        self.kudos = 0.0  # the AI Horde protocol's rewards, when the cluster reports them
         self.seconds = 0.0  # time spent generating, for the average speed
         self.in_flight = 0
 
@@ -106,9 +112,10 @@ class Stats:
     def summary(self) -> str:
         with self._lock:
             speed = self.tokens / self.seconds if self.seconds else 0.0
+            kudos = f"{format_kudos(self.kudos)} kudos; " if self.kudos else ""
             return (
                 f"{self.done} jobs done, {self.given_back} given back, {self.dropped} dropped; "
-                f"{self.tokens} tokens at {speed:.1f} tokens/s; "
+                f"{self.tokens} tokens at {speed:.1f} tokens/s; {kudos}"
                 f"up {format_duration(self._clock() - self.started)}"
             )
 
@@ -407,15 +414,17 @@ class Worker:
             log.info("job %s text: %r", _short(job), text)
         if result.outcome in ("accepted", "duplicate"):
             tokens = result.reward if result.reward is not None else estimate_tokens(text)
-            self.stats.add(done=1, tokens=tokens, seconds=seconds)
+            self.stats.add(done=1, tokens=tokens, seconds=seconds, kudos=result.kudos or 0.0)
             speed = tokens / seconds if seconds > 0 else 0.0
+            kudos = f", {format_kudos(result.kudos)} kudos" if result.kudos is not None else ""
             note = "" if result.outcome == "accepted" else " (the cluster already had it)"
             log.info(
-                "job %s: %d tokens in %.1f s (%.1f tokens/s)%s",
+                "job %s: %d tokens in %.1f s (%.1f tokens/s)%s%s",
                 _short(job),
                 tokens,
                 seconds,
                 speed,
+                kudos,
                 note,
             )
         elif result.outcome == "expired":
