@@ -125,14 +125,24 @@ def submit_generation(api: APIClient) -> Callable[..., Any]:
 
 
 @pytest.fixture
-def cluster(transactional_db: None):
+def cluster_env() -> dict[str, str]:
+    """Environment overrides for the `cluster` process (e.g. short KOBOLDCLUSTER_* intervals).
+
+    Override this fixture in a test module; pass the same values to `scheduler(**cluster_env)`
+    so that both processes work by the same rules.
+    """
+    return {}
+
+
+@pytest.fixture
+def cluster(transactional_db: None, cluster_env: dict[str, str]):
     """The cluster served by a real gunicorn process on a free port, on the test database.
 
     Call `cluster.restart()` to restart it mid-test; it is stopped at teardown.
     """
     from koboldcluster.testing import ClusterProcess
 
-    process = ClusterProcess()
+    process = ClusterProcess(cluster_env)
     process.start()
     yield process
     process.stop()

@@ -423,5 +423,4 @@ def ledger_fold(*, now: datetime | None = None) -> int:
         if not moved:  # another fold got here first; undo ours
             transaction.set_rollback(True)
             return 0
-    logger.info("ledger fold: %s entries folded up to id %s", folded, upper)
     return folded

@@ -266,6 +266,11 @@ KOBOLDCLUSTER = {
     # The ledger fold leaves the newest entries alone this long, so that a transaction that
     # committed late can never slip under the fold's watermark.
     "LEDGER_FOLD_LAG_SECONDS": env_int("KOBOLDCLUSTER_LEDGER_FOLD_LAG_SECONDS", 30),
+    # How often the scheduled tasks run, in minutes (README: "Scheduled work"). django-q2
+    # schedules in whole minutes and looks for due schedules every 30 seconds.
+    "PURGE_EVERY_MINUTES": env_int("KOBOLDCLUSTER_PURGE_EVERY_MINUTES", 1, minimum=1),
+    "REAPER_EVERY_MINUTES": env_int("KOBOLDCLUSTER_REAPER_EVERY_MINUTES", 1, minimum=1),
+    "LEDGER_FOLD_EVERY_MINUTES": env_int("KOBOLDCLUSTER_LEDGER_FOLD_EVERY_MINUTES", 1, minimum=1),
     # Queue priority is the requester's balance (tokens contributed − used) within these
     # bounds, plus this many points per second of waiting. Anonymous and unclaimed names sit
     # at the floor. Worst case: a floor prompt overtakes a capped one that arrived at the same

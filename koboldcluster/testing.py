@@ -150,3 +150,11 @@ class SchedulerProcess(ManagedProcess):
     def __init__(self, env: dict[str, str] | None = None) -> None:
         args = [sys.executable, "manage.py", "qcluster"]
         super().__init__(args, _child_env(env or {}))
+
+    def stop(self, sig: int = signal.SIGINT, timeout: float = 15) -> int | None:
+        """Stop it as Ctrl-C does (in about a second).
+
+        SIGTERM to the whole group would reach django-q2's workers before their sentinel
+        can stop them in order, and the sentinel then waits about 20 s for them.
+        """
+        return super().stop(sig, timeout)

@@ -1,0 +1,30 @@
+"""Scheduled work on the queue, run by django-q2 (`manage.py ensure_schedules` registers it).
+
+Each task returns a one-line summary (django-q2 keeps it with the task's result in the admin)
+and logs the same line: counts only, never text.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from django.utils import timezone
+
+from generations.services import jobs_reap, prompts_purge
+
+logger = logging.getLogger(__name__)
+
+
+def purge_expired_prompts() -> str:
+    """Wipe the prompts nobody has used for PROMPT_EXPIRY_SECONDS, with their generations."""
+    result = prompts_purge(now=timezone.now())
+    summary = f"purged {result.prompts} expired prompts with {result.jobs} jobs"
+    logger.info(summary)
+    return summary
+
+
+def reap_overdue_jobs() -> str:
+    """Give the slots of jobs whose server missed the deadline back to the queue."""
+    summary = f"reaped {jobs_reap(now=timezone.now())} overdue jobs"
+    logger.info(summary)
+    return summary
