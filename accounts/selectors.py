@@ -8,8 +8,10 @@ from datetime import datetime
 from uuid import UUID
 
 from django.db.models import Count, Sum
+from django.db.models.functions import Coalesce
 
 from accounts.models import ApiKey, Balance, LedgerEntry, LedgerFold, User
+from servers.models import Server
 
 
 @dataclass(frozen=True)
@@ -125,3 +127,35 @@ def user_details(user: User, *, privileged: bool, now: datetime | None = None) -
         server_ids=list(servers),
         active_prompt_ids=list(prompts.values_list("id", flat=True)),
     )
+
+
+USERS_PER_PAGE = 25
+
+
+def users_page(*, page: int, sort: str = "kudos") -> list[UserDetails]:
+    """One page of users (public details), by balance (`kudos`) or by age (`age`, oldest first).
+
+    The order by balance reads the folded balances, so entries from the last minute or so
+    may not have moved a user yet; the totals shown are exact.
+    """
+    users = User.objects.annotate(folded_kudos=Coalesce("balance__kudos", 0))
+    order = ("-folded_kudos", "id") if sort == "kudos" else ("date_joined", "id")
+    start = (page - 1) * USERS_PER_PAGE
+    chunk = list(users.order_by(*order)[start : start + USERS_PER_PAGE])
+    ids = [user.pk for user in chunk]
+    totals = user_totals(ids)
+    servers = dict(
+        Server.objects.filter(owner_id__in=ids)
+        .values_list("owner_id")
+        .annotate(Count("id"))
+        .order_by()
+    )
+    return [
+        UserDetails(
+            user=user,
+            totals=totals.get(user.pk, Totals()),
+            server_count=servers.get(user.pk, 0),
+            privileged=False,
+        )
+        for user in chunk
+    ]

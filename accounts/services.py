@@ -18,6 +18,7 @@ from django.db.models import Count, F, Max, Sum
 from django.utils import timezone
 
 from accounts.models import ApiKey, Balance, LedgerEntry, LedgerFold, User
+from accounts.selectors import totals_for
 from koboldcluster.errors import BadRequest, Forbidden, NotFound, Unauthorized
 
 logger = logging.getLogger(__name__)
@@ -377,6 +378,59 @@ def ledger_record_generation(
             ),
         ]
     )
+
+
+def kudos_transfer(
+    *, sender: User, recipient: str, amount: int, now: datetime | None = None
+) -> User:
+    """Move `amount` of `sender`'s balance to `recipient` (`alias#id` or a username).
+
+    Two adjustment entries in one transaction, after the sender's balance was read under the
+    sender's lock: two transfers at once cannot both spend the same tokens. Refused (400):
+    anonymous senders or recipients, names without an account, oneself, amounts below 1 and
+    more than the sender's balance. Returns the recipient.
+    """
+    now = now or timezone.now()
+    if sender.is_anonymous_user:
+        raise BadRequest("The anonymous user cannot send kudos.", rc="KudosTransferFromAnon")
+    if amount < 0:
+        raise BadRequest("Kudos transfers must be positive.", rc="NegativeKudosTransfer")
+    if amount == 0:
+        raise BadRequest("Transfer at least 1 kudos.", rc="InvalidKudosTransferAmount")
+    target = _transfer_target(recipient)
+    if target.is_anonymous_user:
+        raise BadRequest("Kudos cannot be sent to the anonymous user.", rc="KudosTransferToAnon")
+    if target.pk == sender.pk:
+        raise BadRequest("You cannot send kudos to yourself.", rc="KudosTransferToSelf")
+    with transaction.atomic():
+        lock_account(sender)
+        balance = totals_for(sender).kudos
+        if amount > balance:
+            raise BadRequest(
+                f"Not enough kudos: the balance is {balance}, {amount} asked for.",
+                rc="KudosTransferNotEnough",
+            )
+        common = {"created": now, "kind": LedgerEntry.Kind.ADJUSTMENT, "model": "transfer"}
+        LedgerEntry.objects.bulk_create(
+            [
+                LedgerEntry(user=sender, kudos=-amount, **common),
+                LedgerEntry(user=target, kudos=amount, **common),
+            ]
+        )
+    logger.info("kudos transfer: %s from user %s to user %s", amount, sender.pk, target.pk)
+    return target
+
+
+def _transfer_target(recipient: str) -> User:
+    match = _HORDE_NAME.search(recipient)
+    if match is not None:
+        user = User.objects.filter(pk=int(match.group(1))).first()
+    else:
+        user = User.objects.filter(username=recipient).first()
+    if user is None or user.kind == User.Kind.UNCLAIMED:
+        # An unclaimed name goes to whoever registers it first: nothing to send to yet.
+        raise BadRequest(f"No account {recipient!r} can receive kudos.", rc="InvalidTargetUsername")
+    return user
 
 
 _BALANCE_FIELDS = {

@@ -8,6 +8,8 @@ urlpatterns = [
     path("register", views.RegisterView.as_view()),
     path("apikeys", views.ApiKeyListView.as_view()),
     path("apikeys/<int:key_id>", views.ApiKeyDetailView.as_view()),
+    path("users", views.UserListView.as_view()),
     path("users/<str:user_id>", views.UserDetailView.as_view()),
+    path("kudos/transfer", views.KudosTransferView.as_view()),
     path("find_user", views.FindUserView.as_view()),
 ]

@@ -8,6 +8,8 @@ from typing import Any
 
 from django.contrib.auth.validators import UnicodeUsernameValidator
 from django.utils import timezone
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -15,25 +17,55 @@ from rest_framework.views import APIView
 
 from accounts.authentication import LenientApiKeyAuthentication, apikey_header
 from accounts.models import ApiKey, User
-from accounts.selectors import UserDetails, api_keys_of, tokens_by_username, user_details
+from accounts.selectors import (
+    UserDetails,
+    api_keys_of,
+    tokens_by_username,
+    user_details,
+    users_page,
+)
 from accounts.services import (
     account_register,
     apikey_issue,
     apikey_revoke,
+    kudos_transfer,
     user_by_password,
 )
 from koboldcluster.api import api_user, validated
 from koboldcluster.errors import Forbidden, NotFound, Unauthorized
-from koboldcluster.fields import StrictCharField
+from koboldcluster.fields import StrictCharField, StrictFloatField
+from koboldcluster.openapi import (
+    APIKEY_HEADER,
+    APIKEY_HEADER_REQUIRED,
+    KUDOS_ARE_TOKENS,
+    error,
+    shape,
+)
+
+ORIGINAL = ["Original cluster API"]
+ACCOUNTS = ["Accounts and API keys"]
+TOKENS_BY_USER = OpenApiResponse(OpenApiTypes.OBJECT, description="{username: tokens}")
 
 
 class UsageView(APIView):
+    @extend_schema(
+        operation_id="usage",
+        tags=ORIGINAL,
+        summary="{username: tokens received}",
+        responses={200: TOKENS_BY_USER},
+    )
     def get(self, request: Request) -> Response:
         """Tokens each user has received from the cluster."""
         return Response(tokens_by_username("tokens_used"))
 
 
 class ContributionsView(APIView):
+    @extend_schema(
+        operation_id="contributions",
+        tags=ORIGINAL,
+        summary="{username: tokens their servers generated}",
+        responses={200: TOKENS_BY_USER},
+    )
     def get(self, request: Request) -> Response:
         """Tokens each user's servers have generated for others."""
         return Response(tokens_by_username("tokens_contributed"))
@@ -52,6 +84,23 @@ class RegisterView(APIView):
     class Input(serializers.Serializer):
         username = UsernameField()
 
+    @extend_schema(
+        operation_id="register",
+        tags=ACCOUNTS,
+        summary="Register an account and get its first API key",
+        request=Input,
+        responses={
+            201: shape(
+                "Registered",
+                {
+                    "id": serializers.IntegerField(),
+                    "username": serializers.CharField(help_text="alias#id"),
+                    "apikey": serializers.CharField(help_text="Shown this once."),
+                },
+            ),
+            400: error("UsernameTaken, ValidationError"),
+        },
+    )
     def post(self, request: Request) -> Response:
         """A new account and its first API key, shown this once."""
         data = validated(self.Input, request.data)
@@ -86,6 +135,19 @@ def _key_body(api_key: ApiKey) -> dict[str, Any]:
     }
 
 
+API_KEY = shape(
+    "ApiKey",
+    {
+        "id": serializers.IntegerField(),
+        "name": serializers.CharField(),
+        "created": serializers.DateTimeField(),
+        "last_used": serializers.DateTimeField(allow_null=True),
+        "revoked": serializers.BooleanField(),
+        "apikey": serializers.CharField(required=False, help_text="Only when created."),
+    },
+)
+
+
 class ApiKeyListView(APIView):
     class Input(serializers.Serializer):
         name = StrictCharField(max_length=100, required=False, allow_blank=True, default="")
@@ -97,10 +159,26 @@ class ApiKeyListView(APIView):
         # Making keys is limited like registering; listing them is not.
         return "register" if self.request.method == "POST" else None
 
+    @extend_schema(
+        operation_id="apikeys",
+        tags=ACCOUNTS,
+        summary="Your working API keys (without the keys: only digests are kept)",
+        parameters=[APIKEY_HEADER_REQUIRED],
+        responses={200: shape("ApiKeys", {"key": API_KEY}, many=True)},
+    )
     def get(self, request: Request) -> Response:
         """The caller's working keys, without the keys themselves (they are not stored)."""
         return Response([_key_body(k) for k in api_keys_of(_key_owner(request))])
 
+    @extend_schema(
+        operation_id="apikey_create",
+        tags=ACCOUNTS,
+        summary="A new API key, shown once",
+        description="By your key, or (an account a server's first pop made) by username and "
+        "password.",
+        request=Input,
+        responses={201: API_KEY, 401: error("InvalidAPIKey, InvalidCredentials")},
+    )
     def post(self, request: Request) -> Response:
         """A new key for the caller, shown this once."""
         data = validated(self.Input, request.data)
@@ -109,6 +187,13 @@ class ApiKeyListView(APIView):
 
 
 class ApiKeyDetailView(APIView):
+    @extend_schema(
+        operation_id="apikey_revoke",
+        tags=ACCOUNTS,
+        summary="Revoke one of your API keys",
+        parameters=[APIKEY_HEADER_REQUIRED],
+        responses={200: API_KEY, 400: error("LastApiKey"), 404: error("ApiKeyNotFound")},
+    )
     def delete(self, request: Request, key_id: int) -> Response:
         """Revoke one of the caller's keys; it stops working at once."""
         api_key = apikey_revoke(user=_key_owner(request), key_id=key_id)
@@ -172,7 +257,69 @@ def _user_body(details: UserDetails) -> dict[str, Any]:
 _USER_ID = re.compile(r"[0-9]{1,18}\Z")
 
 
+USER = shape(
+    "HordeUser",
+    {
+        "username": serializers.CharField(help_text="alias#id"),
+        "id": serializers.IntegerField(),
+        "kudos": serializers.FloatField(help_text="The balance in tokens. " + KUDOS_ARE_TOKENS),
+        "kudos_details": serializers.DictField(
+            help_text="accumulated: tokens generated − received; admin: everything else "
+            "(transfers and adjustments); the AI Horde's other parts are 0."
+        ),
+        "records": serializers.DictField(
+            help_text="usage.tokens (received), contribution.tokens (generated), "
+            "fulfillment.text (generations delivered), request.text (received)."
+        ),
+        "concurrency": serializers.IntegerField(help_text="Most waiting generations."),
+        "worker_count": serializers.IntegerField(),
+        "account_age": serializers.IntegerField(help_text="Seconds."),
+        "trusted": serializers.BooleanField(),
+        "moderator": serializers.BooleanField(),
+        "worker_ids": serializers.ListField(
+            child=serializers.UUIDField(), required=False, help_text="Own key or moderator."
+        ),
+        "active_generations": serializers.DictField(required=False, help_text="Own key only."),
+    },
+)
+
+
+class UserListView(APIView):
+    throttle_scope = "read"
+    authentication_classes = [LenientApiKeyAuthentication]
+
+    class Query(serializers.Serializer):
+        page = serializers.IntegerField(min_value=1, default=1)
+        sort = serializers.ChoiceField(["kudos", "age"], default="kudos")
+
+    @extend_schema(
+        operation_id="horde_users",
+        tags=["AI Horde v2: users"],
+        summary="Users, 25 a page, by balance or by age",
+        parameters=[
+            OpenApiParameter("page", int, description="1, 2, …"),
+            OpenApiParameter("sort", str, description="kudos (highest first) or age (oldest)."),
+        ],
+        responses={200: shape("HordeUsers", {"user": USER}, many=True)},
+    )
+    def get(self, request: Request) -> Response:
+        given = {k: v for k, v in request.query_params.items() if v != ""}
+        query = validated(self.Query, given)
+        return Response(
+            [_user_body(details) for details in users_page(page=query["page"], sort=query["sort"])]
+        )
+
+
 class UserDetailView(APIView):
+    throttle_scope = "read"
+
+    @extend_schema(
+        operation_id="horde_user",
+        tags=["AI Horde v2: users"],
+        summary="A user's details",
+        parameters=[APIKEY_HEADER],
+        responses={200: USER, 401: error("InvalidAPIKey"), 404: error("UserNotFound")},
+    )
     def get(self, request: Request, user_id: str) -> Response:
         """A user's public details; their own key or a moderator's also shows private ones."""
         user = User.objects.filter(pk=int(user_id)).first() if _USER_ID.match(user_id) else None
@@ -184,9 +331,17 @@ class UserDetailView(APIView):
 
 
 class FindUserView(APIView):
+    throttle_scope = "read"
     # The AI Horde answers an unknown key here with 404 UserNotFound, not 401.
     authentication_classes = [LenientApiKeyAuthentication]
 
+    @extend_schema(
+        operation_id="horde_find_user",
+        tags=["AI Horde v2: users"],
+        summary="The user the apikey header names",
+        parameters=[APIKEY_HEADER_REQUIRED],
+        responses={200: USER, 401: error("No key"), 404: error("UserNotFound")},
+    )
     def get(self, request: Request) -> Response:
         """The user the `apikey` header names, with their private details."""
         if apikey_header(request) is None:
@@ -195,3 +350,38 @@ class FindUserView(APIView):
         if user is None:
             raise NotFound("No user has this API key.", rc="UserNotFound")
         return Response(_user_body(user_details(user, privileged=True)))
+
+
+class KudosTransferView(APIView):
+    throttle_scope = "transfer"
+
+    class Input(serializers.Serializer):
+        username = StrictCharField(max_length=255, help_text="The recipient: alias#id.")
+        amount = StrictFloatField(default=100, help_text="Whole tokens (a fraction is cut).")
+
+    @extend_schema(
+        operation_id="horde_kudos_transfer",
+        tags=["AI Horde v2: users"],
+        summary="Give some of your balance to another user",
+        description="Moves tokens of balance (and so queue priority) to another account. "
+        + KUDOS_ARE_TOKENS,
+        parameters=[APIKEY_HEADER_REQUIRED],
+        request=Input,
+        responses={
+            200: shape("HordeTransferred", {"transferred": serializers.IntegerField()}),
+            400: error(
+                "KudosTransferNotEnough, KudosTransferToSelf, KudosTransferFromAnon, "
+                "KudosTransferToAnon, NegativeKudosTransfer, InvalidKudosTransferAmount, "
+                "InvalidTargetUsername"
+            ),
+            401: error("InvalidAPIKey"),
+        },
+    )
+    def post(self, request: Request) -> Response:
+        data = validated(self.Input, request.data)
+        sender = api_user(request)
+        if sender is None:
+            raise Unauthorized("Send your API key in the 'apikey' header.", rc="InvalidAPIKey")
+        amount = int(data["amount"])
+        kudos_transfer(sender=sender, recipient=data["username"], amount=amount)
+        return Response({"transferred": amount})

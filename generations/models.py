@@ -28,12 +28,29 @@ class PromptQuerySet(models.QuerySet):
         """Prompts that ask for no more than a server offers (note the direction)."""
         return self.filter(max_length__lte=max_length, max_context_length__lte=max_context_length)
 
+    def ahead_of(self, prompt: Prompt) -> PromptQuerySet:
+        """Prompts at or before `prompt` in queue order (itself included).
+
+        `sort_key >= …` is a range on the queue index, so reading this prefix costs as much as
+        the prefix is long, not the queue. Equal keys (a tie to the microsecond) go by age.
+        """
+        return self.filter(sort_key__gte=prompt.sort_key).exclude(
+            sort_key=prompt.sort_key, created__gt=prompt.created
+        )
+
 
 class Prompt(models.Model):
     class State(models.TextChoices):
         LIVE = "live", "Live"
         CANCELLED = "cancelled", "Cancelled"
         FAULTED = "faulted", "Faulted"
+
+    class Workers(models.TextChoices):
+        """Which servers may take the prompt, given its PromptWorker rows."""
+
+        ANY = "any", "Any server"
+        ONLY = "only", "Only the listed servers"
+        EXCEPT = "except", "Any but the listed servers"
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     user = models.ForeignKey(settings.AUTH_USER_MODEL, models.PROTECT, related_name="prompts")
@@ -48,6 +65,17 @@ class Prompt(models.Model):
     state = models.CharField(max_length=16, choices=State.choices, default=State.LIVE)
     faulted_jobs = models.PositiveSmallIntegerField(default=0)
     client_agent = models.CharField(max_length=255, blank=True)
+    # Which servers may serve it (the AI Horde's request options; the defaults match anyone).
+    softprompt = models.CharField(
+        max_length=255, blank=True, help_text="Only servers offering this soft prompt."
+    )
+    trusted_workers = models.BooleanField(default=False, help_text="Only trusted owners' servers.")
+    slow_workers = models.BooleanField(default=True, help_text="Slow servers may serve it too.")
+    workers = models.CharField(max_length=8, choices=Workers.choices, default=Workers.ANY)
+    nsfw = models.BooleanField(default=True, help_text="Stored; text requests are not filtered.")
+    batching = models.BooleanField(
+        default=True, help_text="A server may take several of its slots in one pop."
+    )
     created = models.DateTimeField(default=timezone.now)
     last_activity = models.DateTimeField(default=timezone.now)
     expires_at = models.DateTimeField()
@@ -86,6 +114,20 @@ class Prompt(models.Model):
         named = PromptModel.objects.filter(prompt_id=OuterRef("id"), name__in=model_names)
         return Q(any_model=True) | Q(Exists(named))
 
+    @staticmethod
+    def server_match(server_id: object) -> Q:
+        """Prompts whose server list lets `server_id` serve them.
+
+        The listed prompts are one uncorrelated subquery (read once per statement): cheaper to
+        build and to run than an EXISTS per queue row, and almost always empty.
+        """
+        listed = PromptWorker.objects.filter(server_id=server_id).values("prompt_id")
+        return (
+            Q(workers=Prompt.Workers.ANY)
+            | (Q(workers=Prompt.Workers.ONLY) & Q(id__in=listed))
+            | (Q(workers=Prompt.Workers.EXCEPT) & ~Q(id__in=listed))
+        )
+
     def model_for(self, server_models: list[str]) -> str:
         """The model a job of this prompt runs on a server serving `server_models`."""
         if not self.any_model:
@@ -108,6 +150,21 @@ class PromptModel(models.Model):
         return self.name
 
 
+class PromptWorker(models.Model):
+    """A server a prompt names in its allow or deny list (`Prompt.workers`)."""
+
+    prompt = models.ForeignKey(Prompt, models.CASCADE, related_name="server_list")
+    server = models.ForeignKey("servers.Server", models.CASCADE, related_name="+")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["server", "prompt"], name="prompt_worker_once")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.prompt_id} {self.server_id}"
+
+
 class Job(models.Model):
     class State(models.TextChoices):
         PROCESSING = "processing", "Processing"
@@ -128,6 +185,10 @@ class Job(models.Model):
     text = models.TextField(blank=True)
     tokens = models.PositiveIntegerField(default=0)
     seed = models.BigIntegerField(null=True, blank=True)
+    censored = models.BooleanField(default=False, help_text="The server censored the text.")
+    gen_metadata = models.JSONField(
+        default=list, blank=True, help_text="What the server reported about the generation."
+    )
 
     class Meta:
         indexes = [

@@ -22,7 +22,14 @@ from django.utils import timezone
 from accounts.models import User
 from accounts.selectors import totals_for
 from accounts.services import ledger_record_generation, lock_account
-from generations.models import Job, Prompt, PromptModel, PromptQuerySet, count_tokens
+from generations.models import (
+    Job,
+    Prompt,
+    PromptModel,
+    PromptQuerySet,
+    PromptWorker,
+    count_tokens,
+)
 from koboldcluster.errors import BadRequest, Forbidden, NotFound, TooManyRequests
 from servers.models import Server
 
@@ -52,6 +59,18 @@ class GenerationRequest:
     params: dict = field(default_factory=dict)
     models: list[str] = field(default_factory=list)
     client_agent: str = ""
+    # Which servers may serve it (the AI Horde's request options); the defaults allow any.
+    softprompt: str = ""
+    trusted_workers: bool = False
+    slow_workers: bool = True
+    server_ids: list[object] = field(default_factory=list)
+    servers_excluded: bool = False  # server_ids is a deny list rather than an allow list
+    nsfw: bool = True
+    batching: bool = True  # a server asking for several jobs at once may get several of these
+
+    def tokens_at_most(self) -> int:
+        """The most tokens the request can cost: every generation at its full max_length."""
+        return self.n * self.max_length
 
 
 def priority_of(user: User) -> int:
@@ -75,6 +94,13 @@ def sort_key(balance: float, created: datetime) -> float:
 def prompt_create(*, user: User, request: GenerationRequest, now: datetime | None = None) -> Prompt:
     """Queue a prompt with `n` waiting slots; it lives PROMPT_EXPIRY_SECONDS past its last use."""
     now = now or timezone.now()
+    server_ids = list(dict.fromkeys(request.server_ids))
+    if server_ids:
+        known = set(Server.objects.filter(id__in=server_ids).values_list("id", flat=True))
+        unknown = [str(i) for i in server_ids if i not in known]
+        if unknown:
+            raise NotFound(f"Server {unknown[0]} is unknown.", rc="WorkerNotFound")
+    listed = Prompt.Workers.EXCEPT if request.servers_excluded else Prompt.Workers.ONLY
     prompt = Prompt(
         user=user,
         text=request.text,
@@ -87,6 +113,12 @@ def prompt_create(*, user: User, request: GenerationRequest, now: datetime | Non
         max_context_length=request.max_context_length,
         sort_key=sort_key(priority_of(user), now),
         client_agent=request.client_agent[:255],
+        softprompt=request.softprompt,
+        trusted_workers=request.trusted_workers,
+        slow_workers=request.slow_workers,
+        workers=listed if server_ids else Prompt.Workers.ANY,
+        nsfw=request.nsfw,
+        batching=request.batching,
         created=now,
         last_activity=now,
         expires_at=now + _expiry(),
@@ -95,6 +127,9 @@ def prompt_create(*, user: User, request: GenerationRequest, now: datetime | Non
         _check_concurrency(user, request.n, now)
         prompt.save(force_insert=True)
         PromptModel.objects.bulk_create(PromptModel(prompt=prompt, name=m) for m in prompt.models)
+        PromptWorker.objects.bulk_create(
+            PromptWorker(prompt=prompt, server_id=i) for i in server_ids
+        )
     logger.info(
         "prompt %s queued: user=%s n=%s max_length=%s max_context_length=%s models=%s",
         prompt.id,
@@ -139,34 +174,63 @@ def _check_concurrency(user: User, n: int, now: datetime) -> None:
 
 @dataclass
 class PopResult:
-    job: Job | None
+    jobs: list[Job] = field(default_factory=list)
     ttl: int | None = None
     skipped: dict[str, int] = field(default_factory=dict)
 
+    @property
+    def job(self) -> Job | None:
+        return self.jobs[0] if self.jobs else None
+
+
+def _is_slow(server: Server) -> bool:
+    return server.speed < settings.KOBOLDCLUSTER["SLOW_SERVER_TOKENS_PER_SECOND"]
+
 
 def _servable(server: Server, now: datetime) -> PromptQuerySet:
-    return (
-        Prompt.objects.queued(now)
-        .fitting(server.max_length, server.max_context_length)
-        .for_models(server.models)
+    """The queue as `server` may serve it: its limits, models, standing and soft prompts.
+
+    `server.owner` must be loaded (server_check_in sets it). Every condition is a predicate on
+    the queue row (or an EXISTS probe by primary key), so the queue index still delivers
+    candidates in order and pop reads only the first few.
+    """
+    conditions = (
+        Q(max_length__lte=server.max_length, max_context_length__lte=server.max_context_length)
+        & Prompt.model_match(server.models)
+        & Prompt.server_match(server.id)
     )
+    if server.softprompts:
+        conditions &= Q(softprompt="") | Q(softprompt__in=server.softprompts)
+    else:
+        conditions &= Q(softprompt="")
+    if not server.owner.trusted:
+        conditions &= Q(trusted_workers=False)
+    if _is_slow(server):
+        conditions &= Q(slow_workers=True)
+    # One filter(): each further call would copy the whole query again (pop's CPU time).
+    return Prompt.objects.queued(now).filter(conditions)
 
 
 def job_pop(
-    *, server: Server, priority_user_ids: Iterable[int] = (), now: datetime | None = None
+    *,
+    server: Server,
+    priority_user_ids: Iterable[int] = (),
+    amount: int = 1,
+    now: datetime | None = None,
 ) -> PopResult:
-    """Claim one slot of the best prompt `server` can serve, or say why there is none.
+    """Claim slots of the best prompt `server` can serve, or say why there is none.
 
-    The server's owner and its priority users come first, then everyone by sort_key. A server
-    in maintenance or paused gets only its owner's prompts; with none, maintenance answers
-    403 `WorkerMaintenance` with its message, and a paused server quietly gets nothing.
+    The server's owner and its priority users come first, then everyone by sort_key. Up to
+    `amount` slots are taken, all of one prompt (the AI Horde's batching). A server in
+    maintenance or paused gets only its owner's prompts; with none, maintenance answers 403
+    `WorkerMaintenance` with its message, and a paused server quietly gets nothing.
     """
     now = now or timezone.now()
     servable = _servable(server, now)
     if server.maintenance or server.paused:
-        job = _claim_best(servable.filter(user_id=server.owner_id), server, now)
-        if job is not None:
-            return PopResult(job=job, ttl=job.ttl)
+        jobs = _claim_best(servable.filter(user_id=server.owner_id), server, amount, now)
+        if jobs:
+            return PopResult(jobs=jobs, ttl=jobs[0].ttl)
         if server.maintenance:
             raise Forbidden(
                 server.maintenance_msg
@@ -174,30 +238,35 @@ def job_pop(
                 "requests. Its owner or an administrator can end the maintenance.",
                 rc="WorkerMaintenance",
             )
-        return PopResult(job=None)
+        return PopResult()
     first_users = {server.owner_id, *priority_user_ids}
-    for queryset in (servable.filter(user_id__in=first_users), servable):
-        job = _claim_best(queryset, server, now)
-        if job is not None:
-            return PopResult(job=job, ttl=job.ttl)
-    return PopResult(job=None, skipped=_skipped(server, now))
+    passes = [servable]
+    # Most owners queue nothing themselves: a cheap look at their own queue (its index) spares
+    # building and running the whole matching query twice.
+    if Prompt.objects.queued(now).filter(user_id__in=first_users).exists():
+        passes.insert(0, servable.filter(user_id__in=first_users))
+    for queryset in passes:
+        jobs = _claim_best(queryset, server, amount, now)
+        if jobs:
+            return PopResult(jobs=jobs, ttl=jobs[0].ttl)
+    return PopResult(skipped=_skipped(server, now))
 
 
-def _claim_best(queryset: PromptQuerySet, server: Server, now: datetime) -> Job | None:
+def _claim_best(queryset: PromptQuerySet, server: Server, amount: int, now: datetime) -> list[Job]:
     ordered = queryset.order_by("-sort_key", "created").values_list("id", flat=True)
     for _ in range(POP_ROUNDS):
         candidates = list(ordered[:POP_CANDIDATES])
         if not candidates:
-            return None
+            return []
         for prompt_id in candidates:
-            job = _claim(prompt_id, server, now)
-            if job is not None:
-                return job
+            jobs = _claim(prompt_id, server, amount, now)
+            if jobs:
+                return jobs
         # Every candidate was taken by racing pops; they have left the queue, read it again.
-    return None
+    return []
 
 
-def _claim(prompt_id: object, server: Server, now: datetime) -> Job | None:
+def _claim(prompt_id: object, server: Server, amount: int, now: datetime) -> list[Job]:
     with transaction.atomic():
         claimed = (
             Prompt.objects.queued(now)
@@ -205,36 +274,72 @@ def _claim(prompt_id: object, server: Server, now: datetime) -> Job | None:
             .update(waiting=F("waiting") - 1, last_activity=now, expires_at=now + _expiry())
         )
         if not claimed:
-            return None
+            return []
         prompt = Prompt.objects.get(id=prompt_id)
+        # The UPDATE above holds the row (PostgreSQL) or the database (SQLite) until commit,
+        # so the slots read here are still there to take.
+        more = min(amount - 1, prompt.waiting) if prompt.batching else 0
+        if more > 0 and Prompt.objects.filter(id=prompt_id, waiting__gte=more).update(
+            waiting=F("waiting") - more
+        ):
+            prompt.waiting -= more
+        else:
+            more = 0
         ttl = server.job_ttl(prompt.max_length)
-        job = Job.objects.create(
-            prompt=prompt,
-            server=server,
-            model=prompt.model_for(server.models),
-            started=now,
-            deadline=now + timedelta(seconds=ttl),
-        )
-    logger.info("job %s of prompt %s popped by server %s", job.id, prompt_id, server.id)
-    return job
+        model = prompt.model_for(server.models)
+        jobs = [
+            Job(
+                prompt=prompt,
+                server=server,
+                model=model,
+                started=now,
+                deadline=now + timedelta(seconds=ttl),
+            )
+            for _ in range(1 + more)
+        ]
+        Job.objects.bulk_create(jobs)
+    logger.info(
+        "%s jobs of prompt %s popped by server %s: %s",
+        len(jobs),
+        prompt_id,
+        server.id,
+        " ".join(str(job.id) for job in jobs),
+    )
+    return jobs
 
 
 def _skipped(server: Server, now: datetime) -> dict[str, int]:
     """Counts of waiting prompts this server cannot serve, by the first reason that bars it.
 
-    Only the first SKIPPED_SCAN prompts of the queue are looked at: an idle server asks every
-    second, and its answer must not cost as much as the queue is long.
+    The reasons are the AI Horde's names, in the order checked: `models`,
+    `max_context_length`, `max_length`, `worker_id` (the prompt's server list),
+    `untrusted`, `performance` (too slow) and `matching_softprompt`. Only the first
+    SKIPPED_SCAN prompts of the queue are looked at: an idle server asks every second, and
+    its answer must not cost as much as the queue is long.
     """
-    match = Prompt.model_match(server.models)
-    too_long_context = Q(max_context_length__gt=server.max_context_length)
-    head = Prompt.objects.queued(now).order_by("-sort_key", "created").values("id")
-    return Prompt.objects.filter(id__in=head[:SKIPPED_SCAN]).aggregate(
-        model=Count("id", filter=~match),
-        max_content_length=Count("id", filter=match & too_long_context),
-        max_length=Count(
-            "id", filter=match & ~too_long_context & Q(max_length__gt=server.max_length)
+    # A reason that cannot apply to this server (None) is reported as 0 without a query term.
+    bars: dict[str, Q | None] = {
+        "models": ~Prompt.model_match(server.models),
+        "max_context_length": Q(max_context_length__gt=server.max_context_length),
+        "max_length": Q(max_length__gt=server.max_length),
+        "worker_id": ~Prompt.server_match(server.id),
+        "untrusted": None if server.owner.trusted else Q(trusted_workers=True),
+        "performance": Q(slow_workers=False) if _is_slow(server) else None,
+        "matching_softprompt": (
+            ~Q(softprompt="") & ~Q(softprompt__in=server.softprompts)
+            if server.softprompts
+            else ~Q(softprompt="")
         ),
-    )
+    }
+    counts, passed = {}, Q()
+    for reason, bar in bars.items():
+        if bar is not None:
+            # Aliased: an aggregate named like a field would shadow it in the filters.
+            counts[f"skip_{reason}"] = Count("id", filter=passed & bar)
+            passed &= ~bar
+    head = Prompt.objects.queued(now).order_by("-sort_key", "created").values("id")
+    found = Prompt.objects.filter(id__in=head[:SKIPPED_SCAN]).aggregate(**counts)
+    return {reason: found.get(f"skip_{reason}", 0) for reason in bars}
 
 
 def job_for_submit(*, job_id: object, now: datetime | None = None) -> Job:
@@ -250,24 +355,42 @@ def job_for_submit(*, job_id: object, now: datetime | None = None) -> Job:
     return job
 
 
+# What a server may report about a generation (the AI Horde's text metadata: only this).
+CSAM_METADATA = {"type": "censorship", "value": "csam"}
+
+
 def job_submit(
     *,
     job: Job,
     text: str,
     state: str = "ok",
     seed: int | None = None,
+    gen_metadata: list[dict] | None = None,
     now: datetime | None = None,
 ) -> int:
     """Accept a generation exactly once and pay for it; return the reward in tokens.
 
-    `state="faulted"` gives the slot back to the queue and pays nothing.
+    `state="faulted"` gives the slot back to the queue and pays nothing. `censored` and
+    `csam` are accepted and paid like `ok` (the server did the work, and used tokens always
+    equal contributed tokens); the status shows them as such.
     """
     now = now or timezone.now()
     if state == Job.State.FAULTED:
         job_fault(job=job, now=now)
         return 0
+    metadata = list(gen_metadata or [])
+    if state == "csam" and CSAM_METADATA not in [_bare(m) for m in metadata]:
+        metadata.append(dict(CSAM_METADATA))
     tokens = count_tokens(text, job.prompt.max_length)
-    done = {"state": Job.State.DONE, "text": text, "tokens": tokens, "finished": now, "seed": seed}
+    done = {
+        "state": Job.State.DONE,
+        "text": text,
+        "tokens": tokens,
+        "finished": now,
+        "seed": seed,
+        "censored": state in ("censored", "csam"),
+        "gen_metadata": metadata,
+    }
     with transaction.atomic():
         accepted = Job.objects.filter(id=job.id, state=Job.State.PROCESSING).update(**done)
         if not accepted:
@@ -287,6 +410,10 @@ def job_submit(
         )
     logger.info("job %s done by server %s: %s tokens", job.id, job.server_id, tokens)
     return tokens
+
+
+def _bare(entry: dict) -> dict:
+    return {"type": entry.get("type"), "value": entry.get("value")}
 
 
 def _accept_late(job: Job, done: dict) -> None:
@@ -435,10 +562,23 @@ def _forget_deleted_bytes() -> None:
         logger.warning("purge: the write-ahead log is busy; it is truncated on a later run")
 
 
+@dataclass(frozen=True)
+class Outlook:
+    """Where a prompt stands (the AI Horde's status extras), from a few bounded queries."""
+
+    # 1-based place among queued prompts; 0 when nothing of it waits. A place deeper than
+    # QUEUE_SCAN is reported as QUEUE_SCAN + 1: counting further would cost as much as the
+    # queue is long, on every poll.
+    queue_position: int
+    wait_time: int  # seconds, estimated
+    is_possible: bool  # some active server could serve it (or one is already at work)
+
+
 @dataclass
 class PromptStatus:
     prompt: Prompt
     jobs: list[Job]
+    outlook: Outlook | None = None
 
     def _count(self, *states: str) -> int:
         return sum(1 for job in self.jobs if job.state in states)
@@ -472,6 +612,11 @@ class PromptStatus:
     def generations(self) -> list[Job]:
         return [job for job in self.jobs if job.state == Job.State.DONE]
 
+    @property
+    def tokens(self) -> int:
+        """Tokens charged so far: those of the delivered generations."""
+        return sum(job.tokens for job in self.generations)
+
 
 def _live_prompt(prompt_id: object, now: datetime) -> Prompt:
     prompt = Prompt.objects.live(now).filter(id=prompt_id).first()
@@ -485,8 +630,13 @@ def _status(prompt: Prompt) -> PromptStatus:
     return PromptStatus(prompt=prompt, jobs=jobs)
 
 
-def prompt_status(*, prompt_id: object, now: datetime | None = None) -> PromptStatus:
-    """The prompt's progress. A poll is activity: it keeps the prompt alive."""
+def prompt_status(
+    *, prompt_id: object, outlook: bool = False, now: datetime | None = None
+) -> PromptStatus:
+    """The prompt's progress (with `outlook`, also its place, wait and possibility).
+
+    A poll is activity: it keeps the prompt alive.
+    """
     now = now or timezone.now()
     prompt = _live_prompt(prompt_id, now)
     expiry = _expiry()
@@ -495,10 +645,15 @@ def prompt_status(*, prompt_id: object, now: datetime | None = None) -> PromptSt
     if prompt.expires_at < now + expiry - expiry / 20:
         prompt.expires_at = now + expiry
         Prompt.objects.filter(pk=prompt.pk).update(last_activity=now, expires_at=prompt.expires_at)
-    return _status(prompt)
+    status = _status(prompt)
+    if outlook:
+        status.outlook = prompt_outlook(status=status, now=now)
+    return status
 
 
-def prompt_cancel(*, prompt_id: object, now: datetime | None = None) -> PromptStatus:
+def prompt_cancel(
+    *, prompt_id: object, outlook: bool = False, now: datetime | None = None
+) -> PromptStatus:
     """Stop handing out slots; jobs in flight may still finish and are paid."""
     now = now or timezone.now()
     prompt = _live_prompt(prompt_id, now)
@@ -507,4 +662,93 @@ def prompt_cancel(*, prompt_id: object, now: datetime | None = None) -> PromptSt
     )
     prompt.refresh_from_db()
     logger.info("prompt %s cancelled", prompt.id)
-    return _status(prompt)
+    status = _status(prompt)
+    if outlook:
+        status.outlook = prompt_outlook(status=status, now=now)
+    return status
+
+
+# How far down the queue the status counts (see Outlook.queue_position).
+QUEUE_SCAN = 1000
+
+
+def prompt_outlook(*, status: PromptStatus, now: datetime | None = None) -> Outlook:
+    """The prompt's queue position, estimated wait and whether any server could serve it.
+
+    Two queries: the queue prefix up to this prompt (bounded by QUEUE_SCAN) and the active
+    servers that fit its limits.
+    """
+    now = now or timezone.now()
+    prompt = status.prompt
+    servers = list(able_servers(prompt=prompt, now=now))
+    in_flight = [job for job in status.jobs if job.state == Job.State.PROCESSING]
+    position, tokens_ahead, slots_ahead = 0, 0, 0
+    if prompt.waiting > 0 and prompt.state == Prompt.State.LIVE:
+        ahead = (
+            Prompt.objects.queued(now)
+            .ahead_of(prompt)
+            .order_by("-sort_key", "created")
+            .values("id")[: QUEUE_SCAN + 1]
+        )
+        found = Prompt.objects.filter(id__in=ahead).aggregate(
+            count=Count("id"), tokens=Sum(F("max_length") * F("waiting")), slots=Sum("waiting")
+        )
+        # The prefix ends with this prompt: its length is the position, unless it was cut.
+        position = min(found["count"] or 1, QUEUE_SCAN + 1)
+        tokens_ahead, slots_ahead = found["tokens"] or 0, found["slots"] or 0
+    threads = sum(server.threads for server in servers)
+    speeds = [server.speed for server in servers if server.speed > 0]
+    speed = sum(speeds) / len(speeds) if speeds else 0.0
+    capacity = speed * min(threads, slots_ahead) or 1.0
+    queue_wait = tokens_ahead / capacity
+    flight_wait = max((_remaining(job, prompt.max_length, now) for job in in_flight), default=0.0)
+    return Outlook(
+        queue_position=position,
+        wait_time=round(queue_wait + flight_wait),
+        is_possible=bool(in_flight) or bool(servers) or prompt.waiting == 0,
+    )
+
+
+def _remaining(job: Job, max_length: int, now: datetime) -> float:
+    """Seconds a job in flight should still need: by its server's speed, else its deadline."""
+    elapsed = (now - job.started).total_seconds()
+    speed = job.server.speed if job.server is not None else 0.0
+    if speed > 0:
+        return max(0.0, max_length / speed - elapsed)
+    return max(0.0, (job.deadline - now).total_seconds())
+
+
+def able_servers(*, prompt: Prompt, now: datetime | None = None) -> list[Server]:
+    """The active servers that could serve `prompt` now (its models, limits and options).
+
+    The same rules as pop (`_servable`), seen from the prompt's side: one query over the
+    active servers that fit its lengths, the rest checked on those rows.
+    """
+    now = now or timezone.now()
+    candidates = (
+        Server.objects.active(now)
+        .filter(max_length__gte=prompt.max_length)
+        .filter(max_context_length__gte=prompt.max_context_length)
+        .select_related("owner")
+    )
+    listed: set[object] = set()
+    if prompt.workers != Prompt.Workers.ANY:
+        listed = set(prompt.server_list.values_list("server_id", flat=True))
+    return [server for server in candidates if _could_serve(server, prompt, listed)]
+
+
+def _could_serve(server: Server, prompt: Prompt, listed: set[object]) -> bool:
+    owners = server.owner_id == prompt.user_id
+    if (server.maintenance or server.paused) and not owners:
+        return False
+    if not prompt.any_model and not set(prompt.models) & set(server.models):
+        return False
+    if prompt.workers == Prompt.Workers.ONLY and server.id not in listed:
+        return False
+    if prompt.workers == Prompt.Workers.EXCEPT and server.id in listed:
+        return False
+    if prompt.trusted_workers and not server.owner.trusted:
+        return False
+    if not prompt.slow_workers and _is_slow(server):
+        return False
+    return not prompt.softprompt or prompt.softprompt in server.softprompts

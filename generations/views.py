@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -33,7 +34,10 @@ from koboldcluster.fields import (
     StrictIntegerField,
     StringListField,
 )
+from koboldcluster.openapi import KUDOS_ARE_TOKENS, error, shape
 from servers.services import CheckIn, server_check_in
+
+ORIGINAL = ["Original cluster API"]
 
 
 def _optional_text(**kwargs: Any) -> StrictCharField:
@@ -56,6 +60,22 @@ class PromptCreateView(APIView):
             params.is_valid(raise_exception=True)
             return params.validated_data
 
+    @extend_schema(
+        operation_id="prompt_create",
+        tags=ORIGINAL,
+        summary="Ask for generations",
+        description="Queue `n` generations of a prompt; poll the id. Without an `apikey`, "
+        "`username` tracks usage (a name with credentials needs its password or key). "
+        "`params` are KoboldAI's generate parameters (`max_content_length` is the context "
+        "length); defaults n 1, max_length 80, max_context_length 1024.",
+        request=Input,
+        responses={
+            200: shape("PromptCreated", {"id": serializers.UUIDField()}),
+            400: error("ValidationError"),
+            401: error("CredentialsRequired, InvalidCredentials, InvalidAPIKey"),
+            429: error("TooManyPrompts, TooManyRequests"),
+        },
+    )
     def post(self, request: Request) -> Response:
         data = validated(self.Input, request.data)
         user = user_for_request(
@@ -81,15 +101,43 @@ def _status_body(status: PromptStatus) -> dict[str, Any]:
     }
 
 
+ORIGINAL_STATUS = shape(
+    "PromptStatus",
+    {
+        "finished": serializers.IntegerField(),
+        "processing": serializers.IntegerField(),
+        "restarted": serializers.IntegerField(help_text="Jobs that failed or timed out."),
+        "waiting": serializers.IntegerField(),
+        "done": serializers.BooleanField(help_text="Nothing waiting or in progress."),
+        "faulted": serializers.BooleanField(),
+        "generations": serializers.ListField(child=serializers.CharField()),
+    },
+)
+
+
 class PromptStatusView(APIView):
     throttle_scope = "status"
     # Anyone holding the id may poll or cancel; a key only selects the account's rate limit.
     authentication_classes = [LenientApiKeyAuthentication]
 
+    @extend_schema(
+        operation_id="prompt_status",
+        tags=ORIGINAL,
+        summary="Poll a request",
+        description="A poll keeps the request alive (10 minutes after its last activity).",
+        responses={200: ORIGINAL_STATUS, 404: error("RequestNotFound")},
+    )
     def get(self, request: Request, prompt_id: str) -> Response:
         status = prompt_status(prompt_id=_prompt_uuid(prompt_id))
         return Response(_status_body(status))
 
+    @extend_schema(
+        operation_id="prompt_cancel",
+        tags=ORIGINAL,
+        summary="Cancel a request",
+        description="Nothing more is handed out; jobs in flight still finish and are paid.",
+        responses={200: ORIGINAL_STATUS, 404: error("RequestNotFound")},
+    )
     def delete(self, request: Request, prompt_id: str) -> Response:
         status = prompt_cancel(prompt_id=_prompt_uuid(prompt_id))
         return Response(_status_body(status))
@@ -125,6 +173,27 @@ class PopView(APIView):
                 raise serializers.ValidationError({"model": "This field is required."})
             return attrs
 
+    @extend_schema(
+        operation_id="server_pop",
+        tags=ORIGINAL,
+        summary="A server asks for work",
+        description="The first pop with a new `username` creates that account with the "
+        "password; an `apikey` header replaces both. Without work: `{id: null, skipped}`.",
+        request=Input,
+        responses={
+            200: shape(
+                "ServerPop",
+                {
+                    "id": serializers.UUIDField(allow_null=True),
+                    "payload": serializers.DictField(required=False),
+                    "ttl": serializers.IntegerField(required=False),
+                    "skipped": serializers.DictField(required=False),
+                },
+            ),
+            401: error("CredentialsRequired, InvalidCredentials"),
+            403: error("WrongCredentials, AnonForbiddenWorker, WorkerMaintenance"),
+        },
+    )
     def post(self, request: Request) -> Response:
         data = validated(self.Input, request.data)
         owner = user_for_server(
@@ -144,7 +213,14 @@ class PopView(APIView):
         server = server_check_in(owner=owner, check_in=check_in)
         result = job_pop(server=server, priority_user_ids=first)
         if result.job is None:
-            return Response({"id": None, "skipped": result.skipped})
+            # The original API's three reasons, in its spelling ({} for a paused server).
+            names = {"model": "models", "max_content_length": "max_context_length"}
+            skipped = {
+                name: result.skipped[names.get(name, name)]
+                for name in ("model", "max_content_length", "max_length")
+                if result.skipped
+            }
+            return Response({"id": None, "skipped": skipped})
         return Response(
             {"id": str(result.job.id), "payload": result.job.payload(), "ttl": result.ttl}
         )
@@ -172,6 +248,18 @@ class SubmitView(APIView):
         state = serializers.ChoiceField(["ok", "faulted", "censored"], default="ok")
         seed = StrictIntegerField(required=False, allow_null=True)
 
+    @extend_schema(
+        operation_id="server_submit",
+        tags=ORIGINAL,
+        summary="A server returns a generation",
+        description="`reward` is the generation's tokens. " + KUDOS_ARE_TOKENS,
+        request=Input,
+        responses={
+            200: shape("ServerReward", {"reward": serializers.IntegerField()}),
+            400: error('DuplicateGen ("already submitted")'),
+            404: error("InvalidJobID, AbortedGen"),
+        },
+    )
     def post(self, request: Request) -> Response:
         data = validated(self.Input, request.data)
         job = job_for_submit(job_id=data["id"])

@@ -1,0 +1,3 @@
+"""KoboldAI Cluster."""
+
+__version__ = "0.1.0"

@@ -110,6 +110,8 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "django_q",
     "accounts",
     "servers",
@@ -119,6 +121,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    "koboldcluster.middleware.ApiMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -230,6 +233,32 @@ REST_FRAMEWORK = {
     "NUM_PROXIES": env_int("KOBOLDCLUSTER_NUM_PROXIES", 0),
     "UNAUTHENTICATED_USER": None,
     "EXCEPTION_HANDLER": "koboldcluster.errors.exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "koboldcluster.openapi.ClusterAutoSchema",
+}
+
+# The OpenAPI schema at /api/schema and Swagger UI at /api/, with its assets served by the
+# cluster itself (drf-spectacular-sidecar): the docs work offline and load nothing from a CDN.
+SPECTACULAR_SETTINGS = {
+    "TITLE": "KoboldAI Cluster API",
+    "DESCRIPTION": (
+        "Two APIs over one queue and one ledger: the original KoboldAI cluster API (`/generate/…`, "
+        "`/servers`, `/usage`, `/contributions`) and the AI Horde v2 text API (`/api/v2/…`), so "
+        "horde-sdk, KoboldAI Lite, SillyTavern and AI Horde bridges work unchanged.\n\n"
+        "**Kudos are tokens.** A user's `kudos` is their balance in tokens: the tokens their "
+        "servers generated for others, minus the tokens their requests received, plus kudos "
+        "transfers received, minus those sent. A submit's `reward` is the tokens of that "
+        "generation (a quarter of its characters, rounded up, at most the request's "
+        "`max_length`); the requester is charged the same tokens. The balance orders the "
+        "queue.\n\nAuthentication: the `apikey` header (`0000000000` is the anonymous user). "
+        'Every error is JSON `{"message", "rc"}`.'
+    ),
+    "VERSION": "0.1.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+    "SORT_OPERATIONS": False,
 }
 
 # --- Logging: one line per event, never prompt text -----------------------------------------
@@ -261,6 +290,9 @@ KOBOLDCLUSTER = {
     "MAX_PROMPT_CHARS": env_int("KOBOLDCLUSTER_MAX_PROMPT_CHARS", 100_000, minimum=1),
     # Failed or abandoned jobs after which a prompt is given up as faulted.
     "MAX_JOB_FAILURES": env_int("KOBOLDCLUSTER_MAX_JOB_FAILURES", 3, minimum=1),
+    # A server slower than this (tokens per second, measured; 0 until its first job) does not
+    # get requests that set the AI Horde's `slow_workers: false`.
+    "SLOW_SERVER_TOKENS_PER_SECOND": env_float("KOBOLDCLUSTER_SLOW_SERVER_TOKENS_PER_SECOND", 3.0),
     # How long a verified server password is remembered (as a keyed digest, never in clear).
     "PASSWORD_CACHE_SECONDS": env_int("KOBOLDCLUSTER_PASSWORD_CACHE_SECONDS", 300),
     # The ledger fold leaves the newest entries alone this long, so that a transaction that
@@ -297,6 +329,11 @@ KOBOLDCLUSTER = {
             ("worker", "account"): "60/s",
             ("register", "ip"): "10/hour",
             ("register", "account"): "10/hour",
+            # The AI Horde v2 read endpoints (workers, users, status/models, …).
+            ("read", "ip"): "90/min",
+            ("read", "account"): "off",
+            ("transfer", "ip"): "60/min",
+            ("transfer", "account"): "90/hour",
         }.items()
     },
 }

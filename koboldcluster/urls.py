@@ -1,14 +1,32 @@
-"""URL map. API paths have no trailing slash and never redirect."""
+"""URL map. API paths have no trailing slash and never redirect.
+
+`/api/` is the OpenAPI documentation (Swagger UI), `/api/schema` the schema; the AI Horde v2
+API lives under `/api/v2/`, so horde-sdk's `AI_HORDE_URL=http://host:port/api/` joins to it.
+"""
 
 from django.contrib import admin
 from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from koboldcluster import views
+
+horde_v2 = [
+    path("status/heartbeat", views.HeartbeatView.as_view()),
+    path("status/modes", views.ModesView.as_view()),
+    path("status/news", views.NewsView.as_view()),
+    path("", include("generations.urls_v2")),
+    path("", include("servers.urls_v2")),
+    path("", include("accounts.urls_v2")),
+]
 
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("", include("generations.urls")),
     path("", include("servers.urls")),
     path("", include("accounts.urls")),
-    path("api/v2/", include("accounts.urls_v2")),
+    path("api/v2/", include(horde_v2)),
+    path("api/schema", SpectacularAPIView.as_view(), name="schema"),
+    path("api/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
 ]
 
 handler400 = "koboldcluster.errors.json_400"

@@ -23,7 +23,14 @@ class ServerAdmin(admin.ModelAdmin):
     search_fields = ("name", "owner__username")
     raw_id_fields = ("owner",)
     list_select_related = ("owner",)
-    readonly_fields = ("id", "created", "tokens_generated", "requests_fulfilled", "speed")
+    readonly_fields = (
+        "id",
+        "created",
+        "tokens_generated",
+        "requests_fulfilled",
+        "speed",
+        "uptime",
+    )
     actions = ["start_maintenance", "end_maintenance", "pause", "unpause"]
 
     @admin.action(description="Put the selected servers in maintenance")

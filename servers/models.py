@@ -32,11 +32,16 @@ class Server(models.Model):
     maintenance_msg = models.CharField(max_length=1000, blank=True)
     paused = models.BooleanField(default=False)
     info = models.CharField(max_length=1000, blank=True)
+    nsfw = models.BooleanField(default=True, help_text="Declared by the server; stored.")
+    uptime = models.BigIntegerField(
+        default=0, help_text="Seconds checked in and working (not paused or in maintenance)."
+    )
     speed = models.FloatField(default=0.0, help_text="Tokens per second, moving average.")
     tokens_generated = models.BigIntegerField(default=0)
     requests_fulfilled = models.BigIntegerField(default=0)
     uncompleted_jobs = models.BigIntegerField(default=0)
     # Last: from here on `models` in this class body is the field, not django.db.models.
+    softprompts = models.JSONField(default=list, blank=True, help_text="Its soft prompts.")
     models = models.JSONField(default=list, blank=True, help_text="The models it serves.")
 
     objects = ServerQuerySet.as_manager()

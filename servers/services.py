@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.db.models import F
 from django.utils import timezone
 
 from accounts.models import User
-from koboldcluster.errors import Forbidden
+from koboldcluster.errors import BadRequest, Forbidden, NotFound
 from servers.models import Server
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -24,6 +28,8 @@ class CheckIn:
     max_context_length: int
     bridge_agent: str = ""
     threads: int = 1
+    softprompts: tuple[str, ...] = ()
+    nsfw: bool = True
 
     def fields(self) -> dict:
         return {
@@ -32,6 +38,8 @@ class CheckIn:
             "max_context_length": self.max_context_length,
             "bridge_agent": self.bridge_agent,
             "threads": self.threads,
+            "softprompts": list(self.softprompts),
+            "nsfw": self.nsfw,
         }
 
 
@@ -41,7 +49,9 @@ def server_check_in(*, owner: User, check_in: CheckIn, now: datetime | None = No
     A name belongs to the account that first used it. The row is written only when the
     declared details change or the last write is older than CHECK_IN_WRITE_SECONDS, so an
     idle server polling every second does not write every second; the returned object always
-    carries the details of this pop, which is what matching must use.
+    carries the details of this pop, which is what matching must use. Each write adds the
+    time since the previous check-in to the server's uptime, unless it was stale, paused or
+    in maintenance meanwhile.
     """
     now = now or timezone.now()
     server = Server.objects.filter(name=check_in.name).first()
@@ -58,11 +68,97 @@ def server_check_in(*, owner: User, check_in: CheckIn, now: datetime | None = No
             f"The server name '{check_in.name}' belongs to another account.",
             rc="WrongCredentials",
         )
+    server.owner = owner  # the same account: matching reads its standing without a query
     changed = {k: v for k, v in check_in.fields().items() if getattr(server, k) != v}
     quiet_for = timedelta(seconds=settings.KOBOLDCLUSTER["CHECK_IN_WRITE_SECONDS"])
     if changed or server.last_check_in <= now - quiet_for:
-        Server.objects.filter(pk=server.pk).update(last_check_in=now, **changed)
-        server.last_check_in = now
+        _record_check_in(server, changed, now)
     for key, value in check_in.fields().items():
         setattr(server, key, value)
     return server
+
+
+def _record_check_in(server: Server, changed: dict, now: datetime) -> None:
+    since = server.last_check_in
+    gap = int((now - since).total_seconds())
+    working = not server.maintenance and not server.paused and since > now - _stale()
+    uptime = {"uptime": F("uptime") + gap} if working and gap > 0 else {}
+    # Only the pop that moves last_check_in from the value it read adds the gap: two pops at
+    # once must not count the same seconds twice.
+    moved = Server.objects.filter(pk=server.pk, last_check_in=since).update(
+        last_check_in=now, **uptime, **changed
+    )
+    if not moved and changed:
+        Server.objects.filter(pk=server.pk).update(**changed)
+    server.last_check_in = now
+
+
+def _stale() -> timedelta:
+    return timedelta(seconds=settings.KOBOLDCLUSTER["SERVER_STALE_SECONDS"])
+
+
+def _may_manage(server: Server, actor: User) -> None:
+    if actor.is_anonymous_user:
+        raise Forbidden("The anonymous user cannot manage servers.", rc="AnonForbidden")
+    if actor.pk != server.owner_id and not actor.moderator:
+        raise Forbidden("Only the server's owner or a moderator may do this.", rc="NotOwner")
+
+
+def server_modify(
+    *,
+    server: Server,
+    actor: User,
+    maintenance: bool | None = None,
+    maintenance_msg: str | None = None,
+    paused: bool | None = None,
+    info: str | None = None,
+    name: str | None = None,
+    team: str | None = None,
+) -> dict:
+    """Change a server's settings as its owner or a moderator; return what changed.
+
+    Pausing is a moderator's tool (403 `NotModerator` for the owner). The cluster has no
+    teams: `team` may only be `""` (no team).
+    """
+    _may_manage(server, actor)
+    if paused is not None and not actor.moderator:
+        raise Forbidden("Only a moderator may pause or unpause a server.", rc="NotModerator")
+    if team:
+        raise NotFound(f"Team {team} is unknown: this cluster has no teams.", rc="TeamNotFound")
+    changes: dict = {}
+    reply: dict = {}
+    if maintenance is not None:
+        changes["maintenance"] = reply["maintenance"] = maintenance
+        if maintenance_msg is not None:
+            changes["maintenance_msg"] = maintenance_msg
+    if paused is not None:
+        changes["paused"] = reply["paused"] = paused
+    if info is not None:
+        changes["info"] = reply["info"] = info
+    if name is not None:
+        changes["name"] = reply["name"] = name
+    if team is not None:
+        reply["team"] = "None"  # the AI Horde's reply when a server leaves its team
+    if not reply:
+        raise BadRequest("Nothing to change.", rc="NoWorkerModSelected")
+    try:
+        with transaction.atomic():
+            if changes:
+                Server.objects.filter(pk=server.pk).update(**changes)
+    except IntegrityError:
+        raise BadRequest(
+            f"A server named '{name}' exists already.", rc="WorkerNameAlreadyExists"
+        ) from None
+    logger.info("server %s changed by user %s: %s", server.pk, actor.pk, sorted(changes))
+    return reply
+
+
+def server_delete(*, server: Server, actor: User) -> None:
+    """Delete a server as its owner or a moderator.
+
+    Its jobs in flight lose their server (a late submit gets 404); the ledger keeps what it
+    earned, by id.
+    """
+    _may_manage(server, actor)
+    Server.objects.filter(pk=server.pk).delete()
+    logger.info("server %s deleted by user %s", server.pk, actor.pk)

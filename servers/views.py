@@ -5,13 +5,32 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from koboldcluster.api import parse_uuid
 from koboldcluster.errors import NotFound
+from koboldcluster.openapi import error, shape
 from servers.models import Server
+
+ORIGINAL = ["Original cluster API"]
+SERVER = shape(
+    "Server",
+    {
+        "name": serializers.CharField(),
+        "id": serializers.UUIDField(),
+        "model": serializers.CharField(),
+        "max_length": serializers.IntegerField(),
+        "max_content_length": serializers.IntegerField(help_text="The context length."),
+        "tokens_generated": serializers.IntegerField(),
+        "requests_fulfilled": serializers.IntegerField(),
+        "latest_performance": serializers.CharField(help_text="Seconds per token."),
+    },
+)
 
 
 def _server_body(server: Server) -> dict[str, Any]:
@@ -28,11 +47,23 @@ def _server_body(server: Server) -> dict[str, Any]:
 
 
 class ServerListView(APIView):
+    @extend_schema(
+        operation_id="servers",
+        tags=ORIGINAL,
+        summary="Servers that checked in within 5 minutes",
+        responses={200: shape("Servers", {"server": SERVER}, many=True)},
+    )
     def get(self, request: Request) -> Response:
         return Response([_server_body(s) for s in Server.objects.active().order_by("name")])
 
 
 class ServerDetailView(APIView):
+    @extend_schema(
+        operation_id="server",
+        tags=ORIGINAL,
+        summary="One server, stale or not",
+        responses={200: SERVER, 404: error("ServerNotFound")},
+    )
     def get(self, request: Request, server_id: str) -> Response:
         server_uuid = parse_uuid(server_id, rc="ServerNotFound", what="Server")
         server = Server.objects.filter(id=server_uuid).first()
@@ -42,6 +73,14 @@ class ServerDetailView(APIView):
 
 
 class ModelListView(APIView):
+    @extend_schema(
+        operation_id="models",
+        tags=ORIGINAL,
+        summary="Models served now: {model: active servers}",
+        responses={
+            200: OpenApiResponse(OpenApiTypes.OBJECT, description="{model: active servers}")
+        },
+    )
     def get(self, request: Request) -> Response:
         """Each model served by an active server, with how many servers run it."""
         counts = Counter(

@@ -26,6 +26,7 @@ from django.utils import timezone
 
 # A sample per measured call: wall milliseconds and database queries.
 Sample = tuple[float, int]
+OPERATIONS = ("pop", "submit", "status", "status_v2", "v2_tail")
 
 
 class Command(BaseCommand):
@@ -51,6 +52,7 @@ class Command(BaseCommand):
 
     def _measure(self, size: int, rounds: int) -> dict[str, list[Sample]]:
         from accounts.models import User
+        from generations.models import Prompt
         from generations.services import job_pop, job_submit, prompt_status
         from servers.models import Server
 
@@ -66,11 +68,19 @@ class Command(BaseCommand):
         # Enough slots that every round finds work, however small the queue.
         self._fill_queue(size, slots=max(3, rounds // size + 1))
         self.stdout.write(f"  queue of {size} waiting prompts ready")
-        samples: dict[str, list[Sample]] = {"pop": [], "submit": [], "status": []}
+        samples: dict[str, list[Sample]] = {name: [] for name in OPERATIONS}
+        tail = Prompt.objects.queued().order_by("sort_key", "-created").first()
         for _ in range(rounds):
             popped = _timed(samples["pop"], lambda: job_pop(server=server))
             job = popped.job
             _timed(samples["status"], lambda job=job: prompt_status(prompt_id=job.prompt_id))
+            # The AI Horde's status adds the queue position, wait and possibility.
+            _timed(
+                samples["status_v2"],
+                lambda job=job: prompt_status(prompt_id=job.prompt_id, outlook=True),
+            )
+            # …which for the last prompt of the queue reads the queue up to QUEUE_SCAN rows.
+            _timed(samples["v2_tail"], lambda: prompt_status(prompt_id=tail.id, outlook=True))
             _timed(samples["submit"], lambda job=job: job_submit(job=job, text="x" * 64))
         return samples
 
@@ -117,7 +127,7 @@ class Command(BaseCommand):
         self.stdout.write("")
         header = f"{'operation':<10}{'queue':>8}{'mean ms':>10}{'p50 ms':>9}{'p95 ms':>9}"
         self.stdout.write(header + f"{'queries':>9}")
-        for name in ("pop", "submit", "status"):
+        for name in OPERATIONS:
             for size in sizes:
                 millis = [ms for ms, _ in results[size][name]]
                 queries = max(q for _, q in results[size][name])
@@ -128,7 +138,7 @@ class Command(BaseCommand):
         if len(sizes) > 1:
             small, large = sizes[0], sizes[-1]
             self.stdout.write("")
-            for name in ("pop", "submit", "status"):
+            for name in OPERATIONS:
                 ratio = statistics.median(m for m, _ in results[large][name]) / statistics.median(
                     m for m, _ in results[small][name]
                 )
@@ -150,11 +160,43 @@ class Command(BaseCommand):
         with override_settings(KOBOLDCLUSTER=limits_off):
             for _ in range(rounds):
                 cpu.append(self._round_trip(client, server))
+            key = self._v2_key()
+            cpu_v2 = [self._round_trip_v2(client, key) for _ in range(rounds)]
         self.stdout.write("")
         self.stdout.write(
             f"round trip (prompt, pop, submit, status over HTTP, in-process): "
             f"{statistics.median(cpu):.2f} ms CPU median, {_p95(cpu):.2f} ms p95"
         )
+        self.stdout.write(
+            f"the same through the AI Horde v2 API: "
+            f"{statistics.median(cpu_v2):.2f} ms CPU median, {_p95(cpu_v2):.2f} ms p95"
+        )
+
+    def _v2_key(self) -> str:
+        from accounts.services import account_register
+
+        return account_register(username=f"rt-{uuid.uuid4().hex[:8]}")[1]
+
+    def _round_trip_v2(self, client: Any, key: str) -> float:
+        """CPU milliseconds of one generation through the AI Horde v2 API."""
+        start = time.process_time()
+        asked = client.post(
+            "/api/v2/generate/text/async", {"prompt": "Hello"}, format="json", HTTP_APIKEY=key
+        ).json()
+        job = client.post(
+            "/api/v2/generate/text/pop",
+            {"name": "rt-v2", "models": ["m"]},
+            format="json",
+            HTTP_APIKEY=key,
+        ).json()
+        client.post(
+            "/api/v2/generate/text/submit",
+            {"id": job["id"], "generation": "world"},
+            format="json",
+            HTTP_APIKEY=key,
+        )
+        client.get(f"/api/v2/generate/text/status/{asked['id']}")
+        return (time.process_time() - start) * 1000
 
     def _round_trip(self, client: Any, server: dict[str, str]) -> float:
         """CPU milliseconds of one generation through the API."""

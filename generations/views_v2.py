@@ -1,0 +1,624 @@
+"""The AI Horde v2 text API for generations, under /api/v2/ (research §2.1–§2.4, §2.7).
+
+Thin views over the services the original API uses: a prompt sent here can be served through
+the original pop, and the other way round. What differs is only the wire format.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import serializers
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from accounts.authentication import LenientApiKeyAuthentication
+from accounts.models import User
+from accounts.services import (
+    anonymous_user,
+    priority_user_ids,
+    user_for_server,
+    verify_owner,
+)
+from generations.models import Job
+from generations.selectors import queue_load
+from generations.serializers import HordeParamsSerializer, PromptTextField, split_params
+from generations.services import (
+    CSAM_METADATA,
+    GenerationRequest,
+    PromptStatus,
+    able_servers,
+    job_for_submit,
+    job_pop,
+    job_submit,
+    prompt_cancel,
+    prompt_create,
+    prompt_status,
+)
+from generations.views import GenerationField
+from koboldcluster.api import api_user, parse_uuid, validated
+from koboldcluster.errors import BadRequest, NotFound, Unauthorized
+from koboldcluster.fields import (
+    StrictBooleanField,
+    StrictCharField,
+    StrictIntegerField,
+    StringListField,
+)
+from koboldcluster.openapi import (
+    APIKEY_HEADER,
+    APIKEY_HEADER_REQUIRED,
+    CLIENT_AGENT_HEADER,
+    KUDOS_ARE_TOKENS,
+    error,
+    shape,
+)
+from servers.services import CheckIn, server_check_in
+
+# The most servers a request may name (the AI Horde uses the first five).
+MAX_LISTED_SERVERS = 5
+MAX_GEN_METADATA = 50
+UNKNOWN_CLIENT = "unknown:0:unknown"
+
+
+def _flag(default: bool, help_text: str) -> StrictBooleanField:
+    # null means "not given": some clients send every option, unset ones as null.
+    return StrictBooleanField(required=False, allow_null=True, default=default, help_text=help_text)
+
+
+def _option(data: dict[str, Any], name: str, default: Any) -> Any:
+    value = data.get(name)
+    return default if value is None else value
+
+
+def _optional_text(help_text: str, **kwargs: Any) -> StrictCharField:
+    return StrictCharField(
+        required=False, allow_null=True, allow_blank=True, help_text=help_text, **kwargs
+    )
+
+
+def client_agent(request: Request) -> str:
+    """`Client-Agent`, which horde-sdk spells `client_agent`: both reach us as one WSGI key
+    when the web server passes them (gunicorn and nginx drop underscored names by default)."""
+    return request.META.get("HTTP_CLIENT_AGENT") or UNKNOWN_CLIENT
+
+
+class HordeParams(serializers.DictField):
+    """`params`, documented as the serializer that checks them."""
+
+
+ASYNC_ACCEPTED = shape(
+    "HordeRequestAccepted",
+    {
+        "id": serializers.UUIDField(help_text="Poll it at /api/v2/generate/text/status/{id}."),
+        "kudos": serializers.FloatField(
+            help_text="The most the request can cost, in tokens: n × max_length. "
+            + KUDOS_ARE_TOKENS
+        ),
+        "message": serializers.CharField(
+            required=False, help_text="Only when no active server can serve it yet."
+        ),
+        "warnings": shape(
+            "HordeWarning",
+            {"code": serializers.CharField(), "message": serializers.CharField()},
+            many=True,
+            required=False,
+        ),
+    },
+)
+
+
+class TextAsyncView(APIView):
+    throttle_scope = "submit"
+
+    class Input(serializers.Serializer):
+        prompt = PromptTextField(allow_blank=True, help_text='The prompt; "" is refused.')
+        params = HordeParams(
+            required=False,
+            default=dict,
+            help_text="KoboldAI generate parameters: n (1), max_length (80, 16–4096), "
+            "max_context_length (2048, ≥ max_length), temperature, top_p, top_k (≤ 100), "
+            "top_a, typical, tfs, min_p, rep_pen, rep_pen_range, rep_pen_slope, "
+            "smoothing_factor, dynatemp_range, dynatemp_exponent, sampler_order, "
+            "stop_sequence, use_default_badwordsids, singleline, frmt* flags. Unknown keys "
+            "are ignored and never reach a server.",
+        )
+        models = StringListField(
+            required=False, max_length=200, help_text="Acceptable models; empty: any."
+        )
+        workers = StringListField(
+            required=False,
+            max_length=100,
+            item_max_length=64,
+            help_text="Server ids allowed to serve it (the first 5 count).",
+        )
+        worker_blacklist = _flag(False, "`workers` is a deny list instead.")
+        trusted_workers = _flag(False, "Only servers of trusted accounts.")
+        slow_workers = _flag(True, "false: only servers measured faster than the threshold.")
+        softprompt = _optional_text(
+            'Only servers offering this soft prompt; "" or null: none.', max_length=255
+        )
+        dry_run = _flag(False, "Only answer what it would cost (200 {kudos}).")
+        disable_batching = _flag(
+            False, "Each server gets one of the n at a time (n > 1 needs a trusted account)."
+        )
+        webhook = _optional_text("Must be https://; not called by this cluster.", max_length=1024)
+        style = _optional_text("This cluster has no styles: 404.", max_length=1024)
+        proxied_account = _optional_text("For service accounts, which this cluster has not.")
+        extra_source_images = serializers.ListField(
+            required=False, allow_null=True, help_text="Not for text: must be empty."
+        )
+        nsfw = _flag(True, "Stored; text requests are not filtered by it.")
+        validated_backends = _flag(False, "Accepted and ignored.")
+        extra_slow_workers = _flag(False, "Accepted and ignored.")
+        allow_downgrade = _flag(False, "Accepted and ignored: nothing is paid upfront here.")
+
+        def validate_params(self, value: dict) -> dict:
+            params = HordeParamsSerializer(data=value)
+            params.is_valid(raise_exception=True)
+            return params.validated_data
+
+    @extend_schema(
+        operation_id="horde_text_async",
+        tags=["AI Horde v2: generate"],
+        summary="Ask for text generations",
+        description="Queue `n` generations of a prompt and answer its id at once. The request "
+        "is yours with your `apikey` (without one: the anonymous user, lowest priority). "
+        "It expires 10 minutes after its last activity; every status poll counts.",
+        parameters=[APIKEY_HEADER, CLIENT_AGENT_HEADER],
+        request=Input,
+        responses={
+            202: ASYNC_ACCEPTED,
+            200: OpenApiResponse(
+                shape("HordeDryRun", {"kudos": serializers.FloatField()}),
+                description="dry_run: the most it would cost, in tokens.",
+            ),
+            400: error("Invalid input (MissingPrompt, TokenOverflow, …)."),
+            401: error("InvalidAPIKey"),
+            404: error("WorkerNotFound, StyleNotFound"),
+            429: error("TooManyPrompts (concurrency), TooManyRequests (rate limit)"),
+        },
+    )
+    def post(self, request: Request) -> Response:
+        data = validated(self.Input, request.data)
+        user = api_user(request) or anonymous_user()
+        generation = _generation_request(data, user, client_agent(request))
+        if _option(data, "dry_run", False):
+            return Response({"kudos": float(generation.tokens_at_most())})
+        prompt = prompt_create(user=user, request=generation)
+        body: dict[str, Any] = {"id": str(prompt.id), "kudos": float(generation.tokens_at_most())}
+        warnings = []
+        if not able_servers(prompt=prompt):
+            message = (
+                "Warning: No available workers can fulfill this request. It will expire in 10 "
+                "minutes unless one checks in. Consider your models and lengths."
+            )
+            body["message"] = message
+            warnings.append({"code": "NoAvailableWorker", "message": message})
+        if data.get("webhook"):
+            warnings.append(
+                {"code": "WebhookNotSupported", "message": "This cluster does not call webhooks."}
+            )
+        if warnings:
+            body["warnings"] = warnings
+        return Response(body, status=202)
+
+
+def _generation_request(data: dict[str, Any], user: User, agent: str) -> GenerationRequest:
+    """The AI Horde's request options as the cluster's GenerationRequest, refusing what it
+    cannot honour with the horde's error codes."""
+    if data.get("style"):
+        raise NotFound(
+            f"Style {data['style']} is unknown: this cluster has none.", rc="StyleNotFound"
+        )
+    webhook = data.get("webhook")
+    if webhook and not webhook.startswith("https://"):
+        raise BadRequest("A webhook must be an https:// URL.", rc="BadRequest")
+    if data.get("proxied_account"):
+        raise BadRequest(
+            "Only service accounts may send proxied_account.", rc="OnlyServiceAccountProxy"
+        )
+    if data.get("extra_source_images"):
+        raise BadRequest(
+            "Text requests take no extra source images.", rc="InvalidExtraSourceImages."
+        )
+    if data["prompt"] == "":
+        raise BadRequest("The prompt is empty.", rc="MissingPrompt")
+    shape_params, samplers = split_params(data["params"])
+    batching = not _option(data, "disable_batching", False)
+    if not batching and shape_params["n"] > 1 and not user.trusted:
+        raise BadRequest(
+            "Only trusted accounts may disable batching for n > 1.", rc="RequiresTrust"
+        )
+    servers = [
+        parse_uuid(value, rc="WorkerNotFound", what="Server")
+        for value in (data.get("workers") or [])[:MAX_LISTED_SERVERS]
+    ]
+    return GenerationRequest(
+        text=data["prompt"],
+        params=samplers,
+        models=data.get("models") or [],
+        client_agent=agent,
+        softprompt=data.get("softprompt") or "",
+        trusted_workers=_option(data, "trusted_workers", False),
+        slow_workers=_option(data, "slow_workers", True),
+        server_ids=servers,
+        servers_excluded=_option(data, "worker_blacklist", False),
+        nsfw=_option(data, "nsfw", True),
+        batching=batching,
+        **shape_params,
+    )
+
+
+GENERATION = shape(
+    "HordeGeneration",
+    {
+        "id": serializers.UUIDField(help_text="The job's id."),
+        "worker_id": serializers.CharField(help_text='The server\'s id ("" if it was deleted).'),
+        "worker_name": serializers.CharField(),
+        "model": serializers.CharField(help_text='Never null; "" if unknown.'),
+        "state": serializers.ChoiceField(["ok", "censored", "csam"]),
+        "text": serializers.CharField(),
+        "seed": serializers.IntegerField(),
+        "gen_metadata": serializers.ListField(child=serializers.DictField()),
+    },
+    many=True,
+)
+
+STATUS = shape(
+    "HordeRequestStatus",
+    {
+        "finished": serializers.IntegerField(help_text="Generations delivered."),
+        "processing": serializers.IntegerField(help_text="Jobs a server is working on."),
+        "restarted": serializers.IntegerField(help_text="Jobs that failed or timed out."),
+        "waiting": serializers.IntegerField(help_text="Slots not yet handed to a server."),
+        "done": serializers.BooleanField(
+            help_text="Nothing waiting and nothing in flight: all n delivered, or the request "
+            "was cancelled or faulted."
+        ),
+        "faulted": serializers.BooleanField(help_text="Given up after 3 failed jobs."),
+        "wait_time": serializers.IntegerField(help_text="Estimated seconds until done."),
+        "queue_position": serializers.IntegerField(
+            help_text="1-based place in the queue; 0 when nothing waits; 1001 means beyond 1000."
+        ),
+        "kudos": serializers.FloatField(
+            help_text="Tokens charged so far (those of the delivered generations)."
+        ),
+        "is_possible": serializers.BooleanField(
+            help_text="Some active server could serve it (or one is at work on it)."
+        ),
+        "generations": GENERATION,
+    },
+)
+
+
+def generation_state(job: Job) -> str:
+    if any(
+        {"type": m.get("type"), "value": m.get("value")} == CSAM_METADATA for m in job.gen_metadata
+    ):
+        return "csam"
+    return "censored" if job.censored else "ok"
+
+
+def status_body(status: PromptStatus) -> dict[str, Any]:
+    """The AI Horde's status object; every key always present, counts as JSON integers."""
+    outlook = status.outlook
+    assert outlook is not None  # the views ask for it
+    return {
+        "finished": status.finished,
+        "processing": status.processing,
+        "restarted": status.restarted,
+        "waiting": status.waiting,
+        "done": status.done,
+        "faulted": status.faulted,
+        "wait_time": outlook.wait_time,
+        "queue_position": outlook.queue_position,
+        "kudos": float(status.tokens),
+        "is_possible": outlook.is_possible,
+        "generations": [
+            {
+                "id": str(job.id),
+                "worker_id": str(job.server_id) if job.server_id else "",
+                "worker_name": job.server.name if job.server is not None else "",
+                "model": job.model,
+                "state": generation_state(job),
+                "text": job.text,
+                "seed": job.seed or 0,
+                "gen_metadata": job.gen_metadata,
+            }
+            for job in status.generations
+        ],
+    }
+
+
+class TextStatusView(APIView):
+    throttle_scope = "status"
+    # Anyone holding the id may poll or cancel; a key only selects the account's rate limit.
+    authentication_classes = [LenientApiKeyAuthentication]
+
+    @extend_schema(
+        operation_id="horde_text_status",
+        tags=["AI Horde v2: generate"],
+        summary="Poll a request",
+        description="No key needed: the id is the secret. A poll keeps the request alive "
+        "(it expires 10 minutes after its last activity).",
+        responses={200: STATUS, 404: error("RequestNotFound: unknown or expired.")},
+    )
+    def get(self, request: Request, prompt_id: str) -> Response:
+        status = prompt_status(prompt_id=_request_uuid(prompt_id), outlook=True)
+        return Response(status_body(status))
+
+    @extend_schema(
+        operation_id="horde_text_cancel",
+        tags=["AI Horde v2: generate"],
+        summary="Cancel a request",
+        description="Nothing more is handed out; jobs in flight still finish and are paid. "
+        "Answers the status after the cancel (`waiting` is 0).",
+        responses={200: STATUS, 404: error("RequestNotFound")},
+    )
+    def delete(self, request: Request, prompt_id: str) -> Response:
+        status = prompt_cancel(prompt_id=_request_uuid(prompt_id), outlook=True)
+        return Response(status_body(status))
+
+
+def _request_uuid(value: str) -> object:
+    return parse_uuid(value, rc="RequestNotFound", what="Request")
+
+
+def _worker_key(request: Request) -> User:
+    user = api_user(request)
+    if user is None:
+        raise Unauthorized(
+            "Send the API key of the server's account in the 'apikey' header.",
+            rc="InvalidAPIKey",
+        )
+    return user
+
+
+SKIPPED = shape(
+    "HordeSkipped",
+    {
+        reason: serializers.IntegerField(help_text=text)
+        for reason, text in {
+            "models": "Waiting requests for other models.",
+            "max_context_length": "…asking for more context than this server takes.",
+            "max_length": "…asking for more tokens than this server generates.",
+            "worker_id": "…whose server list excludes this server.",
+            "untrusted": "…for trusted servers only.",
+            "performance": "…for fast servers only.",
+            "matching_softprompt": "…needing a soft prompt this server lacks.",
+        }.items()
+    },
+)
+
+POP_ANSWER = shape(
+    "HordeJobPop",
+    {
+        "id": serializers.UUIDField(allow_null=True, help_text="The first job, or null."),
+        "ids": serializers.ListField(
+            child=serializers.UUIDField(), help_text="Every job handed out (1..amount)."
+        ),
+        "payload": serializers.DictField(
+            help_text="What to post to KoboldAI's /api/latest/generate: prompt, n (1), "
+            "max_length, max_context_length and the sampler settings the client set; {} "
+            "without a job."
+        ),
+        "model": serializers.CharField(allow_null=True),
+        "softprompt": serializers.CharField(
+            allow_null=True, help_text='The soft prompt to load ("" for none); null without a job.'
+        ),
+        "ttl": serializers.IntegerField(allow_null=True, help_text="Seconds to submit in."),
+        "skipped": SKIPPED,
+        "messages": serializers.ListField(child=serializers.DictField()),
+        "extra_source_images": serializers.ListField(allow_null=True),
+    },
+)
+
+# horde-sdk validates the payload it pops (max_length ≥ 16, max_context_length ≥ 80); a
+# prompt from the original API may ask for less, which is served within the larger limits.
+SDK_MIN_LENGTH = 16
+SDK_MIN_CONTEXT = 80
+
+
+def worker_payload(job: Job) -> dict[str, Any]:
+    payload = job.payload()
+    payload["max_length"] = max(payload["max_length"], SDK_MIN_LENGTH)
+    payload["max_context_length"] = max(payload["max_context_length"], SDK_MIN_CONTEXT)
+    return payload
+
+
+class TextPopView(APIView):
+    throttle_scope = "worker"
+
+    class Input(serializers.Serializer):
+        name = StrictCharField(max_length=100, help_text="The server's unique name.")
+        models = StringListField(min_length=1, max_length=200, help_text="Models it runs.")
+        max_length = StrictIntegerField(min_value=1, default=512)
+        max_context_length = StrictIntegerField(min_value=1, default=2048)
+        softprompts = StringListField(
+            required=False, max_length=1000, item_max_length=1000, help_text="Its soft prompts."
+        )
+        priority_usernames = StringListField(
+            required=False,
+            max_length=100,
+            child=StrictCharField(max_length=255, allow_blank=True),
+            help_text="Users served first: alias#id.",
+        )
+        bridge_agent = StrictCharField(
+            max_length=1000, required=False, allow_blank=True, default=UNKNOWN_CLIENT
+        )
+        threads = StrictIntegerField(min_value=1, max_value=50, default=1)
+        amount = StrictIntegerField(
+            min_value=1, max_value=20, default=1, help_text="The most jobs to take at once."
+        )
+        nsfw = StrictBooleanField(required=False, allow_null=True, default=True)
+
+    @extend_schema(
+        operation_id="horde_text_pop",
+        tags=["AI Horde v2: servers"],
+        summary="A server asks for work",
+        description="Checks the server in (creating it for the key's account on its first pop) "
+        "and hands out up to `amount` jobs of one request. Every key is always present.",
+        parameters=[APIKEY_HEADER_REQUIRED],
+        request=Input,
+        responses={
+            200: POP_ANSWER,
+            400: error("Invalid input, InvalidPriorityUsername"),
+            401: error("InvalidAPIKey"),
+            403: error("AnonForbiddenWorker, WrongCredentials, WorkerMaintenance"),
+        },
+    )
+    def post(self, request: Request) -> Response:
+        data = validated(self.Input, request.data)
+        owner = user_for_server(username=None, password=None, api_user=_worker_key(request))
+        check_in = CheckIn(
+            name=data["name"],
+            models=data["models"],
+            max_length=data["max_length"],
+            max_context_length=data["max_context_length"],
+            bridge_agent=data["bridge_agent"] or UNKNOWN_CLIENT,
+            threads=data["threads"],
+            # The AI Horde's limits: names cut to 100 characters, at most 200 kept.
+            softprompts=tuple(name[:100] for name in (data.get("softprompts") or [])[:200]),
+            nsfw=_option(data, "nsfw", True),
+        )
+        first = priority_user_ids(data.get("priority_usernames") or [])
+        server = server_check_in(owner=owner, check_in=check_in)
+        result = job_pop(server=server, priority_user_ids=first, amount=data["amount"])
+        body: dict[str, Any] = {
+            "id": None,
+            "ids": [],
+            "payload": {},
+            "model": None,
+            "softprompt": None,
+            "ttl": None,
+            "skipped": result.skipped,
+            "messages": [],
+            "extra_source_images": None,
+        }
+        if result.jobs:
+            job = result.jobs[0]
+            body.update(
+                id=str(job.id),
+                ids=[str(j.id) for j in result.jobs],
+                payload=worker_payload(job),
+                model=job.model,
+                # "" rather than the AI Horde's null: the KoboldAI bridge reloads the soft
+                # prompt whenever this differs from KoboldAI's current one, which is "".
+                softprompt=job.prompt.softprompt,
+                ttl=result.ttl,
+            )
+        return Response(body)
+
+
+class GenMetadataInput(serializers.Serializer):
+    # What the AI Horde accepts for text, and so what every client can read back.
+    type = serializers.ChoiceField(["censorship"])
+    value = serializers.ChoiceField(["csam"])
+    ref = StrictCharField(max_length=255, required=False)
+
+
+class TextSubmitView(APIView):
+    throttle_scope = "worker"
+
+    class Input(serializers.Serializer):
+        id = serializers.UUIDField(help_text="A job id from the pop's `ids`.")
+        generation = GenerationField(max_length=1_000_000, required=False, default="")
+        state = serializers.ChoiceField(["ok", "censored", "faulted", "csam"], default="ok")
+        seed = StrictIntegerField(required=False, allow_null=True)
+        gen_metadata = serializers.ListField(
+            child=GenMetadataInput(), required=False, allow_null=True
+        )
+
+    @extend_schema(
+        operation_id="horde_text_submit",
+        tags=["AI Horde v2: servers"],
+        summary="A server returns a generation",
+        description="Accepted once and paid at once: `reward` is the generation's tokens, "
+        "credited to the server's account and charged to the requester. `faulted` gives "
+        "the job back to the queue (reward 0). A late result is still accepted while its "
+        "slot waits for a server; otherwise 404 AbortedGen. " + KUDOS_ARE_TOKENS,
+        parameters=[APIKEY_HEADER_REQUIRED],
+        request=Input,
+        responses={
+            200: shape(
+                "HordeReward",
+                {"reward": serializers.FloatField(help_text="Tokens credited (0 for faulted).")},
+            ),
+            400: error('DuplicateGen ("already submitted"), invalid input'),
+            401: error("InvalidAPIKey"),
+            403: error("WrongCredentials: the job is another account's server's"),
+            404: error("InvalidJobID (unknown or expired), AbortedGen (timed out, slot gone)"),
+        },
+    )
+    def post(self, request: Request) -> Response:
+        data = validated(self.Input, request.data)
+        user = _worker_key(request)
+        metadata = data.get("gen_metadata") or []
+        if len(metadata) > MAX_GEN_METADATA:
+            raise BadRequest(f"At most {MAX_GEN_METADATA} gen_metadata entries.")
+        job = job_for_submit(job_id=data["id"])
+        verify_owner(owner=job.server.owner, password=None, api_user=user)
+        reward = job_submit(
+            job=job,
+            text=data["generation"],
+            state=data["state"],
+            seed=data.get("seed"),
+            gen_metadata=[dict(entry) for entry in metadata],
+        )
+        return Response({"reward": float(reward)})
+
+
+PERFORMANCE_KEYS_IMAGE = (
+    "queued_requests",
+    "worker_count",
+    "thread_count",
+    "queued_megapixelsteps",
+    "past_minute_megapixelsteps",
+    "queued_forms",
+    "interrogator_count",
+    "interrogator_thread_count",
+)
+
+
+class PerformanceView(APIView):
+    throttle_scope = "read"
+
+    @extend_schema(
+        operation_id="horde_status_performance",
+        tags=["AI Horde v2: status"],
+        summary="The cluster's load",
+        responses={
+            200: shape(
+                "HordePerformance",
+                {
+                    "queued_text_requests": serializers.IntegerField(
+                        help_text="Generation slots waiting plus jobs in flight."
+                    ),
+                    "queued_tokens": serializers.IntegerField(
+                        help_text="Tokens still to generate for the waiting slots."
+                    ),
+                    "past_minute_tokens": serializers.IntegerField(),
+                    "text_worker_count": serializers.IntegerField(),
+                    "text_thread_count": serializers.IntegerField(),
+                    **{
+                        key: serializers.IntegerField(help_text="Images: 0.")
+                        for key in PERFORMANCE_KEYS_IMAGE
+                    },
+                },
+            )
+        },
+    )
+    def get(self, request: Request) -> Response:
+        load = queue_load()
+        return Response(
+            {
+                "queued_text_requests": load.queued_requests,
+                "queued_tokens": load.queued_tokens,
+                "past_minute_tokens": load.past_minute_tokens,
+                "text_worker_count": load.server_count,
+                "text_thread_count": load.thread_count,
+                **dict.fromkeys(PERFORMANCE_KEYS_IMAGE, 0),
+            }
+        )

@@ -1,0 +1,333 @@
+"""The AI Horde v2 worker and model endpoints, under /api/v2/ (research §2.5, §2.7).
+
+`/api/v2/workers` and the original `/servers` list the same servers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import serializers
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from accounts.authentication import LenientApiKeyAuthentication
+from accounts.models import User
+from generations.selectors import ModelStats, model_stats
+from koboldcluster.api import api_user, parse_uuid, validated
+from koboldcluster.errors import NotFound, Unauthorized
+from koboldcluster.fields import StrictBooleanField, StrictCharField
+from koboldcluster.openapi import APIKEY_HEADER, APIKEY_HEADER_REQUIRED, error, shape
+from servers.models import Server
+from servers.services import server_delete, server_modify
+
+WORKER_TYPES = ("image", "text", "interrogation")
+
+
+def worker_body(server: Server, viewer: User | None) -> dict[str, Any]:
+    """The AI Horde's worker object for a text worker; null fields are left out.
+
+    The owner and moderators also see the owner's name, `paused` and the messages.
+    """
+    body: dict[str, Any] = {
+        "type": "text",
+        "name": server.name,
+        "id": str(server.id),
+        "online": server.is_active(),
+        "requests_fulfilled": server.requests_fulfilled,
+        "uncompleted_jobs": server.uncompleted_jobs,
+        # Kudos are tokens: what the server generated is what it earned.
+        "kudos_rewards": float(server.tokens_generated),
+        "kudos_details": {"generated": float(server.tokens_generated), "uptime": 0},
+        "performance": (
+            f"{server.speed:.1f} tokens per second"
+            if server.requests_fulfilled
+            else "No requests fulfilled yet"
+        ),
+        "threads": server.threads,
+        "uptime": server.uptime,
+        "maintenance_mode": server.maintenance,
+        "trusted": server.owner.trusted,
+        "flagged": False,
+        "nsfw": server.nsfw,
+        "models": server.models,
+        # The AI Horde's "no team"; never the string "None", which breaks horde-sdk.
+        "team": {"name": None, "id": None},
+        "bridge_agent": server.bridge_agent or "unknown:0:unknown",
+        "max_length": server.max_length,
+        "max_context_length": server.max_context_length,
+        "tokens_generated": server.tokens_generated,
+    }
+    if server.info:
+        body["info"] = server.info
+    if viewer is not None and (viewer.pk == server.owner_id or viewer.moderator):
+        body["owner"] = server.owner.horde_name
+        body["paused"] = server.paused
+        body["messages"] = []
+    return body
+
+
+WORKER = shape(
+    "HordeWorker",
+    {
+        "type": serializers.ChoiceField(["text"]),
+        "name": serializers.CharField(),
+        "id": serializers.UUIDField(),
+        "online": serializers.BooleanField(help_text="Checked in within the last 5 minutes."),
+        "requests_fulfilled": serializers.IntegerField(),
+        "uncompleted_jobs": serializers.IntegerField(help_text="Jobs it failed or dropped."),
+        "kudos_rewards": serializers.FloatField(
+            help_text="Tokens it generated (kudos are tokens)."
+        ),
+        "kudos_details": serializers.DictField(help_text="{generated: tokens, uptime: 0}"),
+        "performance": serializers.CharField(help_text='e.g. "12.3 tokens per second".'),
+        "threads": serializers.IntegerField(),
+        "uptime": serializers.IntegerField(help_text="Seconds checked in and working."),
+        "maintenance_mode": serializers.BooleanField(),
+        "info": serializers.CharField(required=False),
+        "trusted": serializers.BooleanField(help_text="Its owner is trusted."),
+        "flagged": serializers.BooleanField(),
+        "nsfw": serializers.BooleanField(),
+        "models": serializers.ListField(child=serializers.CharField()),
+        "team": serializers.DictField(help_text="{name: null, id: null}: no teams here."),
+        "bridge_agent": serializers.CharField(),
+        "max_length": serializers.IntegerField(),
+        "max_context_length": serializers.IntegerField(),
+        "tokens_generated": serializers.IntegerField(),
+        "owner": serializers.CharField(required=False, help_text="Owner and moderators only."),
+        "paused": serializers.BooleanField(required=False, help_text="Owner and moderators only."),
+    },
+)
+
+
+class WorkerListView(APIView):
+    throttle_scope = "read"
+    # The AI Horde ignores an unknown key here (horde-sdk sends the anonymous one anyway).
+    authentication_classes = [LenientApiKeyAuthentication]
+
+    @extend_schema(
+        operation_id="horde_workers",
+        tags=["AI Horde v2: servers"],
+        summary="The servers that checked in within the last 5 minutes",
+        parameters=[
+            APIKEY_HEADER,
+            OpenApiParameter("type", str, description="text, image, interrogation or empty."),
+            OpenApiParameter("name", str, description="Only this server (any letter case)."),
+        ],
+        responses={200: shape("HordeWorkers", {"workers": WORKER}, many=True)},
+    )
+    def get(self, request: Request) -> Response:
+        servers = Server.objects.active().select_related("owner").order_by("name")
+        name = request.query_params.get("name")
+        if name:
+            servers = servers.filter(name__iexact=name)
+        elif request.query_params.get("type") in ("image", "interrogation"):
+            servers = servers.none()  # a text-only cluster
+        viewer = api_user(request)
+        return Response([worker_body(server, viewer) for server in servers])
+
+
+def _server(server_id: str) -> Server:
+    uuid = parse_uuid(server_id, rc="WorkerNotFound", what="Server")
+    server = Server.objects.select_related("owner").filter(id=uuid).first()
+    if server is None:
+        raise NotFound(f"Server {server_id} is unknown.", rc="WorkerNotFound")
+    return server
+
+
+def _actor(request: Request) -> User:
+    user = api_user(request)
+    if user is None:
+        raise Unauthorized("Send your API key in the 'apikey' header.", rc="InvalidAPIKey")
+    return user
+
+
+class WorkerDetailView(APIView):
+    throttle_scope = "read"
+
+    def get_authenticators(self) -> list:
+        # Reading ignores an unknown key; changing or deleting needs a valid one (401).
+        if getattr(self, "request", None) is not None and self.request.method == "GET":
+            return [LenientApiKeyAuthentication()]
+        return super().get_authenticators()
+
+    class Input(serializers.Serializer):
+        maintenance = StrictBooleanField(required=False)
+        maintenance_msg = StrictCharField(max_length=1000, required=False, allow_blank=True)
+        paused = StrictBooleanField(required=False, help_text="Moderators only.")
+        info = StrictCharField(max_length=1000, required=False, allow_blank=True)
+        name = StrictCharField(min_length=5, max_length=100, required=False)
+        team = StrictCharField(required=False, allow_blank=True, help_text='Only "": no teams.')
+
+    @extend_schema(
+        operation_id="horde_worker",
+        tags=["AI Horde v2: servers"],
+        summary="One server, stale or not",
+        parameters=[APIKEY_HEADER],
+        responses={200: WORKER, 404: error("WorkerNotFound")},
+    )
+    def get(self, request: Request, server_id: str) -> Response:
+        return Response(worker_body(_server(server_id), api_user(request)))
+
+    @extend_schema(
+        operation_id="horde_worker_modify",
+        tags=["AI Horde v2: servers"],
+        summary="Change a server (its owner or a moderator)",
+        description="maintenance (with maintenance_msg, shown to its bridge), info, name; "
+        "paused (moderators). Answers only the keys that changed.",
+        parameters=[APIKEY_HEADER_REQUIRED],
+        request=Input,
+        responses={
+            200: shape(
+                "HordeWorkerModified",
+                {
+                    "maintenance": serializers.BooleanField(required=False),
+                    "paused": serializers.BooleanField(required=False),
+                    "info": serializers.CharField(required=False),
+                    "name": serializers.CharField(required=False),
+                    "team": serializers.CharField(required=False),
+                },
+            ),
+            400: error("NoWorkerModSelected, WorkerNameAlreadyExists"),
+            401: error("InvalidAPIKey"),
+            403: error("NotOwner, NotModerator, AnonForbidden"),
+            404: error("WorkerNotFound, TeamNotFound"),
+        },
+    )
+    def put(self, request: Request, server_id: str) -> Response:
+        data = validated(self.Input, request.data)
+        actor = _actor(request)
+        return Response(server_modify(server=_server(server_id), actor=actor, **data))
+
+    @extend_schema(
+        operation_id="horde_worker_delete",
+        tags=["AI Horde v2: servers"],
+        summary="Delete a server (its owner or a moderator)",
+        parameters=[APIKEY_HEADER_REQUIRED],
+        responses={
+            200: shape(
+                "HordeWorkerDeleted",
+                {"deleted_id": serializers.UUIDField(), "deleted_name": serializers.CharField()},
+            ),
+            403: error("NotOwner, AnonForbidden"),
+            404: error("WorkerNotFound"),
+        },
+    )
+    def delete(self, request: Request, server_id: str) -> Response:
+        actor = _actor(request)
+        server = _server(server_id)
+        server_delete(server=server, actor=actor)
+        return Response({"deleted_id": str(server.id), "deleted_name": server.name})
+
+
+class WorkerByNameView(APIView):
+    throttle_scope = "read"
+    authentication_classes = [LenientApiKeyAuthentication]
+
+    @extend_schema(
+        operation_id="horde_worker_by_name",
+        tags=["AI Horde v2: servers"],
+        summary="One server by name",
+        parameters=[APIKEY_HEADER],
+        responses={200: WORKER, 404: error("WorkerNotFound")},
+    )
+    def get(self, request: Request, name: str) -> Response:
+        server = Server.objects.select_related("owner").filter(name=name).first()
+        if server is None:
+            raise NotFound(f"Server {name!r} is unknown.", rc="WorkerNotFound")
+        return Response(worker_body(server, api_user(request)))
+
+
+def model_body(stats: ModelStats) -> dict[str, Any]:
+    return {
+        "name": stats.name,
+        "count": stats.count,
+        "performance": stats.performance,
+        "queued": float(stats.queued),
+        "jobs": float(stats.jobs),
+        "eta": stats.eta,
+        "type": "text",
+    }
+
+
+MODELS = shape(
+    "HordeModel",
+    {
+        "name": serializers.CharField(),
+        "count": serializers.IntegerField(help_text="Threads of active servers running it."),
+        "performance": serializers.FloatField(help_text="Their mean speed, tokens per second."),
+        "queued": serializers.FloatField(help_text="Tokens waiting for it."),
+        "jobs": serializers.FloatField(help_text="Slots waiting plus jobs in flight for it."),
+        "eta": serializers.IntegerField(help_text="Seconds to clear the queue; 10000: no server."),
+        "type": serializers.CharField(),
+    },
+    many=True,
+)
+
+
+class ModelQuery(serializers.Serializer):
+    # The AI Horde's default is image: text clients always ask for type=text.
+    type = serializers.ChoiceField(WORKER_TYPES, default="image")
+    min_count = serializers.IntegerField(required=False, min_value=0)
+    max_count = serializers.IntegerField(required=False, min_value=0)
+    model_state = serializers.ChoiceField(["known", "custom", "all"], default="all")
+
+
+def model_query(request: Request, **defaults: str) -> dict[str, Any]:
+    # An empty value (horde-sdk sends `type=`) means the default.
+    given = {key: value for key, value in request.query_params.items() if value != ""}
+    return validated(ModelQuery, {**defaults, **given})
+
+
+def _models(query: dict[str, Any], name: str | None = None) -> list[dict[str, Any]]:
+    # No model reference here: every model is a "custom" one, none is "known".
+    if query["type"] != "text" or query["model_state"] == "known":
+        return []
+    found = []
+    for stats in model_stats():
+        if name is not None and stats.name != name:
+            continue
+        if "min_count" in query and stats.count < query["min_count"]:
+            continue
+        if "max_count" in query and stats.count > query["max_count"]:
+            continue
+        found.append(model_body(stats))
+    return found
+
+
+MODEL_PARAMETERS = [
+    OpenApiParameter("type", str, description="text (the default, image, lists nothing)."),
+    OpenApiParameter("min_count", int),
+    OpenApiParameter("max_count", int),
+    OpenApiParameter("model_state", str, description="all (default), custom; known: none."),
+]
+
+
+class ModelListView(APIView):
+    throttle_scope = "read"
+
+    @extend_schema(
+        operation_id="horde_status_models",
+        tags=["AI Horde v2: status"],
+        summary="Models served now, with capacity and queue",
+        parameters=MODEL_PARAMETERS,
+        responses={200: MODELS, 400: error("An unknown type or model_state")},
+    )
+    def get(self, request: Request) -> Response:
+        return Response(_models(model_query(request)))
+
+
+class ModelDetailView(APIView):
+    throttle_scope = "read"
+
+    @extend_schema(
+        operation_id="horde_status_model",
+        tags=["AI Horde v2: status"],
+        summary="One model (a list of at most one)",
+        parameters=MODEL_PARAMETERS,
+        responses={200: MODELS},
+    )
+    def get(self, request: Request, name: str) -> Response:
+        return Response(_models(model_query(request, type="text"), name))
