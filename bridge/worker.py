@@ -71,9 +71,13 @@ class Settings:
     busy_backoff: Backoff = field(default_factory=lambda: Backoff(cap=4.0))
 
 
-def estimate_tokens(text: str) -> int:
-    """The cluster's count (DESIGN §4.6), used only when it did not tell us its own."""
-    return math.ceil(len(text) / 4) if text else 0
+def estimate_tokens(text: str, max_length: object = None) -> int:
+    """The cluster's count (DESIGN §4.6: a quarter of the characters, rounded up, at most the
+    job's `max_length`), used when the cluster did not tell us its own."""
+    tokens = math.ceil(len(text) / 4) if text else 0
+    if isinstance(max_length, int) and not isinstance(max_length, bool) and max_length > 0:
+        return min(tokens, max_length)
+    return tokens
 
 
 def _short(job: Job) -> str:
@@ -413,7 +417,9 @@ class Worker:
         if self.settings.log_prompts:
             log.info("job %s text: %r", _short(job), text)
         if result.outcome in ("accepted", "duplicate"):
-            tokens = result.reward if result.reward is not None else estimate_tokens(text)
+            tokens = result.reward
+            if tokens is None:
+                tokens = estimate_tokens(text, job.payload.get("max_length"))
             self.stats.add(done=1, tokens=tokens, seconds=seconds, kudos=result.kudos or 0.0)
             speed = tokens / seconds if seconds > 0 else 0.0
             kudos = f", {format_kudos(result.kudos)} kudos" if result.kudos is not None else ""

@@ -201,6 +201,13 @@ def test_kudos_are_shown_beside_the_tokens_counted_from_the_text(caplog):
     assert "; 5 tokens at 1.2 tokens/s; 3.4 kudos; up 0:00:0" in harness.stats.summary()
 
 
+def test_counted_tokens_stop_at_the_jobs_max_length():
+    long_job = Job(JOB_ID, {"prompt": "x" * 40, "max_length": 4}, 150)
+    harness = Harness(FakeCluster([long_job], [Submitted("accepted", kudos=4.0)]))
+    harness.run(waits=1)
+    assert harness.stats.tokens == 4
+
+
 def test_kobold_may_take_as_long_as_the_ttl_allows():
     lost = KoboldUnreachable("cannot reach KoboldAI (no answer in time)")
     harness = Harness(FakeCluster([job(ttl=1200)]), FakeKobold([lost]))
@@ -523,6 +530,14 @@ def test_format_kudos():
 
 def test_estimate_tokens():
     assert [estimate_tokens(text) for text in ("", "a", "abcd", "abcde")] == [0, 1, 1, 2]
+    assert [estimate_tokens("x" * 100, limit) for limit in (10, 25, 30, None, 0, True)] == [
+        10,
+        25,
+        25,
+        25,
+        25,
+        25,
+    ]
 
 
 def real_bridge(cluster: FakeCluster, kobold: FakeKobold, **settings: Any) -> Bridge:
