@@ -20,7 +20,7 @@ from collections.abc import Sequence  # noqa: E402
 from types import FrameType  # noqa: E402
 
 from bridge import BRIDGE_AGENT, __version__  # noqa: E402
-from bridge.cluster import OriginalClusterProtocol  # noqa: E402
+from bridge.cluster import PROTOCOLS  # noqa: E402
 from bridge.config import Config, ConfigError, load_config  # noqa: E402
 from bridge.kobold import KoboldClient, KoboldError  # noqa: E402
 from bridge.retry import Backoff  # noqa: E402
@@ -107,22 +107,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(config)
 
     kobold = KoboldClient(config.kai_url, generate_timeout=config.kai_timeout)
-    cluster = OriginalClusterProtocol(
-        config.cluster_url,
-        name=config.name,
-        username=config.username,
-        password=config.password,
-        apikey=config.apikey,
-        threads=config.threads,
-        bridge_agent=BRIDGE_AGENT,
-    )
+    cluster = PROTOCOLS[config.protocol].from_config(config, bridge_agent=BRIDGE_AGENT)
     bridge = Bridge(cluster=cluster, kobold=kobold, settings=settings_from(config))
     if config.config_file:
         log.debug("settings read from %s", config.config_file)
     log.info(
-        "bridge %s: serving the cluster at %s as %r with %d thread%s, using KoboldAI at %s",
+        "bridge %s: serving the cluster at %s%s as %r with %d thread%s, using KoboldAI at %s",
         __version__,
         config.cluster_url,
+        " (AI Horde v2 protocol)" if config.protocol == "horde" else "",
         config.name,
         config.threads,
         "" if config.threads == 1 else "s",

@@ -1,22 +1,34 @@
 """Every HTTP call to the cluster lives here.
 
-The worker loop sees only `ClusterProtocol`: pop a job, submit a text, give a job back. The
-original cluster API is `OriginalClusterProtocol`; a second protocol (the AI Horde v2 API,
-`--protocol horde`) can be added beside it as another class with the same three methods,
-registered in `PROTOCOLS`, without touching the loop.
+The worker loop sees only `ClusterProtocol`: pop a job, submit a text, give a job back. Two
+implementations speak it, chosen with `--protocol` through `PROTOCOLS`:
+
+- `OriginalClusterProtocol` (`original`): the original KoboldAI Cluster API, `/generate/pop`
+  and `/generate/submit`, with a username and password or an API key;
+- `HordeProtocol` (`horde`): the AI Horde v2 text API, `/api/v2/generate/text/pop` and
+  `/api/v2/generate/text/submit`, with an API key, so the bridge can join any AI
+  Horde-compatible cluster (ours serves both).
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, NoReturn, Protocol
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, Protocol
 
 import requests
 
 from bridge.net import describe_network_error, json_body
+
+if TYPE_CHECKING:
+    from bridge.config import Config
+
+log = logging.getLogger("bridge")
+
+# The AI Horde's key for "no account": it may ask for texts but never run a server.
+ANONYMOUS_KEY = "0000000000"
 
 # Error codes that mean "these credentials are not good enough", whatever the status.
 CREDENTIAL_CODES = {
@@ -82,11 +94,14 @@ class Submitted:
     accepted: stored and paid (`reward` tokens); duplicate: it already had this job's result;
     expired: the job is unknown or gone (took too long, or the request expired); refused: the
     cluster rejected this submit for another reason (`message`), so retrying cannot help.
+    `kudos` is the AI Horde's reward, which is not a token count in general (on our cluster
+    it is, on the AI Horde it depends on the model too), so it is kept apart from `reward`.
     """
 
     outcome: Literal["accepted", "duplicate", "expired", "refused"]
     reward: int | None = None
     message: str = ""
+    kudos: float | None = None
 
 
 class ClusterProtocol(Protocol):
@@ -107,26 +122,28 @@ class ClusterProtocol(Protocol):
         ...
 
 
-class OriginalClusterProtocol:
-    """The original KoboldAI Cluster API: POST /generate/pop and POST /generate/submit."""
+class _HttpCluster:
+    """What both protocols share: one requests session per thread, posting JSON, and the
+    statuses that mean "try again later"."""
+
+    # Shown in "the server at ... is not <kind> (POST <path> answered ...)".
+    kind = "a KoboldAI Cluster"
+    pop_path = "/generate/pop"
 
     def __init__(
         self,
         url: str,
         *,
         name: str,
-        username: str | None = None,
-        password: str | None = None,
         apikey: str | None = None,
         threads: int = 1,
         bridge_agent: str,
         connect_timeout: float = 5.0,
         timeout: float = 30.0,
     ) -> None:
+        # The legacy bridge joined URLs with "+", so a trailing slash produced "//api/v2/...".
         self.url = url.rstrip("/")
         self.name = name
-        self.username = username
-        self.password = password
         self.apikey = apikey
         self.threads = threads
         self.bridge_agent = bridge_agent
@@ -144,6 +161,64 @@ class OriginalClusterProtocol:
                 session.headers["apikey"] = self.apikey
         return session
 
+    def _post(self, path: str, body: dict[str, Any]) -> requests.Response:
+        try:
+            return self._session.post(
+                f"{self.url}{path}", json=body, timeout=(self.connect_timeout, self.timeout)
+            )
+        except requests.RequestException as error:
+            raise ClusterUnavailable(
+                f"cannot reach the cluster at {self.url} ({describe_network_error(error)})"
+            ) from None
+
+    def _raise_if_transient(self, response: requests.Response) -> None:
+        status = response.status_code
+        if status == 429:
+            raise ClusterUnavailable("the cluster asks this server to slow down (429)")
+        if status >= 500:
+            raise ClusterUnavailable(f"the cluster at {self.url} answered {status}")
+
+    def _not_a_cluster(self, status: int, hint: str = "") -> NotACluster:
+        return NotACluster(
+            f"the server at {self.url} is not {self.kind} (POST {self.pop_path} answered "
+            f"{status}); check --cluster-url{hint}"
+        )
+
+    def _refused(self, data: Any, message: str) -> ClusterRejected:
+        if isinstance(data, dict):
+            errors = data.get("errors")
+            if isinstance(errors, dict) and errors:
+                message += " (" + ", ".join(f"{k}: {v}" for k, v in errors.items()) + ")"
+        return ClusterRejected(f"the cluster refused this server: {message}")
+
+
+class OriginalClusterProtocol(_HttpCluster):
+    """The original KoboldAI Cluster API: POST /generate/pop and POST /generate/submit."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        username: str | None = None,
+        password: str | None = None,
+        **common: Any,
+    ) -> None:
+        super().__init__(url, **common)
+        self.username = username
+        self.password = password
+
+    @classmethod
+    def from_config(cls, config: Config, *, bridge_agent: str) -> OriginalClusterProtocol:
+        return cls(
+            config.cluster_url,
+            name=config.name,
+            username=config.username,
+            password=config.password,
+            apikey=config.apikey,
+            threads=config.threads,
+            bridge_agent=bridge_agent,
+        )
+
     def pop(self, capabilities: Capabilities) -> Job | NoWork:
         body: dict[str, Any] = {
             "name": self.name,
@@ -155,7 +230,7 @@ class OriginalClusterProtocol:
             "threads": self.threads,
         }
         body.update(self._credentials(with_username=True))
-        response = self._post("/generate/pop", body)
+        response = self._post(self.pop_path, body)
         data = json_body(response)
         if response.status_code == 200 and isinstance(data, dict) and "id" in data:
             return self._parse_pop(data)
@@ -195,16 +270,6 @@ class OriginalClusterProtocol:
             credentials["password"] = self.password
         return credentials
 
-    def _post(self, path: str, body: dict[str, Any]) -> requests.Response:
-        try:
-            return self._session.post(
-                f"{self.url}{path}", json=body, timeout=(self.connect_timeout, self.timeout)
-            )
-        except requests.RequestException as error:
-            raise ClusterUnavailable(
-                f"cannot reach the cluster at {self.url} ({describe_network_error(error)})"
-            ) from None
-
     def _parse_pop(self, data: dict[str, Any]) -> Job | NoWork:
         if data["id"] is None:
             skipped = data.get("skipped")
@@ -212,9 +277,7 @@ class OriginalClusterProtocol:
         payload, ttl = data.get("payload"), data.get("ttl")
         if not isinstance(data["id"], str) or not isinstance(payload, dict):
             raise ClusterUnavailable("the cluster sent a job without an id or a payload")
-        if isinstance(ttl, bool) or not isinstance(ttl, int | float) or ttl <= 0:
-            ttl = None
-        return Job(id=data["id"], payload=payload, ttl=ttl)
+        return Job(id=data["id"], payload=payload, ttl=_ttl(ttl))
 
     def _raise_for_pop(self, response: requests.Response, data: Any) -> NoReturn:
         status, message, rc = response.status_code, _message(response, data), _rc(data)
@@ -227,21 +290,168 @@ class OriginalClusterProtocol:
                 "set --username and --password, or --apikey"
             )
         if status in (400, 403) and isinstance(data, dict):
-            errors = data.get("errors")
-            if isinstance(errors, dict) and errors:
-                message += " (" + ", ".join(f"{k}: {v}" for k, v in errors.items()) + ")"
-            raise ClusterRejected(f"the cluster refused this server: {message}")
-        raise NotACluster(
-            f"the server at {self.url} is not a KoboldAI Cluster (POST /generate/pop answered "
-            f"{status}); check --cluster-url"
+            raise self._refused(data, message)
+        raise self._not_a_cluster(status)
+
+
+class HordeProtocol(_HttpCluster):
+    """The AI Horde v2 text API (research/horde-v2-text-api.md §2.3, §2.4): POST
+    /api/v2/generate/text/pop and /api/v2/generate/text/submit, identified by the `apikey`
+    header alone. Asks for one job per pop (`amount` 1): each worker thread serves one job."""
+
+    kind = "an AI Horde-compatible cluster"
+    pop_path = "/api/v2/generate/text/pop"
+    submit_path = "/api/v2/generate/text/submit"
+
+    def __init__(self, url: str, *, apikey: str, nsfw: bool = True, **common: Any) -> None:
+        if not apikey:
+            raise ValueError("the horde protocol needs an API key")
+        super().__init__(url, apikey=apikey, **common)
+        # The horde's effective default (its parser's; its schema says false). Text requests
+        # are never marked NSFW, so for text this changes nothing; sent to be explicit.
+        self.nsfw = nsfw
+        self._messages_seen: set[str] = set()
+        self._messages_lock = threading.Lock()
+
+    @classmethod
+    def from_config(cls, config: Config, *, bridge_agent: str) -> HordeProtocol:
+        if config.apikey is None:
+            raise ValueError("the horde protocol needs an API key")
+        return cls(
+            config.cluster_url,
+            name=config.name,
+            apikey=config.apikey,
+            threads=config.threads,
+            bridge_agent=bridge_agent,
         )
 
-    def _raise_if_transient(self, response: requests.Response) -> None:
-        status = response.status_code
-        if status == 429:
-            raise ClusterUnavailable("the cluster asks this server to slow down (429)")
-        if status >= 500:
-            raise ClusterUnavailable(f"the cluster at {self.url} answered {status}")
+    def pop(self, capabilities: Capabilities) -> Job | NoWork:
+        body: dict[str, Any] = {
+            "name": self.name,
+            "models": [capabilities.model],
+            "max_length": capabilities.max_length,
+            "max_context_length": capabilities.max_context_length,
+            "bridge_agent": self.bridge_agent,
+            "threads": self.threads,
+            "amount": 1,
+            # KoboldAI's soft prompts are not offered: a job asking for one goes elsewhere.
+            "softprompts": [],
+            "nsfw": self.nsfw,
+        }
+        response = self._post(self.pop_path, body)
+        data = json_body(response)
+        if (
+            response.status_code == 200
+            and isinstance(data, dict)
+            and ("id" in data or "ids" in data)
+        ):
+            self._log_messages(data.get("messages"))
+            return self._parse_pop(data, capabilities)
+        if response.status_code == 403 and _rc(data) == "WorkerMaintenance":
+            self._log_messages(data.get("messages") if isinstance(data, dict) else None)
+            return NoWork(maintenance=_message(response, data))
+        self._raise_for_pop(response, data)
+
+    def submit(self, job: Job, text: str) -> Submitted:
+        # No seed: KoboldAI does not report the one it used, and the field is optional.
+        return self._submit(job.id, {"generation": text, "state": "ok"})
+
+    def give_back(self, job: Job) -> Submitted:
+        return self._submit(job.id, {"generation": "", "state": "faulted"})
+
+    def _submit(self, job_id: str, fields: dict[str, Any]) -> Submitted:
+        response = self._post(self.submit_path, {"id": job_id, **fields})
+        data = json_body(response)
+        status, message, rc = response.status_code, _message(response, data), _rc(data)
+        if status == 200:
+            reward = data.get("reward") if isinstance(data, dict) else None
+            number = isinstance(reward, int | float) and not isinstance(reward, bool)
+            return Submitted("accepted", kudos=float(reward) if number else None)
+        if status == 404:
+            # InvalidJobID: unknown, or its request expired and was deleted.
+            return Submitted("expired", message=message)
+        if status == 400 and "already submitted" in message.lower():
+            return Submitted("duplicate", message=message)
+        if status == 400 and rc == "AbortedGen":
+            # The job timed out and went back to the queue. The legacy bridge resubmitted such
+            # a result forever; it can never be accepted, so move on.
+            return Submitted("expired", message=message)
+        if status == 401 or rc in CREDENTIAL_CODES:
+            raise ClusterRejected(f"the cluster rejected the credentials: {message}")
+        self._raise_if_transient(response)
+        if status == 403:
+            raise ClusterRejected(f"the cluster refused this server: {message}")
+        return Submitted("refused", message=f"{message} ({status})")
+
+    def _parse_pop(self, data: dict[str, Any], capabilities: Capabilities) -> Job | NoWork:
+        ids = [job_id for job_id in data.get("ids") or [] if isinstance(job_id, str)]
+        if isinstance(data.get("id"), str) and data["id"] not in ids:
+            ids.insert(0, data["id"])
+        if not ids:
+            skipped = data.get("skipped")
+            return NoWork(skipped=skipped if isinstance(skipped, dict) else {})
+        if len(ids) > 1:
+            # We asked for one; the others would sit unserved until their ttl passed.
+            log.warning("the cluster sent %d jobs for one pop; giving back the others", len(ids))
+            self._give_back_ids(ids[1:])
+        payload, model = data.get("payload"), data.get("model")
+        if not isinstance(payload, dict):
+            self._give_back_ids(ids[:1])
+            raise ClusterUnavailable("the cluster sent a job without a payload")
+        if isinstance(model, str) and model != capabilities.model:
+            # Generating it with another model would hand the requester the wrong model's text.
+            log.warning(
+                "job %s: the cluster asks for model %s, but KoboldAI serves %s; giving it back",
+                ids[0][:8],
+                model,
+                capabilities.model,
+            )
+            self._give_back_ids(ids[:1])
+            return NoWork()
+        return Job(id=ids[0], payload=payload, ttl=_ttl(data.get("ttl")))
+
+    def _give_back_ids(self, ids: list[str]) -> None:
+        for job_id in ids:
+            try:
+                self._submit(job_id, {"generation": "", "state": "faulted"})
+            except ClusterError as error:
+                # Best effort: the cluster re-queues the job when its ttl passes anyway.
+                log.debug("job %s: could not give it back: %s", job_id[:8], error)
+
+    def _log_messages(self, messages: Any) -> None:
+        """Moderators' messages to this server come with every pop: say each one once."""
+        if not isinstance(messages, list):
+            return
+        for entry in messages:
+            if not isinstance(entry, dict) or not isinstance(entry.get("message"), str):
+                continue
+            key = str(entry.get("id") or entry["message"])
+            with self._messages_lock:
+                if key in self._messages_seen:
+                    continue
+                self._messages_seen.add(key)
+            origin = entry.get("origin")
+            source = f" from {origin}" if isinstance(origin, str) and origin else ""
+            log.warning("message%s to this server: %s", source, " ".join(entry["message"].split()))
+
+    def _raise_for_pop(self, response: requests.Response, data: Any) -> NoReturn:
+        status, message, rc = response.status_code, _message(response, data), _rc(data)
+        self._raise_if_transient(response)
+        if rc == "AnonForbiddenWorker":
+            anonymous = " (0000000000 is the anonymous key)" if self.apikey == ANONYMOUS_KEY else ""
+            raise ClusterRejected(
+                f"the cluster does not let the anonymous user run servers ({message}): "
+                f"set --apikey to an API key of your account{anonymous}"
+            )
+        if status == 401 or rc in CREDENTIAL_CODES:
+            raise ClusterRejected(f"the cluster rejected the credentials: {message}")
+        if status in (400, 403) and isinstance(data, dict) and "message" in data:
+            raise self._refused(data, message)
+        # The JS client's base URL ends in /api/v2 and horde-sdk's in /api/: easy to copy here.
+        api = self.url.endswith(("/api", "/api/v2"))
+        raise self._not_a_cluster(
+            status, ": give the cluster's address without /api" if api else ""
+        )
 
 
 def _rc(data: Any) -> str | None:
@@ -254,5 +464,14 @@ def _message(response: requests.Response, data: Any) -> str:
     return f"HTTP {response.status_code}"
 
 
-# Protocol name (for a future --protocol option) -> implementation.
-PROTOCOLS: dict[str, Callable[..., ClusterProtocol]] = {"cluster": OriginalClusterProtocol}
+def _ttl(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        return None
+    return value
+
+
+# The --protocol option's values -> implementation (config.PROTOCOL_NAMES lists the same).
+PROTOCOLS: dict[str, type[OriginalClusterProtocol] | type[HordeProtocol]] = {
+    "original": OriginalClusterProtocol,
+    "horde": HordeProtocol,
+}

@@ -22,6 +22,9 @@ from bridge import __version__
 DEFAULT_CONFIG_FILE = "bridgeData.toml"
 ENV_PREFIX = "BRIDGE_"
 MAX_THREADS = 50  # the cluster (like the AI Horde) refuses more threads per server
+# The --protocol values, as registered in bridge.cluster.PROTOCOLS (a test keeps them equal;
+# listed here so that reading the settings does not need the HTTP code).
+PROTOCOL_NAMES = ("original", "horde")
 
 
 class ConfigError(Exception):
@@ -33,6 +36,7 @@ class Config:
     """Validated settings; built by `load_config`."""
 
     cluster_url: str = "http://127.0.0.1:5001"
+    protocol: str = "original"
     kai_url: str = "http://127.0.0.1:5000"
     name: str = ""
     username: str | None = None
@@ -128,6 +132,17 @@ def _whole(low: int, high: int | None) -> Callable[[Any], int]:
     return parse
 
 
+def _choice(*choices: str) -> Callable[[Any], str]:
+    wanted = "one of " + ", ".join(choices)
+
+    def parse(value: Any) -> str:
+        if not isinstance(value, str) or value.strip().lower() not in choices:
+            raise _Invalid(wanted)
+        return value.strip().lower()
+
+    return parse
+
+
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -144,9 +159,18 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "cluster_url",
         "--cluster-url",
-        f"address of the KoboldAI Cluster (default: {Config.cluster_url})",
+        f"address of the KoboldAI Cluster, or of any AI Horde-compatible cluster with "
+        f"--protocol horde, e.g. https://aihorde.net (default: {Config.cluster_url})",
         _url,
         "URL",
+    ),
+    Option(
+        "protocol",
+        "--protocol",
+        "how to talk to the cluster: original (the KoboldAI Cluster API; the default) or "
+        "horde (the AI Horde v2 API of any AI Horde-compatible cluster; needs --apikey)",
+        _choice(*PROTOCOL_NAMES),
+        "{" + ",".join(PROTOCOL_NAMES) + "}",
     ),
     Option(
         "kai_url",
@@ -175,7 +199,8 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "apikey",
         "--apikey",
-        "an API key of your cluster account, used instead of --username/--password",
+        "an API key of your cluster account, used instead of --username/--password "
+        "(required with --protocol horde)",
         _text,
         "KEY",
         secret=True,
@@ -379,6 +404,12 @@ def _check_identity(values: dict[str, Any], file_name: str) -> None:
         raise ConfigError(f"no server name: set {where('name')}")
     if "apikey" in values:
         return
+    if values.get("protocol") == "horde":
+        # The v2 API knows only API keys; a username and password there would be ignored.
+        raise ConfigError(
+            f"--protocol horde needs an API key of your account: set {where('apikey')} "
+            "(a username and password are not used by the horde protocol)"
+        )
     if "username" not in values and "password" not in values:
         raise ConfigError(
             f"no credentials: set --username and --password (or --apikey), "

@@ -71,9 +71,13 @@ class Settings:
     busy_backoff: Backoff = field(default_factory=lambda: Backoff(cap=4.0))
 
 
-def estimate_tokens(text: str) -> int:
-    """The cluster's count (DESIGN §4.6), used only when it did not tell us its own."""
-    return math.ceil(len(text) / 4) if text else 0
+def estimate_tokens(text: str, max_length: object = None) -> int:
+    """The cluster's count (DESIGN §4.6: a quarter of the characters, rounded up, at most the
+    job's `max_length`), used when the cluster did not tell us its own."""
+    tokens = math.ceil(len(text) / 4) if text else 0
+    if isinstance(max_length, int) and not isinstance(max_length, bool) and max_length > 0:
+        return min(tokens, max_length)
+    return tokens
 
 
 def _short(job: Job) -> str:
@@ -82,6 +86,11 @@ def _short(job: Job) -> str:
 
 def format_duration(seconds: float) -> str:
     return str(timedelta(seconds=int(seconds)))
+
+
+def format_kudos(kudos: float) -> str:
+    """At most two decimals, none when whole: 16, 3.4, 0.25."""
+    return f"{kudos:.2f}".rstrip("0").rstrip(".")
 
 
 class Stats:
@@ -95,6 +104,7 @@ class Stats:
         self.given_back = 0  # returned unpaid: refused payload, repeated errors, a stop
         self.dropped = 0  # expired, refused by the cluster or abandoned: nobody was paid
         self.tokens = 0
+        self.kudos = 0.0  # the AI Horde protocol's rewards, when the cluster reports them
         self.seconds = 0.0  # time spent generating, for the average speed
         self.in_flight = 0
 
@@ -106,9 +116,10 @@ class Stats:
     def summary(self) -> str:
         with self._lock:
             speed = self.tokens / self.seconds if self.seconds else 0.0
+            kudos = f"{format_kudos(self.kudos)} kudos; " if self.kudos else ""
             return (
                 f"{self.done} jobs done, {self.given_back} given back, {self.dropped} dropped; "
-                f"{self.tokens} tokens at {speed:.1f} tokens/s; "
+                f"{self.tokens} tokens at {speed:.1f} tokens/s; {kudos}"
                 f"up {format_duration(self._clock() - self.started)}"
             )
 
@@ -406,16 +417,20 @@ class Worker:
         if self.settings.log_prompts:
             log.info("job %s text: %r", _short(job), text)
         if result.outcome in ("accepted", "duplicate"):
-            tokens = result.reward if result.reward is not None else estimate_tokens(text)
-            self.stats.add(done=1, tokens=tokens, seconds=seconds)
+            tokens = result.reward
+            if tokens is None:
+                tokens = estimate_tokens(text, job.payload.get("max_length"))
+            self.stats.add(done=1, tokens=tokens, seconds=seconds, kudos=result.kudos or 0.0)
             speed = tokens / seconds if seconds > 0 else 0.0
+            kudos = f", {format_kudos(result.kudos)} kudos" if result.kudos is not None else ""
             note = "" if result.outcome == "accepted" else " (the cluster already had it)"
             log.info(
-                "job %s: %d tokens in %.1f s (%.1f tokens/s)%s",
+                "job %s: %d tokens in %.1f s (%.1f tokens/s)%s%s",
                 _short(job),
                 tokens,
                 seconds,
                 speed,
+                kudos,
                 note,
             )
         elif result.outcome == "expired":

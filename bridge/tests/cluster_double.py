@@ -1,10 +1,16 @@
-"""ScriptedCluster: a TEST DOUBLE of the cluster's original API (pop and submit), for testing the
-bridge without Django. Not the cluster: it knows nothing of accounts, queues or the ledger.
+"""ScriptedCluster: a TEST DOUBLE of the cluster's worker API, for testing the bridge without
+Django: the original API (`/generate/pop`, `/generate/submit`) and the AI Horde v2 text API
+(`/api/v2/generate/text/pop`, `/api/v2/generate/text/submit`, shaped as research/horde-v2-
+text-api.md §2.3 and §2.4 say). Not the cluster: it knows nothing of accounts, queues or the
+ledger.
 
 Each request gets the next scripted answer from `answers` if there is one; otherwise the double
 behaves like a tiny honest cluster: pop hands out `jobs` in order (then "no work"), submit stores
 the text and pays `ceil(len / 4)` tokens, and a second submit of the same job gets the contract's
-400 "already submitted".
+400 "already submitted". On v2, pop needs an `apikey` header (the anonymous key gets 403
+`AnonForbiddenWorker`), answers every key of the pop object with or without a job, and hands out
+`messages`; a submit with `state: faulted` is recorded in `faulted` and paid 0; the reward is a
+JSON float, as the horde's kudos are.
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ class ScriptedCluster(ThreadingHTTPServer):
         self.jobs: deque[dict[str, Any]] = deque()  # pop answers: {"id", "payload", "ttl"}
         self.requests: list[tuple[str, dict[str, str], Any]] = []
         self.submitted: dict[str, dict[str, Any]] = {}  # job id -> submit body
+        self.faulted: list[str] = []  # v2: job ids given back with state "faulted"
+        self.messages: list[dict[str, Any]] = []  # v2: moderator messages sent with every pop
         self.lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
@@ -53,6 +61,10 @@ class ScriptedCluster(ThreadingHTTPServer):
             self.requests.append((path, headers, body))
             if self.answers:
                 return self.answers.popleft()
+            if path == V2_POP:
+                return self._v2_pop(headers, body)
+            if path == V2_SUBMIT:
+                return self._v2_submit(body)
             if path == "/generate/pop":
                 return 200, self.jobs.popleft() if self.jobs else {"id": None, "skipped": {}}
             if path == "/generate/submit":
@@ -63,13 +75,70 @@ class ScriptedCluster(ThreadingHTTPServer):
                 return 200, {"reward": math.ceil(len(text) / 4)}
         return 404, {"message": "Not found.", "rc": "NotFound"}
 
+    def _v2_pop(self, headers: dict[str, str], body: Any) -> tuple[int, Any]:
+        key = {name.lower(): value for name, value in headers.items()}.get("apikey")
+        if not key:
+            return 401, {"message": "No user matching sent API Key.", "rc": "InvalidAPIKey"}
+        if key == "0000000000":
+            return 403, {"message": "Anonymous user is forbidden.", "rc": "AnonForbiddenWorker"}
+        answer: dict[str, Any] = {
+            "payload": dict(V2_EMPTY_PAYLOAD),
+            "id": None,
+            "ids": [],
+            "messages": list(self.messages),
+            "ttl": None,
+            "extra_source_images": None,
+            "skipped": {},
+            "softprompt": None,
+            "model": None,
+        }
+        if self.jobs:
+            job = self.jobs.popleft()
+            answer.update(
+                payload={**V2_EMPTY_PAYLOAD, **job["payload"]},
+                id=job["id"],
+                ids=[job["id"]],
+                ttl=job["ttl"],
+                model=body["models"][0],
+            )
+        return 200, answer
+
+    def _v2_submit(self, body: Any) -> tuple[int, Any]:
+        job_id = body["id"]
+        if job_id in self.submitted:
+            return 400, {
+                "message": f"Processing Generation with ID {job_id} already submitted.",
+                "rc": "DuplicateGen",
+            }
+        if body.get("state") == "faulted":
+            self.faulted.append(job_id)
+            return 200, {"reward": 0}
+        self.submitted[job_id] = body
+        return 200, {"reward": float(math.ceil(len(body.get("generation", "")) / 4))}
+
+
+V2_POP = "/api/v2/generate/text/pop"
+V2_SUBMIT = "/api/v2/generate/text/submit"
+# The keys a v2 pop's payload always has, with the horde's defaults (research §2.3).
+V2_EMPTY_PAYLOAD = {
+    "min_p": 0.0,
+    "smoothing_factor": 0.0,
+    "dynatemp_range": 0.0,
+    "dynatemp_exponent": 1.0,
+    "max_context_length": 2048,
+    "max_length": 80,
+}
+
 
 class _Handler(BaseHTTPRequestHandler):
     server: ScriptedCluster
 
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        status, answer = self.server.answer(self.path, dict(self.headers), body)
+        # The path as sent: http.server turns a leading "//" into "/", which would hide the
+        # legacy bridge's "//api/v2/..." from the tests.
+        path = self.requestline.split()[1]
+        status, answer = self.server.answer(path, dict(self.headers), body)
         data = answer if isinstance(answer, bytes) else json.dumps(answer).encode()
         self.send_response(status)
         self.send_header("Content-Length", str(len(data)))

@@ -33,6 +33,7 @@ def test_defaults(tmp_path):
     assert config.max_length is None and config.max_context_length is None
     assert config.log_prompts is False
     assert config.config_file is None
+    assert config.protocol == "original"
 
 
 # (key, flag value, env value, file value as TOML, expected from each source)
@@ -115,6 +116,33 @@ def test_hidden_tuning_comes_from_the_environment(tmp_path):
     assert config.backoff_max == Config.backoff_max
 
 
+@pytest.mark.parametrize(
+    ("argv", "env", "toml"),
+    [
+        (["--protocol", "horde"], {}, ""),
+        ([], {"BRIDGE_PROTOCOL": "horde"}, ""),
+        ([], {}, 'protocol = "horde"'),
+        (["--protocol", "HORDE "], {}, ""),
+    ],
+)
+def test_protocol_from_each_source(tmp_path, argv, env, toml):
+    assert load(tmp_path, [*IDENTITY, *argv], env, toml).protocol == "horde"
+
+
+def test_protocol_flag_beats_env_beats_file(tmp_path):
+    toml = 'protocol = "horde"'
+    assert load(tmp_path, IDENTITY, {"BRIDGE_PROTOCOL": "original"}, toml).protocol == "original"
+    flag = [*IDENTITY, "--protocol", "horde"]
+    assert load(tmp_path, flag, {"BRIDGE_PROTOCOL": "original"}, toml).protocol == "horde"
+
+
+def test_horde_protocol_with_an_apikey_ignores_username_and_password(tmp_path):
+    # The template's username and password lines may stay when a contributor switches.
+    toml = 'protocol = "horde"\nusername = "u"\npassword = "p"\napikey = "k"\nname = "n"'
+    config = load(tmp_path, toml=toml)
+    assert (config.protocol, config.apikey) == ("horde", "k")
+
+
 def test_apikey_alone_is_enough(tmp_path):
     config = load(tmp_path, ["--name", "s"], {"BRIDGE_APIKEY": "abc"})
     assert (config.apikey, config.username, config.password) == ("abc", None, None)
@@ -125,6 +153,26 @@ ERRORS = [
     (["--name", "s"], {}, "", "no credentials: set --username and --password (or --apikey)"),
     (["--name", "s", "--username", "u"], {}, "", "a username is set but no password: set"),
     (["--name", "s"], {"BRIDGE_PASSWORD": "p"}, "", "a password is set but no username: set"),
+    (
+        ["--name", "s", "--protocol", "horde"],
+        {},
+        "",
+        "--protocol horde needs an API key of your account: set --apikey, BRIDGE_APIKEY or "
+        "apikey in bridgeData.toml (a username and password are not used by the horde protocol)",
+    ),
+    (
+        ["--name", "s", "--username", "u", "--password", "p"],
+        {"BRIDGE_PROTOCOL": "horde"},
+        "",
+        "--protocol horde needs an API key of your account",
+    ),
+    (
+        [*IDENTITY, "--protocol", "hord"],
+        {},
+        "",
+        "--protocol must be one of original, horde, got 'hord'",
+    ),
+    (IDENTITY, {}, "protocol = 2", "protocol in bridgeData.toml must be one of original, horde"),
     (
         [*IDENTITY, "--kai-url", "localhost:5000"],
         {},

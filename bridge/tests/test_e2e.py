@@ -195,3 +195,20 @@ def test_throughput_with_two_threads(cluster, kai_double, bridge_process):
     summary = stop(bridge)
     assert "stopped: 20 jobs done, 0 given back, 0 dropped; 1280 tokens at" in summary
     print(summary)
+
+
+def test_original_protocol_with_an_api_key_alone(cluster, kai_double, bridge_process):
+    from accounts.services import account_register
+
+    _, key = account_register(username="bob")
+    kai = kai_double()
+    bridge = bridge_process(
+        *("--cluster-url", cluster.url, "--kai-url", kai.url, "--name", "bob-kai"),
+        *("--apikey", key),
+    )
+    prompt_id = submit(cluster, "served with a key", n=2)
+    answer = wait_done(cluster, prompt_id, bridge)
+    assert answer["generations"] == [fake_text("served with a key")] * 2
+    assert get(cluster, "/usage") == {"alice": 32}
+    assert get(cluster, "/contributions") == {"bob": 32}
+    assert "stopped: 2 jobs done, 0 given back, 0 dropped; 32 tokens at" in stop(bridge)

@@ -288,3 +288,60 @@ def _popped_after_submit(cluster) -> bool:
     return (
         "/generate/submit" in paths and "/generate/pop" in paths[paths.index("/generate/submit") :]
     )
+
+
+# --- The AI Horde v2 protocol, against the double's v2 routes ---------------------------------
+
+HORDE = ("--protocol", "horde", "--apikey", "kq3J0fQxWm6f3nB1x0dCZg")
+
+
+def test_horde_protocol_serves_jobs_and_gives_a_refused_one_back(run_bridge, scripted_cluster, kai):
+    scripted_cluster.add_job(ID1, "Once upon a time")
+    bridge = run_bridge(*HORDE)
+    bridge.wait_until(lambda: ID1 in scripted_cluster.submitted, "the first submit")
+    assert scripted_cluster.submitted[ID1] == {
+        "id": ID1,
+        "generation": fake_text("Once upon a time"),
+        "state": "ok",
+    }
+    kai.refuse_next = 1
+    scripted_cluster.add_job(ID2, "refused by KoboldAI")
+    bridge.wait_until(lambda: scripted_cluster.faulted == [ID2], "the refused job's give-back")
+    bridge.wait_for("job 22222222: given back to the cluster (KoboldAI refused it)")
+    bridge.interrupt()
+    assert bridge.wait() == 0
+    assert "(AI Horde v2 protocol) as 'bob-1'" in bridge.output
+    assert "job 11111111: 16 tokens in" in bridge.output
+    assert bridge.wait_for("job 11111111: ").endswith(" tokens/s), 16 kudos")
+    assert "stopped: 1 jobs done, 1 given back, 0 dropped; 16 tokens at " in bridge.lines[-1]
+    assert "; 16 kudos; up " in bridge.lines[-1]
+    paths = {path for path, _, _ in scripted_cluster.requests}
+    assert paths == {"/api/v2/generate/text/pop", "/api/v2/generate/text/submit"}
+    pop = next(body for path, _, body in scripted_cluster.requests if path.endswith("/pop"))
+    assert pop["models"] == ["KoboldAI/FakeModel-1B"]
+    assert pop["bridge_agent"] == "KoboldAI Cluster Bridge:1.0.0:unknown"
+    assert all("password" not in body for _, _, body in scripted_cluster.requests)
+
+
+def test_horde_protocol_with_the_anonymous_key_is_one_clear_line(run_bridge, scripted_cluster):
+    bridge = run_bridge("--protocol", "horde", "--apikey", "0000000000")
+    assert bridge.wait() == 1
+    assert len(error_lines(bridge)) == 1
+    assert bridge.lines[-1].endswith(
+        "the cluster does not let the anonymous user run servers (Anonymous user is forbidden.): "
+        "set --apikey to an API key of your account (0000000000 is the anonymous key)"
+    )
+
+
+def test_horde_protocol_without_a_key_is_a_config_error(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "bridge", "--name", "s", "--protocol", "horde"],
+        cwd=tmp_path,
+        env=bridge_env(BRIDGE_USERNAME="bob", BRIDGE_PASSWORD="pw"),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith("bridge: error: --protocol horde needs an API key")
+    assert result.stderr.count("\n") == 1

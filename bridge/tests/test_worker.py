@@ -28,7 +28,15 @@ from bridge.kobold import (
     PayloadRefused,
 )
 from bridge.retry import Backoff
-from bridge.worker import Bridge, ModelWatcher, Settings, Stats, Worker, estimate_tokens
+from bridge.worker import (
+    Bridge,
+    ModelWatcher,
+    Settings,
+    Stats,
+    Worker,
+    estimate_tokens,
+    format_kudos,
+)
 
 JOB_ID = "5b7f0c2e-8d37-4a57-9a0e-3c8f3f1d2a11"
 SHORT = JOB_ID[:8]
@@ -177,6 +185,27 @@ def test_serves_a_job_and_submits_its_text(caplog):
     assert cluster.popped[0] == Capabilities("KoboldAI/Tiny-1B", 512, 2048)
     assert (harness.stats.done, harness.stats.tokens, harness.stats.seconds) == (1, 3, 2.0)
     assert f"job {SHORT}: 3 tokens in 2.0 s (1.5 tokens/s)" in caplog.messages
+
+
+def test_kudos_are_shown_beside_the_tokens_counted_from_the_text(caplog):
+    # The AI Horde protocol's reward is kudos, not tokens: the tokens come from the text.
+    cluster = FakeCluster([job(), job("second")], [Submitted("accepted", kudos=3.4)])
+    cluster.submit_script.append(Submitted("duplicate", kudos=None))
+    harness = Harness(cluster)
+    harness.run(waits=1)
+    assert (harness.stats.done, harness.stats.tokens, harness.stats.kudos) == (2, 5, 3.4)
+    assert f"job {SHORT}: 3 tokens in 2.0 s (1.5 tokens/s), 3.4 kudos" in caplog.messages
+    assert f"job {SHORT}: 2 tokens in 2.0 s (1.0 tokens/s) (the cluster already had it)" in (
+        caplog.messages
+    )
+    assert "; 5 tokens at 1.2 tokens/s; 3.4 kudos; up 0:00:0" in harness.stats.summary()
+
+
+def test_counted_tokens_stop_at_the_jobs_max_length():
+    long_job = Job(JOB_ID, {"prompt": "x" * 40, "max_length": 4}, 150)
+    harness = Harness(FakeCluster([long_job], [Submitted("accepted", kudos=4.0)]))
+    harness.run(waits=1)
+    assert harness.stats.tokens == 4
 
 
 def test_kobold_may_take_as_long_as_the_ttl_allows():
@@ -489,8 +518,26 @@ def test_stats_summary():
     )
 
 
+def test_format_kudos():
+    assert [format_kudos(k) for k in (16.0, 3.4, 0.25, 0.004, 1234.5)] == [
+        "16",
+        "3.4",
+        "0.25",
+        "0",
+        "1234.5",
+    ]
+
+
 def test_estimate_tokens():
     assert [estimate_tokens(text) for text in ("", "a", "abcd", "abcde")] == [0, 1, 1, 2]
+    assert [estimate_tokens("x" * 100, limit) for limit in (10, 25, 30, None, 0, True)] == [
+        10,
+        25,
+        25,
+        25,
+        25,
+        25,
+    ]
 
 
 def real_bridge(cluster: FakeCluster, kobold: FakeKobold, **settings: Any) -> Bridge:
