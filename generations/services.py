@@ -94,6 +94,10 @@ def sort_key(balance: float, created: datetime) -> float:
 def prompt_create(*, user: User, request: GenerationRequest, now: datetime | None = None) -> Prompt:
     """Queue a prompt with `n` waiting slots; it lives PROMPT_EXPIRY_SECONDS past its last use."""
     now = now or timezone.now()
+    if not request.batching and request.n > 1 and not user.trusted:
+        raise BadRequest(
+            "Only trusted accounts may disable batching for n > 1.", rc="RequiresTrust"
+        )
     server_ids = list(dict.fromkeys(request.server_ids))
     if server_ids:
         known = set(Server.objects.filter(id__in=server_ids).values_list("id", flat=True))

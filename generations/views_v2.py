@@ -183,7 +183,7 @@ class TextAsyncView(APIView):
     def post(self, request: Request) -> Response:
         data = validated(self.Input, request.data)
         user = api_user(request) or anonymous_user()
-        generation = _generation_request(data, user, client_agent(request))
+        generation = _generation_request(data, client_agent(request))
         if _option(data, "dry_run", False):
             return Response({"kudos": float(generation.tokens_at_most())})
         prompt = prompt_create(user=user, request=generation)
@@ -205,7 +205,7 @@ class TextAsyncView(APIView):
         return Response(body, status=202)
 
 
-def _generation_request(data: dict[str, Any], user: User, agent: str) -> GenerationRequest:
+def _generation_request(data: dict[str, Any], agent: str) -> GenerationRequest:
     """The AI Horde's request options as the cluster's GenerationRequest, refusing what it
     cannot honour with the horde's error codes."""
     if data.get("style"):
@@ -227,10 +227,6 @@ def _generation_request(data: dict[str, Any], user: User, agent: str) -> Generat
         raise BadRequest("The prompt is empty.", rc="MissingPrompt")
     shape_params, samplers = split_params(data["params"])
     batching = not _option(data, "disable_batching", False)
-    if not batching and shape_params["n"] > 1 and not user.trusted:
-        raise BadRequest(
-            "Only trusted accounts may disable batching for n > 1.", rc="RequiresTrust"
-        )
     servers = [
         parse_uuid(value, rc="WorkerNotFound", what="Server")
         for value in (data.get("workers") or [])[:MAX_LISTED_SERVERS]
