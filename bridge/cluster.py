@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal, NoReturn, Protocol
 
 import requests
 
-from bridge.net import describe_network_error, json_body
+from bridge.net import ThreadSessions, describe_network_error, json_body
 
 if TYPE_CHECKING:
     from bridge.config import Config
@@ -149,17 +149,11 @@ class _HttpCluster:
         self.bridge_agent = bridge_agent
         self.connect_timeout = connect_timeout
         self.timeout = timeout
-        self._local = threading.local()
+        self._sessions = ThreadSessions({"apikey": apikey} if apikey else None)
 
     @property
     def _session(self) -> requests.Session:
-        # One session per worker thread: requests does not promise that sharing one is safe.
-        session = getattr(self._local, "session", None)
-        if session is None:
-            session = self._local.session = requests.Session()
-            if self.apikey:
-                session.headers["apikey"] = self.apikey
-        return session
+        return self._sessions.get()
 
     def _post(self, path: str, body: dict[str, Any]) -> requests.Response:
         try:

@@ -7,13 +7,12 @@ between retrying, giving the job back and stopping without knowing anything abou
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 from typing import Any
 
 import requests
 
-from bridge.net import describe_network_error, json_body
+from bridge.net import ThreadSessions, describe_network_error, json_body
 
 # KoboldAI United reports this instead of a model name while no model is loaded.
 NO_MODEL = "ReadOnly"
@@ -90,15 +89,11 @@ class KoboldClient:
         self.generate_timeout = generate_timeout
         self.connect_timeout = connect_timeout
         self.info_timeout = info_timeout
-        self._local = threading.local()
+        self._sessions = ThreadSessions()
 
     @property
     def _session(self) -> requests.Session:
-        # requests.Session is not documented as thread-safe; one per thread keeps keep-alive.
-        session = getattr(self._local, "session", None)
-        if session is None:
-            session = self._local.session = requests.Session()
-        return session
+        return self._sessions.get()
 
     def model_info(self) -> ModelInfo:
         """Read the loaded model and its limits."""

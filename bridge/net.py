@@ -2,9 +2,26 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import requests
+
+
+class ThreadSessions:
+    """One `requests.Session` per thread: requests does not promise that sharing one is safe,
+    and a session per thread keeps its connections alive between calls."""
+
+    def __init__(self, headers: dict[str, str] | None = None) -> None:
+        self._headers = headers or {}
+        self._local = threading.local()
+
+    def get(self) -> requests.Session:
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = requests.Session()
+            session.headers.update(self._headers)
+        return session
 
 
 def describe_network_error(error: requests.RequestException) -> str:

@@ -33,15 +33,12 @@ from koboldcluster.fields import (
     StrictCharField,
     StrictIntegerField,
     StringListField,
+    optional_text,
 )
 from koboldcluster.openapi import KUDOS_ARE_TOKENS, error, shape
 from servers.services import CheckIn, server_check_in
 
 ORIGINAL = ["Original cluster API"]
-
-
-def _optional_text(**kwargs: Any) -> StrictCharField:
-    return StrictCharField(required=False, allow_null=True, allow_blank=True, **kwargs)
 
 
 class PromptCreateView(APIView):
@@ -51,8 +48,8 @@ class PromptCreateView(APIView):
         prompt = PromptTextField()
         # Missing params still pass through validate_params, which fills in the defaults.
         params = serializers.DictField(required=False, default=dict)
-        username = _optional_text(max_length=150)
-        password = _optional_text(max_length=1024, trim_whitespace=False)
+        username = optional_text(max_length=150)
+        password = optional_text(max_length=1024, trim_whitespace=False)
         models = StringListField(required=False, max_length=200)
 
         def validate_params(self, value: dict) -> dict:
@@ -128,7 +125,7 @@ class PromptStatusView(APIView):
         responses={200: ORIGINAL_STATUS, 404: error("RequestNotFound")},
     )
     def get(self, request: Request, prompt_id: str) -> Response:
-        status = prompt_status(prompt_id=_prompt_uuid(prompt_id))
+        status = prompt_status(prompt_id=prompt_uuid(prompt_id))
         return Response(_status_body(status))
 
     @extend_schema(
@@ -139,11 +136,11 @@ class PromptStatusView(APIView):
         responses={200: ORIGINAL_STATUS, 404: error("RequestNotFound")},
     )
     def delete(self, request: Request, prompt_id: str) -> Response:
-        status = prompt_cancel(prompt_id=_prompt_uuid(prompt_id))
+        status = prompt_cancel(prompt_id=prompt_uuid(prompt_id))
         return Response(_status_body(status))
 
 
-def _prompt_uuid(value: str) -> object:
+def prompt_uuid(value: str) -> object:
     return parse_uuid(value, rc="RequestNotFound", what="Request")
 
 
@@ -151,15 +148,15 @@ class PopView(APIView):
     throttle_scope = "worker"
 
     class Input(serializers.Serializer):
-        username = _optional_text(max_length=150)
-        password = _optional_text(max_length=1024, trim_whitespace=False)
+        username = optional_text(max_length=150)
+        password = optional_text(max_length=1024, trim_whitespace=False)
         name = StrictCharField(max_length=100)
         model = StrictCharField(max_length=255, required=False, allow_null=True)
         models = StringListField(required=False, max_length=200)
         max_length = StrictIntegerField(min_value=1, default=512)
         max_content_length = StrictIntegerField(min_value=1, required=False, allow_null=True)
         max_context_length = StrictIntegerField(min_value=1, required=False, allow_null=True)
-        bridge_agent = _optional_text(max_length=1000)
+        bridge_agent = optional_text(max_length=1000)
         threads = StrictIntegerField(min_value=1, max_value=50, default=1)
         # Users served first: `alias#id` (the AI Horde's form) or plain usernames.
         priority_usernames = StringListField(
@@ -243,7 +240,7 @@ class SubmitView(APIView):
 
     class Input(serializers.Serializer):
         id = serializers.UUIDField()
-        password = _optional_text(max_length=1024, trim_whitespace=False)
+        password = optional_text(max_length=1024, trim_whitespace=False)
         generation = GenerationField(max_length=1_000_000)
         state = serializers.ChoiceField(["ok", "faulted", "censored"], default="ok")
         seed = StrictIntegerField(required=False, allow_null=True)

@@ -37,14 +37,15 @@ from generations.services import (
     prompt_create,
     prompt_status,
 )
-from generations.views import GenerationField
+from generations.views import GenerationField, prompt_uuid
 from koboldcluster.api import api_user, parse_uuid, validated
 from koboldcluster.errors import BadRequest, NotFound, Unauthorized
 from koboldcluster.fields import (
-    StrictBooleanField,
+    OptionField,
     StrictCharField,
     StrictIntegerField,
     StringListField,
+    optional_text,
 )
 from koboldcluster.openapi import (
     APIKEY_HEADER,
@@ -60,22 +61,6 @@ from servers.services import CheckIn, server_check_in
 MAX_LISTED_SERVERS = 5
 MAX_GEN_METADATA = 50
 UNKNOWN_CLIENT = "unknown:0:unknown"
-
-
-def _flag(default: bool, help_text: str) -> StrictBooleanField:
-    # null means "not given": some clients send every option, unset ones as null.
-    return StrictBooleanField(required=False, allow_null=True, default=default, help_text=help_text)
-
-
-def _option(data: dict[str, Any], name: str, default: Any) -> Any:
-    value = data.get(name)
-    return default if value is None else value
-
-
-def _optional_text(help_text: str, **kwargs: Any) -> StrictCharField:
-    return StrictCharField(
-        required=False, allow_null=True, allow_blank=True, help_text=help_text, **kwargs
-    )
 
 
 def client_agent(request: Request) -> str:
@@ -133,26 +118,35 @@ class TextAsyncView(APIView):
             item_max_length=64,
             help_text="Server ids allowed to serve it (the first 5 count).",
         )
-        worker_blacklist = _flag(False, "`workers` is a deny list instead.")
-        trusted_workers = _flag(False, "Only servers of trusted accounts.")
-        slow_workers = _flag(True, "false: only servers measured faster than the threshold.")
-        softprompt = _optional_text(
-            'Only servers offering this soft prompt; "" or null: none.', max_length=255
+        worker_blacklist = OptionField(False, help_text="`workers` is a deny list instead.")
+        trusted_workers = OptionField(False, help_text="Only servers of trusted accounts.")
+        slow_workers = OptionField(
+            True, help_text="false: only servers measured faster than the threshold."
         )
-        dry_run = _flag(False, "Only answer what it would cost (200 {kudos}).")
-        disable_batching = _flag(
-            False, "Each server gets one of the n at a time (n > 1 needs a trusted account)."
+        softprompt = optional_text(
+            help_text='Only servers offering this soft prompt; "" or null: none.', max_length=255
         )
-        webhook = _optional_text("Must be https://; not called by this cluster.", max_length=1024)
-        style = _optional_text("This cluster has no styles: 404.", max_length=1024)
-        proxied_account = _optional_text("For service accounts, which this cluster has not.")
+        dry_run = OptionField(False, help_text="Only answer what it would cost (200 {kudos}).")
+        disable_batching = OptionField(
+            False,
+            help_text="Each server gets one of the n at a time (n > 1 needs a trusted account).",
+        )
+        webhook = optional_text(
+            help_text="Must be https://; not called by this cluster.", max_length=1024
+        )
+        style = optional_text(help_text="This cluster has no styles: 404.", max_length=1024)
+        proxied_account = optional_text(
+            help_text="For service accounts, which this cluster has not."
+        )
         extra_source_images = serializers.ListField(
             required=False, allow_null=True, help_text="Not for text: must be empty."
         )
-        nsfw = _flag(True, "Stored; text requests are not filtered by it.")
-        validated_backends = _flag(False, "Accepted and ignored.")
-        extra_slow_workers = _flag(False, "Accepted and ignored.")
-        allow_downgrade = _flag(False, "Accepted and ignored: nothing is paid upfront here.")
+        nsfw = OptionField(True, help_text="Stored; text requests are not filtered by it.")
+        validated_backends = OptionField(False, help_text="Accepted and ignored.")
+        extra_slow_workers = OptionField(False, help_text="Accepted and ignored.")
+        allow_downgrade = OptionField(
+            False, help_text="Accepted and ignored: nothing is paid upfront here."
+        )
 
         def validate_params(self, value: dict) -> dict:
             params = HordeParamsSerializer(data=value)
@@ -184,7 +178,7 @@ class TextAsyncView(APIView):
         data = validated(self.Input, request.data)
         user = api_user(request) or anonymous_user()
         generation = _generation_request(data, client_agent(request))
-        if _option(data, "dry_run", False):
+        if data["dry_run"]:
             return Response({"kudos": float(generation.tokens_at_most())})
         prompt = prompt_create(user=user, request=generation)
         body: dict[str, Any] = {"id": str(prompt.id), "kudos": float(generation.tokens_at_most())}
@@ -226,7 +220,7 @@ def _generation_request(data: dict[str, Any], agent: str) -> GenerationRequest:
     if data["prompt"] == "":
         raise BadRequest("The prompt is empty.", rc="MissingPrompt")
     shape_params, samplers = split_params(data["params"])
-    batching = not _option(data, "disable_batching", False)
+    batching = not data["disable_batching"]
     servers = [
         parse_uuid(value, rc="WorkerNotFound", what="Server")
         for value in (data.get("workers") or [])[:MAX_LISTED_SERVERS]
@@ -237,11 +231,11 @@ def _generation_request(data: dict[str, Any], agent: str) -> GenerationRequest:
         models=data.get("models") or [],
         client_agent=agent,
         softprompt=data.get("softprompt") or "",
-        trusted_workers=_option(data, "trusted_workers", False),
-        slow_workers=_option(data, "slow_workers", True),
+        trusted_workers=data["trusted_workers"],
+        slow_workers=data["slow_workers"],
         server_ids=servers,
-        servers_excluded=_option(data, "worker_blacklist", False),
-        nsfw=_option(data, "nsfw", True),
+        servers_excluded=data["worker_blacklist"],
+        nsfw=data["nsfw"],
         batching=batching,
         **shape_params,
     )
@@ -342,7 +336,7 @@ class TextStatusView(APIView):
         responses={200: STATUS, 404: error("RequestNotFound: unknown or expired.")},
     )
     def get(self, request: Request, prompt_id: str) -> Response:
-        status = prompt_status(prompt_id=_request_uuid(prompt_id), outlook=True)
+        status = prompt_status(prompt_id=prompt_uuid(prompt_id), outlook=True)
         return Response(status_body(status))
 
     @extend_schema(
@@ -354,12 +348,8 @@ class TextStatusView(APIView):
         responses={200: STATUS, 404: error("RequestNotFound")},
     )
     def delete(self, request: Request, prompt_id: str) -> Response:
-        status = prompt_cancel(prompt_id=_request_uuid(prompt_id), outlook=True)
+        status = prompt_cancel(prompt_id=prompt_uuid(prompt_id), outlook=True)
         return Response(status_body(status))
-
-
-def _request_uuid(value: str) -> object:
-    return parse_uuid(value, rc="RequestNotFound", what="Request")
 
 
 def _worker_key(request: Request) -> User:
@@ -448,7 +438,7 @@ class TextPopView(APIView):
         amount = StrictIntegerField(
             min_value=1, max_value=20, default=1, help_text="The most jobs to take at once."
         )
-        nsfw = StrictBooleanField(required=False, allow_null=True, default=True)
+        nsfw = OptionField(True)
 
     @extend_schema(
         operation_id="horde_text_pop",
@@ -477,7 +467,7 @@ class TextPopView(APIView):
             threads=data["threads"],
             # The AI Horde's limits: names cut to 100 characters, at most 200 kept.
             softprompts=tuple(name[:100] for name in (data.get("softprompts") or [])[:200]),
-            nsfw=_option(data, "nsfw", True),
+            nsfw=data["nsfw"],
         )
         first = priority_user_ids(data.get("priority_usernames") or [])
         server = server_check_in(owner=owner, check_in=check_in)

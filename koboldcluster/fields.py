@@ -56,6 +56,26 @@ class StrictBooleanField(serializers.BooleanField):
         return data
 
 
+class OptionField(StrictBooleanField):
+    """An optional switch: missing or `null` both mean its default.
+
+    Some clients send every option and the unset ones as null.
+    """
+
+    def __init__(self, default: bool, **kwargs: Any) -> None:
+        super().__init__(required=False, allow_null=True, default=default, **kwargs)
+
+    def validate_empty_values(self, data: Any) -> tuple[bool, Any]:
+        if data is None:
+            return True, self.get_default()
+        return super().validate_empty_values(data)
+
+
+def optional_text(**kwargs: Any) -> StrictCharField:
+    """A string the client may leave out, send empty, or send as null."""
+    return StrictCharField(required=False, allow_null=True, allow_blank=True, **kwargs)
+
+
 class StringListField(serializers.ListField):
     """A JSON list of strings; `null` counts as an empty list."""
 

@@ -57,6 +57,15 @@ class ServerListView(APIView):
         return Response([_server_body(s) for s in Server.objects.active().order_by("name")])
 
 
+def server_or_404(server_id: str, *, rc: str) -> Server:
+    """The server with this id (stale or not), with its owner; 404 `rc` when there is none."""
+    uuid = parse_uuid(server_id, rc=rc, what="Server")
+    server = Server.objects.select_related("owner").filter(id=uuid).first()
+    if server is None:
+        raise NotFound(f"Server {server_id} is unknown.", rc=rc)
+    return server
+
+
 class ServerDetailView(APIView):
     @extend_schema(
         operation_id="server",
@@ -65,11 +74,7 @@ class ServerDetailView(APIView):
         responses={200: SERVER, 404: error("ServerNotFound")},
     )
     def get(self, request: Request, server_id: str) -> Response:
-        server_uuid = parse_uuid(server_id, rc="ServerNotFound", what="Server")
-        server = Server.objects.filter(id=server_uuid).first()
-        if server is None:
-            raise NotFound(f"Server {server_id} is unknown.", rc="ServerNotFound")
-        return Response(_server_body(server))
+        return Response(_server_body(server_or_404(server_id, rc="ServerNotFound")))
 
 
 class ModelListView(APIView):

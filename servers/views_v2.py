@@ -16,12 +16,13 @@ from rest_framework.views import APIView
 from accounts.authentication import LenientApiKeyAuthentication
 from accounts.models import User
 from generations.selectors import ModelStats, model_stats
-from koboldcluster.api import api_user, parse_uuid, validated
+from koboldcluster.api import api_user, validated
 from koboldcluster.errors import NotFound, Unauthorized
 from koboldcluster.fields import StrictBooleanField, StrictCharField
 from koboldcluster.openapi import APIKEY_HEADER, APIKEY_HEADER_REQUIRED, error, shape
 from servers.models import Server
 from servers.services import server_delete, server_modify
+from servers.views import server_or_404
 
 WORKER_TYPES = ("image", "text", "interrogation")
 
@@ -130,11 +131,7 @@ class WorkerListView(APIView):
 
 
 def _server(server_id: str) -> Server:
-    uuid = parse_uuid(server_id, rc="WorkerNotFound", what="Server")
-    server = Server.objects.select_related("owner").filter(id=uuid).first()
-    if server is None:
-        raise NotFound(f"Server {server_id} is unknown.", rc="WorkerNotFound")
-    return server
+    return server_or_404(server_id, rc="WorkerNotFound")
 
 
 def _actor(request: Request) -> User:

@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from accounts.models import LedgerEntry, User
 from accounts.selectors import totals_for
-from accounts.services import kudos_transfer, ledger_fold
+from accounts.services import anonymous_user, kudos_transfer, ledger_fold
 from koboldcluster.errors import BadRequest
 from koboldcluster.tests import horde_shapes as shapes
 
@@ -24,7 +24,10 @@ TRANSFER = "/api/v2/kudos/transfer"
 def earn(user: User, tokens: int) -> None:
     """Give `user` a balance: a generation their server made for the anonymous user."""
     job_id = uuid.uuid4()
-    LedgerEntry.objects.create(user_id=0, kind="usage", tokens=tokens, kudos=-tokens, job_id=job_id)
+    # anonymous_user(), not id 0: a transactional test before this one may have flushed it.
+    LedgerEntry.objects.create(
+        user=anonymous_user(), kind="usage", tokens=tokens, kudos=-tokens, job_id=job_id
+    )
     LedgerEntry.objects.create(
         user=user, kind="contribution", tokens=tokens, kudos=tokens, job_id=job_id
     )

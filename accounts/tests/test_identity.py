@@ -36,7 +36,7 @@ def test_the_owner_may_use_their_name_with_the_password(api, bob):
     assert response.status_code == 200
 
 
-def test_a_verified_password_is_cached_as_a_keyed_digest(bob, django_assert_num_queries):
+def test_a_verified_password_is_cached_as_a_keyed_digest(bob):
     calls = []
     real_check = User.check_password
 
