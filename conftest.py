@@ -21,7 +21,14 @@ def fast_password_hasher(settings: Any) -> None:
 
 @pytest.fixture(autouse=True)
 def empty_cache() -> None:
+    """No test sees what an earlier one left in the cache or in the process's own memory
+    (idle pop answers, the active servers snapshot): their rows were rolled back."""
+    from generations import events
+    from servers.services import servers_changed
+
     cache.clear()
+    events.queue_changed_here()
+    servers_changed()
 
 
 @pytest.fixture(autouse=True)
@@ -68,7 +75,7 @@ def bob(db: None) -> User:
 @pytest.fixture
 def register(db: None) -> Callable[..., tuple[User, str]]:
     """Register an account (as /api/v2/register does); return the user and its API key."""
-    from accounts.services import account_register
+    from accounts.keys import account_register
 
     def make(username: str, **fields: Any) -> tuple[User, str]:
         user, key = account_register(username=username)

@@ -4,7 +4,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from accounts.models import ApiKey, Balance, LedgerEntry, User
-from accounts.services import apikeys_revoke
+from accounts.keys import apikeys_revoke
 
 
 class ApiKeyInline(admin.TabularInline):

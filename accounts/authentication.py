@@ -7,7 +7,7 @@ from rest_framework.exceptions import AuthenticationFailed
 from rest_framework.request import Request
 
 from accounts.models import ApiKey, User
-from accounts.services import apikey_authenticate
+from accounts.keys import apikey_authenticate
 
 
 def apikey_header(request: Request) -> str | None:

@@ -11,7 +11,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_http_methods
 
-from accounts.services import account_register
+from accounts.keys import account_register
 from koboldcluster.errors import ApiError
 from koboldcluster.throttling import AddressRateThrottle
 

@@ -11,7 +11,6 @@ from django.db.models import Count, Sum
 from django.db.models.functions import Coalesce
 
 from accounts.models import ApiKey, Balance, LedgerEntry, LedgerFold, User
-from servers.models import Server
 
 
 @dataclass(frozen=True)
@@ -71,6 +70,23 @@ def user_totals(user_ids: Iterable[int] | None = None) -> dict[int, Totals]:
             )
         if _watermark() == watermark:
             return totals
+
+
+def balance_sql(user_id: int) -> tuple[str, list[object]]:
+    """The user's exact balance (kudos) as one SQL expression with its parameters.
+
+    Folded balance plus the entries past the fold's watermark, read in one statement: a
+    single statement sees one snapshot, so the fold cannot slip between the two parts. For
+    statements that read the balance together with the change they make (a prompt's
+    priority).
+    """
+    folded = "SELECT b.kudos FROM accounts_balance b WHERE b.user_id = %s"
+    watermark = "SELECT f.last_entry_id FROM accounts_ledgerfold f ORDER BY f.id LIMIT 1"
+    tail = (
+        "SELECT SUM(e.kudos) FROM accounts_ledgerentry e WHERE e.user_id = %s "
+        f"AND e.id > COALESCE(({watermark}), 0)"
+    )
+    return f"(COALESCE(({folded}), 0) + COALESCE(({tail}), 0))", [user_id, user_id]
 
 
 def totals_for(user: User) -> Totals:
@@ -144,11 +160,9 @@ def users_page(*, page: int, sort: str = "kudos") -> list[UserDetails]:
     chunk = list(users.order_by(*order)[start : start + USERS_PER_PAGE])
     ids = [user.pk for user in chunk]
     totals = user_totals(ids)
+    # Through the reverse relation: accounts does not import the servers app above it.
     servers = dict(
-        Server.objects.filter(owner_id__in=ids)
-        .values_list("owner_id")
-        .annotate(Count("id"))
-        .order_by()
+        User.objects.filter(pk__in=ids).annotate(n=Count("servers")).values_list("pk", "n")
     )
     return [
         UserDetails(

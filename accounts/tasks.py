@@ -6,7 +6,7 @@ import logging
 
 from django.utils import timezone
 
-from accounts.services import ledger_fold
+from accounts.ledger import ledger_fold
 
 logger = logging.getLogger(__name__)
 

@@ -24,13 +24,9 @@ from accounts.selectors import (
     user_details,
     users_page,
 )
-from accounts.services import (
-    account_register,
-    apikey_issue,
-    apikey_revoke,
-    kudos_transfer,
-    user_by_password,
-)
+from accounts.identity import user_by_password
+from accounts.keys import account_register, apikey_issue, apikey_revoke
+from accounts.ledger import kudos_transfer
 from koboldcluster.api import api_user, validated
 from koboldcluster.errors import Forbidden, NotFound, Unauthorized
 from koboldcluster.fields import StrictCharField, StrictFloatField

@@ -10,7 +10,7 @@ import logging
 
 from django.utils import timezone
 
-from generations.services import jobs_reap, prompts_purge
+from generations.lifecycle import jobs_reap, prompts_purge
 
 logger = logging.getLogger(__name__)
 

@@ -11,23 +11,11 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.authentication import LenientApiKeyAuthentication
-from accounts.services import (
-    priority_user_ids,
-    user_for_request,
-    user_for_server,
-    verify_owner,
-)
+from accounts.identity import user_for_request
 from generations.serializers import GenerationParamsSerializer, PromptTextField, split_params
-from generations.services import (
-    GenerationRequest,
-    PromptStatus,
-    job_for_submit,
-    job_pop,
-    job_submit,
-    prompt_cancel,
-    prompt_create,
-    prompt_status,
-)
+from generations.delivery import job_submit
+from generations.queue import GenerationRequest, job_pop, prompt_create
+from generations.status import PromptStatus, prompt_cancel, prompt_status
 from koboldcluster.api import api_user, parse_uuid, validated
 from koboldcluster.fields import (
     StrictCharField,
@@ -36,7 +24,7 @@ from koboldcluster.fields import (
     optional_text,
 )
 from koboldcluster.openapi import KUDOS_ARE_TOKENS, error, shape
-from servers.services import CheckIn, server_check_in
+from servers.services import CheckIn, Credentials
 
 ORIGINAL = ["Original cluster API"]
 
@@ -193,9 +181,6 @@ class PopView(APIView):
     )
     def post(self, request: Request) -> Response:
         data = validated(self.Input, request.data)
-        owner = user_for_server(
-            username=data.get("username"), password=data.get("password"), api_user=api_user(request)
-        )
         check_in = CheckIn(
             name=data["name"],
             models=data.get("models") or [data["model"]],
@@ -206,9 +191,11 @@ class PopView(APIView):
             bridge_agent=data.get("bridge_agent") or "",
             threads=data["threads"],
         )
-        first = priority_user_ids(data.get("priority_usernames") or [])
-        server = server_check_in(owner=owner, check_in=check_in)
-        result = job_pop(server=server, priority_user_ids=first)
+        result = job_pop(
+            credentials=_credentials(request, data),
+            check_in=check_in,
+            priority_usernames=data.get("priority_usernames") or [],
+        )
         if result.job is None:
             # The original API's three reasons, in its spelling ({} for a paused server).
             names = {"model": "models", "max_content_length": "max_context_length"}
@@ -221,6 +208,12 @@ class PopView(APIView):
         return Response(
             {"id": str(result.job.id), "payload": result.job.payload(), "ttl": result.ttl}
         )
+
+
+def _credentials(request: Request, data: dict[str, Any]) -> Credentials:
+    return Credentials(
+        username=data.get("username"), password=data.get("password"), api_user=api_user(request)
+    )
 
 
 class GenerationField(StrictCharField):
@@ -259,11 +252,11 @@ class SubmitView(APIView):
     )
     def post(self, request: Request) -> Response:
         data = validated(self.Input, request.data)
-        job = job_for_submit(job_id=data["id"])
-        verify_owner(
-            owner=job.server.owner, password=data.get("password"), api_user=api_user(request)
-        )
         reward = job_submit(
-            job=job, text=data["generation"], state=data["state"], seed=data.get("seed")
+            job_id=data["id"],
+            credentials=_credentials(request, data),
+            text=data["generation"],
+            state=data["state"],
+            seed=data.get("seed"),
         )
         return Response({"reward": reward})

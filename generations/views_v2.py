@@ -16,27 +16,13 @@ from rest_framework.views import APIView
 
 from accounts.authentication import LenientApiKeyAuthentication
 from accounts.models import User
-from accounts.services import (
-    anonymous_user,
-    priority_user_ids,
-    user_for_server,
-    verify_owner,
-)
+from accounts.identity import anonymous_user
 from generations.models import Job
 from generations.selectors import queue_load
 from generations.serializers import HordeParamsSerializer, PromptTextField, split_params
-from generations.services import (
-    CSAM_METADATA,
-    GenerationRequest,
-    PromptStatus,
-    able_servers,
-    job_for_submit,
-    job_pop,
-    job_submit,
-    prompt_cancel,
-    prompt_create,
-    prompt_status,
-)
+from generations.delivery import CSAM_METADATA, job_submit
+from generations.queue import GenerationRequest, job_pop, prompt_create
+from generations.status import PromptStatus, able_servers, prompt_cancel, prompt_status
 from generations.views import GenerationField, prompt_uuid
 from koboldcluster.api import api_user, parse_uuid, validated
 from koboldcluster.errors import BadRequest, NotFound, Unauthorized
@@ -55,7 +41,7 @@ from koboldcluster.openapi import (
     error,
     shape,
 )
-from servers.services import CheckIn, server_check_in
+from servers.services import CheckIn, Credentials
 
 # The most servers a request may name (the AI Horde uses the first five).
 MAX_LISTED_SERVERS = 5
@@ -310,7 +296,7 @@ def status_body(status: PromptStatus) -> dict[str, Any]:
             {
                 "id": str(job.id),
                 "worker_id": str(job.server_id) if job.server_id else "",
-                "worker_name": job.server.name if job.server is not None else "",
+                "worker_name": status.server_name(job),
                 "model": job.model,
                 "state": generation_state(job),
                 "text": job.text,
@@ -457,7 +443,7 @@ class TextPopView(APIView):
     )
     def post(self, request: Request) -> Response:
         data = validated(self.Input, request.data)
-        owner = user_for_server(username=None, password=None, api_user=_worker_key(request))
+        credentials = Credentials(api_user=_worker_key(request))
         check_in = CheckIn(
             name=data["name"],
             models=data["models"],
@@ -469,9 +455,12 @@ class TextPopView(APIView):
             softprompts=tuple(name[:100] for name in (data.get("softprompts") or [])[:200]),
             nsfw=data["nsfw"],
         )
-        first = priority_user_ids(data.get("priority_usernames") or [])
-        server = server_check_in(owner=owner, check_in=check_in)
-        result = job_pop(server=server, priority_user_ids=first, amount=data["amount"])
+        result = job_pop(
+            credentials=credentials,
+            check_in=check_in,
+            priority_usernames=data.get("priority_usernames") or [],
+            amount=data["amount"],
+        )
         body: dict[str, Any] = {
             "id": None,
             "ids": [],
@@ -544,10 +533,9 @@ class TextSubmitView(APIView):
         metadata = data.get("gen_metadata") or []
         if len(metadata) > MAX_GEN_METADATA:
             raise BadRequest(f"At most {MAX_GEN_METADATA} gen_metadata entries.")
-        job = job_for_submit(job_id=data["id"])
-        verify_owner(owner=job.server.owner, password=None, api_user=user)
         reward = job_submit(
-            job=job,
+            job_id=data["id"],
+            credentials=Credentials(api_user=user),
             text=data["generation"],
             state=data["state"],
             seed=data.get("seed"),

@@ -293,6 +293,10 @@ KOBOLDCLUSTER = {
     # A server slower than this (tokens per second, measured; 0 until its first job) does not
     # get requests that set the AI Horde's `slow_workers: false`.
     "SLOW_SERVER_TOKENS_PER_SECOND": env_float("KOBOLDCLUSTER_SLOW_SERVER_TOKENS_PER_SECOND", 3.0),
+    # An idle pop's answer (nothing to serve, and why) is remembered this long per server
+    # profile, or until this process hears that the queue changed: idle servers asking every
+    # second cost next to nothing. 0 turns it off.
+    "IDLE_POP_CACHE_SECONDS": env_float("KOBOLDCLUSTER_IDLE_POP_CACHE_SECONDS", 2.0),
     # How long a verified server password is remembered (as a keyed digest, never in clear).
     "PASSWORD_CACHE_SECONDS": env_int("KOBOLDCLUSTER_PASSWORD_CACHE_SECONDS", 300),
     # The ledger fold leaves the newest entries alone this long, so that a transaction that

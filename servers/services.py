@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 
+from accounts.identity import USER_COLUMNS, check_password, user_for_server, user_from_row
 from accounts.models import User
 from koboldcluster.errors import BadRequest, Forbidden, NotFound
 from servers.models import Server
@@ -43,7 +47,103 @@ class CheckIn:
         }
 
 
-def server_check_in(*, owner: User, check_in: CheckIn, now: datetime | None = None) -> Server:
+_servers_epoch = 0
+
+
+def servers_epoch() -> int:
+    """A number that changes whenever this process changed a server (for snapshots of them)."""
+    return _servers_epoch
+
+
+def servers_changed() -> None:
+    global _servers_epoch
+    _servers_epoch += 1
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """Who a pop says it is: an API key's user, or a username and password."""
+
+    username: str | None = None
+    password: str | None = None
+    api_user: User | None = None
+
+
+_SERVER_COLUMNS = (
+    "s.id, s.name, s.owner_id, s.models, s.max_length, s.max_context_length, s.bridge_agent, "
+    "s.threads, s.softprompts, s.nsfw, s.last_check_in, s.maintenance, s.maintenance_msg, "
+    "s.paused, s.speed"
+)
+
+
+def _server_from_row(row: tuple, owner: User) -> Server:
+    loads = lambda v: json.loads(v) if isinstance(v, str) else v  # noqa: E731
+    last = row[10] if not isinstance(row[10], str) else parse_datetime(row[10])
+    server = Server(
+        id=row[0] if isinstance(row[0], uuid.UUID) else uuid.UUID(row[0]),
+        name=row[1],
+        owner=owner,
+        models=loads(row[3]),
+        max_length=row[4],
+        max_context_length=row[5],
+        bridge_agent=row[6],
+        threads=row[7],
+        softprompts=loads(row[8]),
+        nsfw=bool(row[9]),
+        last_check_in=last if last.tzinfo is not None else last.replace(tzinfo=UTC),
+        maintenance=bool(row[11]),
+        maintenance_msg=row[12],
+        paused=bool(row[13]),
+        speed=row[14],
+    )
+    server._state.adding = False
+    return server
+
+
+def server_for_pop(*, credentials: Credentials, check_in: CheckIn, now: datetime) -> Server:
+    """The server popping, checked in, with its owner: who it is and what it declares.
+
+    The common case (a known server of the account that sends its key or password) is one
+    statement; anything else (a first pop, a new account, another account's name, a wrong
+    password) takes the ordinary path through `user_for_server` and `server_check_in`, which
+    give the answers and errors.
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT {_SERVER_COLUMNS}, {USER_COLUMNS} FROM servers_server s "
+            "JOIN accounts_user u ON u.id = s.owner_id WHERE s.name = %s",
+            [check_in.name],
+        )
+        row = cursor.fetchone()
+    if row is not None:
+        owner = user_from_row(row[15:])
+        if _is_owner(owner, credentials):
+            return server_check_in(
+                owner=owner, check_in=check_in, now=now, server=_server_from_row(row, owner)
+            )
+    owner = user_for_server(
+        username=credentials.username,
+        password=credentials.password,
+        api_user=credentials.api_user,
+    )
+    return server_check_in(owner=owner, check_in=check_in, now=now)
+
+
+def _is_owner(owner: User, credentials: Credentials) -> bool:
+    """Whether the credentials prove they are `owner`'s (False: let the ordinary path decide)."""
+    if owner.is_anonymous_user or owner.kind != User.Kind.REGISTERED:
+        return False
+    if credentials.api_user is not None:
+        return credentials.api_user.pk == owner.pk
+    if credentials.username != owner.username or not credentials.password:
+        return False
+    check_password(owner, credentials.password)  # a wrong one is refused here, hashed once
+    return True
+
+
+def server_check_in(
+    *, owner: User, check_in: CheckIn, now: datetime | None = None, server: Server | None = None
+) -> Server:
     """Find or create the named server for `owner` and record what it declares.
 
     A name belongs to the account that first used it. The row is written only when the
@@ -54,13 +154,16 @@ def server_check_in(*, owner: User, check_in: CheckIn, now: datetime | None = No
     in maintenance meanwhile.
     """
     now = now or timezone.now()
-    server = Server.objects.filter(name=check_in.name).first()
+    if server is None:
+        server = Server.objects.filter(name=check_in.name).first()
     if server is None:
         try:
             with transaction.atomic():
-                return Server.objects.create(
+                created = Server.objects.create(
                     name=check_in.name, owner=owner, last_check_in=now, **check_in.fields()
                 )
+            servers_changed()
+            return created
         except IntegrityError:  # a concurrent first pop under the same name
             server = Server.objects.get(name=check_in.name)
     if server.owner_id != owner.pk:
@@ -91,6 +194,7 @@ def _record_check_in(server: Server, changed: dict, now: datetime) -> None:
     if not moved and changed:
         Server.objects.filter(pk=server.pk).update(**changed)
     server.last_check_in = now
+    servers_changed()
 
 
 def _stale() -> timedelta:
@@ -149,6 +253,7 @@ def server_modify(
         raise BadRequest(
             f"A server named '{name}' exists already.", rc="WorkerNameAlreadyExists"
         ) from None
+    servers_changed()
     logger.info("server %s changed by user %s: %s", server.pk, actor.pk, sorted(changes))
     return reply
 
@@ -161,4 +266,5 @@ def server_delete(*, server: Server, actor: User) -> None:
     """
     _may_manage(server, actor)
     Server.objects.filter(pk=server.pk).delete()
+    servers_changed()
     logger.info("server %s deleted by user %s", server.pk, actor.pk)

@@ -6,7 +6,7 @@ import pytest
 from django.utils import timezone
 
 from accounts.models import ApiKey, User
-from accounts.services import apikey_authenticate, apikeys_revoke
+from accounts.keys import apikey_authenticate, apikeys_revoke
 from generations.models import Prompt
 
 pytestmark = pytest.mark.django_db

@@ -12,7 +12,8 @@ from django.utils import timezone
 
 from accounts.models import LedgerEntry, User
 from accounts.selectors import totals_for
-from accounts.services import anonymous_user, kudos_transfer, ledger_fold
+from accounts.identity import anonymous_user
+from accounts.ledger import kudos_transfer, ledger_fold
 from koboldcluster.errors import BadRequest
 from koboldcluster.tests import horde_shapes as shapes
 

@@ -4,7 +4,7 @@ import pytest
 from django.db import connection
 
 from accounts.models import LedgerEntry, User
-from accounts.services import password_matches
+from accounts.identity import password_matches
 from generations.models import Job, Prompt
 from servers.models import Server
 

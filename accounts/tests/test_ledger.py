@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from accounts.models import Balance, LedgerEntry, LedgerFold, User
 from accounts.selectors import Totals, totals_for, user_totals
-from accounts.services import ledger_fold, ledger_record_generation
+from accounts.ledger import ledger_fold, ledger_record_generation
 from conftest import SERVER_PASSWORD
 
 

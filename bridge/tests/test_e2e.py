@@ -198,7 +198,7 @@ def test_throughput_with_two_threads(cluster, kai_double, bridge_process):
 
 
 def test_original_protocol_with_an_api_key_alone(cluster, kai_double, bridge_process):
-    from accounts.services import account_register
+    from accounts.keys import account_register
 
     _, key = account_register(username="bob")
     kai = kai_double()

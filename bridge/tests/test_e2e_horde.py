@@ -28,7 +28,7 @@ AGENT = "KoboldAI Cluster Bridge:1.0.0:unknown"
 @pytest.fixture
 def keys(cluster: Any) -> dict[str, str]:
     """API keys for alice (who asks for texts) and bob (who runs the server)."""
-    from accounts.services import account_register
+    from accounts.keys import account_register
 
     return {name: account_register(username=name)[1] for name in ("alice", "bob")}
 

@@ -10,9 +10,9 @@ from django.db import connection
 
 from accounts.models import LedgerEntry
 from accounts.selectors import user_totals
-from generations import services
+from generations import lifecycle
 from generations.models import Job, Prompt, PromptModel
-from generations.services import prompts_purge
+from generations.lifecycle import prompts_purge
 from generations.tasks import purge_expired_prompts
 
 START = datetime.fromisoformat("2030-01-01 00:00:00+00:00")
@@ -129,7 +129,7 @@ def test_pops_and_submits_are_activity_too(time_machine, submit_prompt, pop, sub
 
 @pytest.mark.django_db
 def test_a_backlog_is_purged_in_several_batches(monkeypatch, time_machine, submit_prompt):
-    monkeypatch.setattr(services, "PURGE_BATCH", 2)
+    monkeypatch.setattr(lifecycle, "PURGE_BATCH", 2)
     at(time_machine, 0)
     for i in range(5):
         submit_prompt(f"prompt {i}", models=["a", "b"])

@@ -12,7 +12,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from generations.models import Job, Prompt
-from generations.services import prompts_purge
+from generations.lifecycle import prompts_purge
 from koboldcluster.testing import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)

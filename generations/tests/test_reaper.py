@@ -7,7 +7,7 @@ import pytest
 
 from accounts.models import LedgerEntry
 from generations.models import Job, Prompt
-from generations.services import jobs_reap
+from generations.lifecycle import jobs_reap
 from generations.tasks import reap_overdue_jobs
 from servers.models import Server
 

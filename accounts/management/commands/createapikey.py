@@ -8,7 +8,7 @@ from django.contrib.auth.validators import UnicodeUsernameValidator
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from accounts.services import apikey_issue_for_username
+from accounts.keys import apikey_issue_for_username
 from koboldcluster.errors import ApiError
 
 

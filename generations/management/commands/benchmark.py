@@ -173,7 +173,7 @@ class Command(BaseCommand):
         )
 
     def _v2_key(self) -> str:
-        from accounts.services import account_register
+        from accounts.keys import account_register
 
         return account_register(username=f"rt-{uuid.uuid4().hex[:8]}")[1]
 

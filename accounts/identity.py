@@ -1,0 +1,258 @@
+"""Who is asking: the anonymous user, passwords, and which account a request or a server is.
+
+A name with credentials is never used without them (nobody spends someone else's balance); a
+verified password is remembered as a keyed digest, because servers send it with every pop.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import re
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.hashers import make_password
+from django.core.cache import cache
+from django.db import DEFAULT_DB_ALIAS, IntegrityError, connection, transaction
+
+from accounts.models import User
+from koboldcluster.errors import BadRequest, Forbidden, Unauthorized
+
+logger = logging.getLogger(__name__)
+
+# The columns a hot path reads of a user, and the instance built from them (the ORM's query
+# compilation would cost more than the lookup; see generations/sql.py).
+USER_COLUMNS = (
+    "u.id, u.username, u.password, u.kind, u.trusted, u.moderator, u.is_active, u.concurrency"
+)
+
+
+def user_from_row(row: Sequence[Any]) -> User:
+    """A User from USER_COLUMNS (other fields keep their defaults: read-only use)."""
+    user = User(
+        id=row[0],
+        username=row[1],
+        password=row[2],
+        kind=row[3],
+        trusted=bool(row[4]),
+        moderator=bool(row[5]),
+        is_active=bool(row[6]),
+        concurrency=row[7],
+    )
+    user._state.adding = False
+    user._state.db = DEFAULT_DB_ALIAS
+    return user
+
+
+def _user_where(condition: str, value: object) -> User | None:
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT {USER_COLUMNS} FROM accounts_user u WHERE {condition}", [value])
+        row = cursor.fetchone()
+    return user_from_row(row) if row else None
+
+
+def anonymous_user() -> User:
+    """The shared anonymous account (id 0, made by a migration; remade if it went missing)."""
+    user = _user_where("u.id = %s", User.ANONYMOUS_ID)
+    if user is not None:
+        return user
+    user, _ = User.objects.get_or_create(
+        pk=User.ANONYMOUS_ID,
+        defaults={
+            "username": User.ANONYMOUS_USERNAME,
+            "kind": User.Kind.ANONYMOUS,
+            "password": make_password(None),
+        },
+    )
+    return user
+
+
+def _password_cache_key(user: User, password: str) -> str:
+    # Keyed by the server secret and the stored hash: the cache never holds anything that
+    # could be used to recover or replay the password, and a password change invalidates it.
+    message = f"{user.pk}:{user.password}:{password}".encode()
+    digest = hmac.new(settings.SECRET_KEY.encode(), message, hashlib.sha256).hexdigest()
+    return f"pw-ok:{digest}"
+
+
+def password_matches(user: User, password: str) -> bool:
+    """Check a password, remembering a success for a few minutes.
+
+    Servers send their password with every pop (every second or so); a full PBKDF2 run each
+    time would be most of the cluster's CPU.
+    """
+    if not password or not user.has_usable_password():
+        return False
+    key = _password_cache_key(user, password)
+    if cache.get(key):
+        return True
+    if not user.check_password(password):
+        return False
+    cache.set(key, True, settings.KOBOLDCLUSTER["PASSWORD_CACHE_SECONDS"])
+    return True
+
+
+def _get_or_create_user(username: str, **fields: object) -> tuple[User, bool]:
+    user = _user_where("u.username = %s", username)
+    if user is not None:
+        return user, False
+    try:
+        with transaction.atomic():
+            return User.objects.create(username=username, **fields), True
+    except IntegrityError:  # created by a concurrent request a moment ago
+        return User.objects.get(username=username), False
+
+
+def check_password(user: User, password: str | None) -> None:
+    if not user.has_usable_password():
+        # Registered on /register or with createapikey: the account has keys, no password.
+        raise Unauthorized(
+            f"The username '{user.username}' belongs to a registered account without a "
+            "password: send its API key in the 'apikey' header.",
+            rc="InvalidCredentials" if password else "CredentialsRequired",
+        )
+    if not password:
+        raise Unauthorized(
+            f"The username '{user.username}' belongs to an account with credentials: "
+            "send its password, or its API key in the 'apikey' header.",
+            rc="CredentialsRequired",
+        )
+    if not password_matches(user, password):
+        raise Unauthorized(f"Wrong password for '{user.username}'.", rc="InvalidCredentials")
+
+
+def user_for_request(
+    *, username: str | None, password: str | None = None, api_user: User | None = None
+) -> User:
+    """The account a prompt is billed to.
+
+    An API key wins. Without one, a bare `username` is tracked as an unclaimed name, but a
+    name whose account has credentials needs them: nobody spends someone else's balance.
+    """
+    if api_user is not None:
+        return api_user
+    if not username or username == User.ANONYMOUS_USERNAME:
+        return anonymous_user()
+    user, _ = _get_or_create_user(username, kind=User.Kind.UNCLAIMED, password=make_password(None))
+    if user.has_credentials:
+        check_password(user, password)
+    return user
+
+
+def user_for_server(
+    *, username: str | None, password: str | None, api_user: User | None = None
+) -> User:
+    """The account a server works for; a new username becomes an account with this password."""
+    if api_user is not None:
+        user = api_user
+    elif not username:
+        raise Unauthorized(
+            "A server needs an account: send 'username' and 'password', "
+            "or an API key in the 'apikey' header.",
+            rc="CredentialsRequired",
+        )
+    elif username == User.ANONYMOUS_USERNAME:
+        user = anonymous_user()
+    elif not password:
+        raise Unauthorized(
+            "A server needs a 'password' (or an API key in the 'apikey' header).",
+            rc="CredentialsRequired",
+        )
+    else:
+        user = _server_account(username, password)
+    if user.is_anonymous_user:
+        raise Forbidden(
+            "Anonymous servers are not allowed: choose a username and password, or register.",
+            rc="AnonForbiddenWorker",
+        )
+    return user
+
+
+def _server_account(username: str, password: str) -> User:
+    user = User.objects.filter(username=username).first()
+    if user is None:
+        # Hash only for a new account: make_password is the expensive part of a pop.
+        user, created = _get_or_create_user(
+            username, kind=User.Kind.REGISTERED, password=make_password(password)
+        )
+        if created:
+            logger.info("account %s created by a server's first pop", user.pk)
+            return user
+    if user.kind == User.Kind.UNCLAIMED:
+        # A name used by prompts so far: the first server to pop with it claims it.
+        claimed = User.objects.filter(pk=user.pk, kind=User.Kind.UNCLAIMED).update(
+            kind=User.Kind.REGISTERED, password=make_password(password)
+        )
+        user.refresh_from_db()
+        if claimed:
+            logger.info("account %s claimed by a server's first pop", user.pk)
+            return user
+    check_password(user, password)
+    return user
+
+
+def verify_owner(*, owner: User, password: str | None, api_user: User | None = None) -> None:
+    """Refuse a submit that does not come from the account that owns the job's server."""
+    if api_user is not None:
+        if api_user.pk != owner.pk:
+            raise Forbidden("This job belongs to another account's server.", rc="WrongCredentials")
+        return
+    check_password(owner, password)
+
+
+def user_by_password(*, username: str, password: str | None) -> User:
+    """The registered account `username` after checking its password (401 otherwise)."""
+    user = User.objects.filter(username=username, kind=User.Kind.REGISTERED).first()
+    if user is None:
+        raise Unauthorized(f"No account '{username}' has credentials.", rc="InvalidCredentials")
+    check_password(user, password)
+    return user
+
+
+def lock_account(user: User) -> None:
+    """Serialise writers that must see each other's effect on `user` (call in a transaction).
+
+    FOR NO KEY UPDATE, unlike FOR UPDATE, does not block the inserts that merely reference
+    the user (prompts, ledger entries). On SQLite the transaction already holds the one write
+    lock, so there is nothing to add.
+    """
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT id FROM accounts_user WHERE id = %s FOR NO KEY UPDATE", [user.pk]
+            )
+
+
+# --- Priority users --------------------------------------------------------------------------
+
+HORDE_NAME = re.compile(r"#([0-9]{1,18})\Z")
+
+
+def priority_user_ids(entries: Iterable[str]) -> set[int]:
+    """The ids of the users a server serves first.
+
+    An entry is `alias#id` (the AI Horde's form: only the id counts) or a plain username.
+    Users that do not exist are ignored, so a server's list may name friends who have not
+    registered yet.
+    """
+    ids: set[int] = set()
+    names: list[str] = []
+    for entry in entries:
+        if "#" in entry:
+            match = HORDE_NAME.search(entry)
+            if match is None:
+                raise BadRequest(
+                    f"Priority username {entry!r} must look like alias#id, e.g. alice#12.",
+                    rc="InvalidPriorityUsername",
+                )
+            ids.add(int(match.group(1)))
+        elif entry:
+            names.append(entry)
+        else:
+            raise BadRequest("A priority username is empty.", rc="InvalidPriorityUsername")
+    if names:
+        ids.update(User.objects.filter(username__in=names).values_list("pk", flat=True))
+    return ids

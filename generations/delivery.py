@@ -1,0 +1,280 @@
+"""A server delivers: its generation is accepted exactly once and paid in the same transaction.
+
+`job_submit` is the whole use case for every API: find the job and check that the caller
+owns its server, then either give the slot back (`faulted`) or store the text, append the
+usage and contribution pair to the ledger, credit the server and keep the prompt alive. The
+exactly-once guard is the conditional UPDATE `… WHERE state = 'processing'`; on PostgreSQL
+the writes are one statement (data-modifying CTEs), on SQLite a few in one transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F, Value
+from django.db.models.functions import Greatest
+from django.utils import timezone
+
+from accounts.identity import USER_COLUMNS, user_from_row, verify_owner
+from generations import events
+from generations.lifecycle import slot_return
+from generations.models import Job, Prompt, count_tokens
+from generations.sql import as_dt, as_uuid, dt_param, execute, fetch, is_postgres, json_param
+from generations.sql import uuid_param as uid
+from koboldcluster.errors import BadRequest, NotFound
+from servers.models import Server
+from servers.services import Credentials, servers_changed
+
+logger = logging.getLogger(__name__)
+
+# What a server may report about a generation (the AI Horde's text metadata: only this).
+CSAM_METADATA = {"type": "censorship", "value": "csam"}
+
+
+def _expiry() -> timedelta:
+    return timedelta(seconds=settings.KOBOLDCLUSTER["PROMPT_EXPIRY_SECONDS"])
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """A job being submitted, with what paying for it needs (read in one statement)."""
+
+    job: Job
+    requester_id: int
+    owner_id: int  # of the server, when the job was looked up
+    max_length: int
+    prompt_expires_at: datetime
+
+
+_LOOKUP = (
+    "SELECT j.id, j.prompt_id, j.server_id, j.model, j.started, p.user_id, p.max_length, "
+    f"p.expires_at, {USER_COLUMNS} FROM generations_job j "
+    "JOIN generations_prompt p ON p.id = j.prompt_id "
+    "JOIN servers_server s ON s.id = j.server_id JOIN accounts_user u ON u.id = s.owner_id "
+    "WHERE j.id = %s AND p.expires_at > %s"
+)
+
+
+def delivery_for(*, job_id: object, credentials: Credentials, now: datetime) -> Delivery:
+    """The job `job_id` if the caller owns its server: 404 when unknown or gone, 401/403 else."""
+    rows = fetch(_LOOKUP, [uid(job_id), dt_param(now)])
+    if not rows:
+        raise NotFound(f"Job {job_id} is unknown or has expired.", rc="InvalidJobID")
+    row = rows[0]
+    owner = user_from_row(row[8:])
+    verify_owner(owner=owner, password=credentials.password, api_user=credentials.api_user)
+    job = Job(
+        id=as_uuid(row[0]),
+        prompt_id=as_uuid(row[1]),
+        server_id=as_uuid(row[2]),
+        model=row[3],
+        started=as_dt(row[4]),
+    )
+    return Delivery(
+        job,
+        requester_id=row[5],
+        owner_id=owner.pk,
+        max_length=row[6],
+        prompt_expires_at=as_dt(row[7]),
+    )
+
+
+def job_submit(
+    *,
+    job_id: object,
+    credentials: Credentials,
+    text: str,
+    state: str = "ok",
+    seed: int | None = None,
+    gen_metadata: list[dict] | None = None,
+    now: datetime | None = None,
+) -> int:
+    """Accept a generation exactly once and pay for it; return the reward in tokens.
+
+    `state="faulted"` gives the slot back to the queue and pays nothing. `censored` and
+    `csam` are accepted and paid like `ok` (the server did the work, and used tokens always
+    equal contributed tokens); the status shows them as such.
+    """
+    now = now or timezone.now()
+    delivery = delivery_for(job_id=job_id, credentials=credentials, now=now)
+    job = delivery.job
+    if state == Job.State.FAULTED:
+        job_fault(job=job, now=now)
+        return 0
+    metadata = list(gen_metadata or [])
+    if state == "csam" and CSAM_METADATA not in [_bare(m) for m in metadata]:
+        metadata.append(dict(CSAM_METADATA))
+    tokens = count_tokens(text, delivery.max_length)
+    done = {
+        "state": Job.State.DONE,
+        "text": text,
+        "tokens": tokens,
+        "finished": now,
+        "seed": seed,
+        "censored": state in ("censored", "csam"),
+        "gen_metadata": metadata,
+    }
+    with transaction.atomic():
+        if not (is_postgres() and _accept_and_pay_in_one(delivery, done, now)):
+            if not _accept(job, done):
+                _accept_late(job, done)
+            _pay(delivery, tokens, now)
+    servers_changed()
+    events.prompt_changed(job.prompt_id)
+    logger.info("job %s done by server %s: %s tokens", job.id, job.server_id, tokens)
+    return tokens
+
+
+def _bare(entry: dict) -> dict:
+    return {"type": entry.get("type"), "value": entry.get("value")}
+
+
+_DONE_SET = (
+    "state = 'done', text = %s, tokens = %s, finished = %s, seed = %s, censored = %s, "
+    "gen_metadata = %s"
+)
+
+
+def _done_params(done: dict) -> list[object]:
+    return [
+        done["text"],
+        done["tokens"],
+        dt_param(done["finished"]),
+        done["seed"],
+        done["censored"],
+        json_param(done["gen_metadata"]),
+    ]
+
+
+def _accept(job: Job, done: dict) -> bool:
+    """The exactly-once step: only a processing job becomes done."""
+    return (
+        execute(
+            f"UPDATE generations_job SET {_DONE_SET} WHERE id = %s AND state = 'processing'",
+            [*_done_params(done), uid(job.id)],
+        )
+        == 1
+    )
+
+
+def _ledger_sql(source: str) -> str:
+    """INSERT of the usage and contribution pair, once per row of `source`."""
+    columns = "created, user_id, kind, tokens, kudos, server_id, job_id, model"
+    pair = " UNION ALL ".join(
+        f"SELECT %s, %s, '{kind}', %s, %s, %s, %s, %s FROM {source}"
+        for kind in ("usage", "contribution")
+    )
+    return f"INSERT INTO accounts_ledgerentry ({columns}) {pair}"
+
+
+def _ledger_params(delivery: Delivery, tokens: int, now: datetime) -> list[object]:
+    job = delivery.job
+    usage = [dt_param(now), delivery.requester_id, tokens, -tokens]
+    contribution = [dt_param(now), delivery.owner_id, tokens, tokens]
+    tail = [uid(job.server_id), uid(job.id), job.model]
+    return [*usage, *tail, *contribution, *tail]
+
+
+def _credit_sql(condition: str = "") -> str:
+    # One UPDATE: every right-hand side sees the row as it was before this statement.
+    return (
+        "UPDATE servers_server SET tokens_generated = tokens_generated + %s, "
+        "requests_fulfilled = requests_fulfilled + 1, speed = CASE WHEN %s THEN speed "
+        "WHEN requests_fulfilled = 0 THEN %s ELSE speed * %s + %s END "
+        f"WHERE id = %s{condition}"
+    )
+
+
+def _credit_params(job: Job, tokens: int, now: datetime) -> list[object]:
+    seconds = (now - job.started).total_seconds()
+    measured = tokens > 0 and seconds > 0
+    sample = tokens / seconds if measured else 0.0
+    weight = Server.SPEED_SMOOTHING
+    return [tokens, not measured, sample, 1 - weight, sample * weight, uid(job.server_id)]
+
+
+def _touch_due(delivery: Delivery, now: datetime) -> bool:
+    """Whether the prompt's expiry should move (a write only when it moves noticeably)."""
+    expiry = _expiry()
+    return delivery.prompt_expires_at < now + expiry - expiry / 20
+
+
+def _touch_params(delivery: Delivery, now: datetime) -> list[object]:
+    return [dt_param(now), dt_param(now + _expiry()), uid(delivery.job.prompt_id)]
+
+
+_TOUCH = "UPDATE generations_prompt SET last_activity = %s, expires_at = %s WHERE id = %s"
+
+
+def _pay(delivery: Delivery, tokens: int, now: datetime) -> None:
+    """Ledger pair, server credit and prompt activity, in the caller's transaction."""
+    execute(_ledger_sql("(SELECT 1) one"), _ledger_params(delivery, tokens, now))
+    execute(_credit_sql(), _credit_params(delivery.job, tokens, now))
+    if _touch_due(delivery, now):
+        execute(_TOUCH, _touch_params(delivery, now))
+
+
+def _accept_and_pay_in_one(delivery: Delivery, done: dict, now: datetime) -> bool:
+    """PostgreSQL: accept, pay, credit and touch in one statement; False if not processing.
+
+    Each data-modifying part reads `done`, so nothing is written unless the job was
+    processing (then the caller goes the way of a late result).
+    """
+    job, tokens = delivery.job, done["tokens"]
+    parts = [
+        f"done AS (UPDATE generations_job SET {_DONE_SET} WHERE id = %s "
+        "AND state = 'processing' RETURNING id)",
+        f"paid AS ({_ledger_sql('done')})",
+        f"credit AS ({_credit_sql(' AND EXISTS (SELECT 1 FROM done)')})",
+    ]
+    params = [*_done_params(done), uid(job.id)]
+    params += _ledger_params(delivery, tokens, now)
+    params += _credit_params(job, tokens, now)
+    if _touch_due(delivery, now):
+        parts.append(f"touch AS ({_TOUCH} AND EXISTS (SELECT 1 FROM done))")
+        params += _touch_params(delivery, now)
+    return fetch(f"WITH {', '.join(parts)} SELECT COUNT(*) FROM done", params)[0][0] == 1
+
+
+def _accept_late(job: Job, done: dict) -> None:
+    """Take a result for a job that is no longer processing, if the rules allow it.
+
+    An abandoned job's result is still welcome while its slot waits for a server: take the
+    slot back and accept. Otherwise explain why not (raising rolls the slot back too).
+    """
+    current = Job.objects.filter(id=job.id).values_list("state", flat=True).first()
+    if current == Job.State.ABANDONED:
+        slot_back = Prompt.objects.filter(
+            id=job.prompt_id, state=Prompt.State.LIVE, waiting__gt=0
+        ).update(
+            waiting=F("waiting") - 1,
+            # The reaper counted this job as a failure; it was only late.
+            faulted_jobs=Greatest(F("faulted_jobs") - 1, Value(0)),
+        )
+        if slot_back and Job.objects.filter(id=job.id, state=current).update(**done):
+            return
+    if current == Job.State.DONE or Job.objects.filter(id=job.id, state=Job.State.DONE).exists():
+        raise BadRequest(f"Job {job.id} was already submitted.", rc="DuplicateGen")
+    raise NotFound(
+        f"Job {job.id} ran out of time and its slot went to another server.", rc="AbortedGen"
+    )
+
+
+def job_fault(*, job: Job, now: datetime | None = None) -> None:
+    """A server gave up on its job: put the slot back in the queue."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        moved = Job.objects.filter(id=job.id, state=Job.State.PROCESSING).update(
+            state=Job.State.FAULTED, finished=now
+        )
+        if not moved:
+            if Job.objects.filter(id=job.id, state=Job.State.DONE).exists():
+                raise BadRequest(f"Job {job.id} was already submitted.", rc="DuplicateGen")
+            raise NotFound(f"Job {job.id} is no longer processing.", rc="AbortedGen")
+        Server.objects.filter(pk=job.server_id).update(uncompleted_jobs=F("uncompleted_jobs") + 1)
+        slot_return(prompt_id=job.prompt_id, now=now)
+    logger.info("job %s faulted by server %s", job.id, job.server_id)

@@ -1,0 +1,122 @@
+"""The life cycle around the queue: failed and overdue jobs give their slots back, expired
+prompts are wiped.
+
+A slot comes back when its server gives up (`slot_return`, called by submit's faulted path)
+or misses its deadline (`jobs_reap`, every minute); the MAX_JOB_FAILURES-th failure faults the
+prompt. `prompts_purge` deletes expired prompts with all their text (every minute); the
+ledger keeps its counts, never text.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from generations import events
+from generations.models import Job, Prompt
+from servers.models import Server
+
+logger = logging.getLogger(__name__)
+
+# Expired prompts deleted per transaction: a backlog is purged in many short transactions,
+# so that it never holds the write lock (SQLite) for long.
+PURGE_BATCH = 100
+
+
+def slot_return(*, prompt_id: object, now: datetime) -> None:
+    """Give a failed job's slot back; the MAX_JOB_FAILURES-th failure faults the prompt."""
+    Prompt.objects.filter(id=prompt_id, state=Prompt.State.LIVE).update(
+        waiting=F("waiting") + 1, faulted_jobs=F("faulted_jobs") + 1, last_activity=now
+    )
+    faulted = Prompt.objects.filter(
+        id=prompt_id,
+        state=Prompt.State.LIVE,
+        faulted_jobs__gte=settings.KOBOLDCLUSTER["MAX_JOB_FAILURES"],
+    ).update(state=Prompt.State.FAULTED, waiting=0)
+    events.queue_changed()
+    events.prompt_changed(prompt_id)
+    if faulted:
+        logger.info("prompt %s faulted after repeated job failures", prompt_id)
+
+
+def jobs_reap(*, now: datetime | None = None) -> int:
+    """Abandon the jobs past their deadline and put their slots back; return how many.
+
+    A server that vanished never submits. Its job counts as a failure of the prompt (the
+    MAX_JOB_FAILURES-th faults it) and against the server. Its result is still accepted if it
+    arrives before the slot is handed out again (`_accept_late`).
+    """
+    now = now or timezone.now()
+    overdue = Job.objects.filter(state=Job.State.PROCESSING, deadline__lt=now)
+    reaped = 0
+    for job_id, prompt_id, server_id in list(overdue.values_list("id", "prompt_id", "server_id")):
+        with transaction.atomic():
+            # Only from processing: the server may have submitted or failed it a moment ago.
+            moved = overdue.filter(id=job_id).update(state=Job.State.ABANDONED, finished=now)
+            if not moved:
+                continue
+            Server.objects.filter(pk=server_id).update(uncompleted_jobs=F("uncompleted_jobs") + 1)
+            slot_return(prompt_id=prompt_id, now=now)
+        reaped += 1
+        logger.info("job %s of prompt %s abandoned by server %s", job_id, prompt_id, server_id)
+    return reaped
+
+
+@dataclass(frozen=True)
+class PurgeResult:
+    prompts: int
+    jobs: int
+
+
+def prompts_purge(*, now: datetime | None = None) -> PurgeResult:
+    """Delete the expired prompts with their jobs: all of their text, and nothing of the ledger.
+
+    Expired prompts are already invisible to every read; this makes them gone. The ledger
+    keeps its entries (they hold job ids as plain values, not foreign keys).
+    """
+    now = now or timezone.now()
+    expired = Prompt.objects.filter(expires_at__lte=now)
+    prompts = jobs = 0
+    while True:
+        with transaction.atomic():
+            batch = list(expired.order_by("expires_at").values_list("id", flat=True)[:PURGE_BATCH])
+            if not batch:
+                break
+            # On PostgreSQL, lock the jobs before their prompts, in the order submit and the
+            # reaper take them: the other order deadlocks with a submit in flight. Then check
+            # again, under lock, that nothing revived a prompt since the first read.
+            list(Job.objects.select_for_update().filter(prompt_id__in=batch).values_list("id"))
+            batch = list(
+                expired.select_for_update().filter(id__in=batch).values_list("id", flat=True)
+            )
+            # Cascades to the jobs and model rows. only("id"): the cascade loads the prompts
+            # it deletes, and has no use for their text.
+            _, deleted = Prompt.objects.filter(id__in=batch).only("id").delete()
+            prompts += deleted.get(Prompt._meta.label, 0)
+            jobs += deleted.get(Job._meta.label, 0)
+    if prompts:
+        _forget_deleted_bytes()
+    return PurgeResult(prompts=prompts, jobs=jobs)
+
+
+def _forget_deleted_bytes() -> None:
+    """Make SQLite drop deleted text from the disk, not only from its tables.
+
+    secure_delete (settings.py) zeroes the deleted rows in the pages, but the write-ahead log
+    still holds earlier copies of those pages until it is overwritten. Checkpointing copies
+    the zeroed pages into the database file and TRUNCATE empties the log. If readers keep it
+    busy, the next purge tries again. PostgreSQL keeps deleted rows until VACUUM (README).
+    """
+    if connection.vendor != "sqlite" or connection.in_atomic_block:
+        return
+    with connection.cursor() as cursor:
+        cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        busy, _, _ = cursor.fetchone()
+    if busy:
+        logger.warning("purge: the write-ahead log is busy; it is truncated on a later run")

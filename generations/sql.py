@@ -1,0 +1,87 @@
+"""Hand-written SQL for the hot paths: pop's claim, submit's exactly-once write, the status read.
+
+Django's query building and compiling cost more CPU than these statements take to run (issue
+17), so the few statements every pop, submit and status poll makes are written out once here,
+for SQLite and PostgreSQL. Everything else uses the ORM. Values cross the boundary through the
+helpers below, which apply the same conversions the model fields do (UUIDs as hex on SQLite,
+naive UTC datetimes on SQLite, JSON as text or jsonb).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from django.db import connection
+from django.utils.dateparse import parse_datetime
+
+
+def is_postgres() -> bool:
+    return connection.vendor == "postgresql"
+
+
+def uuid_param(value: uuid.UUID | str) -> Any:
+    value = value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
+    return value if is_postgres() else value.hex
+
+
+def dt_param(value: datetime) -> Any:
+    return value if is_postgres() else connection.ops.adapt_datetimefield_value(value)
+
+
+def json_param(value: Any) -> Any:
+    if is_postgres():
+        from psycopg.types.json import Jsonb
+
+        return Jsonb(value)
+    return json.dumps(value)
+
+
+def json_cast() -> str:
+    """How a JSON parameter is written in an INSERT … SELECT (PostgreSQL needs the type)."""
+    return "%s::jsonb" if is_postgres() else "%s"
+
+
+def as_uuid(value: Any) -> uuid.UUID | None:
+    if value is None or isinstance(value, uuid.UUID):
+        return value
+    return uuid.UUID(str(value))
+
+
+def as_dt(value: Any) -> datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = parse_datetime(value)
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def as_json(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str | bytes) else value
+
+
+def placeholders(values: Sequence[object]) -> str:
+    return ", ".join(["%s"] * len(values))
+
+
+def least(*terms: str) -> str:
+    return f"{'LEAST' if is_postgres() else 'MIN'}({', '.join(terms)})"
+
+
+def greatest(*terms: str) -> str:
+    return f"{'GREATEST' if is_postgres() else 'MAX'}({', '.join(terms)})"
+
+
+def fetch(sql: str, params: Sequence[object]) -> list[tuple]:
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchall()
+
+
+def execute(sql: str, params: Sequence[object]) -> int:
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.rowcount
