@@ -3,8 +3,8 @@ from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from accounts.models import ApiKey, Balance, LedgerEntry, User
 from accounts.keys import apikeys_revoke
+from accounts.models import ApiKey, Balance, LedgerEntry, User
 
 
 class ApiKeyInline(admin.TabularInline):

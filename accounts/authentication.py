@@ -6,8 +6,8 @@ from rest_framework.authentication import BaseAuthentication
 from rest_framework.exceptions import AuthenticationFailed
 from rest_framework.request import Request
 
-from accounts.models import ApiKey, User
 from accounts.keys import apikey_authenticate
+from accounts.models import ApiKey, User
 
 
 def apikey_header(request: Request) -> str | None:

@@ -16,6 +16,9 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.authentication import LenientApiKeyAuthentication, apikey_header
+from accounts.identity import user_by_password
+from accounts.keys import account_register, apikey_issue, apikey_revoke
+from accounts.ledger import kudos_transfer
 from accounts.models import ApiKey, User
 from accounts.selectors import (
     UserDetails,
@@ -24,12 +27,9 @@ from accounts.selectors import (
     user_details,
     users_page,
 )
-from accounts.identity import user_by_password
-from accounts.keys import account_register, apikey_issue, apikey_revoke
-from accounts.ledger import kudos_transfer
 from koboldcluster.api import api_user, validated
 from koboldcluster.errors import Forbidden, NotFound, Unauthorized
-from koboldcluster.fields import StrictCharField, StrictFloatField
+from koboldcluster.fields import InputSerializer, StrictCharField, StrictFloatField
 from koboldcluster.openapi import (
     APIKEY_HEADER,
     APIKEY_HEADER_REQUIRED,
@@ -77,7 +77,7 @@ class UsernameField(StrictCharField):
 class RegisterView(APIView):
     throttle_scope = "register"
 
-    class Input(serializers.Serializer):
+    class Input(InputSerializer):
         username = UsernameField()
 
     @extend_schema(
@@ -145,7 +145,7 @@ API_KEY = shape(
 
 
 class ApiKeyListView(APIView):
-    class Input(serializers.Serializer):
+    class Input(InputSerializer):
         name = StrictCharField(max_length=100, required=False, allow_blank=True, default="")
         username = StrictCharField(max_length=150, required=False)
         password = StrictCharField(max_length=1024, required=False, trim_whitespace=False)
@@ -284,7 +284,7 @@ class UserListView(APIView):
     throttle_scope = "read"
     authentication_classes = [LenientApiKeyAuthentication]
 
-    class Query(serializers.Serializer):
+    class Query(InputSerializer):
         page = serializers.IntegerField(min_value=1, default=1)
         sort = serializers.ChoiceField(["kudos", "age"], default="kudos")
 
@@ -351,7 +351,7 @@ class FindUserView(APIView):
 class KudosTransferView(APIView):
     throttle_scope = "transfer"
 
-    class Input(serializers.Serializer):
+    class Input(InputSerializer):
         username = StrictCharField(max_length=255, help_text="The recipient: alias#id.")
         amount = StrictFloatField(default=100, help_text="Whole tokens (a fraction is cut).")
 

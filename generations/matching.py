@@ -118,7 +118,8 @@ def _models_sql(s: ServerProfile) -> SqlBar:
 def _listed_sql(s: ServerProfile) -> SqlBar:
     # One uncorrelated subquery, read once per statement and almost always empty.
     listed = "SELECT w.prompt_id FROM generations_promptworker w WHERE w.server_id = %s"
-    sql = f"((p.workers = 'only' AND p.id NOT IN ({listed})) OR (p.workers = 'except' AND p.id IN ({listed})))"
+    only = f"p.workers = 'only' AND p.id NOT IN ({listed})"
+    sql = f"(({only}) OR (p.workers = 'except' AND p.id IN ({listed})))"
     return sql, [uuid_param(s.id), uuid_param(s.id)]
 
 

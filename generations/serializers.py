@@ -13,6 +13,7 @@ from rest_framework import serializers
 
 from koboldcluster.errors import BadRequest
 from koboldcluster.fields import (
+    InputSerializer,
     StrictBooleanField,
     StrictCharField,
     StrictFloatField,
@@ -24,7 +25,7 @@ from koboldcluster.fields import (
 SHAPE_PARAMS = ("n", "max_length", "max_context_length")
 
 
-class GenerationParamsSerializer(serializers.Serializer):
+class GenerationParamsSerializer(InputSerializer):
     n = StrictIntegerField(min_value=1, default=1)
     max_length = StrictIntegerField(min_value=1, default=80)
     max_context_length = StrictIntegerField(min_value=1, default=1024)

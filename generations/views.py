@@ -12,12 +12,13 @@ from rest_framework.views import APIView
 
 from accounts.authentication import LenientApiKeyAuthentication
 from accounts.identity import user_for_request
-from generations.serializers import GenerationParamsSerializer, PromptTextField, split_params
 from generations.delivery import job_submit
 from generations.queue import GenerationRequest, job_pop, prompt_create
+from generations.serializers import GenerationParamsSerializer, PromptTextField, split_params
 from generations.status import PromptStatus, prompt_cancel, prompt_status
 from koboldcluster.api import api_user, parse_uuid, validated
 from koboldcluster.fields import (
+    InputSerializer,
     StrictCharField,
     StrictIntegerField,
     StringListField,
@@ -32,7 +33,7 @@ ORIGINAL = ["Original cluster API"]
 class PromptCreateView(APIView):
     throttle_scope = "submit"
 
-    class Input(serializers.Serializer):
+    class Input(InputSerializer):
         prompt = PromptTextField()
         # Missing params still pass through validate_params, which fills in the defaults.
         params = serializers.DictField(required=False, default=dict)
@@ -135,7 +136,7 @@ def prompt_uuid(value: str) -> object:
 class PopView(APIView):
     throttle_scope = "worker"
 
-    class Input(serializers.Serializer):
+    class Input(InputSerializer):
         username = optional_text(max_length=150)
         password = optional_text(max_length=1024, trim_whitespace=False)
         name = StrictCharField(max_length=100)
@@ -231,7 +232,7 @@ class GenerationField(StrictCharField):
 class SubmitView(APIView):
     throttle_scope = "worker"
 
-    class Input(serializers.Serializer):
+    class Input(InputSerializer):
         id = serializers.UUIDField()
         password = optional_text(max_length=1024, trim_whitespace=False)
         generation = GenerationField(max_length=1_000_000)

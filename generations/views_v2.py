@@ -15,18 +15,19 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.authentication import LenientApiKeyAuthentication
-from accounts.models import User
 from accounts.identity import anonymous_user
+from accounts.models import User
+from generations.delivery import CSAM_METADATA, job_submit
 from generations.models import Job
+from generations.queue import GenerationRequest, job_pop, prompt_create
 from generations.selectors import queue_load
 from generations.serializers import HordeParamsSerializer, PromptTextField, split_params
-from generations.delivery import CSAM_METADATA, job_submit
-from generations.queue import GenerationRequest, job_pop, prompt_create
 from generations.status import PromptStatus, able_servers, prompt_cancel, prompt_status
 from generations.views import GenerationField, prompt_uuid
 from koboldcluster.api import api_user, parse_uuid, validated
 from koboldcluster.errors import BadRequest, NotFound, Unauthorized
 from koboldcluster.fields import (
+    InputSerializer,
     OptionField,
     StrictCharField,
     StrictIntegerField,
@@ -83,7 +84,7 @@ ASYNC_ACCEPTED = shape(
 class TextAsyncView(APIView):
     throttle_scope = "submit"
 
-    class Input(serializers.Serializer):
+    class Input(InputSerializer):
         prompt = PromptTextField(allow_blank=True, help_text='The prompt; "" is refused.')
         params = HordeParams(
             required=False,
@@ -403,7 +404,7 @@ def worker_payload(job: Job) -> dict[str, Any]:
 class TextPopView(APIView):
     throttle_scope = "worker"
 
-    class Input(serializers.Serializer):
+    class Input(InputSerializer):
         name = StrictCharField(max_length=100, help_text="The server's unique name.")
         models = StringListField(min_length=1, max_length=200, help_text="Models it runs.")
         max_length = StrictIntegerField(min_value=1, default=512)
@@ -487,7 +488,7 @@ class TextPopView(APIView):
         return Response(body)
 
 
-class GenMetadataInput(serializers.Serializer):
+class GenMetadataInput(InputSerializer):
     # What the AI Horde accepts for text, and so what every client can read back.
     type = serializers.ChoiceField(["censorship"])
     value = serializers.ChoiceField(["csam"])
@@ -497,7 +498,7 @@ class GenMetadataInput(serializers.Serializer):
 class TextSubmitView(APIView):
     throttle_scope = "worker"
 
-    class Input(serializers.Serializer):
+    class Input(InputSerializer):
         id = serializers.UUIDField(help_text="A job id from the pop's `ids`.")
         generation = GenerationField(max_length=1_000_000, required=False, default="")
         state = serializers.ChoiceField(["ok", "censored", "faulted", "csam"], default="ok")

@@ -18,7 +18,7 @@ from accounts.models import User
 from generations.selectors import ModelStats, model_stats
 from koboldcluster.api import api_user, validated
 from koboldcluster.errors import NotFound, Unauthorized
-from koboldcluster.fields import StrictBooleanField, StrictCharField
+from koboldcluster.fields import InputSerializer, StrictBooleanField, StrictCharField
 from koboldcluster.openapi import APIKEY_HEADER, APIKEY_HEADER_REQUIRED, error, shape
 from servers.models import Server
 from servers.services import server_delete, server_modify
@@ -150,7 +150,7 @@ class WorkerDetailView(APIView):
             return [LenientApiKeyAuthentication()]
         return super().get_authenticators()
 
-    class Input(serializers.Serializer):
+    class Input(InputSerializer):
         maintenance = StrictBooleanField(required=False)
         maintenance_msg = StrictCharField(max_length=1000, required=False, allow_blank=True)
         paused = StrictBooleanField(required=False, help_text="Moderators only.")
@@ -264,7 +264,7 @@ MODELS = shape(
 )
 
 
-class ModelQuery(serializers.Serializer):
+class ModelQuery(InputSerializer):
     # The AI Horde's default is image: text clients always ask for type=text.
     type = serializers.ChoiceField(WORKER_TYPES, default="image")
     min_count = serializers.IntegerField(required=False, min_value=0)

@@ -5,8 +5,8 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from accounts.models import ApiKey, User
 from accounts.keys import apikey_authenticate, apikeys_revoke
+from accounts.models import ApiKey, User
 from generations.models import Prompt
 
 pytestmark = pytest.mark.django_db

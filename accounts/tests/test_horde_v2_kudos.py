@@ -10,10 +10,10 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
-from accounts.models import LedgerEntry, User
-from accounts.selectors import totals_for
 from accounts.identity import anonymous_user
 from accounts.ledger import kudos_transfer, ledger_fold
+from accounts.models import LedgerEntry, User
+from accounts.selectors import totals_for
 from koboldcluster.errors import BadRequest
 from koboldcluster.tests import horde_shapes as shapes
 

@@ -3,8 +3,8 @@
 import pytest
 from django.db import connection
 
-from accounts.models import LedgerEntry, User
 from accounts.identity import password_matches
+from accounts.models import LedgerEntry, User
 from generations.models import Job, Prompt
 from servers.models import Server
 

@@ -9,9 +9,9 @@ from django.db import connection
 from django.db.models import Sum
 from django.utils import timezone
 
+from accounts.ledger import ledger_fold, ledger_record_generation
 from accounts.models import Balance, LedgerEntry, LedgerFold, User
 from accounts.selectors import Totals, totals_for, user_totals
-from accounts.ledger import ledger_fold, ledger_record_generation
 from conftest import SERVER_PASSWORD
 
 

@@ -11,8 +11,8 @@ from django.db import connection
 from accounts.models import LedgerEntry
 from accounts.selectors import user_totals
 from generations import lifecycle
-from generations.models import Job, Prompt, PromptModel
 from generations.lifecycle import prompts_purge
+from generations.models import Job, Prompt, PromptModel
 from generations.tasks import purge_expired_prompts
 
 START = datetime.fromisoformat("2030-01-01 00:00:00+00:00")

@@ -11,8 +11,8 @@ from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from generations.models import Job, Prompt
 from generations.lifecycle import prompts_purge
+from generations.models import Job, Prompt
 from koboldcluster.testing import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)

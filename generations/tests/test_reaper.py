@@ -6,8 +6,8 @@ from datetime import datetime, timedelta
 import pytest
 
 from accounts.models import LedgerEntry
-from generations.models import Job, Prompt
 from generations.lifecycle import jobs_reap
+from generations.models import Job, Prompt
 from generations.tasks import reap_overdue_jobs
 from servers.models import Server
 

@@ -11,8 +11,8 @@ from rest_framework.test import APIClient
 
 from accounts.models import LedgerEntry, User
 from conftest import SERVER_PASSWORD
-from generations.models import Job, Prompt
 from generations.lifecycle import jobs_reap
+from generations.models import Job, Prompt
 from generations.tests.test_concurrency import run_together
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -1,7 +1,9 @@
-"""`manage.py benchmark`: the cost of pop, submit and status as the queue grows (DESIGN §7).
+"""`manage.py benchmark`: the server's CPU time and SQL statements per hot-path request.
 
 It runs in a throwaway test database (never the configured one), fills the queue with
-synthetic waiting prompts, and times the hot-path services and the whole HTTP round trip.
+synthetic waiting prompts, and drives the API in-process as clients do (Django's test client:
+the whole request, from parsing to the JSON answer), measuring each request's process CPU
+time (not wall time) and the statements it sent. Rate limits are off, as for any load test.
 """
 
 from __future__ import annotations
@@ -16,84 +18,103 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 from django.db import connection
-from django.test.utils import (
-    CaptureQueriesContext,
-    override_settings,
-    setup_databases,
-    teardown_databases,
-)
+from django.test.utils import override_settings, setup_databases, teardown_databases
 from django.utils import timezone
 
-# A sample per measured call: wall milliseconds and database queries.
-Sample = tuple[float, int]
-OPERATIONS = ("pop", "submit", "status", "status_v2", "v2_tail")
+# A sample per measured request: CPU milliseconds, statements sent (BEGIN included).
+Sample = tuple[float, int, int]
+OPERATIONS = (
+    "create",
+    "pop",
+    "submit",
+    "status",
+    "status_v2",
+    "idle_pop",
+    "create_v2",
+    "pop_v2",
+    "submit_v2",
+)
+PASSWORD = "bench-password"
 
 
 class Command(BaseCommand):
-    help = "Measure pop, submit and status against queues of different sizes (test database)."
+    help = "Measure CPU time and statements of create, pop, submit, status and idle pop."
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
             "--sizes", default="100,10000", help="Comma-separated queue sizes (waiting prompts)."
         )
-        parser.add_argument("--rounds", type=int, default=200, help="Calls measured per size.")
+        parser.add_argument("--rounds", type=int, default=300, help="Requests measured per size.")
 
     def handle(self, *args: Any, sizes: str, rounds: int, **options: Any) -> None:
         queue_sizes = [int(size) for size in sizes.split(",")]
-        vendor = connection.vendor
-        self.stdout.write(f"Benchmark on {vendor}: {rounds} rounds per queue size")
+        self.stdout.write(f"Benchmark on {connection.vendor}: {rounds} rounds per queue size")
         old_config = setup_databases(verbosity=0, interactive=False)
+        limits_off = {**settings.KOBOLDCLUSTER, "RATE_LIMITS_ENABLED": False}
         try:
-            results = {size: self._measure(size, rounds) for size in queue_sizes}
+            with override_settings(KOBOLDCLUSTER=limits_off, DEBUG=False):
+                results = {size: self._measure(size, rounds) for size in queue_sizes}
             self._report(results, queue_sizes)
-            self._report_round_trip(rounds)
         finally:
             teardown_databases(old_config, verbosity=0)
 
     def _measure(self, size: int, rounds: int) -> dict[str, list[Sample]]:
-        from accounts.models import User
-        from generations.models import Prompt
-        from generations.services import job_pop, job_submit, prompt_status
-        from servers.models import Server
+        from rest_framework.test import APIClient
 
-        self._reset()
-        owner = User.objects.create_user(f"owner-{uuid.uuid4().hex[:8]}", password="x")
-        server = Server.objects.create(
-            name=f"bench-{uuid.uuid4().hex[:8]}",
-            owner=owner,
-            models=["bench-model"],
-            max_length=512,
-            max_context_length=4096,
-        )
-        # Enough slots that every round finds work, however small the queue.
-        self._fill_queue(size, slots=max(3, rounds // size + 1))
-        self.stdout.write(f"  queue of {size} waiting prompts ready")
-        samples: dict[str, list[Sample]] = {name: [] for name in OPERATIONS}
-        tail = Prompt.objects.queued().order_by("sort_key", "-created").first()
-        for _ in range(rounds):
-            popped = _timed(samples["pop"], lambda: job_pop(server=server))
-            job = popped.job
-            _timed(samples["status"], lambda job=job: prompt_status(prompt_id=job.prompt_id))
-            # The AI Horde's status adds the queue position, wait and possibility.
-            _timed(
-                samples["status_v2"],
-                lambda job=job: prompt_status(prompt_id=job.prompt_id, outlook=True),
-            )
-            # …which for the last prompt of the queue reads the queue up to QUEUE_SCAN rows.
-            _timed(samples["v2_tail"], lambda: prompt_status(prompt_id=tail.id, outlook=True))
-            _timed(samples["submit"], lambda job=job: job_submit(job=job, text="x" * 64))
-        return samples
-
-    def _reset(self) -> None:
+        from accounts.keys import account_register
         from generations.models import Prompt
 
         Prompt.objects.all().delete()
+        client = APIClient()
+        tag = uuid.uuid4().hex[:8]
+        client_user, key = account_register(username=f"client-{tag}")
+        client_user.concurrency = 10**6
+        client_user.save(update_fields=["concurrency"])
+        _, server_key = account_register(username=f"v2-owner-{tag}")
+        server = {"username": f"owner-{tag}", "password": PASSWORD, "name": f"bench-{tag}",
+                  "model": "bench-model", "max_length": 512, "max_content_length": 4096}  # fmt: skip
+        # Nothing in the queue fits its context: every pop of it is an idle one.
+        idle = {**server, "name": f"idle-{tag}", "max_content_length": 100}
+        v2_server = {"name": f"bench-v2-{tag}", "models": ["bench-model"], "max_length": 512,
+                     "max_context_length": 4096}  # fmt: skip
+        for body in (server, idle):
+            client.post("/generate/pop", body, format="json")  # create the account and servers
+        client.post("/api/v2/generate/text/pop", v2_server, format="json", HTTP_APIKEY=server_key)
+        self._fill_queue(size)
+        self.stdout.write(f"  queue of {size} waiting prompts ready")
+        samples: dict[str, list[Sample]] = {name: [] for name in OPERATIONS}
+        apikey = {"HTTP_APIKEY": key}
+        for _ in range(rounds):
+            created = _timed(samples["create"], lambda: client.post(
+                "/generate/prompt", {"prompt": "Hello", "params": {"max_length": 80}},
+                format="json", **apikey))  # fmt: skip
+            job = _timed(
+                samples["pop"], lambda: client.post("/generate/pop", server, format="json")
+            )
+            body = {"id": job.json()["id"], "password": PASSWORD, "generation": "x" * 64}
+            _timed(
+                samples["submit"], lambda b=body: client.post("/generate/submit", b, format="json")
+            )
+            prompt_id = created.json()["id"]
+            _timed(samples["status"], lambda p=prompt_id: client.get(f"/generate/prompt/{p}"))
+            _timed(samples["status_v2"], lambda p=prompt_id: client.get(
+                f"/api/v2/generate/text/status/{p}"))  # fmt: skip
+            _timed(samples["idle_pop"], lambda: client.post("/generate/pop", idle, format="json"))
+            _timed(samples["create_v2"], lambda: client.post(
+                "/api/v2/generate/text/async", {"prompt": "Hello", "params": {"max_length": 80}},
+                format="json", **apikey))  # fmt: skip
+            job = _timed(samples["pop_v2"], lambda: client.post(
+                "/api/v2/generate/text/pop", v2_server, format="json", HTTP_APIKEY=server_key))  # fmt: skip
+            body = {"id": job.json()["id"], "generation": "x" * 64}
+            _timed(samples["submit_v2"], lambda b=body: client.post(
+                "/api/v2/generate/text/submit", b, format="json", HTTP_APIKEY=server_key))  # fmt: skip
+        return samples
 
-    def _fill_queue(self, size: int, slots: int) -> None:
+    def _fill_queue(self, size: int) -> None:
         """Waiting prompts like real traffic: most accept any model, some name models."""
         from accounts.models import User
         from generations.models import Prompt, PromptModel
-        from generations.services import sort_key
+        from generations.queue import sort_key
 
         now = timezone.now()
         requester = User.objects.create(username=f"req-{uuid.uuid4().hex[:8]}")
@@ -104,13 +125,15 @@ class Command(BaseCommand):
             prompt = Prompt(
                 user=requester,
                 text=f"benchmark prompt {index} " * 20,
-                n=slots,
-                waiting=slots,
+                n=1000,
+                waiting=1000,
                 max_length=80 if index % 5 else 1024,
                 max_context_length=2048,
                 models=named,
                 any_model=not named,
-                sort_key=sort_key(index % 50, created),
+                # Behind the requests the benchmark makes: each pop takes the newest request,
+                # with the whole queue waiting behind it.
+                sort_key=sort_key(index % 50 - 10**6, created),
                 created=created,
                 last_activity=created,
                 expires_at=now + timedelta(hours=1),
@@ -125,100 +148,36 @@ class Command(BaseCommand):
 
     def _report(self, results: dict[int, dict[str, list[Sample]]], sizes: list[int]) -> None:
         self.stdout.write("")
-        header = f"{'operation':<10}{'queue':>8}{'mean ms':>10}{'p50 ms':>9}{'p95 ms':>9}"
-        self.stdout.write(header + f"{'queries':>9}")
+        head = f"{'request':<11}" + "".join(f"{f'CPU ms @{s}':>15}" for s in sizes)
+        self.stdout.write(head + f"{'ratio':>8}{'statements':>12}")
         for name in OPERATIONS:
+            medians = [statistics.median(c for c, _, _ in results[s][name]) for s in sizes]
+            statements = max(n for _, n, _ in results[sizes[-1]][name])
+            begins = max(b for _, _, b in results[sizes[-1]][name])
+            counted = f"{statements - begins}" + (f" +{begins} BEGIN" if begins else "")
+            line = f"{name:<11}" + "".join(f"{m:>15.2f}" for m in medians)
+            self.stdout.write(f"{line}{medians[-1] / medians[0]:>8.2f}{counted:>12}")
+        for api, parts in (("original", ("create", "pop", "submit")),
+                           ("v2", ("create_v2", "pop_v2", "submit_v2"))):  # fmt: skip
             for size in sizes:
-                millis = [ms for ms, _ in results[size][name]]
-                queries = max(q for _, q in results[size][name])
+                total = sum(statistics.median(c for c, _, _ in results[size][p]) for p in parts)
                 self.stdout.write(
-                    f"{name:<10}{size:>8}{statistics.mean(millis):>10.2f}"
-                    f"{statistics.median(millis):>9.2f}{_p95(millis):>9.2f}{queries:>9}"
+                    f"one generation (create + pop + submit, {api} API) at {size}: "
+                    f"{total:.2f} ms CPU"
                 )
-        if len(sizes) > 1:
-            small, large = sizes[0], sizes[-1]
-            self.stdout.write("")
-            for name in OPERATIONS:
-                ratio = statistics.median(m for m, _ in results[large][name]) / statistics.median(
-                    m for m, _ in results[small][name]
-                )
-                self.stdout.write(
-                    f"{name}: median at {large} is {ratio:.2f}x the median at {small}"
-                )
-
-    def _report_round_trip(self, rounds: int) -> None:
-        """CPU time of one generation through the HTTP API: prompt, pop, submit, status."""
-        from rest_framework.test import APIClient
-
-        self._reset()
-        client = APIClient()
-        server = {"username": "rt-owner", "password": "pw", "name": "rt-1", "model": "m"}
-        client.post("/generate/pop", server, format="json")  # create the account once
-        cpu = []
-        # One client hammering the API is exactly what the rate limits refuse.
-        limits_off = {**settings.KOBOLDCLUSTER, "RATE_LIMITS_ENABLED": False}
-        with override_settings(KOBOLDCLUSTER=limits_off):
-            for _ in range(rounds):
-                cpu.append(self._round_trip(client, server))
-            key = self._v2_key()
-            cpu_v2 = [self._round_trip_v2(client, key) for _ in range(rounds)]
-        self.stdout.write("")
-        self.stdout.write(
-            f"round trip (prompt, pop, submit, status over HTTP, in-process): "
-            f"{statistics.median(cpu):.2f} ms CPU median, {_p95(cpu):.2f} ms p95"
-        )
-        self.stdout.write(
-            f"the same through the AI Horde v2 API: "
-            f"{statistics.median(cpu_v2):.2f} ms CPU median, {_p95(cpu_v2):.2f} ms p95"
-        )
-
-    def _v2_key(self) -> str:
-        from accounts.keys import account_register
-
-        return account_register(username=f"rt-{uuid.uuid4().hex[:8]}")[1]
-
-    def _round_trip_v2(self, client: Any, key: str) -> float:
-        """CPU milliseconds of one generation through the AI Horde v2 API."""
-        start = time.process_time()
-        asked = client.post(
-            "/api/v2/generate/text/async", {"prompt": "Hello"}, format="json", HTTP_APIKEY=key
-        ).json()
-        job = client.post(
-            "/api/v2/generate/text/pop",
-            {"name": "rt-v2", "models": ["m"]},
-            format="json",
-            HTTP_APIKEY=key,
-        ).json()
-        client.post(
-            "/api/v2/generate/text/submit",
-            {"id": job["id"], "generation": "world"},
-            format="json",
-            HTTP_APIKEY=key,
-        )
-        client.get(f"/api/v2/generate/text/status/{asked['id']}")
-        return (time.process_time() - start) * 1000
-
-    def _round_trip(self, client: Any, server: dict[str, str]) -> float:
-        """CPU milliseconds of one generation through the API."""
-        start = time.process_time()
-        prompt = client.post("/generate/prompt", {"prompt": "Hello"}, format="json").json()
-        job = client.post("/generate/pop", server, format="json").json()
-        body = {"id": job["id"], "password": "pw", "generation": "world"}
-        client.post("/generate/submit", body, format="json")
-        client.get(f"/generate/prompt/{prompt['id']}")
-        return (time.process_time() - start) * 1000
 
 
 def _timed(samples: list[Sample], call: Callable[[], Any]) -> Any:
-    connection.queries_log.clear()  # the log is bounded; a full one only warns and slows down
-    with CaptureQueriesContext(connection) as queries:
-        start = time.perf_counter()
+    sent: list[str] = []
+
+    def count(execute: Callable, sql: str, params: Any, many: bool, context: Any) -> Any:
+        sent.append(sql)  # cheaper than the debug cursor, which would add to the CPU time
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(count):
+        start = time.process_time()
         result = call()
-        elapsed = (time.perf_counter() - start) * 1000
-    samples.append((elapsed, len(queries.captured_queries)))
+        cpu = (time.process_time() - start) * 1000
+    samples.append((cpu, len(sent), sum(1 for sql in sent if sql.startswith("BEGIN"))))
+    assert result.status_code in (200, 202), result.content
     return result
-
-
-def _p95(values: list[float]) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * 0.95))]
