@@ -16,10 +16,11 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.hashers import make_password
 from django.core.cache import cache
-from django.db import DEFAULT_DB_ALIAS, IntegrityError, connection, transaction
+from django.db import IntegrityError, connection, transaction
 
 from accounts.models import User
 from koboldcluster.errors import BadRequest, Forbidden, Unauthorized
+from koboldcluster.rows import instance
 
 logger = logging.getLogger(__name__)
 
@@ -31,8 +32,9 @@ USER_COLUMNS = (
 
 
 def user_from_row(row: Sequence[Any]) -> User:
-    """A User from USER_COLUMNS (other fields keep their defaults: read-only use)."""
-    user = User(
+    """A User from USER_COLUMNS (its other fields are deferred: read-only use)."""
+    return instance(
+        User,
         id=row[0],
         username=row[1],
         password=row[2],
@@ -42,9 +44,6 @@ def user_from_row(row: Sequence[Any]) -> User:
         is_active=bool(row[6]),
         concurrency=row[7],
     )
-    user._state.adding = False
-    user._state.db = DEFAULT_DB_ALIAS
-    return user
 
 
 def _user_where(condition: str, value: object) -> User | None:

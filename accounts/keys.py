@@ -21,6 +21,7 @@ from accounts.identity import (
 )
 from accounts.models import ApiKey, User
 from koboldcluster.errors import BadRequest, Forbidden, NotFound
+from koboldcluster.rows import instance
 
 logger = logging.getLogger(__name__)
 
@@ -61,8 +62,7 @@ def apikey_authenticate(
     if row is None:
         return None
     user = user_from_row(row[2:])
-    api_key = ApiKey(id=row[0], user=user, last_used=_aware(row[1]))
-    api_key._state.adding = False
+    api_key = instance(ApiKey, id=row[0], user=user, last_used=_aware(row[1]))
     now = now or timezone.now()
     if api_key.last_used is None or api_key.last_used <= now - KEY_LAST_USED_WRITE:
         ApiKey.objects.filter(pk=api_key.pk).update(last_used=now)

@@ -23,9 +23,18 @@ from accounts.identity import USER_COLUMNS, user_from_row, verify_owner
 from generations import events
 from generations.lifecycle import slot_return
 from generations.models import Job, Prompt, count_tokens
-from generations.sql import as_dt, as_uuid, dt_param, execute, fetch, is_postgres, json_param
+from generations.sql import (
+    as_dt,
+    as_uuid,
+    dt_param,
+    execute,
+    fetch,
+    is_postgres,
+    json_param,
+)
 from generations.sql import uuid_param as uid
 from koboldcluster.errors import BadRequest, NotFound
+from koboldcluster.rows import instance
 from servers.models import Server
 from servers.services import Credentials, servers_changed
 
@@ -67,7 +76,8 @@ def delivery_for(*, job_id: object, credentials: Credentials, now: datetime) -> 
     row = rows[0]
     owner = user_from_row(row[8:])
     verify_owner(owner=owner, password=credentials.password, api_user=credentials.api_user)
-    job = Job(
+    job = instance(
+        Job,
         id=as_uuid(row[0]),
         prompt_id=as_uuid(row[1]),
         server_id=as_uuid(row[2]),

@@ -9,11 +9,20 @@ listen. `queue_epoch` also lets this process's idle-pop cache forget its answers
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
+from typing import Any
 
 from django.db import transaction
 
 _epochs = itertools.count(1)
 _epoch = 0
+# Called with the facts of a new prompt (generations.matching.PromptFacts).
+_new_prompt_listeners: list[Callable[[Any], None]] = []
+
+
+def on_new_prompt(listener: Callable[[Any], None]) -> None:
+    """Have `listener(facts)` called for each prompt created in this process."""
+    _new_prompt_listeners.append(listener)
 
 
 def queue_epoch() -> int:
@@ -27,14 +36,24 @@ def queue_changed_here() -> None:
     _epoch = next(_epochs)
 
 
-def queue_changed() -> None:
-    """A prompt was created or a slot came back; call inside or after the transaction.
+def queue_changed(new_prompt: Any = None) -> None:
+    """A prompt was created (`new_prompt`: its matching facts) or a slot came back.
 
-    The epoch moves at once (an idle answer cached meanwhile is dropped again at commit)
-    and again when the change is committed, which is when others can see it.
+    Call inside or after the transaction. What was cached is forgotten at once (an answer
+    cached meanwhile is dropped again at commit) and again when the change is committed,
+    which is when others can see it. A new prompt's facts let listeners forget only what it
+    concerns; any other change moves the epoch, which forgets everything.
     """
-    queue_changed_here()
-    transaction.on_commit(queue_changed_here)
+
+    def tell() -> None:
+        if new_prompt is None:
+            queue_changed_here()
+        else:
+            for listener in _new_prompt_listeners:
+                listener(new_prompt)
+
+    tell()
+    transaction.on_commit(tell)
 
 
 def prompt_changed(prompt_id: object) -> None:

@@ -31,7 +31,9 @@ from generations.matching import (
     QUEUE_ORDER_SQL,
     QUEUED_SQL,
     REASONS,
+    PromptFacts,
     ServerProfile,
+    barring_reason,
     servable_sql,
     skipped_sql,
 )
@@ -51,6 +53,7 @@ from generations.sql import (
     uuid_param,
 )
 from koboldcluster.errors import BadRequest, Forbidden, NotFound, TooManyRequests
+from koboldcluster.rows import instance
 from servers.models import Server
 from servers.services import CheckIn, Credentials, server_for_pop
 
@@ -122,7 +125,8 @@ def prompt_create(*, user: User, request: GenerationRequest, now: datetime | Non
         )
     server_ids = _known_servers(request.server_ids)
     listed = Prompt.Workers.EXCEPT if request.servers_excluded else Prompt.Workers.ONLY
-    prompt = Prompt(
+    prompt = instance(
+        Prompt,
         id=uuid.uuid4(),
         user=user,
         text=request.text,
@@ -157,7 +161,7 @@ def prompt_create(*, user: User, request: GenerationRequest, now: datetime | Non
             PromptWorker.objects.bulk_create(
                 PromptWorker(prompt=prompt, server_id=i) for i in server_ids
             )
-        events.queue_changed()
+        events.queue_changed(PromptFacts.of(prompt, frozenset(server_ids)))
     logger.info(
         "prompt %s queued: user=%s n=%s max_length=%s max_context_length=%s models=%s",
         prompt.id,
@@ -319,6 +323,19 @@ def jobs_claim(
     return PopResult(skipped=dict(idle.skipped))
 
 
+def _forget_idle_answers(prompt: PromptFacts) -> None:
+    """Forget the idle answers of the server profiles that could serve a new prompt."""
+    for key in list(_idle):
+        profile, _, owner_only = key
+        if owner_only and prompt.user_id != profile.owner_id:
+            continue
+        if barring_reason(prompt, profile) is None:
+            _idle.pop(key, None)
+
+
+events.on_new_prompt(_forget_idle_answers)
+
+
 def _remember_idle(key: tuple, skipped: dict[str, int]) -> _IdleAnswer:
     # Read the epoch before answering: a change that lands meanwhile must not be hidden.
     seconds = settings.KOBOLDCLUSTER["IDLE_POP_CACHE_SECONDS"]
@@ -383,7 +400,8 @@ def _claim(
 
 def _create_jobs(row: tuple, server: Server, amount: int, now: datetime) -> list[Job]:
     """The claimed prompt's job(s), inserted in the claim's transaction."""
-    prompt = Prompt(
+    prompt = instance(
+        Prompt,
         id=as_uuid(row[0]),
         user_id=row[1],
         text=row[2],
@@ -409,7 +427,8 @@ def _create_jobs(row: tuple, server: Server, amount: int, now: datetime) -> list
     deadline = now + timedelta(seconds=server.job_ttl(prompt.max_length))
     model = prompt.model_for(server.models)
     jobs = [
-        Job(
+        instance(
+            Job,
             id=uuid.uuid4(),
             prompt=prompt,
             server=server,

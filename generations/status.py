@@ -24,6 +24,7 @@ from generations.matching import PromptFacts, ServerProfile, could_serve
 from generations.models import Job, Prompt, PromptWorker
 from generations.sql import as_dt, as_json, as_uuid, dt_param, execute, fetch, uuid_param
 from koboldcluster.errors import NotFound
+from koboldcluster.rows import instance
 from servers.models import Server
 from servers.services import servers_epoch
 
@@ -146,7 +147,8 @@ def _read(prompt_id: uuid.UUID, now: datetime, *, outlook: bool) -> PromptStatus
 
 def _status_from_rows(rows: list[tuple], *, outlook: bool) -> PromptStatus:
     first = rows[0]
-    prompt = Prompt(
+    prompt = instance(
+        Prompt,
         id=as_uuid(first[0]),
         user_id=first[1],
         waiting=first[2],
@@ -166,7 +168,8 @@ def _status_from_rows(rows: list[tuple], *, outlook: bool) -> PromptStatus:
     for row in rows:
         if row[14] is None:
             continue  # a prompt without jobs
-        job = Job(
+        job = instance(
+            Job,
             id=as_uuid(row[14]),
             prompt_id=prompt.id,
             state=row[15],

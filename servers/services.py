@@ -17,6 +17,7 @@ from django.utils.dateparse import parse_datetime
 from accounts.identity import USER_COLUMNS, check_password, user_for_server, user_from_row
 from accounts.models import User
 from koboldcluster.errors import BadRequest, Forbidden, NotFound
+from koboldcluster.rows import instance
 from servers.models import Server
 
 logger = logging.getLogger(__name__)
@@ -79,25 +80,23 @@ _SERVER_COLUMNS = (
 def _server_from_row(row: tuple, owner: User) -> Server:
     loads = lambda v: json.loads(v) if isinstance(v, str) else v  # noqa: E731
     last = row[10] if not isinstance(row[10], str) else parse_datetime(row[10])
-    server = Server(
-        id=row[0] if isinstance(row[0], uuid.UUID) else uuid.UUID(row[0]),
-        name=row[1],
-        owner=owner,
-        models=loads(row[3]),
-        max_length=row[4],
-        max_context_length=row[5],
-        bridge_agent=row[6],
-        threads=row[7],
-        softprompts=loads(row[8]),
-        nsfw=bool(row[9]),
-        last_check_in=last if last.tzinfo is not None else last.replace(tzinfo=UTC),
-        maintenance=bool(row[11]),
-        maintenance_msg=row[12],
-        paused=bool(row[13]),
-        speed=row[14],
-    )
-    server._state.adding = False
-    return server
+    values = {
+        "id": row[0] if isinstance(row[0], uuid.UUID) else uuid.UUID(row[0]),
+        "name": row[1],
+        "models": loads(row[3]),
+        "max_length": row[4],
+        "max_context_length": row[5],
+        "bridge_agent": row[6],
+        "threads": row[7],
+        "softprompts": loads(row[8]),
+        "nsfw": bool(row[9]),
+        "last_check_in": last if last.tzinfo is not None else last.replace(tzinfo=UTC),
+        "maintenance": bool(row[11]),
+        "maintenance_msg": row[12],
+        "paused": bool(row[13]),
+        "speed": row[14],
+    }
+    return instance(Server, owner=owner, **values)
 
 
 def server_for_pop(*, credentials: Credentials, check_in: CheckIn, now: datetime) -> Server:
