@@ -36,7 +36,7 @@ from generations.sql import uuid_param as uid
 from koboldcluster.errors import BadRequest, NotFound
 from koboldcluster.rows import instance
 from servers.models import Server
-from servers.services import Credentials, servers_changed
+from servers.services import Credentials
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +133,6 @@ def job_submit(
             if not _accept(job, done):
                 _accept_late(job, done)
             _pay(delivery, tokens, now)
-    servers_changed()
     events.prompt_changed(job.prompt_id)
     logger.info("job %s done by server %s: %s tokens", job.id, job.server_id, tokens)
     return tokens
