@@ -47,3 +47,9 @@ class LenientApiKeyAuthentication(ApiKeyAuthentication):
             return super().authenticate(request)
         except AuthenticationFailed:
             return None
+
+
+def api_user(request: Request) -> User | None:
+    """The user an API key identified, if the request carried one."""
+    user = request.user
+    return user if isinstance(user, User) else None

@@ -2,14 +2,14 @@
 
 from django.urls import path
 
-from accounts import views
+from accounts import views_v2
 
 urlpatterns = [
-    path("register", views.RegisterView.as_view()),
-    path("apikeys", views.ApiKeyListView.as_view()),
-    path("apikeys/<int:key_id>", views.ApiKeyDetailView.as_view()),
-    path("users", views.UserListView.as_view()),
-    path("users/<str:user_id>", views.UserDetailView.as_view()),
-    path("kudos/transfer", views.KudosTransferView.as_view()),
-    path("find_user", views.FindUserView.as_view()),
+    path("register", views_v2.RegisterView.as_view()),
+    path("apikeys", views_v2.ApiKeyListView.as_view()),
+    path("apikeys/<int:key_id>", views_v2.ApiKeyDetailView.as_view()),
+    path("users", views_v2.UserListView.as_view()),
+    path("users/<str:user_id>", views_v2.UserDetailView.as_view()),
+    path("kudos/transfer", views_v2.KudosTransferView.as_view()),
+    path("find_user", views_v2.FindUserView.as_view()),
 ]

@@ -2,12 +2,17 @@
 
 from django.urls import path
 
-from generations import views_v2
+from generations import views_v2, views_v2_status
 
 urlpatterns = [
     path("generate/text/async", views_v2.TextAsyncView.as_view()),
     path("generate/text/status/<str:prompt_id>", views_v2.TextStatusView.as_view()),
     path("generate/text/pop", views_v2.TextPopView.as_view()),
     path("generate/text/submit", views_v2.TextSubmitView.as_view()),
-    path("status/performance", views_v2.PerformanceView.as_view()),
+    path("status/heartbeat", views_v2_status.HeartbeatView.as_view()),
+    path("status/modes", views_v2_status.ModesView.as_view()),
+    path("status/news", views_v2_status.NewsView.as_view()),
+    path("status/performance", views_v2_status.PerformanceView.as_view()),
+    path("status/models", views_v2_status.ModelListView.as_view()),
+    path("status/models/<path:name>", views_v2_status.ModelDetailView.as_view()),
 ]

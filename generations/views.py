@@ -10,13 +10,13 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.authentication import LenientApiKeyAuthentication
+from accounts.authentication import LenientApiKeyAuthentication, api_user
 from accounts.identity import user_for_request
 from generations.delivery import job_submit
 from generations.queue import GenerationRequest, job_pop, prompt_create
 from generations.serializers import GenerationParamsSerializer, PromptTextField, split_params
 from generations.status import PromptStatus, prompt_cancel, prompt_status
-from koboldcluster.api import api_user, parse_uuid, validated
+from koboldcluster.api import parse_uuid, validated
 from koboldcluster.fields import (
     InputSerializer,
     StrictCharField,

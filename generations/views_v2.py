@@ -14,17 +14,16 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.authentication import LenientApiKeyAuthentication
+from accounts.authentication import LenientApiKeyAuthentication, api_user
 from accounts.identity import anonymous_user
 from accounts.models import User
 from generations.delivery import CSAM_METADATA, job_submit
 from generations.models import Job
 from generations.queue import GenerationRequest, job_pop, prompt_create
-from generations.selectors import queue_load
 from generations.serializers import HordeParamsSerializer, PromptTextField, split_params
 from generations.status import PromptStatus, able_servers, prompt_cancel, prompt_status
 from generations.views import GenerationField, prompt_uuid
-from koboldcluster.api import api_user, parse_uuid, validated
+from koboldcluster.api import parse_uuid, validated
 from koboldcluster.errors import BadRequest, NotFound, Unauthorized
 from koboldcluster.fields import (
     InputSerializer,
@@ -543,57 +542,3 @@ class TextSubmitView(APIView):
             gen_metadata=[dict(entry) for entry in metadata],
         )
         return Response({"reward": float(reward)})
-
-
-PERFORMANCE_KEYS_IMAGE = (
-    "queued_requests",
-    "worker_count",
-    "thread_count",
-    "queued_megapixelsteps",
-    "past_minute_megapixelsteps",
-    "queued_forms",
-    "interrogator_count",
-    "interrogator_thread_count",
-)
-
-
-class PerformanceView(APIView):
-    throttle_scope = "read"
-
-    @extend_schema(
-        operation_id="horde_status_performance",
-        tags=["AI Horde v2: status"],
-        summary="The cluster's load",
-        responses={
-            200: shape(
-                "HordePerformance",
-                {
-                    "queued_text_requests": serializers.IntegerField(
-                        help_text="Generation slots waiting plus jobs in flight."
-                    ),
-                    "queued_tokens": serializers.IntegerField(
-                        help_text="Tokens still to generate for the waiting slots."
-                    ),
-                    "past_minute_tokens": serializers.IntegerField(),
-                    "text_worker_count": serializers.IntegerField(),
-                    "text_thread_count": serializers.IntegerField(),
-                    **{
-                        key: serializers.IntegerField(help_text="Images: 0.")
-                        for key in PERFORMANCE_KEYS_IMAGE
-                    },
-                },
-            )
-        },
-    )
-    def get(self, request: Request) -> Response:
-        load = queue_load()
-        return Response(
-            {
-                "queued_text_requests": load.queued_requests,
-                "queued_tokens": load.queued_tokens,
-                "past_minute_tokens": load.past_minute_tokens,
-                "text_worker_count": load.server_count,
-                "text_thread_count": load.thread_count,
-                **dict.fromkeys(PERFORMANCE_KEYS_IMAGE, 0),
-            }
-        )

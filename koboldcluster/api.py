@@ -6,9 +6,7 @@ import uuid
 from typing import Any
 
 from rest_framework import serializers
-from rest_framework.request import Request
 
-from accounts.models import User
 from koboldcluster.errors import NotFound
 
 
@@ -27,9 +25,3 @@ def parse_uuid(value: str, *, rc: str, what: str) -> uuid.UUID:
         return uuid.UUID(str(value))
     except ValueError:
         raise NotFound(f"{what} {value} is unknown or has expired.", rc=rc) from None
-
-
-def api_user(request: Request) -> User | None:
-    """The user an API key identified, if the request carried one."""
-    user = request.user
-    return user if isinstance(user, User) else None

@@ -8,12 +8,7 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from koboldcluster import views
-
 horde_v2 = [
-    path("status/heartbeat", views.HeartbeatView.as_view()),
-    path("status/modes", views.ModesView.as_view()),
-    path("status/news", views.NewsView.as_view()),
     path("", include("generations.urls_v2")),
     path("", include("servers.urls_v2")),
     path("", include("accounts.urls_v2")),

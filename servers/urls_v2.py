@@ -8,6 +8,4 @@ urlpatterns = [
     path("workers", views_v2.WorkerListView.as_view()),
     path("workers/name/<str:name>", views_v2.WorkerByNameView.as_view()),
     path("workers/<str:server_id>", views_v2.WorkerDetailView.as_view()),
-    path("status/models", views_v2.ModelListView.as_view()),
-    path("status/models/<path:name>", views_v2.ModelDetailView.as_view()),
 ]

@@ -13,10 +13,9 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.authentication import LenientApiKeyAuthentication
+from accounts.authentication import LenientApiKeyAuthentication, api_user
 from accounts.models import User
-from generations.selectors import ModelStats, model_stats
-from koboldcluster.api import api_user, validated
+from koboldcluster.api import validated
 from koboldcluster.errors import NotFound, Unauthorized
 from koboldcluster.fields import InputSerializer, StrictBooleanField, StrictCharField
 from koboldcluster.openapi import APIKEY_HEADER, APIKEY_HEADER_REQUIRED, error, shape
@@ -235,96 +234,3 @@ class WorkerByNameView(APIView):
         if server is None:
             raise NotFound(f"Server {name!r} is unknown.", rc="WorkerNotFound")
         return Response(worker_body(server, api_user(request)))
-
-
-def model_body(stats: ModelStats) -> dict[str, Any]:
-    return {
-        "name": stats.name,
-        "count": stats.count,
-        "performance": stats.performance,
-        "queued": float(stats.queued),
-        "jobs": float(stats.jobs),
-        "eta": stats.eta,
-        "type": "text",
-    }
-
-
-MODELS = shape(
-    "HordeModel",
-    {
-        "name": serializers.CharField(),
-        "count": serializers.IntegerField(help_text="Threads of active servers running it."),
-        "performance": serializers.FloatField(help_text="Their mean speed, tokens per second."),
-        "queued": serializers.FloatField(help_text="Tokens waiting for it."),
-        "jobs": serializers.FloatField(help_text="Slots waiting plus jobs in flight for it."),
-        "eta": serializers.IntegerField(help_text="Seconds to clear the queue; 10000: no server."),
-        "type": serializers.CharField(),
-    },
-    many=True,
-)
-
-
-class ModelQuery(InputSerializer):
-    # The AI Horde's default is image: text clients always ask for type=text.
-    type = serializers.ChoiceField(WORKER_TYPES, default="image")
-    min_count = serializers.IntegerField(required=False, min_value=0)
-    max_count = serializers.IntegerField(required=False, min_value=0)
-    model_state = serializers.ChoiceField(["known", "custom", "all"], default="all")
-
-
-def model_query(request: Request, **defaults: str) -> dict[str, Any]:
-    # An empty value (horde-sdk sends `type=`) means the default.
-    given = {key: value for key, value in request.query_params.items() if value != ""}
-    return validated(ModelQuery, {**defaults, **given})
-
-
-def _models(query: dict[str, Any], name: str | None = None) -> list[dict[str, Any]]:
-    # No model reference here: every model is a "custom" one, none is "known".
-    if query["type"] != "text" or query["model_state"] == "known":
-        return []
-    found = []
-    for stats in model_stats():
-        if name is not None and stats.name != name:
-            continue
-        if "min_count" in query and stats.count < query["min_count"]:
-            continue
-        if "max_count" in query and stats.count > query["max_count"]:
-            continue
-        found.append(model_body(stats))
-    return found
-
-
-MODEL_PARAMETERS = [
-    OpenApiParameter("type", str, description="text (the default, image, lists nothing)."),
-    OpenApiParameter("min_count", int),
-    OpenApiParameter("max_count", int),
-    OpenApiParameter("model_state", str, description="all (default), custom; known: none."),
-]
-
-
-class ModelListView(APIView):
-    throttle_scope = "read"
-
-    @extend_schema(
-        operation_id="horde_status_models",
-        tags=["AI Horde v2: status"],
-        summary="Models served now, with capacity and queue",
-        parameters=MODEL_PARAMETERS,
-        responses={200: MODELS, 400: error("An unknown type or model_state")},
-    )
-    def get(self, request: Request) -> Response:
-        return Response(_models(model_query(request)))
-
-
-class ModelDetailView(APIView):
-    throttle_scope = "read"
-
-    @extend_schema(
-        operation_id="horde_status_model",
-        tags=["AI Horde v2: status"],
-        summary="One model (a list of at most one)",
-        parameters=MODEL_PARAMETERS,
-        responses={200: MODELS},
-    )
-    def get(self, request: Request, name: str) -> Response:
-        return Response(_models(model_query(request, type="text"), name))
