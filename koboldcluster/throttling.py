@@ -16,8 +16,6 @@ from django.conf import settings
 from django.core.cache import cache
 from rest_framework.throttling import BaseThrottle
 
-from accounts.models import User
-
 
 def rate_limit_hit(bucket: str, rate: tuple[int, int]) -> float | None:
     """Count a request in `bucket`; None if it is within `rate`, else seconds until it is."""
@@ -80,7 +78,8 @@ class AccountRateThrottle(_WindowThrottle):
     per = "account"
 
     def ident(self, request: Any) -> str | None:
+        # Any account an API key identified (koboldcluster does not import the accounts app).
         user = getattr(request, "user", None)
-        if isinstance(user, User) and not user.is_anonymous_user:
+        if user is not None and user.pk is not None and not user.is_anonymous_user:
             return str(user.pk)
         return None
