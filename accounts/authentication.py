@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from rest_framework.authentication import BaseAuthentication
 from rest_framework.exceptions import AuthenticationFailed
+from rest_framework.permissions import SAFE_METHODS, BasePermission
 from rest_framework.request import Request
 
 from accounts.keys import apikey_authenticate
@@ -53,3 +54,25 @@ def api_user(request: Request) -> User | None:
     """The user an API key identified, if the request carried one."""
     user = request.user
     return user if isinstance(user, User) else None
+
+
+class HasApiKey(BasePermission):
+    """The view needs an API key (the anonymous key counts; the service decides what it may do).
+
+    Without one DRF answers 401 `InvalidAPIKey` with this message, before the view runs.
+    """
+
+    message = "Send your API key in the 'apikey' header."
+
+    def has_permission(self, request: Request, view: object) -> bool:
+        # A method the view does not have is a 405 first, whoever asks.
+        if not hasattr(view, request.method.lower()):
+            return True
+        return api_user(request) is not None
+
+
+class HasApiKeyToChange(HasApiKey):
+    """Reading needs no key; changing or deleting does."""
+
+    def has_permission(self, request: Request, view: object) -> bool:
+        return request.method in SAFE_METHODS or super().has_permission(request, view)

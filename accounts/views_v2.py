@@ -14,7 +14,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.authentication import LenientApiKeyAuthentication, api_user, apikey_header
+from accounts.authentication import HasApiKey, LenientApiKeyAuthentication, api_user, apikey_header
 from accounts.identity import user_by_password
 from accounts.keys import account_register, apikey_issue, apikey_revoke
 from accounts.ledger import kudos_transfer
@@ -322,6 +322,7 @@ class FindUserView(APIView):
 
 class KudosTransferView(APIView):
     throttle_scope = "transfer"
+    permission_classes = [HasApiKey]
 
     class Input(InputSerializer):
         username = StrictCharField(max_length=255, help_text="The recipient: alias#id.")
@@ -348,8 +349,6 @@ class KudosTransferView(APIView):
     def post(self, request: Request) -> Response:
         data = validated(self.Input, request.data)
         sender = api_user(request)
-        if sender is None:
-            raise Unauthorized("Send your API key in the 'apikey' header.", rc="InvalidAPIKey")
         amount = int(data["amount"])
         kudos_transfer(sender=sender, recipient=data["username"], amount=amount)
         return Response({"transferred": amount})

@@ -14,9 +14,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.authentication import LenientApiKeyAuthentication, api_user
+from accounts.authentication import HasApiKey, LenientApiKeyAuthentication, api_user
 from accounts.identity import anonymous_user
-from accounts.models import User
 from generations.delivery import CSAM_METADATA, job_submit
 from generations.models import Job
 from generations.queue import GenerationRequest, job_pop, prompt_create
@@ -24,7 +23,7 @@ from generations.serializers import HordeParamsSerializer, PromptTextField, spli
 from generations.status import PromptStatus, able_servers, prompt_cancel, prompt_status
 from generations.views import GenerationField, prompt_uuid
 from koboldcluster.api import parse_uuid, validated
-from koboldcluster.errors import BadRequest, NotFound, Unauthorized
+from koboldcluster.errors import BadRequest, NotFound
 from koboldcluster.fields import (
     InputSerializer,
     OptionField,
@@ -338,16 +337,6 @@ class TextStatusView(APIView):
         return Response(status_body(status))
 
 
-def _worker_key(request: Request) -> User:
-    user = api_user(request)
-    if user is None:
-        raise Unauthorized(
-            "Send the API key of the server's account in the 'apikey' header.",
-            rc="InvalidAPIKey",
-        )
-    return user
-
-
 SKIPPED = shape(
     "HordeSkipped",
     {
@@ -402,6 +391,7 @@ def worker_payload(job: Job) -> dict[str, Any]:
 
 class TextPopView(APIView):
     throttle_scope = "worker"
+    permission_classes = [HasApiKey]
 
     class Input(InputSerializer):
         name = StrictCharField(max_length=100, help_text="The server's unique name.")
@@ -443,7 +433,7 @@ class TextPopView(APIView):
     )
     def post(self, request: Request) -> Response:
         data = validated(self.Input, request.data)
-        credentials = Credentials(api_user=_worker_key(request))
+        credentials = Credentials(api_user=api_user(request))
         check_in = CheckIn(
             name=data["name"],
             models=data["models"],
@@ -496,6 +486,7 @@ class GenMetadataInput(InputSerializer):
 
 class TextSubmitView(APIView):
     throttle_scope = "worker"
+    permission_classes = [HasApiKey]
 
     class Input(InputSerializer):
         id = serializers.UUIDField(help_text="A job id from the pop's `ids`.")
@@ -529,7 +520,7 @@ class TextSubmitView(APIView):
     )
     def post(self, request: Request) -> Response:
         data = validated(self.Input, request.data)
-        user = _worker_key(request)
+        user = api_user(request)
         metadata = data.get("gen_metadata") or []
         if len(metadata) > MAX_GEN_METADATA:
             raise BadRequest(f"At most {MAX_GEN_METADATA} gen_metadata entries.")

@@ -13,10 +13,10 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.authentication import LenientApiKeyAuthentication, api_user
+from accounts.authentication import HasApiKeyToChange, LenientApiKeyAuthentication, api_user
 from accounts.models import User
 from koboldcluster.api import validated
-from koboldcluster.errors import NotFound, Unauthorized
+from koboldcluster.errors import NotFound
 from koboldcluster.fields import InputSerializer, StrictBooleanField, StrictCharField
 from koboldcluster.openapi import APIKEY_HEADER, APIKEY_HEADER_REQUIRED, error, shape
 from servers.models import Server
@@ -133,15 +133,9 @@ def _server(server_id: str) -> Server:
     return server_or_404(server_id, rc="WorkerNotFound")
 
 
-def _actor(request: Request) -> User:
-    user = api_user(request)
-    if user is None:
-        raise Unauthorized("Send your API key in the 'apikey' header.", rc="InvalidAPIKey")
-    return user
-
-
 class WorkerDetailView(APIView):
     throttle_scope = "read"
+    permission_classes = [HasApiKeyToChange]
 
     def get_authenticators(self) -> list:
         # Reading ignores an unknown key; changing or deleting needs a valid one (401).
@@ -194,7 +188,7 @@ class WorkerDetailView(APIView):
     )
     def put(self, request: Request, server_id: str) -> Response:
         data = validated(self.Input, request.data)
-        actor = _actor(request)
+        actor = api_user(request)
         return Response(server_modify(server=_server(server_id), actor=actor, **data))
 
     @extend_schema(
@@ -212,7 +206,7 @@ class WorkerDetailView(APIView):
         },
     )
     def delete(self, request: Request, server_id: str) -> Response:
-        actor = _actor(request)
+        actor = api_user(request)
         server = _server(server_id)
         server_delete(server=server, actor=actor)
         return Response({"deleted_id": str(server.id), "deleted_name": server.name})
