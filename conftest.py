@@ -55,6 +55,28 @@ def rate_limits(settings: Any) -> Callable[..., None]:
     return turn_on
 
 
+@pytest.fixture(autouse=True)
+def answers_match_the_schema(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every answer a test gets through the DRF test client is checked against the published
+    OpenAPI schema (koboldcluster/schema_check.py): the schema cannot drift from the views."""
+    from koboldcluster.schema_check import check_response
+
+    request = APIClient.request
+
+    def checked(self: APIClient, **kwargs: Any) -> Any:
+        response = request(self, **kwargs)
+        check_response(
+            kwargs.get("PATH_INFO", ""),
+            kwargs.get("REQUEST_METHOD", "GET"),
+            response.status_code,
+            response.content,
+            response.get("Content-Type", ""),
+        )
+        return response
+
+    monkeypatch.setattr(APIClient, "request", checked)
+
+
 @pytest.fixture
 def api() -> APIClient:
     return APIClient()

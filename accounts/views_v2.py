@@ -33,6 +33,7 @@ from koboldcluster.openapi import (
     APIKEY_HEADER_REQUIRED,
     KUDOS_ARE_TOKENS,
     error,
+    many,
     shape,
 )
 
@@ -132,7 +133,11 @@ class ApiKeyListView(APIView):
         tags=ACCOUNTS,
         summary="Your working API keys (without the keys: only digests are kept)",
         parameters=[APIKEY_HEADER_REQUIRED],
-        responses={200: shape("ApiKeys", {"key": API_KEY}, many=True)},
+        responses={
+            200: many(API_KEY),
+            401: error("InvalidAPIKey"),
+            403: error("AnonForbidden: the anonymous user has no keys"),
+        },
     )
     def get(self, request: Request) -> Response:
         """The caller's working keys, without the keys themselves (they are not stored)."""
@@ -145,7 +150,11 @@ class ApiKeyListView(APIView):
         description="By your key, or (an account a server's first pop made) by username and "
         "password.",
         request=Input,
-        responses={201: API_KEY, 401: error("InvalidAPIKey, InvalidCredentials")},
+        responses={
+            201: API_KEY,
+            401: error("InvalidAPIKey, InvalidCredentials"),
+            403: error("AnonForbidden: the anonymous user has no keys"),
+        },
     )
     def post(self, request: Request) -> Response:
         """A new key for the caller, shown this once."""
@@ -160,7 +169,13 @@ class ApiKeyDetailView(APIView):
         tags=ACCOUNTS,
         summary="Revoke one of your API keys",
         parameters=[APIKEY_HEADER_REQUIRED],
-        responses={200: API_KEY, 400: error("LastApiKey"), 404: error("ApiKeyNotFound")},
+        responses={
+            200: API_KEY,
+            400: error("LastApiKey"),
+            401: error("InvalidAPIKey"),
+            403: error("AnonForbidden: the anonymous user has no keys"),
+            404: error("ApiKeyNotFound"),
+        },
     )
     def delete(self, request: Request, key_id: int) -> Response:
         """Revoke one of the caller's keys; it stops working at once."""
@@ -268,7 +283,7 @@ class UserListView(APIView):
             OpenApiParameter("page", int, description="1, 2, …"),
             OpenApiParameter("sort", str, description="kudos (highest first) or age (oldest)."),
         ],
-        responses={200: shape("HordeUsers", {"user": USER}, many=True)},
+        responses={200: many(USER)},
     )
     def get(self, request: Request) -> Response:
         given = {k: v for k, v in request.query_params.items() if v != ""}

@@ -248,6 +248,8 @@ class SubmitView(APIView):
         responses={
             200: shape("ServerReward", {"reward": serializers.IntegerField()}),
             400: error('DuplicateGen ("already submitted")'),
+            401: error("CredentialsRequired, InvalidCredentials: the server's account's password"),
+            403: error("WrongCredentials: the job is another account's server's"),
             404: error("InvalidJobID, AbortedGen"),
         },
     )

@@ -340,7 +340,8 @@ class TextStatusView(APIView):
 SKIPPED = shape(
     "HordeSkipped",
     {
-        reason: serializers.IntegerField(help_text=text)
+        # Absent for a paused server, which is quietly given nothing.
+        reason: serializers.IntegerField(help_text=text, required=False)
         for reason, text in {
             "models": "Waiting requests for other models.",
             "max_context_length": "…asking for more context than this server takes.",

@@ -40,8 +40,16 @@ CLIENT_AGENT_HEADER = OpenApiParameter(
 
 
 def shape(name: str, fields: dict[str, Any], **kwargs: Any) -> serializers.Serializer:
-    """A documentation-only serializer named `name` with `fields` (kwargs: many, required…)."""
+    """A serializer named `name` with `fields` describing an answer (kwargs: many, required…).
+
+    The test suite checks every answer against it (koboldcluster/schema_check.py).
+    """
     return inline_serializer(name=name, fields=fields, **kwargs)
+
+
+def many(answer: serializers.Serializer) -> serializers.Serializer:
+    """A JSON array of `answer` objects (a list endpoint's answer)."""
+    return type(answer)(many=True)
 
 
 def error(description: str) -> OpenApiResponse:
@@ -66,9 +74,27 @@ ERROR = shape(
 )
 
 
+# Answers any operation may give, documented once for all of them.
+COMMON_ERRORS = {
+    "400": "ValidationError or InvalidJSON: the body or a parameter is not valid.",
+    "429": "TooManyRequests: a rate limit (see Retry-After).",
+    "500": "InternalServerError: a bug (logged, never shown).",
+}
+
+
 class ClusterAutoSchema(AutoSchema):
-    """Names a view's nested serializer after the view: `TextPopView.Input` becomes
-    `TextPopViewInput`, so the many `Input` classes do not collide in the schema."""
+    """Names a view's nested serializer after the view (`TextPopView.Input` becomes
+    `TextPopViewInput`, so the many `Input` classes do not collide in the schema), and adds
+    the errors every operation can answer."""
+
+    def _get_response_bodies(self, direction: str = "response") -> dict[str, Any]:
+        responses = super()._get_response_bodies(direction)
+        for code, description in COMMON_ERRORS.items():
+            if code not in responses:
+                responses[code] = self._get_response_for_code(
+                    error(description), code, direction=direction
+                )
+        return responses
 
     def get_serializer_name(self, serializer: serializers.Serializer, direction: str) -> str:
         qualname = type(serializer).__qualname__

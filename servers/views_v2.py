@@ -18,7 +18,7 @@ from accounts.models import User
 from koboldcluster.api import validated
 from koboldcluster.errors import NotFound
 from koboldcluster.fields import InputSerializer, StrictBooleanField, StrictCharField
-from koboldcluster.openapi import APIKEY_HEADER, APIKEY_HEADER_REQUIRED, error, shape
+from koboldcluster.openapi import APIKEY_HEADER, APIKEY_HEADER_REQUIRED, error, many, shape
 from servers.models import Server
 from servers.services import server_delete, server_modify
 from servers.views import server_or_404
@@ -116,7 +116,7 @@ class WorkerListView(APIView):
             OpenApiParameter("type", str, description="text, image, interrogation or empty."),
             OpenApiParameter("name", str, description="Only this server (any letter case)."),
         ],
-        responses={200: shape("HordeWorkers", {"workers": WORKER}, many=True)},
+        responses={200: many(WORKER)},
     )
     def get(self, request: Request) -> Response:
         servers = Server.objects.active().select_related("owner").order_by("name")
