@@ -47,3 +47,41 @@ class LenientApiKeyAuthentication(ApiKeyAuthentication):
             return super().authenticate(request)
         except AuthenticationFailed:
             return None
+
+
+# What SillyTavern sends when no key is set (JavaScript's `"Bearer " + undefined`).
+NO_BEARER_KEYS = ("", "undefined", "null")
+
+
+def bearer_key(request: Request) -> str | None:
+    """The key of `Authorization: Bearer <key>`, or None when absent or a placeholder."""
+    header = request.META.get("HTTP_AUTHORIZATION", "")
+    scheme, _, key = header.strip().partition(" ")
+    if scheme.lower() != "bearer" or key.strip() in NO_BEARER_KEYS:
+        return None
+    return key.strip()
+
+
+class BearerApiKeyAuthentication(ApiKeyAuthentication):
+    """For the KoboldAI and OpenAI APIs: the `apikey` header or `Authorization: Bearer`.
+
+    Front-ends send the key the user typed as a bearer token (KoboldAI Lite, SillyTavern,
+    the OpenAI SDKs). No key, or SillyTavern's `Bearer undefined`, is the anonymous user
+    (the view decides); an unknown key is a 401.
+    """
+
+    def authenticate(self, request: Request) -> tuple[User, ApiKey | None] | None:
+        key = apikey_header(request) or bearer_key(request)
+        if key is None:
+            return None
+        found = apikey_authenticate(key=key)
+        if found is None:
+            raise AuthenticationFailed(
+                "The API key is unknown or revoked (sent as 'Authorization: Bearer <key>' or "
+                "in the 'apikey' header).",
+                code="InvalidAPIKey",
+            )
+        return found
+
+    def authenticate_header(self, request: Request) -> str:
+        return "Bearer"

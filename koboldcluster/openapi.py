@@ -93,3 +93,16 @@ class LenientApiKeyScheme(ApiKeyScheme):
     target_class = "accounts.authentication.LenientApiKeyAuthentication"
     name = "apikeyOptional"
     description = "The same header where a key is optional: an unknown key counts as none."
+
+
+class BearerApiKeyScheme(OpenApiAuthenticationExtension):
+    target_class = "accounts.authentication.BearerApiKeyAuthentication"
+    name = "bearer"
+
+    def get_security_definition(self, auto_schema: AutoSchema) -> dict[str, str]:
+        return {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "An API key as `Authorization: Bearer <key>` (the `apikey` header "
+            "works too). Optional: without one, the anonymous user. An unknown key is a 401.",
+        }

@@ -284,6 +284,9 @@ KOBOLDCLUSTER = {
     "SERVER_STALE_SECONDS": env_int("KOBOLDCLUSTER_SERVER_STALE_SECONDS", 300, minimum=1),
     # A pop writes the server's check-in time at most this often.
     "CHECK_IN_WRITE_SECONDS": env_int("KOBOLDCLUSTER_CHECK_IN_WRITE_SECONDS", 30),
+    # How long a KoboldAI or OpenAI API request waits for its generation before it gives up
+    # (and cancels its prompt).
+    "FRONTEND_WAIT_SECONDS": env_float("KOBOLDCLUSTER_FRONTEND_WAIT_SECONDS", 300.0),
     "MAX_N": env_int("KOBOLDCLUSTER_MAX_N", 100, minimum=1),
     "MAX_LENGTH": env_int("KOBOLDCLUSTER_MAX_LENGTH", 4096, minimum=1),
     "MAX_CONTEXT_LENGTH": env_int("KOBOLDCLUSTER_MAX_CONTEXT_LENGTH", 1048576, minimum=1),
