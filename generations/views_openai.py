@@ -32,7 +32,11 @@ from generations.openai_shapes import (
     openai_exception_handler,
     refuse_unsupported,
 )
-from generations.serializers import GenerationParamsSerializer, split_params
+from generations.serializers import (
+    GenerationParamsSerializer,
+    split_params,
+    validate_prompt_text,
+)
 from generations.services import GenerationRequest
 from koboldcluster.api import api_user, validated
 from koboldcluster.openapi import shape
@@ -177,6 +181,11 @@ async def _generation(
     request: Request, data: dict[str, Any], text: str, default_max: int, stops: list[str]
 ) -> tuple[GenerationRequest, int]:
     """The queue request for an OpenAI body: its servers, lengths and KoboldAI samplers."""
+    try:
+        validate_prompt_text(text)
+    except serializers.ValidationError as error:
+        field = "messages" if "messages" in data else "prompt"
+        raise serializers.ValidationError({field: error.detail}) from None
     served = await sync_to_async(served_models)()
     models = models_for(data.get("model") or "", served)
     candidates = [m for m in served if not models or m.name in models]

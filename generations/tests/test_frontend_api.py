@@ -185,6 +185,17 @@ def test_harmless_unknown_fields_are_ignored_and_empty_ones_accepted(api, short_
     assert Prompt.objects.get().params["top_k"] == 40
 
 
+@pytest.mark.django_db
+def test_a_chat_longer_than_the_prompt_cap_is_refused(api, settings):
+    settings.KOBOLDCLUSTER = {**settings.KOBOLDCLUSTER, "MAX_PROMPT_CHARS": 100}
+    body = {"messages": [{"role": "user", "content": "x" * 90}]}  # with ChatML: > 100
+    response = api.post("/v1/chat/completions", body, format="json")
+    assert response.status_code == 400
+    error = openai_error(response)
+    assert error["param"] == "messages" and "100 characters" in error["message"]
+    assert not Prompt.objects.exists()
+
+
 def test_an_unknown_v1_path_is_404_in_openai_shape(client):
     response = client.get("/v1/embeddings")
     assert response.status_code == 404
