@@ -71,6 +71,8 @@ REFUSED = {
     "logit_bias": "servers take no token biases.",
     "suffix": "servers do not fill in the middle.",
     "echo": "the prompt is not echoed.",
+    "grammar": "servers take no grammar.",
+    "grammar_string": "servers take no grammar.",
 }
 BEARER_DOC = "`Authorization: Bearer <api key>`; without one (or `Bearer undefined`): anonymous."
 OPENAI_ERROR = shape(

@@ -215,6 +215,76 @@ def test_sillytavern_custom_chat_completion_without_a_key(cluster, served):
     assert response.json()["choices"][0]["message"]["content"]
 
 
+def test_sillytavern_text_completion_koboldcpp_type(cluster, served):
+    """SillyTavern's Text Completion with type KoboldCpp: /v1/models, then /v1/completions
+    with its whole textgen body (most of it for other backends), and its abort on leaving."""
+    kai, _ = served
+    models = get(cluster, "/v1/models")["data"]
+    model = models[0]["id"]  # SillyTavern shows the first id as the model
+    stops = ["\nUser:"]
+    body = {
+        "prompt": "User: Hello\nKobold:",
+        "model": model,
+        "max_new_tokens": 16,
+        "max_tokens": 16,
+        "temperature": 0.7,
+        "top_p": 0.9,
+        "typical_p": 1,
+        "typical": 1,
+        "sampler_seed": -1,
+        "min_p": 0,
+        "repetition_penalty": 1,
+        "frequency_penalty": 0,
+        "presence_penalty": 0,
+        "top_k": 0,
+        "skew": 0,
+        "min_tokens": 0,
+        "add_bos_token": True,
+        "smoothing_factor": 0,
+        "smoothing_curve": 1,
+        "dry_allowed_length": 2,
+        "dry_multiplier": 0,
+        "dry_base": 1.75,
+        "dry_sequence_breakers": ["\n", ":"],
+        "dry_penalty_last_n": 0,
+        "max_tokens_second": 0,
+        "stopping_strings": stops,
+        "stop": stops,
+        "truncation_length": 2048,
+        "ban_eos_token": False,
+        "skip_special_tokens": True,
+        "top_a": 0,
+        "tfs": 1,
+        "mirostat_mode": 0,
+        "mirostat_tau": 5,
+        "mirostat_eta": 0.1,
+        "custom_token_bans": "",
+        "banned_strings": [],
+        "api_type": "koboldcpp",
+        "api_server": cluster.url,
+        "legacy_api": False,
+        "sampler_order": [6, 0, 1, 3, 4, 2, 5],
+        "xtc_threshold": 0.1,
+        "xtc_probability": 0,
+        "rep_pen": 1,
+        "rep_pen_range": 0,
+        "seed": -1,
+        "guidance_scale": 1,
+        "negative_prompt": "",
+        "grammar_string": "",
+        "grammar": "",
+        "rep_pen_slope": 1,
+        "stream": False,
+    }
+    response = requests.post(f"{cluster.url}/v1/completions", json=body, timeout=WAIT + 30)
+    assert response.status_code == 200, response.text
+    assert response.json()["choices"][0]["text"] == fake_text(body["prompt"], 16)
+    received = kai.state()["last_payload"]
+    assert (received["max_context_length"], received["stop_sequence"]) == (2048, stops)
+    abort = requests.post(f"{cluster.url}/api/extra/abort", timeout=10)  # no body, no key
+    assert abort.json() == {"success": False}
+
+
 def test_kobold_generate_served_through_the_horde_pop_protocol(cluster, kai_double, bridge_process):
     from accounts.services import account_register
 
