@@ -250,7 +250,10 @@ SPECTACULAR_SETTINGS = {
         "generation (a quarter of its characters, rounded up, at most the request's "
         "`max_length`); the requester is charged the same tokens. The balance orders the "
         "queue.\n\nAuthentication: the `apikey` header (`0000000000` is the anonymous user). "
-        'Every error is JSON `{"message", "rc"}`.'
+        'Every error is JSON `{"message", "rc"}`.\n\n'
+        "Front-ends connect by URL alone through the KoboldAI API (`/api/v1/…`, `/api/extra/…`) "
+        "and the OpenAI-compatible API (`/v1/…`, errors in OpenAI's shape): each request waits "
+        "for its generation; the key goes in `Authorization: Bearer`."
     ),
     "VERSION": "0.1.0",
     "SERVE_INCLUDE_SCHEMA": False,

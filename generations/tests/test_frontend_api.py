@@ -265,3 +265,21 @@ def test_a_chat_is_templated_served_cut_at_the_turn_end_and_paid(api, bob, pop):
     charged = LedgerEntry.objects.get(kind=LedgerEntry.Kind.USAGE).tokens
     assert body["usage"]["completion_tokens"] == charged == 10
     assert body["usage"]["prompt_tokens"] == -(-len(payload["prompt"]) // 4)
+
+
+def test_the_openapi_docs_list_the_front_end_apis(client):
+    paths = client.get("/api/schema?format=json").json()["paths"]
+    for path in (
+        "/api/v1/generate",
+        "/api/v1/model",
+        "/api/v1/config/max_length",
+        "/api/v1/config/max_context_length",
+        "/api/v1/info/version",
+        "/api/extra/version",
+        "/api/extra/abort",
+        "/api/extra/tokencount",
+        "/v1/models",
+        "/v1/completions",
+        "/v1/chat/completions",
+    ):
+        assert path in paths, path
