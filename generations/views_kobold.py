@@ -9,6 +9,7 @@ which waits for its generation (generations/frontend.py). Errors keep the cluste
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from adrf.views import APIView as AsyncAPIView
@@ -31,6 +32,7 @@ from koboldcluster.errors import exception_handler
 from koboldcluster.fields import StrictCharField
 from koboldcluster.openapi import error, shape
 
+ExceptionHandler = Callable[[Exception, dict[str, Any]], Response | None]
 KOBOLD = ["KoboldAI API"]
 # The KoboldAI United API level whose generate fields we accept (stop_sequence: 1.2.2,
 # use_default_badwordsids: 1.2.4); KoboldCpp reports the same.
@@ -57,7 +59,7 @@ def kobold_exception_handler(exc: Exception, context: dict[str, Any]) -> Respons
 class KoboldView(APIView):
     authentication_classes = [BearerApiKeyAuthentication]
 
-    def get_exception_handler(self):  # noqa: ANN201 (DRF's signature)
+    def get_exception_handler(self) -> ExceptionHandler:
         return kobold_exception_handler
 
 
@@ -166,7 +168,7 @@ class GenerateView(AsyncAPIView):
             help_text="Your name for this generation, for /api/extra/abort (as KoboldCpp).",
         )
 
-    def get_exception_handler(self):  # noqa: ANN201 (DRF's signature)
+    def get_exception_handler(self) -> ExceptionHandler:
         return kobold_exception_handler
 
     @extend_schema(

@@ -10,6 +10,7 @@ ignored when that changes nothing the client relies on, and refused (400) when i
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 from adrf.views import APIView as AsyncAPIView
@@ -22,6 +23,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.authentication import BearerApiKeyAuthentication
+from accounts.models import User
 from accounts.services import anonymous_user
 from generations import chat
 from generations.frontend import ServedModel, generate, models_for, served_models
@@ -41,6 +43,7 @@ from generations.services import GenerationRequest
 from koboldcluster.api import api_user, validated
 from koboldcluster.openapi import shape
 
+ExceptionHandler = Callable[[Exception, dict[str, Any]], Response | None]
 OPENAI = ["OpenAI-compatible API"]
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's own default for /v1/completions
 CHAT_DEFAULT_MAX_TOKENS = 512  # or less, if no server that may serve it generates so much
@@ -94,7 +97,7 @@ OPENAI_ERROR = shape(
 class OpenAIView(APIView):
     authentication_classes = [BearerApiKeyAuthentication]
 
-    def get_exception_handler(self):  # noqa: ANN201 (DRF's signature)
+    def get_exception_handler(self) -> ExceptionHandler:
         return openai_exception_handler
 
 
@@ -219,7 +222,7 @@ async def _generation(
     return generation, max_tokens
 
 
-async def _user(request: Request) -> Any:
+async def _user(request: Request) -> User:
     return api_user(request) or await sync_to_async(anonymous_user)()
 
 
@@ -237,7 +240,7 @@ class AsyncOpenAIView(AsyncAPIView):
     authentication_classes = [BearerApiKeyAuthentication]
     throttle_scope = "submit"
 
-    def get_exception_handler(self):  # noqa: ANN201 (DRF's signature)
+    def get_exception_handler(self) -> ExceptionHandler:
         return openai_exception_handler
 
 
