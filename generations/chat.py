@@ -152,11 +152,15 @@ def choose_template(requested: str, served: list[str]) -> TemplateChoice:
     )
 
 
-def render(messages: list[dict[str, str]], template: Template) -> str:
+def render(
+    messages: list[dict[str, str]], template: Template, *, continue_last: bool = False
+) -> str:
     """The prompt for `messages` (role and content each), ending with the assistant's turn.
 
     A template without a system turn gets the system text in front of the first user
-    message, as those models' own templates do.
+    message, as those models' own templates do. With `continue_last` the last message (the
+    assistant's) is left open for the model to continue (Mistral's `prefix`, KoboldAI
+    Lite's `partial`) instead of opening a new turn.
     """
     parts: list[str] = []
     pending_system: list[str] = []
@@ -174,6 +178,11 @@ def render(messages: list[dict[str, str]], template: Template) -> str:
         prefix, suffix = template.user
         system = "\n\n".join(pending_system)
         parts.append(f"{prefix}{system}{suffix}")
+    if continue_last and messages and messages[-1]["role"] == "assistant":
+        suffix = template.assistant[1]
+        if suffix:
+            parts[-1] = parts[-1][: -len(suffix)]
+        return "".join(parts)
     parts.append(template.generation)
     return "".join(parts)
 

@@ -164,6 +164,9 @@ class CompletionsInput(CompletionInput):
 class Message(serializers.Serializer):
     role = serializers.ChoiceField(["system", "developer", "user", "assistant"])
     content = serializers.JSONField()
+    # A last assistant message to continue rather than answer (Mistral's and Lite's names).
+    prefix = serializers.BooleanField(required=False, default=False)
+    partial = serializers.BooleanField(required=False, default=False)
 
     def validate_content(self, value: Any) -> str:
         if value is None:
@@ -309,7 +312,10 @@ class ChatCompletionsView(AsyncOpenAIView):
         names = [m.name for m in served]
         choice = await sync_to_async(chat.choose_template)(requested, names)
         messages = [{"role": _role(m["role"]), "content": m["content"]} for m in data["messages"]]
-        text = chat.render(messages, choice.template)
+        last = data["messages"][-1]
+        text = chat.render(
+            messages, choice.template, continue_last=last["prefix"] or last["partial"]
+        )
         stops = list(dict.fromkeys([*data["stop"], *choice.template.stop]))
         generation, max_tokens = await _generation(
             request, data, text, CHAT_DEFAULT_MAX_TOKENS, stops

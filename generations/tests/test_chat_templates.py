@@ -106,3 +106,13 @@ def test_alpaca_uses_instruction_and_response():
     assert render(CHAT[:2], templates()["alpaca"]) == (
         "Be brief.\n\n### Instruction:\nHi?\n\n### Response:\n"
     )
+
+
+def test_a_last_assistant_message_marked_partial_is_continued():
+    messages = [*CHAT[:2], {"role": "assistant", "content": "Hello, I am"}]
+    assert render(messages, templates()["chatml"], continue_last=True).endswith(
+        "<|im_start|>assistant\nHello, I am"
+    )
+    assert render(messages, templates()["mistral"], continue_last=True).endswith(
+        "[INST] Be brief.\n\nHi? [/INST]Hello, I am"
+    )

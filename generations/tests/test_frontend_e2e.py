@@ -152,6 +152,35 @@ def test_koboldai_lite_connects_and_generates(cluster, served):
     ledger_balanced(cluster, "dave", 16)
 
 
+def test_koboldai_lite_openai_compatible_connection(cluster, served):
+    """Lite's "OpenAI Compatible API" without a key (it then sends no Authorization), token
+    streaming off: the model list, then completions or, ticked, chat completions."""
+    kai, _ = served
+    origin = {"Origin": "https://lite.koboldai.net"}
+    model = get(cluster, "/v1/models", **origin)["data"][0]["id"]
+    payload = {"max_tokens": 16, "model": model, "temperature": 0.75, "top_p": 0.92}
+    payload |= {"stop": ["\nYou:"], "presence_penalty": 0.07}
+    url = f"{cluster.url}/v1"
+    body = {**payload, "prompt": "You: Hi\nKobold:"}
+    text = requests.post(f"{url}/completions", json=body, headers=origin, timeout=40).json()
+    assert text["choices"][0]["text"] == fake_text(body["prompt"], 16)
+
+    messages = [
+        {"role": "system", "content": "You are a kobold."},
+        {"role": "assistant", "content": "Greetings,", "partial": True},
+    ]
+    answer = requests.post(
+        f"{url}/chat/completions", json={**payload, "messages": messages}, timeout=40
+    ).json()
+    received = kai.state()["last_payload"]["prompt"]
+    assert received.endswith("<|start_header_id|>assistant<|end_header_id|>\n\nGreetings,")
+    assert answer["choices"][0]["message"]["content"] == fake_text(received, 16).strip()
+
+    streamed = requests.post(f"{url}/completions", json={**body, "stream": True}, timeout=10)
+    assert streamed.status_code == 400
+    assert "stream: false" in streamed.json()["error"]["message"]
+
+
 def test_sillytavern_kobold_classic_connects_and_generates(cluster, served):
     """SillyTavern's server, no key: its status calls, then generate with its body."""
     api = f"{cluster.url}/api"
