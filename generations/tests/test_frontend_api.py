@@ -142,6 +142,15 @@ def test_waiting_too_long_cancels_the_prompt_with_a_clear_error(api, short_wait)
 
 
 @pytest.mark.django_db
+def test_a_request_an_idle_server_could_serve_times_out_as_queued_too_long(api, pop, short_wait):
+    pop()  # an active server that could serve it, but asks for no more work
+    response = api.post("/api/v1/generate", {"prompt": "Once", "max_length": 16}, format="json")
+    assert response.status_code == 504
+    assert response.json()["rc"] == "Timeout" and "queue" in response.json()["message"]
+    assert not Prompt.objects.queued().exists()
+
+
+@pytest.mark.django_db
 def test_a_model_nobody_serves_times_out_in_openai_shape(api, pop, short_wait):
     pop(model="koboldcpp/Llama-3-8B")
     response = api.post(
