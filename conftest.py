@@ -172,9 +172,11 @@ def cluster(transactional_db: None, cluster_env: dict[str, str]):
     from koboldcluster.testing import ClusterProcess
 
     process = ClusterProcess(cluster_env)
-    process.start()
-    yield process
-    process.stop()
+    try:
+        process.start()
+        yield process
+    finally:
+        process.stop()  # also when it failed to start: its process is still running
 
 
 @pytest.fixture

@@ -43,6 +43,8 @@ class ApiKeyAuthentication(BaseAuthentication):
 class LenientApiKeyAuthentication(ApiKeyAuthentication):
     """For views that only read identity for rate limits: a bad key counts as no key."""
 
+    lenient = True
+
     def authenticate(self, request: Request) -> tuple[User, ApiKey | None] | None:
         try:
             return super().authenticate(request)
@@ -76,3 +78,41 @@ class HasApiKeyToChange(HasApiKey):
 
     def has_permission(self, request: Request, view: object) -> bool:
         return request.method in SAFE_METHODS or super().has_permission(request, view)
+
+
+# What SillyTavern sends when no key is set (JavaScript's `"Bearer " + undefined`).
+NO_BEARER_KEYS = ("", "undefined", "null")
+
+
+def bearer_key(request: Request) -> str | None:
+    """The key of `Authorization: Bearer <key>`, or None when absent or a placeholder."""
+    header = request.META.get("HTTP_AUTHORIZATION", "")
+    scheme, _, key = header.strip().partition(" ")
+    if scheme.lower() != "bearer" or key.strip() in NO_BEARER_KEYS:
+        return None
+    return key.strip()
+
+
+class BearerApiKeyAuthentication(ApiKeyAuthentication):
+    """For the KoboldAI and OpenAI APIs: the `apikey` header or `Authorization: Bearer`.
+
+    Front-ends send the key the user typed as a bearer token (KoboldAI Lite, SillyTavern,
+    the OpenAI SDKs). No key, or SillyTavern's `Bearer undefined`, is the anonymous user
+    (the view decides); an unknown key is a 401.
+    """
+
+    def authenticate(self, request: Request) -> tuple[User, ApiKey | None] | None:
+        key = apikey_header(request) or bearer_key(request)
+        if key is None:
+            return None
+        found = apikey_authenticate(key=key)
+        if found is None:
+            raise AuthenticationFailed(
+                "The API key is unknown or revoked (sent as 'Authorization: Bearer <key>' or "
+                "in the 'apikey' header).",
+                code="InvalidAPIKey",
+            )
+        return found
+
+    def authenticate_header(self, request: Request) -> str:
+        return "Bearer"

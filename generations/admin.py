@@ -3,7 +3,7 @@
 from django.contrib import admin
 from django.http import HttpRequest
 
-from generations.models import Job, Prompt
+from generations.models import ChatTemplateOverride, Job, Prompt
 
 
 class JobInline(admin.TabularInline):
@@ -36,3 +36,12 @@ class JobAdmin(admin.ModelAdmin):
     raw_id_fields = ("prompt", "server")
     list_select_related = ("server",)
     readonly_fields = ("id", "started", "finished")
+
+
+@admin.register(ChatTemplateOverride)
+class ChatTemplateOverrideAdmin(admin.ModelAdmin):
+    """Which chat template a model family gets, before the catalogue's own rules."""
+
+    list_display = ("pattern", "template", "position", "note")
+    list_editable = ("template", "position")
+    ordering = ("position", "id")

@@ -222,3 +222,33 @@ def count_tokens(text: str, max_length: int) -> int:
     if not text:
         return 0
     return min(max(math.ceil(len(text) / 4), 1), max_length)
+
+
+class ChatTemplateOverride(models.Model):
+    """An administrator's rule: model names matching `pattern` use `template` (chat.py).
+
+    Tried before the catalogue's own patterns (generations/catalogue.json), in `position`
+    order, so a new model family can get the right template without a release.
+    """
+
+    pattern = models.CharField(
+        max_length=255,
+        help_text="A regular expression searched in the model's family name (lower case, "
+        "without backend prefix or quantisation suffix), e.g. 'nemo|cydonia'.",
+    )
+    template = models.CharField(
+        max_length=32, help_text="chatml, llama3, mistral, alpaca or gemma (catalogue.json)."
+    )
+    position = models.PositiveIntegerField(default=0, help_text="Lower is tried first.")
+    note = models.CharField(max_length=255, blank=True)
+
+    class Meta:
+        ordering = ["position", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.pattern} → {self.template}"
+
+    def clean(self) -> None:
+        from generations.chat import check_override
+
+        check_override(self.pattern, self.template)

@@ -12,8 +12,8 @@ CORS_HEADERS = {
     "Access-Control-Allow-Origin": "*",
     "Access-Control-Allow-Methods": "POST, GET, OPTIONS, PUT, DELETE, PATCH",
     "Access-Control-Allow-Headers": (
-        "Accept, Content-Type, Content-Length, Accept-Encoding, X-CSRF-Token, apikey, "
-        "Client-Agent, X-Fields, X-Forwarded-For, Proxied-For, Proxy-Authorization"
+        "Accept, Authorization, Content-Type, Content-Length, Accept-Encoding, X-CSRF-Token, "
+        "apikey, Client-Agent, X-Fields, X-Forwarded-For, Proxied-For, Proxy-Authorization"
     ),
 }
 # Browsers may reuse a preflight answer this long (seconds).

@@ -89,10 +89,16 @@ class ClusterAutoSchema(AutoSchema):
 
     def _get_response_bodies(self, direction: str = "response") -> dict[str, Any]:
         responses = super()._get_response_bodies(direction)
-        for code, description in COMMON_ERRORS.items():
+        errors = dict(COMMON_ERRORS)
+        if self._refuses_unknown_keys():
+            errors["401"] = "InvalidAPIKey: the API key is unknown or revoked."
+        shape_of_errors = getattr(self.view, "error_schema", ERROR)
+        for code, description in errors.items():
             if code not in responses:
                 responses[code] = self._get_response_for_code(
-                    error(description), code, direction=direction
+                    OpenApiResponse(shape_of_errors, description=description),
+                    code,
+                    direction=direction,
                 )
         return responses
 
@@ -101,6 +107,13 @@ class ClusterAutoSchema(AutoSchema):
         if "." in qualname:
             return qualname.replace(".", "")
         return super().get_serializer_name(serializer, direction)
+
+
+    def _refuses_unknown_keys(self) -> bool:
+        return any(
+            not getattr(authenticator, "lenient", False)
+            for authenticator in self.view.get_authenticators()
+        )
 
 
 class ApiKeyScheme(OpenApiAuthenticationExtension):
@@ -119,3 +132,16 @@ class LenientApiKeyScheme(ApiKeyScheme):
     target_class = "accounts.authentication.LenientApiKeyAuthentication"
     name = "apikeyOptional"
     description = "The same header where a key is optional: an unknown key counts as none."
+
+
+class BearerApiKeyScheme(OpenApiAuthenticationExtension):
+    target_class = "accounts.authentication.BearerApiKeyAuthentication"
+    name = "bearer"
+
+    def get_security_definition(self, auto_schema: AutoSchema) -> dict[str, str]:
+        return {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "An API key as `Authorization: Bearer <key>` (the `apikey` header "
+            "works too). Optional: without one, the anonymous user. An unknown key is a 401.",
+        }

@@ -75,6 +75,8 @@ def check_response(path: str, method: str, status: int, body: bytes, content_typ
         return
     if status == 405 or method == "OPTIONS":
         return  # Django's and CORS' own answers, the same for every path
+    # KoboldAI's `latest` is its `v1` again, documented once.
+    path = path.replace("/api/latest/", "/api/v1/", 1)
     schema = documented_response(path, method, status)
     if schema is None or "json" not in content_type:
         return

@@ -251,7 +251,10 @@ SPECTACULAR_SETTINGS = {
         "generation (a quarter of its characters, rounded up, at most the request's "
         "`max_length`); the requester is charged the same tokens. The balance orders the "
         "queue.\n\nAuthentication: the `apikey` header (`0000000000` is the anonymous user). "
-        'Every error is JSON `{"message", "rc"}`.'
+        'Every error is JSON `{"message", "rc"}`.\n\n'
+        "Front-ends connect by URL alone through the KoboldAI API (`/api/v1/…`, `/api/extra/…`) "
+        "and the OpenAI-compatible API (`/v1/…`, errors in OpenAI's shape): each request waits "
+        "for its generation; the key goes in `Authorization: Bearer`."
     ),
     "VERSION": "0.1.0",
     "SERVE_INCLUDE_SCHEMA": False,
@@ -285,6 +288,9 @@ KOBOLDCLUSTER = {
     "SERVER_STALE_SECONDS": env_int("KOBOLDCLUSTER_SERVER_STALE_SECONDS", 300, minimum=1),
     # A pop writes the server's check-in time at most this often.
     "CHECK_IN_WRITE_SECONDS": env_int("KOBOLDCLUSTER_CHECK_IN_WRITE_SECONDS", 30),
+    # How long a KoboldAI or OpenAI API request waits for its generation before it gives up
+    # (and cancels its prompt).
+    "FRONTEND_WAIT_SECONDS": env_float("KOBOLDCLUSTER_FRONTEND_WAIT_SECONDS", 300.0),
     "MAX_N": env_int("KOBOLDCLUSTER_MAX_N", 100, minimum=1),
     "MAX_LENGTH": env_int("KOBOLDCLUSTER_MAX_LENGTH", 4096, minimum=1),
     "MAX_CONTEXT_LENGTH": env_int("KOBOLDCLUSTER_MAX_CONTEXT_LENGTH", 1048576, minimum=1),

@@ -2,6 +2,8 @@
 
 `/api/` is the OpenAPI documentation (Swagger UI), `/api/schema` the schema; the AI Horde v2
 API lives under `/api/v2/`, so horde-sdk's `AI_HORDE_URL=http://host:port/api/` joins to it.
+The KoboldAI API answers under `/api/v1/`, `/api/latest/` and `/api/extra/`, the
+OpenAI-compatible API under `/v1/`.
 """
 
 from django.contrib import admin
@@ -20,6 +22,8 @@ urlpatterns = [
     path("", include("servers.urls")),
     path("", include("accounts.urls")),
     path("api/v2/", include(horde_v2)),
+    path("api/", include("generations.urls_kobold")),
+    path("v1/", include("generations.urls_openai")),
     path("api/schema", SpectacularAPIView.as_view(), name="schema"),
     path("api/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
 ]

@@ -1,0 +1,167 @@
+"""Front-end requests (the KoboldAI and OpenAI APIs): a prompt that waits for its answer.
+
+Such a request is an ordinary prompt of the queue (same priority, ledger and expiry): it is
+created by `prompt_create`, served through either pop protocol, and waited for inside the
+HTTP request up to KOBOLDCLUSTER_FRONTEND_WAIT_SECONDS. Giving up, and a caller that
+disconnects, cancel the prompt, so nothing is left in the queue for nobody.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.core.cache import cache
+from django.utils import timezone
+
+from accounts.models import User
+from generations.chat import family
+from generations.queue import GenerationRequest, prompt_create
+from generations.status import PromptStatus, able_servers, prompt_cancel
+from generations.waiting import prompt_wait_done
+from koboldcluster.errors import ApiError, NotFound
+from servers.models import Server
+
+logger = logging.getLogger(__name__)
+
+ANY_MODEL = ("", "*")
+
+
+class WaitedTooLong(ApiError):
+    status_code = 504
+    default_rc = "Timeout"
+
+
+class RequestFaulted(ApiError):
+    status_code = 502
+    default_rc = "RequestFaulted"
+
+
+def wait_seconds() -> float:
+    return float(settings.KOBOLDCLUSTER["FRONTEND_WAIT_SECONDS"])
+
+
+@dataclass
+class ServedModel:
+    """A model some active server serves now, with the most any of them allows."""
+
+    name: str
+    servers: int
+    max_length: int
+    max_context_length: int
+    since: datetime
+
+
+def served_models(*, now: datetime | None = None) -> list[ServedModel]:
+    """The models of the active servers that take anyone's requests, by name."""
+    found: dict[str, ServedModel] = {}
+    rows = (
+        Server.objects.active(now or timezone.now())
+        .filter(maintenance=False, paused=False)
+        .values_list("models", "max_length", "max_context_length", "created")
+    )
+    for names, max_length, max_context_length, created in rows:
+        for name in names:
+            model = found.setdefault(name, ServedModel(name, 0, 0, 0, created))
+            model.servers += 1
+            model.max_length = max(model.max_length, max_length)
+            model.max_context_length = max(model.max_context_length, max_context_length)
+            model.since = min(model.since, created)
+    return sorted(found.values(), key=lambda model: model.name)
+
+
+def models_for(requested: str, served: list[ServedModel]) -> list[str]:
+    """The acceptable models of a request naming `requested`: [] (any) for "" or "*", the
+    name itself when a server serves exactly it, else every served model of its family,
+    else the name as given (a server of it may still come)."""
+    requested = requested.strip()
+    if requested in ANY_MODEL:
+        return []
+    names = [model.name for model in served]
+    if requested in names:
+        return [requested]
+    wanted = family(requested)
+    return [name for name in names if family(name) == wanted] or [requested]
+
+
+async def generate(*, user: User, request: GenerationRequest, genkey: str = "") -> PromptStatus:
+    """Queue `request` and wait for it to be done; the status with its generations.
+
+    Waiting longer than the configured time cancels the prompt and raises a clear error; a
+    caller that goes away (the view task cancelled) cancels it too.
+    """
+    prompt = await sync_to_async(prompt_create)(user=user, request=request)
+    if genkey:
+        await sync_to_async(genkey_remember)(user=user, genkey=genkey, prompt_id=prompt.id)
+    timeout = wait_seconds()
+    try:
+        status = await prompt_wait_done(prompt.id, timeout)
+    except asyncio.CancelledError:
+        await sync_to_async(_cancel_gone)(prompt.id)
+        logger.info("prompt %s cancelled: the caller went away", prompt.id)
+        raise
+    if status is None:
+        raise await sync_to_async(_give_up)(prompt.id, timeout)
+    if status.faulted and not status.generations:
+        raise RequestFaulted(
+            "The servers failed this request repeatedly; it was given up. Try again, or "
+            "with other settings."
+        )
+    return status
+
+
+def _cancel_gone(prompt_id: object) -> None:
+    with contextlib.suppress(NotFound):  # expired meanwhile: nothing left to cancel
+        prompt_cancel(prompt_id=prompt_id)
+
+
+def _give_up(prompt_id: object, timeout: float) -> WaitedTooLong:
+    """Cancel a prompt that waited too long; the error that says why it was not served."""
+    status = prompt_cancel(prompt_id=prompt_id)
+    if not able_servers(prompt=status.prompt):
+        models = ", ".join(status.prompt.models) or "any model"
+        return WaitedTooLong(
+            f"No active server could serve this request ({models}, max_length "
+            f"{status.prompt.max_length}, max_context_length "
+            f"{status.prompt.max_context_length}) within {timeout:g} s; it was cancelled. "
+            "See /v1/models or /api/v2/status/models for what is served now.",
+            rc="NoServerAvailable",
+        )
+    return WaitedTooLong(
+        f"The request was not served within {timeout:g} s (the queue is long); it was "
+        "cancelled. Try again later, or ask for fewer tokens.",
+    )
+
+
+# KoboldCpp's abort names a generation by the `genkey` its generate request carried.
+GENKEY_PREFIX = "frontend-genkey"
+
+
+def _genkey_cache_key(user: User, genkey: str) -> str:
+    return f"{GENKEY_PREFIX}:{user.pk}:{genkey}"
+
+
+def genkey_remember(*, user: User, genkey: str, prompt_id: object) -> None:
+    expiry = settings.KOBOLDCLUSTER["PROMPT_EXPIRY_SECONDS"] + wait_seconds()
+    cache.set(_genkey_cache_key(user, genkey), str(prompt_id), timeout=expiry)
+
+
+def genkey_abort(*, user: User, genkey: str) -> bool:
+    """Cancel the caller's generation that was sent with `genkey`; whether there was one.
+
+    Scoped to the caller's account (for anonymous callers, the shared anonymous account:
+    use a genkey hard to guess). Jobs in flight still finish and are paid, as for any cancel.
+    """
+    prompt_id = cache.get(_genkey_cache_key(user, genkey))
+    if prompt_id is None:
+        return False
+    try:
+        prompt_cancel(prompt_id=prompt_id)
+    except NotFound:
+        return False
+    return True

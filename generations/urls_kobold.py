@@ -1,0 +1,26 @@
+"""The KoboldAI API, under /api/ (v1, its alias latest, and KoboldCpp's extra).
+
+The latest/ aliases are left out of the OpenAPI schema: they are the v1 endpoints again.
+"""
+
+from django.urls import path
+
+from generations import views_kobold
+
+urlpatterns = [
+    path("v1/generate", views_kobold.GenerateView.as_view()),
+    path("latest/generate", views_kobold.GenerateView.as_view(schema=None)),
+    path("v1/model", views_kobold.ModelView.as_view()),
+    path("latest/model", views_kobold.ModelView.as_view(schema=None)),
+    path("v1/config/max_length", views_kobold.MaxLengthView.as_view()),
+    path("latest/config/max_length", views_kobold.MaxLengthView.as_view(schema=None)),
+    path("v1/config/max_context_length", views_kobold.MaxContextLengthView.as_view()),
+    path(
+        "latest/config/max_context_length", views_kobold.MaxContextLengthView.as_view(schema=None)
+    ),
+    path("v1/info/version", views_kobold.InfoVersionView.as_view()),
+    path("latest/info/version", views_kobold.InfoVersionView.as_view(schema=None)),
+    path("extra/version", views_kobold.ExtraVersionView.as_view()),
+    path("extra/abort", views_kobold.AbortView.as_view()),
+    path("extra/tokencount", views_kobold.TokenCountView.as_view()),
+]

@@ -1,0 +1,258 @@
+"""The KoboldAI API: the cluster answers like one very large KoboldAI server.
+
+What KoboldAI Lite ("KoboldAI API" connection) and SillyTavern ("KoboldAI Classic")
+call, read from their sources: `/api/v1/model`, `/api/v1/info/version`,
+`/api/v1/config/max_context_length`, `/api/extra/version`, then `POST /api/v1/generate`,
+which waits for its generation (generations/frontend.py). Errors keep the cluster's
+`{"message", "rc"}` and add KoboldAI's `detail.msg`, which SillyTavern shows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from adrf.views import APIView as AsyncAPIView
+from asgiref.sync import sync_to_async
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import serializers
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+import koboldcluster
+from accounts.authentication import BearerApiKeyAuthentication, api_user
+from accounts.identity import anonymous_user
+from generations.chat import estimate_tokens
+from generations.frontend import generate, genkey_abort, served_models
+from generations.queue import GenerationRequest
+from generations.serializers import GenerationParamsSerializer, PromptTextField, split_params
+from koboldcluster.api import validated
+from koboldcluster.errors import exception_handler
+from koboldcluster.fields import StrictCharField
+from koboldcluster.openapi import error, shape
+
+ExceptionHandler = Callable[[Exception, dict[str, Any]], Response | None]
+KOBOLD = ["KoboldAI API"]
+# The KoboldAI United API level whose generate fields we accept (stop_sequence: 1.2.2,
+# use_default_badwordsids: 1.2.4); KoboldCpp reports the same.
+KOBOLD_API_VERSION = "1.2.5"
+MODEL_NAMES_SHOWN = 5
+
+BEARER = OpenApiParameter(
+    "Authorization",
+    str,
+    OpenApiParameter.HEADER,
+    description="`Bearer <api key>` (KoboldAI Lite sends the key you type so); the `apikey` "
+    "header works too. Without a key: the anonymous user.",
+)
+
+
+def kobold_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    """The cluster's error, plus KoboldAI's `detail` that SillyTavern reads its message from."""
+    response = exception_handler(exc, context)
+    if response is not None and isinstance(response.data, dict) and "message" in response.data:
+        response.data["detail"] = {"msg": response.data["message"], "type": response.data["rc"]}
+    return response
+
+
+class KoboldView(APIView):
+    authentication_classes = [BearerApiKeyAuthentication]
+
+    def get_exception_handler(self) -> ExceptionHandler:
+        return kobold_exception_handler
+
+
+VALUE = shape("KoboldValue", {"value": serializers.IntegerField()})
+RESULT = shape("KoboldResult", {"result": serializers.CharField()})
+
+
+class ModelView(KoboldView):
+    @extend_schema(
+        operation_id="kobold_model",
+        tags=KOBOLD,
+        summary="The model name",
+        description="`koboldcluster/` and the models active servers serve now (the first "
+        "five, then how many more). Never `ReadOnly`, which clients take for no model.",
+        responses={200: RESULT},
+    )
+    def get(self, request: Request) -> Response:
+        names = [model.name for model in served_models()]
+        shown = ", ".join(names[:MODEL_NAMES_SHOWN]) or "no servers online"
+        if len(names) > MODEL_NAMES_SHOWN:
+            shown += f" +{len(names) - MODEL_NAMES_SHOWN} more"
+        return Response({"result": f"koboldcluster/{shown}"})
+
+
+class MaxLengthView(KoboldView):
+    @extend_schema(
+        operation_id="kobold_max_length",
+        tags=KOBOLD,
+        summary="The largest max_length an active server generates",
+        description="0 when no server is active.",
+        responses={200: VALUE},
+    )
+    def get(self, request: Request) -> Response:
+        return Response({"value": max((m.max_length for m in served_models()), default=0)})
+
+
+class MaxContextLengthView(KoboldView):
+    @extend_schema(
+        operation_id="kobold_max_context_length",
+        tags=KOBOLD,
+        summary="The largest context an active server takes",
+        description="0 when no server is active.",
+        responses={200: VALUE},
+    )
+    def get(self, request: Request) -> Response:
+        served = served_models()
+        return Response({"value": max((m.max_context_length for m in served), default=0)})
+
+
+class InfoVersionView(KoboldView):
+    @extend_schema(
+        operation_id="kobold_info_version",
+        tags=KOBOLD,
+        summary="The KoboldAI United API level",
+        description=f"`{KOBOLD_API_VERSION}`: generate accepts `stop_sequence` and "
+        "`use_default_badwordsids`.",
+        responses={200: RESULT},
+    )
+    def get(self, request: Request) -> Response:
+        return Response({"result": KOBOLD_API_VERSION})
+
+
+class ExtraVersionView(KoboldView):
+    @extend_schema(
+        operation_id="kobold_extra_version",
+        tags=KOBOLD,
+        summary="What this server is (KoboldCpp's feature probe)",
+        description="Claims no KoboldCpp version: KoboldAI Lite reads `version` and "
+        "SillyTavern reads `result` as one, and either would then stream through "
+        "`/api/extra/generate/stream`, which this cluster does not serve yet. So both use "
+        "`/api/v1/generate`.",
+        responses={
+            200: shape(
+                "KoboldExtraVersion",
+                {
+                    "name": serializers.CharField(),
+                    "cluster_version": serializers.CharField(),
+                    "streaming": serializers.BooleanField(),
+                    "tokencount": serializers.CharField(),
+                    "abort": serializers.CharField(),
+                },
+            )
+        },
+    )
+    def get(self, request: Request) -> Response:
+        return Response(
+            {
+                "name": "KoboldAI Cluster",
+                "cluster_version": koboldcluster.__version__,
+                "streaming": False,
+                "tokencount": "estimate: a quarter of the characters, rounded up",
+                "abort": "by the genkey sent with /api/v1/generate",
+            }
+        )
+
+
+class GenerateView(AsyncAPIView):
+    authentication_classes = [BearerApiKeyAuthentication]
+    throttle_scope = "submit"
+
+    class Input(GenerationParamsSerializer):
+        prompt = PromptTextField()
+        genkey = StrictCharField(
+            required=False,
+            max_length=100,
+            help_text="Your name for this generation, for /api/extra/abort (as KoboldCpp).",
+        )
+
+    def get_exception_handler(self) -> ExceptionHandler:
+        return kobold_exception_handler
+
+    @extend_schema(
+        operation_id="kobold_generate",
+        tags=KOBOLD,
+        summary="Generate text, waiting for it",
+        description="KoboldAI's generate body: `prompt`, `n`, `max_length` (80), "
+        "`max_context_length` (1024), the samplers, `stop_sequence`, `frmt*` flags; other "
+        "fields are ignored. An ordinary request of the queue (priority, ledger, expiry); "
+        "the answer waits for it up to KOBOLDCLUSTER_FRONTEND_WAIT_SECONDS (then 504, and "
+        "the request is cancelled, as it is when the caller disconnects).",
+        parameters=[BEARER],
+        request=Input,
+        responses={
+            200: shape(
+                "KoboldGenerated",
+                {"results": shape("KoboldText", {"text": serializers.CharField()}, many=True)},
+            ),
+            400: error("ValidationError"),
+            401: error("InvalidAPIKey"),
+            429: error("TooManyPrompts, TooManyRequests"),
+            502: error("RequestFaulted: the servers failed it 3 times."),
+            504: error("NoServerAvailable, Timeout: not served in time; cancelled."),
+        },
+    )
+    async def post(self, request: Request) -> Response:
+        data = validated(self.Input, request.data)
+        user = api_user(request) or await sync_to_async(anonymous_user)()
+        genkey = data.pop("genkey", "")
+        text = data.pop("prompt")
+        shape_params, samplers = split_params(data)
+        agent = request.META.get("HTTP_CLIENT_AGENT") or "KoboldAI API"
+        generation = GenerationRequest(
+            text=text, params=samplers, client_agent=agent, **shape_params
+        )
+        status = await generate(user=user, request=generation, genkey=genkey)
+        texts = [job.text for job in status.generations] or [""]
+        return Response({"results": [{"text": text} for text in texts]})
+
+
+class AbortView(KoboldView):
+    class Input(serializers.Serializer):
+        genkey = StrictCharField(required=False, allow_blank=True, max_length=100)
+
+    @extend_schema(
+        operation_id="kobold_abort",
+        tags=KOBOLD,
+        summary="Cancel a waiting generation",
+        description="Cancels your generation sent with this `genkey` (yours: same API key, "
+        "or anonymous). Without a genkey nothing is cancelled (`success: false`): the "
+        "cluster serves many callers at once. Disconnecting cancels a generation too.",
+        parameters=[BEARER],
+        request=Input,
+        responses={200: shape("KoboldAbort", {"success": serializers.BooleanField()})},
+    )
+    def post(self, request: Request) -> Response:
+        data = validated(self.Input, request.data if request.data else {})
+        user = api_user(request) or anonymous_user()
+        genkey = data.get("genkey") or ""
+        return Response({"success": bool(genkey) and genkey_abort(user=user, genkey=genkey)})
+
+
+class TokenCountView(KoboldView):
+    class Input(serializers.Serializer):
+        prompt = serializers.CharField(allow_blank=True, trim_whitespace=False)
+
+    @extend_schema(
+        operation_id="kobold_tokencount",
+        tags=KOBOLD,
+        summary="Estimate a text's tokens",
+        description="An estimate by the cluster's token rule (a quarter of the characters, "
+        "rounded up), not a model's tokenizer: `ids` is always empty.",
+        request=Input,
+        responses={
+            200: shape(
+                "KoboldTokenCount",
+                {
+                    "value": serializers.IntegerField(),
+                    "ids": serializers.ListField(child=serializers.IntegerField()),
+                    "estimate": serializers.BooleanField(),
+                },
+            )
+        },
+    )
+    def post(self, request: Request) -> Response:
+        data = validated(self.Input, request.data)
+        return Response({"value": estimate_tokens(data["prompt"]), "ids": [], "estimate": True})

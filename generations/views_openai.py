@@ -1,0 +1,347 @@
+"""The OpenAI-compatible API under /v1/: models, completions, chat completions.
+
+For the `openai` SDKs, LangChain, KoboldAI Lite's and SillyTavern's OpenAI connections and
+the like. A completion is an ordinary prompt of the queue that the request waits for
+(generations/frontend.py); `model` chooses which servers may serve it (an exact name or a
+family, generations/chat.py; "*" or none: any). Fields the cluster cannot honour are
+ignored when that changes nothing the client relies on, and refused (400) when it would.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+from adrf.views import APIView as AsyncAPIView
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from drf_spectacular.utils import extend_schema, extend_schema_field
+from rest_framework import serializers
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from accounts.authentication import BearerApiKeyAuthentication, api_user
+from accounts.identity import anonymous_user
+from accounts.models import User
+from generations import chat
+from generations.frontend import ServedModel, generate, models_for, served_models
+from generations.openai_shapes import (
+    Unsupported,
+    completion_body,
+    openai_error,
+    openai_exception_handler,
+    refuse_unsupported,
+)
+from generations.queue import GenerationRequest
+from generations.serializers import (
+    GenerationParamsSerializer,
+    split_params,
+    validate_prompt_text,
+)
+from koboldcluster.api import validated
+from koboldcluster.openapi import shape
+
+ExceptionHandler = Callable[[Exception, dict[str, Any]], Response | None]
+OPENAI = ["OpenAI-compatible API"]
+COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's own default for /v1/completions
+CHAT_DEFAULT_MAX_TOKENS = 512  # or less, if no server that may serve it generates so much
+# Room for the model's tokenizer counting more tokens than the cluster's estimate.
+CONTEXT_MARGIN = 1.25
+WARNING_HEADER = "X-KoboldCluster-Warning"
+
+# KoboldAI sampler fields a client may send as they are (SillyTavern's Text Completion does).
+KOBOLD_SAMPLERS = (
+    "top_k",
+    "top_a",
+    "typical",
+    "tfs",
+    "min_p",
+    "rep_pen",
+    "rep_pen_range",
+    "rep_pen_slope",
+    "sampler_order",
+    "smoothing_factor",
+    "dynatemp_range",
+    "dynatemp_exponent",
+)
+REFUSED = {
+    "stream": "streaming is not served yet; send stream: false.",
+    "logprobs": "servers report no token probabilities.",
+    "tools": "servers run plain text generation, without tool calls.",
+    "functions": "servers run plain text generation, without function calls.",
+    "logit_bias": "servers take no token biases.",
+    "suffix": "servers do not fill in the middle.",
+    "echo": "the prompt is not echoed.",
+    "grammar": "servers take no grammar.",
+    "grammar_string": "servers take no grammar.",
+}
+BEARER_DOC = "`Authorization: Bearer <api key>`; without one (or `Bearer undefined`): anonymous."
+OPENAI_ERROR = shape(
+    "OpenAIError",
+    {
+        "error": shape(
+            "OpenAIErrorDetail",
+            {
+                "message": serializers.CharField(),
+                "type": serializers.CharField(),
+                "param": serializers.CharField(allow_null=True),
+                "code": serializers.CharField(),
+            },
+        )
+    },
+)
+
+
+class OpenAIView(APIView):
+    authentication_classes = [BearerApiKeyAuthentication]
+    error_schema = OPENAI_ERROR  # the errors every operation may answer, in OpenAI's shape
+
+    def get_exception_handler(self) -> ExceptionHandler:
+        return openai_exception_handler
+
+
+class ModelsView(OpenAIView):
+    @extend_schema(
+        operation_id="openai_models",
+        tags=OPENAI,
+        summary="The models active servers serve now",
+        description="`context_length` and `max_tokens` are the most any of its servers allows.",
+        responses={200: shape("OpenAIModels", {"object": serializers.CharField(), "data": {}})},
+    )
+    def get(self, request: Request) -> Response:
+        return Response({"object": "list", "data": [_model_body(m) for m in served_models()]})
+
+
+def _model_body(model: ServedModel) -> dict[str, Any]:
+    return {
+        "id": model.name,
+        "object": "model",
+        "created": int(model.since.timestamp()),
+        "owned_by": "koboldcluster",
+        "context_length": model.max_context_length,
+        "max_tokens": model.max_length,
+        "servers": model.servers,
+    }
+
+
+@extend_schema_field(
+    {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}
+)
+class StopField(serializers.Field):
+    """OpenAI's `stop`: a string, a list of strings, or null."""
+
+    def to_internal_value(self, data: Any) -> list[str]:
+        if data is None:
+            return []
+        items = [data] if isinstance(data, str) else data
+        if not isinstance(items, list) or not all(isinstance(s, str) for s in items):
+            raise serializers.ValidationError("Must be a string or a list of strings.")
+        return [s for s in items if s]
+
+
+class CompletionInput(serializers.Serializer):
+    model = serializers.CharField(required=False, allow_blank=True, allow_null=True, default="")
+    max_tokens = serializers.IntegerField(required=False, allow_null=True, min_value=1)
+    temperature = serializers.FloatField(required=False, allow_null=True, min_value=0)
+    top_p = serializers.FloatField(required=False, allow_null=True, min_value=0, max_value=1)
+    n = serializers.IntegerField(required=False, allow_null=True, min_value=1)
+    stop = StopField(required=False, default=list)
+    truncation_length = serializers.IntegerField(required=False, allow_null=True, min_value=1)
+
+
+class CompletionsInput(CompletionInput):
+    prompt = serializers.JSONField(help_text="A string (or a list of one string).")
+
+    def validate_prompt(self, value: Any) -> str:
+        if isinstance(value, list) and len(value) == 1:
+            value = value[0]
+        if not isinstance(value, str):
+            raise serializers.ValidationError("Must be a string (token ids are not taken).")
+        return value
+
+
+class Message(serializers.Serializer):
+    role = serializers.ChoiceField(["system", "developer", "user", "assistant"])
+    content = serializers.JSONField()
+    # A last assistant message to continue rather than answer (Mistral's and Lite's names).
+    prefix = serializers.BooleanField(required=False, default=False)
+    partial = serializers.BooleanField(required=False, default=False)
+
+    def validate_content(self, value: Any) -> str:
+        if value is None:
+            return ""
+        if isinstance(value, str):
+            return value
+        if isinstance(value, list) and all(
+            isinstance(part, dict) and part.get("type") == "text" for part in value
+        ):
+            return "".join(str(part.get("text", "")) for part in value)
+        raise serializers.ValidationError("Must be text (images and audio are not taken).")
+
+
+class ChatInput(CompletionInput):
+    messages = Message(many=True, allow_empty=False)
+    max_completion_tokens = serializers.IntegerField(required=False, allow_null=True, min_value=1)
+
+
+async def _generation(
+    request: Request, data: dict[str, Any], text: str, default_max: int, stops: list[str]
+) -> tuple[GenerationRequest, int]:
+    """The queue request for an OpenAI body: its servers, lengths and KoboldAI samplers."""
+    try:
+        validate_prompt_text(text)
+    except serializers.ValidationError as error:
+        field = "messages" if "messages" in data else "prompt"
+        raise serializers.ValidationError({field: error.detail}) from None
+    served = await sync_to_async(served_models)()
+    models = models_for(data.get("model") or "", served)
+    candidates = [m for m in served if not models or m.name in models]
+    max_tokens = data.get("max_completion_tokens") or data.get("max_tokens")
+    if not max_tokens:
+        longest = max((m.max_length for m in candidates), default=default_max)
+        max_tokens = min(default_max, longest)
+    context = data.get("truncation_length") or math.ceil(
+        chat.estimate_tokens(text) * CONTEXT_MARGIN + max_tokens
+    )
+    context = min(max(context, max_tokens), settings.KOBOLDCLUSTER["MAX_CONTEXT_LENGTH"])
+    params: dict[str, Any] = {
+        "n": data.get("n") or 1,
+        "max_length": max_tokens,
+        "max_context_length": context,
+        **{key: request.data[key] for key in KOBOLD_SAMPLERS if key in request.data},
+    }
+    for name in ("temperature", "top_p"):
+        if data.get(name) is not None:
+            params[name] = max(data[name], 0.001) if name == "top_p" else data[name]
+    if stops:
+        params["stop_sequence"] = stops
+    checked = validated(GenerationParamsSerializer, params)
+    shape_params, samplers = split_params(checked)
+    agent = request.META.get("HTTP_USER_AGENT", "")[:100] or "OpenAI API"
+    generation = GenerationRequest(
+        text=text, params=samplers, models=models, client_agent=agent, **shape_params
+    )
+    return generation, max_tokens
+
+
+async def _user(request: Request) -> User:
+    return api_user(request) or await sync_to_async(anonymous_user)()
+
+
+COMPLETION_RESPONSES = {
+    200: shape("OpenAICompletion", {"id": serializers.CharField(), "choices": {}, "usage": {}}),
+    400: OPENAI_ERROR,
+    401: OPENAI_ERROR,
+    429: OPENAI_ERROR,
+    502: OPENAI_ERROR,
+    504: OPENAI_ERROR,
+}
+
+
+class AsyncOpenAIView(AsyncAPIView):
+    authentication_classes = [BearerApiKeyAuthentication]
+    error_schema = OPENAI_ERROR
+    throttle_scope = "submit"
+
+    def get_exception_handler(self) -> ExceptionHandler:
+        return openai_exception_handler
+
+
+class CompletionsView(AsyncOpenAIView):
+    @extend_schema(
+        operation_id="openai_completions",
+        tags=OPENAI,
+        summary="Complete a prompt, waiting for it",
+        description="`model`, `prompt`, `max_tokens` (16), `temperature`, `top_p`, `n`, "
+        "`stop`, and KoboldAI's samplers by their names; `seed`, penalties and `user` are "
+        "ignored; `stream`, `logprobs`, `echo`, `suffix`, `logit_bias` are refused. "
+        "`usage` is estimated by the cluster's token rule. " + BEARER_DOC,
+        request=CompletionsInput,
+        responses=COMPLETION_RESPONSES,
+    )
+    async def post(self, request: Request) -> Response:
+        refuse_unsupported(request.data if isinstance(request.data, dict) else {}, REFUSED)
+        data = validated(CompletionsInput, request.data)
+        if request.data.get("best_of") not in (None, 1):
+            raise Unsupported("'best_of' is not supported by this cluster.", param="best_of")
+        user = await _user(request)
+        generation, max_tokens = await _generation(
+            request, data, data["prompt"], COMPLETIONS_DEFAULT_MAX_TOKENS, data["stop"]
+        )
+        status = await generate(user=user, request=generation)
+        body = completion_body(
+            status=status,
+            prompt=data["prompt"],
+            stops=data["stop"],
+            max_tokens=max_tokens,
+            chat=False,
+        )
+        return Response(body)
+
+
+class ChatCompletionsView(AsyncOpenAIView):
+    @extend_schema(
+        operation_id="openai_chat_completions",
+        tags=OPENAI,
+        summary="Answer a chat, waiting for it",
+        description="`messages` (system, developer, user, assistant; text only) become one "
+        "prompt through the chat template of `model` (the model catalogue; an unknown model "
+        "gets ChatML and the X-KoboldCluster-Warning header; X-Chat-Template names the "
+        "template used). Other fields as for /v1/completions; `max_completion_tokens` "
+        "too; `tools` and `response_format` other than text are refused. " + BEARER_DOC,
+        request=ChatInput,
+        responses=COMPLETION_RESPONSES,
+    )
+    async def post(self, request: Request) -> Response:
+        body = request.data if isinstance(request.data, dict) else {}
+        refuse_unsupported(body, REFUSED)
+        response_format = body.get("response_format")
+        if isinstance(response_format, dict) and response_format.get("type") not in (
+            None,
+            "text",
+        ):
+            raise Unsupported(
+                "'response_format' other than text is not supported by this cluster.",
+                param="response_format",
+            )
+        data = validated(ChatInput, request.data)
+        user = await _user(request)
+        requested = (data.get("model") or "").strip()
+        requested = "" if requested in ("*",) else requested
+        served = await sync_to_async(served_models)()
+        names = [m.name for m in served]
+        choice = await sync_to_async(chat.choose_template)(requested, names)
+        messages = [{"role": _role(m["role"]), "content": m["content"]} for m in data["messages"]]
+        last = data["messages"][-1]
+        text = chat.render(
+            messages, choice.template, continue_last=last["prefix"] or last["partial"]
+        )
+        stops = list(dict.fromkeys([*data["stop"], *choice.template.stop]))
+        generation, max_tokens = await _generation(
+            request, data, text, CHAT_DEFAULT_MAX_TOKENS, stops
+        )
+        status = await generate(user=user, request=generation)
+        answer = completion_body(
+            status=status, prompt=text, stops=stops, max_tokens=max_tokens, chat=True
+        )
+        headers = {"X-Chat-Template": choice.template.key}
+        if choice.warning:
+            headers[WARNING_HEADER] = choice.warning
+        return Response(answer, headers=headers)
+
+
+def _role(role: str) -> str:
+    return "system" if role == "developer" else role
+
+
+class NotFoundView(OpenAIView):
+    """Any other /v1/ path: OpenAI's 404, so its clients show a clear message."""
+
+    @extend_schema(exclude=True)
+    def get(self, request: Request, rest: str = "") -> Response:
+        message = f"/v1/{rest} is not served by this cluster: see /api/ for what is."
+        return Response(openai_error(message, 404, code="unknown_url"), status=404)
+
+    post = get
