@@ -108,7 +108,6 @@ class ClusterAutoSchema(AutoSchema):
             return qualname.replace(".", "")
         return super().get_serializer_name(serializer, direction)
 
-
     def _refuses_unknown_keys(self) -> bool:
         return any(
             not getattr(authenticator, "lenient", False)
