@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, NoReturn, Protocol
 
@@ -71,12 +70,18 @@ class Job:
     id: str
     payload: dict[str, Any]
     ttl: float | None  # seconds the cluster gives us to submit, from the moment of the pop
-    received: float = field(default_factory=time.monotonic)
+    # When the worker got the job, on the worker's clock (`Worker.step` stamps it). Not read
+    # here from the system clock: a second clock would make deadlines meaningless whenever a
+    # caller (a test, say) injects its own.
+    received: float | None = None
 
     @property
     def deadline(self) -> float | None:
-        """The `time.monotonic()` after which the cluster may hand the slot to someone else."""
-        return None if self.ttl is None else self.received + self.ttl
+        """The time on the worker's clock after which the cluster may hand the slot to
+        someone else; None without a ttl or before the job is stamped."""
+        if self.ttl is None or self.received is None:
+            return None
+        return self.received + self.ttl
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,11 @@ from bridge.cluster import (
 from bridge.kobold import KoboldBusy, KoboldError, ModelInfo, PayloadRefused
 from bridge.retry import Backoff
 
+# Seconds on a monotonic scale. `Bridge` is the one place it is chosen (`time.monotonic`
+# unless a test injects another); every other part gets it from there, so that no time read
+# from one clock is ever compared with a time read from another.
+Clock = Callable[[], float]
+
 log = logging.getLogger("bridge")
 # The closing summary goes through its own logger so that --quiet still shows it.
 summary_log = logging.getLogger("bridge.summary")
@@ -96,7 +101,7 @@ def format_kudos(kudos: float) -> str:
 class Stats:
     """Counters shared by every worker thread."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, clock: Clock) -> None:
         self._clock = clock
         self._lock = threading.Lock()
         self.started = clock()
@@ -132,7 +137,7 @@ class ModelWatcher:
         self,
         kobold: KoboldAPI,
         settings: Settings,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock,
     ) -> None:
         self.kobold = kobold
         self.settings = settings
@@ -221,8 +226,8 @@ class Worker:
         stop: threading.Event,
         stats: Stats,
         watcher: ModelWatcher,
+        clock: Clock,
         wait: Wait | None = None,
-        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.cluster = cluster
         self.kobold = kobold
@@ -320,6 +325,8 @@ class Worker:
 
     def serve(self, job: Job) -> None:
         """Generate and deliver one job; every outcome is logged and counted."""
+        if job.received is None:
+            job.received = self._clock()
         self.stats.add(in_flight=1)
         try:
             ttl = f"{job.ttl:.0f} s" if job.ttl is not None else "none"
@@ -334,7 +341,8 @@ class Worker:
 
     def _generate(self, job: Job) -> tuple[str, float] | None:
         """The text and the seconds it took, or None if the job was given back or dropped."""
-        deadline = job.deadline if job.deadline is not None else job.received + DEFAULT_TTL
+        received = job.received if job.received is not None else self._clock()
+        deadline = received + (job.ttl if job.ttl is not None else DEFAULT_TTL)
         failures = busy = 0
         while True:
             if self.stop.is_set():
@@ -345,7 +353,7 @@ class Worker:
                 log.warning(
                     "job %s: its ttl (%.0f s) passed before it could be generated; dropping it",
                     _short(job),
-                    deadline - job.received,
+                    deadline - received,
                 )
                 self._give_back(job, "ttl passed", count=False)
                 self.stats.add(dropped=1)
@@ -468,7 +476,7 @@ class Bridge:
         kobold: KoboldAPI,
         settings: Settings,
         stop: threading.Event | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock = time.monotonic,
     ) -> None:
         self.cluster = cluster
         self.kobold = kobold

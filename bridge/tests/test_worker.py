@@ -44,8 +44,11 @@ INFO = ModelInfo("KoboldAI_Tiny-1B", 512, 2048)
 
 
 class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
+    """Monotonic seconds that move only when a test moves them. `start` is the machine's
+    uptime as far as the code under test can tell: near 0 on a machine booted a moment ago."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
 
     def __call__(self) -> float:
         return self.now
@@ -136,8 +139,15 @@ def job(prompt: str = "hello world!", ttl: float | None = 150, received: float =
 class Harness:
     """A Worker wired to fakes; waits advance the fake clock and are recorded."""
 
-    def __init__(self, cluster: FakeCluster, kobold: FakeKobold | None = None, **settings: Any):
-        self.clock = FakeClock()
+    def __init__(
+        self,
+        cluster: FakeCluster,
+        kobold: FakeKobold | None = None,
+        *,
+        start: float = 1000.0,
+        **settings: Any,
+    ) -> None:
+        self.clock = FakeClock(start)
         self.cluster = cluster
         self.kobold = kobold or FakeKobold()
         self.kobold.clock = self.clock
@@ -156,8 +166,8 @@ class Harness:
             stop=self.stop,
             stats=self.stats,
             watcher=self.watcher,
-            wait=self.wait,
             clock=self.clock,
+            wait=self.wait,
         )
 
     def wait(self, seconds: float, interruptible: bool) -> None:
@@ -202,7 +212,8 @@ def test_kudos_are_shown_beside_the_tokens_counted_from_the_text(caplog):
 
 
 def test_counted_tokens_stop_at_the_jobs_max_length():
-    long_job = Job(JOB_ID, {"prompt": "x" * 40, "max_length": 4}, 150)
+    long_job = job("x" * 40)
+    long_job.payload["max_length"] = 4
     harness = Harness(FakeCluster([long_job], [Submitted("accepted", kudos=4.0)]))
     harness.run(waits=1)
     assert harness.stats.tokens == 4
@@ -508,6 +519,32 @@ def test_not_a_cluster_is_fatal_at_start_but_an_outage_later(caplog):
     assert f"retrying in 1.0 s: {wrong}" in caplog.messages
 
 
+@pytest.mark.parametrize("uptime", [3.0, 10_000_000.0], ids=["booted-3-s-ago", "up-115-days"])
+def test_a_popped_job_is_timed_on_the_workers_clock_whatever_the_uptime(uptime):
+    # A protocol builds jobs without a time of receipt (as these two are); the worker stamps
+    # them on its own clock. When Job read the system clock instead, a clock injected near 0
+    # (a machine booted a moment ago) or far above it disagreed with the job's deadline: the
+    # first job below then never expired, or both expired before they were generated.
+    first = Job(JOB_ID, {"prompt": "slow", "max_length": 20}, 10)
+    second = Job("second-job", {"prompt": "next", "max_length": 20}, 10)
+    cluster = FakeCluster([first, second])
+    harness = Harness(cluster, FakeKobold([KoboldBusy("busy")] * 5), start=uptime)
+    harness.run(waits=6)
+    # Busy for 0.5 + 1 + 2 + 4 + 4 = 11.5 s > ttl 10: the first is dropped, the second served.
+    assert cluster.given_back == [JOB_ID]
+    assert cluster.submitted == [("second-job", "NEXT")]
+    assert first.received == uptime and second.received == uptime + 11.5
+
+
+def test_the_fake_clock_moves_only_when_told():
+    clock = FakeClock(start=0.5)
+    assert (clock(), clock()) == (0.5, 0.5)
+    harness = Harness(FakeCluster(), start=0.5, interval=2.0)
+    harness.run(waits=2)
+    assert harness.clock() == 4.5
+    assert harness.stats.summary().endswith("up 0:00:04")
+
+
 def test_stats_summary():
     clock = FakeClock()
     stats = Stats(clock)
@@ -554,6 +591,7 @@ def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
 
 
 def test_threads_share_the_work_and_the_stats():
+    # No `received`: the bridge stamps them on its (real) clock.
     jobs = [Job(f"{i:08d}-job", {"prompt": f"p{i}"}, 150) for i in range(12)]
     cluster = FakeCluster(jobs)
     kobold = FakeKobold()
