@@ -27,6 +27,16 @@ MAX_THREADS = 50  # the cluster (like the AI Horde) refuses more threads per ser
 PROTOCOL_NAMES = ("original", "horde")
 
 
+# The values bridgeData.template.toml ships with. Left unedited, they would join the cluster
+# under a name and an account that other contributors' unedited copies share.
+PLACEHOLDERS = {
+    "name": "my-kobold-server",
+    "username": "my-username",
+    "password": "change-me",
+    "apikey": "your-22-character-key",
+}
+
+
 class ConfigError(Exception):
     """A missing or bad setting. The message is one line, written for the contributor."""
 
@@ -348,6 +358,11 @@ def load_config(
             if option.key in source:
                 raw, label = source[option.key]
                 values[option.key] = _parse(option.parse, raw, label, option.secret)
+                if values[option.key] == PLACEHOLDERS.get(option.key):
+                    raise ConfigError(
+                        f"{label} is still the template's placeholder "
+                        f"{PLACEHOLDERS[option.key]!r}: replace it with your own"
+                    )
                 break
     values["verbosity"] = _verbosity(sources)
     for key in _TUNING:

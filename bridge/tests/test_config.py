@@ -310,10 +310,52 @@ def test_template_is_valid_and_documents_every_setting():
     assert {"cluster_url", "kai_url", "name", "username", "password"} <= set(active)
 
 
-def test_template_copied_as_is_loads(tmp_path):
+def test_template_copied_as_is_is_refused_naming_the_setting(tmp_path):
     template = (BRIDGE_DIR / "bridgeData.template.toml").read_text(encoding="utf-8")
+    assert error_of(tmp_path, toml=template) == (
+        "name in bridgeData.toml is still the template's placeholder 'my-kobold-server': "
+        "replace it with your own"
+    )
+
+
+@pytest.mark.parametrize(
+    ("key", "placeholder", "label"),
+    [
+        ("name", "my-kobold-server", "--name"),
+        ("username", "my-username", "username in bridgeData.toml"),
+        ("password", "change-me", "BRIDGE_PASSWORD"),
+        ("apikey", "your-22-character-key", "--apikey"),
+    ],
+)
+def test_each_placeholder_is_refused_wherever_it_comes_from(tmp_path, key, placeholder, label):
+    identity = {"name": "srv", "username": "u", "password": "p", "apikey": "k"}
+    toml = "".join(f'{name} = "{value}"\n' for name, value in identity.items() if name != key)
+    option = next(option for option in OPTIONS if option.key == key)
+    argv, env = [], {}
+    if label.startswith("--"):
+        argv = [option.flag, placeholder]
+    elif label.startswith("BRIDGE_"):
+        env = {option.env: placeholder}
+    else:
+        toml += f'{key} = "{placeholder}"\n'
+    message = error_of(tmp_path, argv, env, toml)
+    assert message.startswith(f"{label} is still the template's placeholder {placeholder!r}")
+
+
+def test_template_with_its_placeholders_replaced_loads(tmp_path):
+    template = (BRIDGE_DIR / "bridgeData.template.toml").read_text(encoding="utf-8")
+    for placeholder, own in (
+        ("my-kobold-server", "bobs-3090"),
+        ("my-username", "bob"),
+        ("change-me", "a-real-password"),
+    ):
+        template = template.replace(f'"{placeholder}"', f'"{own}"')
     config = load(tmp_path, toml=template)
-    assert (config.name, config.username) == ("my-kobold-server", "my-username")
+    assert (config.name, config.username, config.password) == (
+        "bobs-3090",
+        "bob",
+        "a-real-password",
+    )
 
 
 def test_readme_documents_every_option():

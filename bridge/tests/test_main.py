@@ -13,7 +13,7 @@ import pytest
 
 from bridge.tests.cluster_double import ScriptedCluster
 from bridge.tests.kai_double import FakeKoboldAI, fake_text
-from bridge.tests.processes import Process, bridge_env, start_bridge
+from bridge.tests.processes import REPO, Process, bridge_env, start_bridge
 
 FAST = {"BRIDGE_INTERVAL": "0.05", "BRIDGE_BACKOFF_BASE": "0.05", "BRIDGE_BACKOFF_MAX": "0.2"}
 ID1 = "11111111-aaaa-4aaa-8aaa-111111111111"
@@ -93,6 +93,24 @@ def test_missing_name_from_a_config_file(tmp_path):
     assert (result.returncode, result.stderr) == (
         2,
         "bridge: error: no server name: set --name, BRIDGE_NAME or name in bridgeData.toml\n",
+    )
+
+
+def test_the_unedited_template_exits_2_naming_the_setting(tmp_path):
+    template = (REPO / "bridge" / "bridgeData.template.toml").read_text(encoding="utf-8")
+    (tmp_path / "bridgeData.toml").write_text(template, encoding="utf-8")
+    result = subprocess.run(
+        [sys.executable, "-m", "bridge"],
+        cwd=tmp_path,
+        env=bridge_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert (result.returncode, result.stderr) == (
+        2,
+        "bridge: error: name in bridgeData.toml is still the template's placeholder "
+        "'my-kobold-server': replace it with your own\n",
     )
 
 
