@@ -244,6 +244,11 @@ class SubmitView(APIView):
         generation = GenerationField(max_length=1_000_000)
         state = serializers.ChoiceField(["ok", "faulted", "censored"], default="ok")
         seed = StrictIntegerField(required=False, allow_null=True)
+        token_count = StrictIntegerField(
+            min_value=0,
+            required=False,
+            help_text="The backend's count of generated tokens; paid when plausible.",
+        )
 
     @extend_schema(
         operation_id="server_submit",
@@ -264,6 +269,10 @@ class SubmitView(APIView):
             owner=job.server.owner, password=data.get("password"), api_user=api_user(request)
         )
         reward = job_submit(
-            job=job, text=data["generation"], state=data["state"], seed=data.get("seed")
+            job=job,
+            text=data["generation"],
+            state=data["state"],
+            seed=data.get("seed"),
+            token_count=data.get("token_count"),
         )
         return Response({"reward": reward})
