@@ -118,8 +118,10 @@ class ClusterProtocol(Protocol):
         """Ask for one job. Raises ClusterUnavailable or ClusterRejected."""
         ...
 
-    def submit(self, job: Job, text: str) -> Submitted:
-        """Deliver a generated text. Raises ClusterUnavailable or ClusterRejected."""
+    def submit(self, job: Job, text: str, tokens: int | None = None) -> Submitted:
+        """Deliver a generated text and, when the backend counted them, its tokens (sent as
+        `token_count`, which our cluster pays when plausible and others ignore). Raises
+        ClusterUnavailable or ClusterRejected."""
         ...
 
     def give_back(self, job: Job) -> Submitted:
@@ -237,8 +239,9 @@ class OriginalClusterProtocol(_HttpCluster):
             return NoWork(maintenance=_message(response, data))
         self._raise_for_pop(response, data)
 
-    def submit(self, job: Job, text: str) -> Submitted:
-        return self._submit(job, {"generation": text})
+    def submit(self, job: Job, text: str, tokens: int | None = None) -> Submitted:
+        counted = {} if tokens is None else {"token_count": tokens}
+        return self._submit(job, {"generation": text, **counted})
 
     def give_back(self, job: Job) -> Submitted:
         return self._submit(job, {"generation": "", "state": "faulted"})
@@ -351,9 +354,10 @@ class HordeProtocol(_HttpCluster):
             return NoWork(maintenance=_message(response, data))
         self._raise_for_pop(response, data)
 
-    def submit(self, job: Job, text: str) -> Submitted:
+    def submit(self, job: Job, text: str, tokens: int | None = None) -> Submitted:
         # No seed: KoboldAI does not report the one it used, and the field is optional.
-        return self._submit(job.id, {"generation": text, "state": "ok"})
+        counted = {} if tokens is None else {"token_count": tokens}
+        return self._submit(job.id, {"generation": text, "state": "ok", **counted})
 
     def give_back(self, job: Job) -> Submitted:
         return self._submit(job.id, {"generation": "", "state": "faulted"})

@@ -1,9 +1,10 @@
-"""The bridge's loop: pop a job, generate it with KoboldAI, submit the text; repeat.
+"""The bridge's loop: pop a job, generate it with the backend, submit the text; repeat.
 
-No HTTP here. The loop gets a cluster protocol (`bridge.cluster`) and a KoboldAI client
-(`bridge.kobold`) and only sees their results and exceptions, so the tests drive it with fakes.
-Several workers (one per `--threads`) share one stop flag, one set of statistics and one view
-of KoboldAI's current model.
+No HTTP here. The loop gets a cluster protocol (`bridge.cluster`) and a backend client
+(`bridge.kobold.KoboldClient` or `bridge.openai_backend.OpenAIClient`, called `kobold` here
+for history's sake) and only sees their results and exceptions, so the tests drive it with
+fakes. Several workers (one per `--threads`) share one stop flag, one set of statistics, one
+view of the backend's current model and one record of when the owner last used it.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from bridge.cluster import (
     NoWork,
     Submitted,
 )
-from bridge.kobold import KoboldBusy, KoboldError, ModelInfo, PayloadRefused
+from bridge.kobold import Generation, KoboldBusy, KoboldError, ModelInfo, PayloadRefused
 from bridge.retry import Backoff
 
 # Seconds on a monotonic scale. `Bridge` is the one place it is chosen (`time.monotonic`
@@ -47,13 +48,18 @@ LATE_GRACE = 60.0
 
 
 class KoboldAPI(Protocol):
-    """What the loop needs from KoboldAI (`bridge.kobold.KoboldClient`, or a fake)."""
+    """What the loop needs from the backend (`KoboldClient`, `OpenAIClient`, or a fake)."""
 
     url: str
+    label: str  # "KoboldAI", "KoboldCpp", "llama.cpp server" ...
 
     def model_info(self) -> ModelInfo: ...
 
-    def generate(self, payload: dict, timeout: float | None = None) -> str: ...
+    def generate(self, payload: dict, timeout: float | None = None) -> Generation: ...
+
+    def busy(self, ours: int) -> str | None:
+        """Why the backend should get no job now (its owner uses it), or None."""
+        ...
 
 
 @dataclass
@@ -62,9 +68,11 @@ class Settings:
 
     interval: float = 1.0  # wait when there is no work
     threads: int = 1
-    max_length: int | None = None  # overrides, capped by what KoboldAI reports
+    max_length: int | None = None  # overrides, capped by what the backend allows
     max_context_length: int | None = None
-    refresh_interval: float = 30.0  # re-read KoboldAI's model and limits this often
+    model_name: str | None = None  # advertise this instead of the backend's model name
+    pause_when_busy: float = 0.0  # after the owner used the backend, wait this long
+    refresh_interval: float = 30.0  # re-read the backend's model and limits this often
     summary_interval: float = 300.0
     maintenance_interval: float = 30.0  # poll slowly while the cluster has us in maintenance
     max_attempts: int = 4  # tries to generate one job before giving it back
@@ -130,7 +138,7 @@ class Stats:
 
 
 class ModelWatcher:
-    """KoboldAI's current model and limits, re-read every `refresh_interval` seconds because
+    """The backend's current model and limits, re-read every `refresh_interval` seconds because
     the contributor may load another model while the bridge runs. Shared by all workers."""
 
     def __init__(
@@ -143,7 +151,7 @@ class ModelWatcher:
         self.settings = settings
         self._clock = clock
         self._lock = threading.Lock()
-        self._info: ModelInfo | None = None  # the last model KoboldAI reported
+        self._info: ModelInfo | None = None  # the last model the backend reported
         self._fresh = False  # whether _info may be used for the next pop
         self._checked = -math.inf
         self._down = False
@@ -170,7 +178,7 @@ class ModelWatcher:
             # No pops until KoboldAI answers again: we could not serve the jobs.
             self._fresh = False
             if self._info is not None and not self._down:
-                log.warning("no new jobs until KoboldAI is back: %s", error)
+                log.warning("no new jobs until %s is back: %s", self.kobold.label, error)
             self._down = True
             raise
         previous, was_down = self._info, self._down
@@ -184,31 +192,77 @@ class ModelWatcher:
         else:
             return
         log.info(
-            "KoboldAI %s %s (max_length %d, max_context_length %d)",
+            "%s %s %s (max_length %d, max_context_length %d)",
+            self.kobold.label,
             how,
-            info.cluster_name,
+            self.settings.model_name or info.cluster_name,
             info.max_length,
             info.max_context_length,
         )
 
     def _limit(self, info: ModelInfo) -> Capabilities:
-        lengths = []
-        for flag, override, reported in (
-            ("--max-length", self.settings.max_length, info.max_length),
-            ("--max-context-length", self.settings.max_context_length, info.max_context_length),
-        ):
-            too_high = override is not None and override > reported
-            if too_high and (flag, override, reported) not in self._warned:
-                self._warned.add((flag, override, reported))
-                log.warning(
-                    "%s %d is above what KoboldAI reports (%d); using %d",
-                    flag,
-                    override,
-                    reported,
-                    reported,
-                )
-            lengths.append(min(reported, override) if override is not None else reported)
-        return Capabilities(info.cluster_name, lengths[0], lengths[1])
+        """The owner's --max-length and --max-context-length, never above what the backend
+        allows. A backend that does not report its context gets the owner's word for it."""
+        wanted_context = self.settings.max_context_length
+        if info.limits_known or wanted_context is None:
+            context = self._capped("--max-context-length", wanted_context, info.max_context_length)
+            ceiling = min(info.max_length_ceiling or info.max_length, context)
+        else:
+            context = ceiling = wanted_context
+        if self.settings.max_length is None:
+            length = min(info.max_length, context)
+        else:
+            length = self._capped("--max-length", self.settings.max_length, ceiling)
+        return Capabilities(self.settings.model_name or info.cluster_name, length, context)
+
+    def _capped(self, flag: str, override: int | None, allowed: int) -> int:
+        if override is None:
+            return allowed
+        if override > allowed and (flag, override, allowed) not in self._warned:
+            self._warned.add((flag, override, allowed))
+            log.warning(
+                "%s %d is above what %s allows (%d); using %d",
+                flag,
+                override,
+                self.kobold.label,
+                allowed,
+                allowed,
+            )
+        return min(override, allowed)
+
+
+class Politeness:
+    """Takes jobs only while the owner leaves the backend alone: no pop while the backend
+    says it is busy (llama.cpp: no free slot; KoboldCpp: generating for someone else), nor
+    for `pause_when_busy` seconds after it last was. Shared by all workers."""
+
+    def __init__(self, kobold: KoboldAPI, settings: Settings, clock: Clock) -> None:
+        self.kobold = kobold
+        self.settings = settings
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._busy_since: float | None = None  # while busy: when it was first seen busy
+        self._last_busy = -math.inf
+
+    def delay(self, ours: int) -> float:
+        """Seconds to wait before popping (0: pop now)."""
+        busy = getattr(self.kobold, "busy", None)
+        reason = busy(ours) if busy else None
+        now = self._clock()
+        with self._lock:
+            if reason:
+                if self._busy_since is None:
+                    log.info("no new jobs while the backend is busy: %s", reason)
+                    self._busy_since = now
+                self._last_busy = now
+                return self.settings.interval
+            remaining = self._last_busy + self.settings.pause_when_busy - now
+            if remaining > 0:
+                return min(remaining, self.settings.interval)
+            if self._busy_since is not None:
+                log.info("the backend is free again; taking jobs")
+                self._busy_since = None
+            return 0.0
 
 
 Wait = Callable[[float, bool], None]
@@ -228,6 +282,7 @@ class Worker:
         watcher: ModelWatcher,
         clock: Clock,
         wait: Wait | None = None,
+        politeness: Politeness | None = None,
     ) -> None:
         self.cluster = cluster
         self.kobold = kobold
@@ -235,6 +290,7 @@ class Worker:
         self.stop = stop
         self.stats = stats
         self.watcher = watcher
+        self.politeness = politeness
         self._wait = wait or self._real_wait
         self._clock = clock
         self._kobold_failures = 0
@@ -265,16 +321,20 @@ class Worker:
                 self._wait(delay, True)
 
     def step(self) -> float:
-        """Check KoboldAI, pop, and serve the job if there is one. Returns the seconds to wait
-        before the next step (0 after a job: there may be more work)."""
+        """Check the backend, pop, and serve the job if there is one. Returns the seconds to
+        wait before the next step (0 after a job: there may be more work)."""
         try:
             capabilities = self.watcher.capabilities()
+            polite = self.politeness.delay(self.stats.in_flight) if self.politeness else 0.0
         except KoboldError as error:
+            self.watcher.invalidate()
             self._kobold_failures += 1
             delay = self.settings.backoff.delay(self._kobold_failures)
-            log.debug("checking KoboldAI again in %.1f s: %s", delay, error)
+            log.debug("checking the backend again in %.1f s: %s", delay, error)
             return delay
         self._kobold_failures = 0
+        if polite > 0:
+            return polite
         if self.stop.is_set():
             return 0.0
 
@@ -339,7 +399,7 @@ class Worker:
         finally:
             self.stats.add(in_flight=-1)
 
-    def _generate(self, job: Job) -> tuple[str, float] | None:
+    def _generate(self, job: Job) -> tuple[Generation, float] | None:
         """The text and the seconds it took, or None if the job was given back or dropped."""
         received = job.received if job.received is not None else self._clock()
         deadline = received + (job.ttl if job.ttl is not None else DEFAULT_TTL)
@@ -367,10 +427,10 @@ class Worker:
             except KoboldBusy:
                 busy += 1
                 delay = self.settings.busy_backoff.delay(busy)
-                log.debug("job %s: KoboldAI is busy; retrying in %.1f s", _short(job), delay)
+                log.debug("job %s: the backend is busy; retrying in %.1f s", _short(job), delay)
             except PayloadRefused as error:
                 log.warning("job %s: %s", _short(job), error)
-                self._give_back(job, "KoboldAI refused it")
+                self._give_back(job, f"{self.kobold.label} refused it")
                 return None
             except KoboldError as error:
                 failures += 1
@@ -391,14 +451,14 @@ class Worker:
                 )
             self._wait(delay, True)
 
-    def _deliver(self, job: Job, text: str, seconds: float) -> None:
+    def _deliver(self, job: Job, generation: Generation, seconds: float) -> None:
         """Submit the text, retrying network errors: generating it again would waste the GPU
         time and could pay twice, so this never goes back to KoboldAI."""
         failures = 0
         first_failure = stop_seen = None
         while True:
             try:
-                result = self.cluster.submit(job, text)
+                result = self.cluster.submit(job, generation.text, generation.tokens)
                 break
             except ClusterUnavailable as error:
                 failures += 1
@@ -419,13 +479,16 @@ class Worker:
                     "job %s: submit failed, retrying in %.1f s: %s", _short(job), delay, error
                 )
                 self._wait(delay, False)
-        self._record(job, text, seconds, result)
+        self._record(job, generation, seconds, result)
 
-    def _record(self, job: Job, text: str, seconds: float, result: Submitted) -> None:
+    def _record(self, job: Job, generation: Generation, seconds: float, result: Submitted) -> None:
+        text = generation.text
         if self.settings.log_prompts:
             log.info("job %s text: %r", _short(job), text)
         if result.outcome in ("accepted", "duplicate"):
             tokens = result.reward
+            if tokens is None:
+                tokens = generation.tokens
             if tokens is None:
                 tokens = estimate_tokens(text, job.payload.get("max_length"))
             self.stats.add(done=1, tokens=tokens, seconds=seconds, kudos=result.kudos or 0.0)
@@ -484,6 +547,7 @@ class Bridge:
         self.stop = stop or threading.Event()
         self.stats = Stats(clock)
         self.watcher = ModelWatcher(kobold, settings, clock)
+        self.politeness = Politeness(kobold, settings, clock)
         self.fatal: ClusterRejected | None = None
         self._clock = clock
         self._threads: list[threading.Thread] = []
@@ -498,6 +562,7 @@ class Bridge:
                 stats=self.stats,
                 watcher=self.watcher,
                 clock=self._clock,
+                politeness=self.politeness,
             )
             # Daemon threads: a second Ctrl-C must be able to end the process at once even
             # while a worker waits on KoboldAI.

@@ -135,7 +135,7 @@ def test_unreachable_kobold_at_start(run_bridge, kai):
         bridge.lines[-1],
     ]
     assert bridge.lines[-1].endswith(
-        f"ERROR   cannot reach KoboldAI (connection refused): is KoboldAI running at {kai.url}?"
+        f"ERROR   cannot reach your backend (connection refused): is it running at {kai.url}?"
     )
 
 
@@ -145,8 +145,11 @@ def test_not_kobold_at_start(run_bridge, kai):
     assert bridge.wait() == 1
     assert len(error_lines(bridge)) == 1
     assert bridge.lines[-1].endswith(
-        f"the server at {kai.url} is not KoboldAI (GET /api/latest/model answered 404); "
-        "check --kai-url"
+        f"the server at {kai.url} does not offer the KoboldAI API (GET /api/v1/model) or an "
+        "OpenAI-compatible API (GET /v1/models) (GET /api/extra/version: 404; "
+        "GET /api/v1/model: 404; GET /v1/models: 404); the bridge "
+        "needs one of KoboldAI, KoboldCpp, llama.cpp server, Ollama, vLLM, TabbyAPI or another "
+        "OpenAI-compatible server there: check --backend-url"
     )
 
 

@@ -21,6 +21,7 @@ from bridge.cluster import (
     Submitted,
 )
 from bridge.kobold import (
+    Generation,
     GenerationFailed,
     KoboldBusy,
     KoboldUnreachable,
@@ -31,6 +32,7 @@ from bridge.retry import Backoff
 from bridge.worker import (
     Bridge,
     ModelWatcher,
+    Politeness,
     Settings,
     Stats,
     Worker,
@@ -65,6 +67,7 @@ class FakeCluster:
         self.popped: list[Capabilities] = []
         self.submitted: list[tuple[str, str]] = []
         self.given_back: list[str] = []
+        self.token_counts: list[int | None] = []  # what each submit reported, in order
         self.on_pop: Callable[[], None] | None = None
         self._lock = threading.Lock()
 
@@ -81,12 +84,13 @@ class FakeCluster:
             raise answer
         return answer
 
-    def submit(self, job: Job, text: str) -> Submitted:
+    def submit(self, job: Job, text: str, tokens: int | None = None) -> Submitted:
         with self._lock:
             answer = self.submit_script.popleft() if self.submit_script else None
             if isinstance(answer, Exception):
                 raise answer
             self.submitted.append((job.id, text))
+            self.token_counts.append(tokens)
         return answer or Submitted("accepted", estimate_tokens(text))
 
     def give_back(self, job: Job) -> Submitted:
@@ -96,9 +100,11 @@ class FakeCluster:
 
 
 class FakeKobold:
-    """Answers prompt.upper(), after raising whatever is scripted first."""
+    """Answers prompt.upper(), after raising whatever is scripted first; counts its tokens
+    as one per character when `counts` is set, and is busy while `busy_reasons` last."""
 
     url = "http://kobold.test"
+    label = "KoboldAI"
 
     def __init__(self, errors: list[Exception] = (), info_errors: list[Exception] = ()) -> None:
         self.errors: deque[Exception] = deque(errors)
@@ -110,7 +116,14 @@ class FakeKobold:
         self.on_generate: Callable[[], None] | None = None
         self.clock: FakeClock | None = None
         self.seconds = 2.0  # how long each generation takes on the fake clock
+        self.counts = False
+        self.busy_reasons: deque[str | None] = deque()
+        self.busy_calls: list[int] = []  # the `ours` of each busy() call
         self._lock = threading.Lock()
+
+    def busy(self, ours: int) -> str | None:
+        self.busy_calls.append(ours)
+        return self.busy_reasons.popleft() if self.busy_reasons else None
 
     def model_info(self) -> ModelInfo:
         self.info_calls += 1
@@ -129,7 +142,8 @@ class FakeKobold:
             raise error
         if self.clock:
             self.clock.now += self.seconds
-        return payload["prompt"].upper()
+        text = payload["prompt"].upper()
+        return Generation(text, len(text) if self.counts else None)
 
 
 def job(prompt: str = "hello world!", ttl: float | None = 150, received: float = 1000.0) -> Job:
@@ -168,6 +182,7 @@ class Harness:
             watcher=self.watcher,
             clock=self.clock,
             wait=self.wait,
+            politeness=Politeness(self.kobold, self.settings, self.clock),
         )
 
     def wait(self, seconds: float, interruptible: bool) -> None:
@@ -441,7 +456,55 @@ def test_length_overrides_are_capped_by_kobold(caplog):
     harness.run(waits=3)
     assert cluster.popped[0] == Capabilities("KoboldAI/Tiny-1B", 512, 1000)
     warnings = [message for message in caplog.messages if "above" in message]
-    assert warnings == ["--max-length 1024 is above what KoboldAI reports (512); using 512"]
+    assert warnings == ["--max-length 1024 is above what KoboldAI allows (512); using 512"]
+
+
+def test_no_pop_while_the_backend_is_busy(caplog):
+    cluster = FakeCluster([job()])
+    harness = Harness(cluster, interval=1.0)
+    harness.kobold.busy_reasons.extend(["no free slot"] * 3)
+    harness.run(waits=4)
+    # Three busy checks (1 s apart) without a pop; then the job, then an idle pop.
+    assert harness.waits == [(1.0, True)] * 4
+    assert len(cluster.popped) == 2 and cluster.submitted == [(JOB_ID, "HELLO WORLD!")]
+    assert caplog.messages.count("no new jobs while the backend is busy: no free slot") == 1
+    assert "the backend is free again; taking jobs" in caplog.messages
+
+
+def test_pause_when_busy_waits_after_the_owners_use():
+    cluster = FakeCluster()
+    harness = Harness(cluster, interval=1.0, pause_when_busy=5.0)
+    harness.kobold.busy_reasons.extend([None, "the owner's request"])
+    harness.run(waits=7)
+    # Pop; busy (no pop); then 5 s of pause in 1 s steps; then pops again.
+    assert len(cluster.popped) == 2
+    assert harness.kobold.busy_calls[:2] == [0, 0]
+
+
+def test_length_overrides_of_a_backend_that_reports_no_context_are_taken_as_given(caplog):
+    cluster = FakeCluster()
+    harness = Harness(cluster, max_length=1024, max_context_length=8192)
+    harness.kobold.info = ModelInfo("m", 512, 2048, "m", 2048, limits_known=False)
+    harness.run(waits=1)
+    assert cluster.popped[0] == Capabilities("m", 1024, 8192)
+    assert not [message for message in caplog.messages if "above" in message]
+
+
+def test_model_name_override_and_a_larger_max_length_ceiling():
+    cluster = FakeCluster()
+    harness = Harness(cluster, max_length=1000, model_name="koboldcpp/Mine")
+    harness.kobold.info = ModelInfo("koboldcpp/X", 400, 8192, max_length_ceiling=8192)
+    harness.run(waits=1)
+    assert cluster.popped[0] == Capabilities("koboldcpp/Mine", 1000, 8192)
+
+
+def test_token_counts_from_the_backend_go_with_the_submit():
+    cluster = FakeCluster([job()], [Submitted("accepted", kudos=1.0)])
+    harness = Harness(cluster)
+    harness.kobold.counts = True
+    harness.run(waits=1)
+    assert cluster.token_counts == [12]
+    assert harness.stats.tokens == 12  # the horde protocol's reward is kudos: the count is ours
 
 
 def test_stop_after_the_pop_gives_the_job_back():
