@@ -8,12 +8,18 @@ implementations speak it, chosen with `--protocol` through `PROTOCOLS`:
 - `HordeProtocol` (`horde`): the AI Horde v2 text API, `/api/v2/generate/text/pop` and
   `/api/v2/generate/text/submit`, with an API key, so the bridge can join any AI
   Horde-compatible cluster (ours serves both).
+
+Both long-poll when `pop_wait` > 0: the pop asks the cluster to hold it up to that many
+seconds until a job arrives (`"wait"`). A cluster that refuses the field (400 naming `wait`)
+gets plain pops from then on; one that ignores it answers at once, which `NoWork.held` tells
+the worker, so that it sleeps its poll interval as before.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, NoReturn, Protocol
 
@@ -90,6 +96,9 @@ class NoWork:
 
     skipped: dict[str, Any] = field(default_factory=dict)
     maintenance: str | None = None
+    # The cluster held the pop for at least half the wait asked: it long-polls, so the next
+    # pop may go at once. False for a plain pop, or a cluster that ignores "wait".
+    held: bool = False
 
 
 @dataclass(frozen=True)
@@ -145,6 +154,7 @@ class _HttpCluster:
         apikey: str | None = None,
         threads: int = 1,
         bridge_agent: str,
+        pop_wait: float = 0.0,
         connect_timeout: float = 5.0,
         timeout: float = 30.0,
     ) -> None:
@@ -156,21 +166,48 @@ class _HttpCluster:
         self.bridge_agent = bridge_agent
         self.connect_timeout = connect_timeout
         self.timeout = timeout
+        self.pop_wait = pop_wait  # 0: plain polling; set to 0 when the cluster refuses "wait"
         self._sessions = ThreadSessions({"apikey": apikey} if apikey else None)
 
     @property
     def _session(self) -> requests.Session:
         return self._sessions.get()
 
-    def _post(self, path: str, body: dict[str, Any]) -> requests.Response:
+    def _post(
+        self, path: str, body: dict[str, Any], read: float | None = None
+    ) -> requests.Response:
         try:
             return self._session.post(
-                f"{self.url}{path}", json=body, timeout=(self.connect_timeout, self.timeout)
+                f"{self.url}{path}", json=body, timeout=(self.connect_timeout, read or self.timeout)
             )
         except requests.RequestException as error:
             raise ClusterUnavailable(
                 f"cannot reach the cluster at {self.url} ({describe_network_error(error)})"
             ) from None
+
+    def _pop_request(self, body: dict[str, Any]) -> tuple[requests.Response, Any, bool]:
+        """POST the pop, long-polling if enabled: the response, its JSON, and whether the
+        cluster held it. Falls back to a plain pop when the cluster refuses `wait`."""
+        wait = self.pop_wait
+        if wait <= 0:
+            response = self._post(self.pop_path, body)
+            return response, json_body(response), False
+        started = time.monotonic()
+        # The read timeout must outlast the hold, plus the cluster's own work.
+        response = self._post(self.pop_path, {**body, "wait": wait}, read=wait + self.timeout)
+        held = time.monotonic() - started >= wait / 2
+        data = json_body(response)
+        if response.status_code == 400 and _names_field(data, "wait"):
+            if self.pop_wait:
+                log.info(
+                    'the cluster at %s does not hold pops (it refused "wait"); polling every '
+                    "interval instead",
+                    self.url,
+                )
+            self.pop_wait = 0.0
+            response = self._post(self.pop_path, body)
+            return response, json_body(response), False
+        return response, data, held
 
     def _raise_if_transient(self, response: requests.Response) -> None:
         status = response.status_code
@@ -218,6 +255,7 @@ class OriginalClusterProtocol(_HttpCluster):
             apikey=config.apikey,
             threads=config.threads,
             bridge_agent=bridge_agent,
+            pop_wait=config.pop_wait,
         )
 
     def pop(self, capabilities: Capabilities) -> Job | NoWork:
@@ -231,10 +269,10 @@ class OriginalClusterProtocol(_HttpCluster):
             "threads": self.threads,
         }
         body.update(self._credentials(with_username=True))
-        response = self._post(self.pop_path, body)
-        data = json_body(response)
+        response, data, held = self._pop_request(body)
         if response.status_code == 200 and isinstance(data, dict) and "id" in data:
-            return self._parse_pop(data)
+            answer = self._parse_pop(data)
+            return NoWork(answer.skipped, held=held) if isinstance(answer, NoWork) else answer
         if response.status_code == 403 and _rc(data) == "WorkerMaintenance":
             return NoWork(maintenance=_message(response, data))
         self._raise_for_pop(response, data)
@@ -325,6 +363,7 @@ class HordeProtocol(_HttpCluster):
             apikey=config.apikey,
             threads=config.threads,
             bridge_agent=bridge_agent,
+            pop_wait=config.pop_wait,
         )
 
     def pop(self, capabilities: Capabilities) -> Job | NoWork:
@@ -340,15 +379,15 @@ class HordeProtocol(_HttpCluster):
             "softprompts": [],
             "nsfw": self.nsfw,
         }
-        response = self._post(self.pop_path, body)
-        data = json_body(response)
+        response, data, held = self._pop_request(body)
         if (
             response.status_code == 200
             and isinstance(data, dict)
             and ("id" in data or "ids" in data)
         ):
             self._log_messages(data.get("messages"))
-            return self._parse_pop(data, capabilities)
+            answer = self._parse_pop(data, capabilities)
+            return NoWork(answer.skipped, held=held) if isinstance(answer, NoWork) else answer
         if response.status_code == 403 and _rc(data) == "WorkerMaintenance":
             self._log_messages(data.get("messages") if isinstance(data, dict) else None)
             return NoWork(maintenance=_message(response, data))
@@ -455,6 +494,12 @@ class HordeProtocol(_HttpCluster):
         raise self._not_a_cluster(
             status, ": give the cluster's address without /api" if api else ""
         )
+
+
+def _names_field(data: Any, name: str) -> bool:
+    """Whether an error body blames `name` (`{"errors": {name: ...}}`, as both APIs say)."""
+    errors = data.get("errors") if isinstance(data, dict) else None
+    return isinstance(errors, dict) and name in errors
 
 
 def _rc(data: Any) -> str | None:

@@ -60,6 +60,7 @@ class Config:
     password: str | None = None
     apikey: str | None = None
     interval: float = 1.0
+    pop_wait: float = 20.0
     threads: int = 1
     max_length: int | None = None
     max_context_length: int | None = None
@@ -144,6 +145,16 @@ def _seconds_or_zero(value: Any) -> float:
         return _seconds(value)
     except _Invalid:
         raise _Invalid("a number of seconds, 0 or more") from None
+
+
+def _wait_seconds(value: Any) -> float:
+    try:
+        seconds = _seconds_or_zero(value)
+    except _Invalid:
+        seconds = -1.0
+    if not 0 <= seconds <= 30:
+        raise _Invalid("a number of seconds from 0 to 30")
+    return seconds
 
 
 def _whole(low: int, high: int | None) -> Callable[[Any], int]:
@@ -275,6 +286,14 @@ OPTIONS: tuple[Option, ...] = (
         "--interval",
         "seconds to wait before asking again when there is no work (default: 1)",
         _seconds,
+        "SECONDS",
+    ),
+    Option(
+        "pop_wait",
+        "--pop-wait",
+        "seconds the cluster may hold a pop until a job arrives (long-poll; 0-30, default: "
+        "20; 0 polls every --interval)",
+        _wait_seconds,
         "SECONDS",
     ),
     Option(

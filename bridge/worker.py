@@ -120,6 +120,7 @@ class Stats:
         self.kudos = 0.0  # the AI Horde protocol's rewards, when the cluster reports them
         self.seconds = 0.0  # time spent generating, for the average speed
         self.in_flight = 0
+        self.popping = 0  # workers waiting for a pop's answer (long-polls last seconds)
 
     def add(self, **counts: float) -> None:
         with self._lock:
@@ -338,6 +339,7 @@ class Worker:
         if self.stop.is_set():
             return 0.0
 
+        self.stats.add(popping=1)
         try:
             answer = self.cluster.pop(capabilities)
         except NotACluster as error:
@@ -348,6 +350,8 @@ class Worker:
             return self._cluster_down(error)
         except ClusterUnavailable as error:
             return self._cluster_down(error)
+        finally:
+            self.stats.add(popping=-1)
         self._cluster_answered = True
         if self._cluster_failures:
             log.info("the cluster at %s answers again", self.cluster.url)
@@ -381,7 +385,9 @@ class Worker:
             log.info("the cluster took this server out of maintenance")
             self._maintenance = None
         log.debug("no work (skipped: %s)", answer.skipped or "nothing")
-        return self.settings.interval
+        # A held pop already waited for work: ask again at once. A pop answered at once
+        # (plain polling, or a cluster that ignores "wait") waits the interval, as before.
+        return 0.0 if answer.held else self.settings.interval
 
     def serve(self, job: Job) -> None:
         """Generate and deliver one job; every outcome is logged and counted."""
@@ -586,6 +592,15 @@ class Bridge:
         delivers it only between waits)."""
         next_summary = self._clock() + self.settings.summary_interval
         while alive := [thread for thread in self._threads if thread.is_alive()]:
+            if (
+                self.stop.is_set()
+                and self.stats.in_flight == 0
+                and self.stats.popping >= len(alive)
+            ):
+                # Every worker left waits in a long-poll that may last many seconds and would
+                # only bring a job to give back: stop now. The cluster hands a job claimed by
+                # an abandoned pop to another server when its ttl passes.
+                return
             alive[0].join(poll)
             if self._clock() >= next_summary:
                 log.info("summary: %s", self.stats.summary())

@@ -250,6 +250,15 @@ def test_poll_interval_holds_when_there_is_no_work():
     assert len(cluster.popped) == 5
 
 
+def test_after_a_held_pop_the_next_pop_comes_at_once():
+    cluster = FakeCluster([NoWork(held=True), NoWork(held=True), NoWork()])
+    harness = Harness(cluster, interval=0.7)
+    harness.run(waits=2)
+    # The cluster already waited for work twice; the third pop was answered at once.
+    assert len(cluster.popped) == 4
+    assert harness.waits == [(0.7, True)] * 2
+
+
 def test_after_a_job_the_next_pop_comes_at_once():
     cluster = FakeCluster([job(), job()])
     harness = Harness(cluster, interval=0.7)
