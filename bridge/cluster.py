@@ -145,6 +145,8 @@ class _HttpCluster:
     # Shown in "the server at ... is not <kind> (POST <path> answered ...)".
     kind = "a KoboldAI Cluster"
     pop_path = "/generate/pop"
+    progress_path = "/generate/progress"
+    progress_timeout = 5.0  # progress is a courtesy: never wait long for it
 
     def __init__(
         self,
@@ -167,6 +169,9 @@ class _HttpCluster:
         self.connect_timeout = connect_timeout
         self.timeout = timeout
         self.pop_wait = pop_wait  # 0: plain polling; set to 0 when the cluster refuses "wait"
+        # Whether to post the text so far while generating; off for good once the cluster
+        # shows it has no progress endpoint (the AI Horde has none).
+        self.takes_progress = True
         self._sessions = ThreadSessions({"apikey": apikey} if apikey else None)
 
     @property
@@ -208,6 +213,39 @@ class _HttpCluster:
             response = self._post(self.pop_path, body)
             return response, json_body(response), False
         return response, data, held
+
+    def progress(self, job: Job, text: str) -> Literal["ok", "gone", "unsupported", "failed"]:
+        """Post the whole text generated so far for `job` (`bridge.progress` throttles)."""
+        body = {"id": job.id, "text": text, **self._progress_credentials()}
+        try:
+            response = self._session.post(
+                f"{self.url}{self.progress_path}",
+                json=body,
+                timeout=(self.connect_timeout, self.progress_timeout),
+            )
+        except requests.RequestException as error:
+            log.debug("job %s: progress not sent (%s)", job.id[:8], describe_network_error(error))
+            return "failed"
+        status, rc = response.status_code, _rc(json_body(response))
+        if status == 200:
+            return "ok"
+        if status == 404 and rc in ("InvalidJobID", "AbortedGen"):
+            return "gone"
+        if status in (404, 405):
+            if self.takes_progress:
+                log.info(
+                    "the cluster at %s does not take progress (%s %d); sending results only",
+                    self.url,
+                    self.progress_path,
+                    status,
+                )
+            self.takes_progress = False
+            return "unsupported"
+        log.debug("job %s: progress answered %d", job.id[:8], status)
+        return "failed"
+
+    def _progress_credentials(self) -> dict[str, str]:
+        return {}
 
     def _raise_if_transient(self, response: requests.Response) -> None:
         status = response.status_code
@@ -301,6 +339,9 @@ class OriginalClusterProtocol(_HttpCluster):
         self._raise_if_transient(response)
         return Submitted("refused", message=f"{message} ({response.status_code})")
 
+    def _progress_credentials(self) -> dict[str, str]:
+        return self._credentials(with_username=False)
+
     def _credentials(self, *, with_username: bool) -> dict[str, str]:
         # With an API key the header identifies us; send a password only if one was configured.
         credentials = {}
@@ -342,6 +383,7 @@ class HordeProtocol(_HttpCluster):
     kind = "an AI Horde-compatible cluster"
     pop_path = "/api/v2/generate/text/pop"
     submit_path = "/api/v2/generate/text/submit"
+    progress_path = "/api/v2/generate/text/progress"
 
     def __init__(self, url: str, *, apikey: str, nsfw: bool = True, **common: Any) -> None:
         if not apikey:

@@ -9,12 +9,18 @@ HTTP. The OpenAI-compatible backends (`bridge.openai_backend`) raise the same ex
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import requests
 
-from bridge.net import ThreadSessions, describe_network_error, json_body
+from bridge.net import ThreadSessions, describe_network_error, json_body, sse_events
+
+# Called with the whole text generated so far while a backend streams; returning False stops
+# reading the stream (the cluster no longer wants the job).
+OnText = Callable[[str], bool]
 
 # KoboldAI United reports this instead of a model name while no model is loaded.
 NO_MODEL = "ReadOnly"
@@ -115,6 +121,8 @@ class KoboldClient:
         self.koboldcpp = koboldcpp
         self.label = "KoboldCpp" if koboldcpp else "KoboldAI"
         self.version = version
+        # KoboldCpp streams (POST /api/extra/generate/stream); KoboldAI United does not.
+        self.streams = koboldcpp
         self.url = url.rstrip("/")
         # People paste the API's address as KoboldCpp prints it ("…/api"); the paths below
         # already start with /api, so keep only the server's address.
@@ -179,27 +187,28 @@ class KoboldClient:
             return "KoboldCpp is generating for someone else"
         return None
 
-    def generate(self, payload: dict[str, Any], timeout: float | None = None) -> Generation:
+    def generate(
+        self, payload: dict[str, Any], timeout: float | None = None, on_text: OnText | None = None
+    ) -> Generation:
         """Generate one text for a job's payload and return it, waiting up to `timeout`
-        seconds for KoboldAI, but never less than `generate_timeout`."""
+        seconds for KoboldAI, but never less than `generate_timeout`. With `on_text`, a
+        KoboldCpp streams and `on_text` gets the text so far as it grows."""
         # quiet: KoboldAI would otherwise print every prompt and result to its own console.
         body = {**payload, "quiet": True}
+        read = max(self.generate_timeout, timeout or 0.0)
+        if on_text is not None and self.streams:
+            streamed = self._generate_streamed(body, read, on_text)
+            if streamed is not None:
+                return streamed
         try:
             response = self._session.post(
                 f"{self.url}/api/latest/generate",
                 json=body,
-                timeout=(self.connect_timeout, max(self.generate_timeout, timeout or 0.0)),
+                timeout=(self.connect_timeout, read),
             )
         except requests.RequestException as error:
             raise self._unreachable(error) from None
-        if response.status_code == 503:
-            raise KoboldBusy("KoboldAI is busy (503)")
-        if response.status_code == 422:
-            raise PayloadRefused(f"KoboldAI refused the job's parameters: {_detail(response)}")
-        if response.status_code != 200:
-            raise GenerationFailed(
-                f"KoboldAI answered {response.status_code} to generate: {_detail(response)}"
-            )
+        self._raise_for_generate(response)
         data = json_body(response)
         try:
             result = data["results"][0]
@@ -210,6 +219,43 @@ class KoboldClient:
             raise GenerationFailed(f"{self.label}'s answer to generate has no results[0].text")
         # Newer KoboldCpp versions report the tokens they generated; KoboldAI United does not.
         return Generation(text, whole(result.get("completion_tokens")))
+
+    def _generate_streamed(
+        self, body: dict[str, Any], read: float, on_text: OnText
+    ) -> Generation | None:
+        """KoboldCpp's SSE stream (`event: message`, `data: {"token": ...}`); None when this
+        KoboldCpp has no stream endpoint (then it is not asked again)."""
+        try:
+            with self._session.post(
+                f"{self.url}/api/extra/generate/stream",
+                json=body,
+                timeout=(self.connect_timeout, read),
+                stream=True,
+            ) as response:
+                if response.status_code in (404, 405, 501):
+                    self.streams = False
+                    return None
+                self._raise_for_generate(response)
+                text = ""
+                for event, data in sse_events(response):
+                    token = _json(data).get("token") if event == "message" else None
+                    if isinstance(token, str) and token:
+                        text += token
+                        if not on_text(text):
+                            break
+                return Generation(text)
+        except requests.RequestException as error:
+            raise self._unreachable(error) from None
+
+    def _raise_for_generate(self, response: requests.Response) -> None:
+        if response.status_code == 503:
+            raise KoboldBusy(f"{self.label} is busy (503)")
+        if response.status_code == 422:
+            raise PayloadRefused(f"{self.label} refused the job's parameters: {_detail(response)}")
+        if response.status_code != 200:
+            raise GenerationFailed(
+                f"{self.label} answered {response.status_code} to generate: {_detail(response)}"
+            )
 
     def _get(self, path: str, key: str) -> Any:
         try:
@@ -235,6 +281,14 @@ class KoboldClient:
             f"the server at {self.url} is not KoboldAI (GET {path} answered {what}); "
             "check --backend-url"
         )
+
+
+def _json(data: str) -> dict[str, Any]:
+    try:
+        value = json.loads(data)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def _detail(response: requests.Response) -> str:

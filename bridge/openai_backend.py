@@ -10,6 +10,7 @@ exceptions of `bridge.kobold`, so the worker loop treats every backend alike.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import threading
@@ -26,10 +27,11 @@ from bridge.kobold import (
     ModelInfo,
     NoModelLoaded,
     NotKoboldAI,
+    OnText,
     PayloadRefused,
     whole,
 )
-from bridge.net import ThreadSessions, describe_network_error, json_body
+from bridge.net import ThreadSessions, describe_network_error, json_body, sse_events
 from bridge.translate import DIALECTS, translate
 
 log = logging.getLogger("bridge")
@@ -92,6 +94,7 @@ class OpenAIClient:
         self.flavour = flavour
         self.label = flavour.label
         self.version = version
+        self.streams = True  # every OpenAI-compatible server takes `stream: true`
         self.dialect = DIALECTS.get(flavour.kind, DIALECTS["openai"])
         self.generate_timeout = generate_timeout
         self.connect_timeout = connect_timeout
@@ -204,9 +207,14 @@ class OpenAIClient:
             return f"no free slot in the llama.cpp server ({busy} of {len(slots)} busy)"
         return None
 
-    def generate(self, payload: dict[str, Any], timeout: float | None = None) -> Generation:
-        """Generate one text for a job's payload, waiting at least `generate_timeout`."""
+    def generate(
+        self, payload: dict[str, Any], timeout: float | None = None, on_text: OnText | None = None
+    ) -> Generation:
+        """Generate one text for a job's payload, waiting at least `generate_timeout`. With
+        `on_text`, the completion streams and `on_text` gets the text so far as it grows."""
         body = self.completion_body(payload)
+        if on_text is not None:
+            return self._generate_streamed(body, timeout, on_text)
         try:
             response = self._session.post(
                 f"{self.url}/v1/completions",
@@ -225,6 +233,38 @@ class OpenAIClient:
             raise GenerationFailed(f"{self.label}'s completion has no choices[0].text")
         usage = data.get("usage") if isinstance(data, dict) else None
         tokens = whole(usage.get("completion_tokens")) if isinstance(usage, dict) else None
+        return Generation(text, tokens if self.flavour.trusts_usage else None)
+
+    def _generate_streamed(
+        self, body: dict[str, Any], timeout: float | None, on_text: OnText
+    ) -> Generation:
+        """`stream: true`: chunks of `choices[0].text` until `data: [DONE]`."""
+        text, tokens = "", None
+        try:
+            with self._session.post(
+                f"{self.url}/v1/completions",
+                json={**body, "stream": True},
+                timeout=(self.connect_timeout, max(self.generate_timeout, timeout or 0.0)),
+                stream=True,
+            ) as response:
+                self._raise_for_generate(response)
+                for _, data in sse_events(response):
+                    if data.strip() == "[DONE]":
+                        break
+                    chunk = _chunk(data)
+                    usage = chunk.get("usage")
+                    if isinstance(usage, dict):  # some servers end with one
+                        tokens = whole(usage.get("completion_tokens"))
+                    choices = chunk.get("choices")
+                    piece = (
+                        choices[0].get("text") if choices and isinstance(choices[0], dict) else None
+                    )
+                    if isinstance(piece, str) and piece:
+                        text += piece
+                        if not on_text(text):
+                            break
+        except requests.RequestException as error:
+            raise self._unreachable(error) from None
         return Generation(text, tokens if self.flavour.trusts_usage else None)
 
     def completion_body(self, payload: dict[str, Any]) -> dict[str, Any]:
@@ -286,6 +326,14 @@ class OpenAIClient:
             f"the server at {self.url} is no longer an OpenAI-compatible server (GET {path} "
             f"answered {what}); check --backend-url"
         )
+
+
+def _chunk(data: str) -> dict[str, Any]:
+    try:
+        value = json.loads(data)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def _processing(slot: dict[str, Any]) -> bool:

@@ -29,6 +29,7 @@ from bridge.cluster import (
     Submitted,
 )
 from bridge.kobold import Generation, KoboldBusy, KoboldError, ModelInfo, PayloadRefused
+from bridge.progress import ProgressSender
 from bridge.retry import Backoff
 
 # Seconds on a monotonic scale. `Bridge` is the one place it is chosen (`time.monotonic`
@@ -428,8 +429,17 @@ class Worker:
             # A slow server's long job may legitimately take more than KoboldClient's default
             # timeout: the cluster sized the ttl to this server's speed, so wait that long.
             patience = deadline - started + LATE_GRACE
+            sender = self._progress_sender(job)
             try:
-                return self.kobold.generate(job.payload, patience), self._clock() - started
+                if sender is None:
+                    generation = self.kobold.generate(job.payload, patience)
+                else:
+                    generation = self.kobold.generate(job.payload, patience, on_text=sender.update)
+                if sender is not None and sender.gone:
+                    log.warning("job %s: the cluster no longer wants it; moving on", _short(job))
+                    self.stats.add(dropped=1)
+                    return None
+                return generation, self._clock() - started
             except KoboldBusy:
                 busy += 1
                 delay = self.settings.busy_backoff.delay(busy)
@@ -455,7 +465,18 @@ class Worker:
                     self.settings.max_attempts,
                     error,
                 )
+            finally:
+                if sender is not None:
+                    sender.close()
             self._wait(delay, True)
+
+    def _progress_sender(self, job: Job) -> ProgressSender | None:
+        """A sender of the text so far, when the backend streams and the cluster takes it."""
+        if not getattr(self.cluster, "takes_progress", False):
+            return None
+        if not getattr(self.kobold, "streams", False):
+            return None
+        return ProgressSender(self.cluster, job, self._clock)  # type: ignore[arg-type]
 
     def _deliver(self, job: Job, generation: Generation, seconds: float) -> None:
         """Submit the text, retrying network errors: generating it again would waste the GPU

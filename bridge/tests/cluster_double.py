@@ -17,6 +17,11 @@ held until a job is added or the wait runs out, then answered as an ordinary pop
 and `max_held` count the pops held at once. With `refuse_wait` set, a pop with `"wait"` gets
 the 400 a cluster that does not know the field answers (`errors.wait`), as the lead's cluster
 does for a value out of range. Without either, `"wait"` is ignored, as the AI Horde does.
+
+Progress (both APIs, `/generate/progress` and `/api/v2/generate/text/progress`): unknown
+paths by default (404 `NotFound`, as on the AI Horde); with `accept_progress` set, each post
+is recorded in `progress` as (job id, text, time.monotonic()) and answered 200; with
+`progress_gone` set, answered 404 `InvalidJobID` (the job is no longer wanted).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from __future__ import annotations
 import json
 import math
 import threading
+import time
 from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -42,6 +48,9 @@ class ScriptedCluster(ThreadingHTTPServer):
         self.submitted: dict[str, dict[str, Any]] = {}  # job id -> submit body
         self.faulted: list[str] = []  # v2: job ids given back with state "faulted"
         self.messages: list[dict[str, Any]] = []  # v2: moderator messages sent with every pop
+        self.accept_progress = False
+        self.progress_gone = False
+        self.progress: list[tuple[str, str, float]] = []
         self.hold_pops = False
         self.refuse_wait = False
         self.held_now = 0
@@ -87,6 +96,11 @@ class ScriptedCluster(ThreadingHTTPServer):
                     }
                 if self.hold_pops and not self.jobs:
                     self._hold(float(body["wait"]))
+            if path in (V2_PROGRESS, "/generate/progress") and self.progress_gone:
+                return 404, {"message": "Processing Generation not found.", "rc": "InvalidJobID"}
+            if path in (V2_PROGRESS, "/generate/progress") and self.accept_progress:
+                self.progress.append((body["id"], body["text"], time.monotonic()))
+                return 200, {}
             if path == V2_POP:
                 return self._v2_pop(headers, body)
             if path == V2_SUBMIT:
@@ -154,6 +168,7 @@ class ScriptedCluster(ThreadingHTTPServer):
 
 V2_POP = "/api/v2/generate/text/pop"
 V2_SUBMIT = "/api/v2/generate/text/submit"
+V2_PROGRESS = "/api/v2/generate/text/progress"
 # The keys a v2 pop's payload always has, with the horde's defaults (research §2.3).
 V2_EMPTY_PAYLOAD = {
     "min_p": 0.0,
