@@ -243,7 +243,7 @@ class OpenAIClient:
         try:
             with self._session.post(
                 f"{self.url}/v1/completions",
-                json={**body, "stream": True},
+                json={**body, "stream": True, **self._stream_options()},
                 timeout=(self.connect_timeout, max(self.generate_timeout, timeout or 0.0)),
                 stream=True,
             ) as response:
@@ -266,6 +266,11 @@ class OpenAIClient:
         except requests.RequestException as error:
             raise self._unreachable(error) from None
         return Generation(text, tokens if self.flavour.trusts_usage else None)
+
+    def _stream_options(self) -> dict[str, Any]:
+        if not self.dialect.stream_usage:
+            return {}
+        return {"stream_options": {"include_usage": True}}
 
     def completion_body(self, payload: dict[str, Any]) -> dict[str, Any]:
         """The `/v1/completions` body; logs each parameter this server cannot honour once."""

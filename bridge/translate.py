@@ -57,6 +57,9 @@ class Dialect:
 
     extras: dict[str, str] = field(default_factory=dict)
     convert: dict[str, Convert] = field(default_factory=dict)  # KoboldAI param -> new value
+    # Whether a stream may ask for its token counts (`stream_options.include_usage`, in the
+    # last chunk); servers that do not know the field may refuse the request.
+    stream_usage: bool = False
 
 
 def _vllm_top_k(value: Any) -> Any:
@@ -82,6 +85,7 @@ DIALECTS: dict[str, Dialect] = {
     "vllm": Dialect(
         {"top_k": "top_k", "min_p": "min_p", "rep_pen": "repetition_penalty"},
         {"top_k": _vllm_top_k},
+        stream_usage=True,
     ),
     # TabbyAPI (exllamav2) names.
     "tabbyapi": Dialect(
@@ -111,7 +115,7 @@ DIALECTS: dict[str, Dialect] = {
     ),
     # Ollama's OpenAI compatibility takes the standard fields only (plus seed and the
     # additive frequency/presence penalties, which KoboldAI's multiplicative rep_pen is not).
-    "ollama": Dialect(),
+    "ollama": Dialect(stream_usage=True),
     # Any other OpenAI-compatible server: the standard fields only.
     "openai": Dialect(),
 }

@@ -49,8 +49,8 @@ EXTRA_FIELDS = {
         "dynatemp_range",
         "dynatemp_exponent",
     },
-    "ollama": {"seed", "frequency_penalty", "presence_penalty"},
-    "vllm": {"top_k", "min_p", "repetition_penalty"},
+    "ollama": {"seed", "frequency_penalty", "presence_penalty", "stream_options"},
+    "vllm": {"top_k", "min_p", "repetition_penalty", "stream_options"},
     "tabbyapi": {
         "top_k",
         "top_a",
@@ -372,11 +372,12 @@ class FakeOpenAIServer:
         try:
             tokens = min(self.tokens, body.get("max_tokens") or 16)
             text = fake_text(body["prompt"], tokens)
+            usage = self.usage_tokens if self.usage_tokens is not None else tokens
             if body.get("stream"):
-                self._stream(request, text)
+                options = body.get("stream_options") or {}
+                self._stream(request, text, usage if options.get("include_usage") else None)
                 return
             self._dying.wait(self.delay)
-            usage = self.usage_tokens if self.usage_tokens is not None else tokens
             request.send_json(
                 200,
                 {
@@ -421,7 +422,7 @@ class FakeOpenAIServer:
             if slot is not None:
                 self.slots[slot] = False
 
-    def _stream(self, request: _Handler, text: str) -> None:
+    def _stream(self, request: _Handler, text: str, usage: int | None) -> None:
         try:
             _start_sse(request)
             for token in _stream_tokens(text):
@@ -435,6 +436,9 @@ class FakeOpenAIServer:
                 }
                 request.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
                 request.wfile.flush()
+            if usage is not None:  # stream_options.include_usage: a last chunk, no choices
+                last = {"id": "cmpl-fake", "choices": [], "usage": {"completion_tokens": usage}}
+                request.wfile.write(f"data: {json.dumps(last)}\n\n".encode())
             request.wfile.write(b"data: [DONE]\n\n")
         except OSError:
             pass

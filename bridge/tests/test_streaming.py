@@ -41,6 +41,8 @@ def test_the_text_so_far_grows_token_by_token(kind):
     full = fake_text(JOB["prompt"], 16)
     assert generation.text == full
     assert [text for _, text in seen] == [full[: 4 * i] for i in range(1, 17)]
+    # Token counts come with a stream where the server takes stream_options.include_usage.
+    assert generation.tokens == (16 if kind in ("vllm", "ollama") else None)
     # The first token arrives long before the end (16 tokens, 50 ms apart).
     assert seen[0][0] - started < (ended - started) / 2
 
