@@ -122,6 +122,11 @@ class ClusterProtocol(Protocol):
     """The cluster as the worker loop sees it. Implementations must be thread-safe."""
 
     url: str
+    takes_progress: bool  # whether to post the text so far while generating
+
+    def progress(self, job: Job, text: str) -> Literal["ok", "gone", "unsupported", "failed"]:
+        """Post the text generated so far; never raises."""
+        ...
 
     def pop(self, capabilities: Capabilities) -> Job | NoWork:
         """Ask for one job. Raises ClusterUnavailable or ClusterRejected."""

@@ -19,7 +19,6 @@ from datetime import timedelta
 from typing import Protocol
 
 from bridge.cluster import (
-    Capabilities,
     ClusterProtocol,
     ClusterRejected,
     ClusterUnavailable,
@@ -28,9 +27,18 @@ from bridge.cluster import (
     NoWork,
     Submitted,
 )
-from bridge.kobold import Generation, KoboldBusy, KoboldError, ModelInfo, PayloadRefused
+from bridge.kobold import (
+    Generation,
+    KoboldBusy,
+    KoboldError,
+    ModelInfo,
+    OnText,
+    PayloadRefused,
+)
+from bridge.polite import Politeness
 from bridge.progress import ProgressSender
 from bridge.retry import Backoff
+from bridge.watcher import ModelWatcher
 
 # Seconds on a monotonic scale. `Bridge` is the one place it is chosen (`time.monotonic`
 # unless a test injects another); every other part gets it from there, so that no time read
@@ -53,10 +61,13 @@ class KoboldAPI(Protocol):
 
     url: str
     label: str  # "KoboldAI", "KoboldCpp", "llama.cpp server" ...
+    streams: bool  # whether generate() can call back with the text so far
 
     def model_info(self) -> ModelInfo: ...
 
-    def generate(self, payload: dict, timeout: float | None = None) -> Generation: ...
+    def generate(
+        self, payload: dict, timeout: float | None = None, on_text: OnText | None = None
+    ) -> Generation: ...
 
     def busy(self, ours: int) -> str | None:
         """Why the backend should get no job now (its owner uses it), or None."""
@@ -137,134 +148,6 @@ class Stats:
                 f"{self.tokens} tokens at {speed:.1f} tokens/s; {kudos}"
                 f"up {format_duration(self._clock() - self.started)}"
             )
-
-
-class ModelWatcher:
-    """The backend's current model and limits, re-read every `refresh_interval` seconds because
-    the contributor may load another model while the bridge runs. Shared by all workers."""
-
-    def __init__(
-        self,
-        kobold: KoboldAPI,
-        settings: Settings,
-        clock: Clock,
-    ) -> None:
-        self.kobold = kobold
-        self.settings = settings
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._info: ModelInfo | None = None  # the last model the backend reported
-        self._fresh = False  # whether _info may be used for the next pop
-        self._checked = -math.inf
-        self._down = False
-        self._warned: set[tuple[str, int, int]] = set()
-
-    def capabilities(self) -> Capabilities:
-        """What to advertise in the next pop. Raises KoboldError while KoboldAI is unusable."""
-        with self._lock:
-            stale = self._clock() - self._checked >= self.settings.refresh_interval
-            if not self._fresh or stale:
-                self._refresh()
-            assert self._info is not None
-            return self._limit(self._info)
-
-    def invalidate(self) -> None:
-        """KoboldAI just failed: check it again before popping another job."""
-        with self._lock:
-            self._fresh = False
-
-    def _refresh(self) -> None:
-        try:
-            info = self.kobold.model_info()
-        except KoboldError as error:
-            # No pops until KoboldAI answers again: we could not serve the jobs.
-            self._fresh = False
-            if self._info is not None and not self._down:
-                log.warning("no new jobs until %s is back: %s", self.kobold.label, error)
-            self._down = True
-            raise
-        previous, was_down = self._info, self._down
-        self._info, self._fresh, self._down, self._checked = info, True, False, self._clock()
-        if previous is None:
-            how = "serves"
-        elif was_down:
-            how = "is back, serving"
-        elif info != previous:
-            how = "now serves"
-        else:
-            return
-        log.info(
-            "%s %s %s (max_length %d, max_context_length %d)",
-            self.kobold.label,
-            how,
-            self.settings.model_name or info.cluster_name,
-            info.max_length,
-            info.max_context_length,
-        )
-
-    def _limit(self, info: ModelInfo) -> Capabilities:
-        """The owner's --max-length and --max-context-length, never above what the backend
-        allows. A backend that does not report its context gets the owner's word for it."""
-        wanted_context = self.settings.max_context_length
-        if info.limits_known or wanted_context is None:
-            context = self._capped("--max-context-length", wanted_context, info.max_context_length)
-            ceiling = min(info.max_length_ceiling or info.max_length, context)
-        else:
-            context = ceiling = wanted_context
-        if self.settings.max_length is None:
-            length = min(info.max_length, context)
-        else:
-            length = self._capped("--max-length", self.settings.max_length, ceiling)
-        return Capabilities(self.settings.model_name or info.cluster_name, length, context)
-
-    def _capped(self, flag: str, override: int | None, allowed: int) -> int:
-        if override is None:
-            return allowed
-        if override > allowed and (flag, override, allowed) not in self._warned:
-            self._warned.add((flag, override, allowed))
-            log.warning(
-                "%s %d is above what %s allows (%d); using %d",
-                flag,
-                override,
-                self.kobold.label,
-                allowed,
-                allowed,
-            )
-        return min(override, allowed)
-
-
-class Politeness:
-    """Takes jobs only while the owner leaves the backend alone: no pop while the backend
-    says it is busy (llama.cpp: no free slot; KoboldCpp: generating for someone else), nor
-    for `pause_when_busy` seconds after it last was. Shared by all workers."""
-
-    def __init__(self, kobold: KoboldAPI, settings: Settings, clock: Clock) -> None:
-        self.kobold = kobold
-        self.settings = settings
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._busy_since: float | None = None  # while busy: when it was first seen busy
-        self._last_busy = -math.inf
-
-    def delay(self, ours: int) -> float:
-        """Seconds to wait before popping (0: pop now)."""
-        busy = getattr(self.kobold, "busy", None)
-        reason = busy(ours) if busy else None
-        now = self._clock()
-        with self._lock:
-            if reason:
-                if self._busy_since is None:
-                    log.info("no new jobs while the backend is busy: %s", reason)
-                    self._busy_since = now
-                self._last_busy = now
-                return self.settings.interval
-            remaining = self._last_busy + self.settings.pause_when_busy - now
-            if remaining > 0:
-                return min(remaining, self.settings.interval)
-            if self._busy_since is not None:
-                log.info("the backend is free again; taking jobs")
-                self._busy_since = None
-            return 0.0
 
 
 Wait = Callable[[float, bool], None]
@@ -472,11 +355,9 @@ class Worker:
 
     def _progress_sender(self, job: Job) -> ProgressSender | None:
         """A sender of the text so far, when the backend streams and the cluster takes it."""
-        if not getattr(self.cluster, "takes_progress", False):
+        if not (self.cluster.takes_progress and self.kobold.streams):
             return None
-        if not getattr(self.kobold, "streams", False):
-            return None
-        return ProgressSender(self.cluster, job, self._clock)  # type: ignore[arg-type]
+        return ProgressSender(self.cluster, job, self._clock)
 
     def _deliver(self, job: Job, generation: Generation, seconds: float) -> None:
         """Submit the text, retrying network errors: generating it again would waste the GPU

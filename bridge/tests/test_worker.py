@@ -60,6 +60,10 @@ class FakeCluster:
     """Hands out scripted pop answers (then no work) and records every call. Thread-safe."""
 
     url = "http://cluster.test"
+    takes_progress = False  # progress is tested with the doubles (test_streaming.py)
+
+    def progress(self, job: Job, text: str) -> str:
+        raise AssertionError("no progress without streaming")
 
     def __init__(self, pops: list[Any] = (), submits: list[Any] = ()) -> None:
         self.pops: deque[Any] = deque(pops)
@@ -105,6 +109,7 @@ class FakeKobold:
 
     url = "http://kobold.test"
     label = "KoboldAI"
+    streams = False
 
     def __init__(self, errors: list[Exception] = (), info_errors: list[Exception] = ()) -> None:
         self.errors: deque[Exception] = deque(errors)
