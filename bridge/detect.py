@@ -75,13 +75,14 @@ def detect(
     for suffix in URL_SUFFIXES:
         url = url.removesuffix(suffix)
     probe = _Prober(url, apikey, probe_timeout)
-    common = {"generate_timeout": generate_timeout}
+    common: dict[str, Any] = {"generate_timeout": generate_timeout, "apikey": apikey}
     if protocol != "openai":
         version = probe.get("/api/extra/version")
         if isinstance(version, dict) and version.get("result") == "KoboldCpp":
-            number = str(version.get("version") or "")
+            number = version.get("version")
+            named = f"KoboldCpp {number}" if isinstance(number, str) and number else "KoboldCpp"
             client = KoboldClient(url, koboldcpp=True, version=number, **common)
-            return Found(client, f"KoboldCpp {number} at {url} (KoboldAI API)".replace("  ", " "))
+            return Found(client, f"{named} at {url} (KoboldAI API)")
         model = probe.get("/api/v1/model")
         if isinstance(model, dict) and isinstance(model.get("result"), str):
             info = probe.get("/api/v1/info/version")
@@ -94,7 +95,7 @@ def detect(
         if isinstance(models, dict) and isinstance(models.get("data"), list):
             kind, version = _openai_kind(probe, models["data"])
             flavour = FLAVOURS[kind]
-            client = OpenAIClient(url, flavour, apikey=apikey, version=version, **common)
+            client = OpenAIClient(url, flavour, version=version, **common)
             named = f"{flavour.label} {version}" if version else flavour.label
             return Found(client, f"{named} at {url} (OpenAI-compatible API)")
     wanted = {

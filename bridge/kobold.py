@@ -114,6 +114,7 @@ class KoboldClient:
         *,
         koboldcpp: bool = False,
         version: str | None = None,
+        apikey: str | None = None,
         generate_timeout: float = 300.0,
         connect_timeout: float = 5.0,
         info_timeout: float = 10.0,
@@ -131,7 +132,8 @@ class KoboldClient:
         self.generate_timeout = generate_timeout
         self.connect_timeout = connect_timeout
         self.info_timeout = info_timeout
-        self._sessions = ThreadSessions()
+        # KoboldCpp started with --password wants it as a Bearer token.
+        self._sessions = ThreadSessions({"Authorization": f"Bearer {apikey}"} if apikey else None)
 
     @property
     def _session(self) -> requests.Session:

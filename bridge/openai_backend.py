@@ -161,7 +161,8 @@ class OpenAIClient:
         name = names[0] if names else (ids[0] if ids else None)
         if name is None:
             return None, None
-        shown = self._post_json("/api/show", {"model": name})
+        # "name" is what Ollama versions before "model" read; both name the same model.
+        shown = self._post_json("/api/show", {"model": name, "name": name})
         context = OLLAMA_DEFAULT_CONTEXT
         if isinstance(shown, dict):
             match = re.search(r"^num_ctx\s+(\d+)", str(shown.get("parameters") or ""), re.M)

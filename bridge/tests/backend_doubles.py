@@ -95,6 +95,7 @@ class FakeKoboldCpp(FakeKoboldAI):
         self.true_context = options.pop("true_context", 8192)
         self.version = options.pop("version", "1.78")
         self.token_delay = options.pop("token_delay", 0.05)
+        self.password = options.pop("password", None)  # KoboldCpp's --password
         super().__init__(port, **options)
         self.max_length = 400  # KoboldCpp's --hordegenlen default
         self.max_context_length = min(self.true_context, 4096)  # its --hordemaxctx default
@@ -105,8 +106,16 @@ class FakeKoboldCpp(FakeKoboldAI):
 
     def _handle(self, request: _Handler, method: str) -> None:
         path = request.path.split("?")[0].rstrip("/")
+        authorized = not self.password or (
+            request.headers.get("Authorization") == f"Bearer {self.password}"
+        )
         if self._dying.is_set() or self.not_kobold or path.startswith("/_double/"):
             super()._handle(request, method)
+        elif not authorized and path in ("/api/v1/model", "/api/latest/model"):
+            request.send_json(200, {"result": "koboldcpp/protected-model"})
+        elif not authorized and method == "POST":
+            unauthorized = {"error": "Unauthorized", "msg": "Authentication key is missing."}
+            request.send_json(401, {"detail": {**unauthorized, "type": "unauthorized"}})
         elif method == "GET" and path == "/api/extra/version":
             request.send_json(200, {"result": "KoboldCpp", "version": self.version})
         elif method == "GET" and path == "/api/extra/true_max_context_length":

@@ -150,6 +150,15 @@ def test_a_backend_api_key_is_sent_as_a_bearer_token():
         assert found.backend.generate(JOB).text == fake_text(JOB["prompt"], 8)
 
 
+def test_a_password_protected_koboldcpp_takes_the_backend_api_key():
+    with FakeKoboldCpp(password="kcpp-pass") as kobold:
+        without = detect(kobold.url).backend
+        assert without.model_info().name == "koboldcpp/protected-model"
+        found = detect(kobold.url, apikey="kcpp-pass")
+        assert found.backend.model_info().name == "koboldcpp/FakeModel-7B-Q4_K_M"
+        assert found.backend.generate(JOB).text == fake_text(JOB["prompt"], 8)
+
+
 def test_gguf_names_follow_the_ai_hordes_convention():
     assert gguf_name("/models/Llama-3-8B-Q4_K_M.gguf") == "koboldcpp/Llama-3-8B-Q4_K_M"
     assert gguf_name(r"C:\models\Mistral-7B.Q5_K_M.GGUF") == "koboldcpp/Mistral-7B.Q5_K_M"
