@@ -11,15 +11,14 @@ implementations speak it, chosen with `--protocol` through `PROTOCOLS`:
 
 Both long-poll when `pop_wait` > 0: the pop asks the cluster to hold it up to that many
 seconds until a job arrives (`"wait"`). A cluster that refuses the field (400 naming `wait`)
-gets plain pops from then on; one that ignores it answers at once, which `NoWork.held` tells
-the worker, so that it sleeps its poll interval as before.
+gets plain pops from then on (`pop_wait` drops to 0); one that ignores it answers at once,
+which the worker notices on its clock, so that it sleeps its poll interval as before.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, NoReturn, Protocol
 
@@ -96,9 +95,6 @@ class NoWork:
 
     skipped: dict[str, Any] = field(default_factory=dict)
     maintenance: str | None = None
-    # The cluster held the pop for at least half the wait asked: it long-polls, so the next
-    # pop may go at once. False for a plain pop, or a cluster that ignores "wait".
-    held: bool = False
 
 
 @dataclass(frozen=True)
@@ -123,6 +119,7 @@ class ClusterProtocol(Protocol):
 
     url: str
     takes_progress: bool  # whether to post the text so far while generating
+    pop_wait: float  # seconds a pop asks the cluster to hold it (0: plain polling)
 
     def progress(self, job: Job, text: str) -> Literal["ok", "gone", "unsupported", "failed"]:
         """Post the text generated so far; never raises."""
@@ -195,17 +192,15 @@ class _HttpCluster:
                 f"cannot reach the cluster at {self.url} ({describe_network_error(error)})"
             ) from None
 
-    def _pop_request(self, body: dict[str, Any]) -> tuple[requests.Response, Any, bool]:
-        """POST the pop, long-polling if enabled: the response, its JSON, and whether the
-        cluster held it. Falls back to a plain pop when the cluster refuses `wait`."""
+    def _pop_request(self, body: dict[str, Any]) -> tuple[requests.Response, Any]:
+        """POST the pop, long-polling if enabled: the response and its JSON. Falls back to a
+        plain pop when the cluster refuses `wait`."""
         wait = self.pop_wait
         if wait <= 0:
             response = self._post(self.pop_path, body)
-            return response, json_body(response), False
-        started = time.monotonic()
+            return response, json_body(response)
         # The read timeout must outlast the hold, plus the cluster's own work.
         response = self._post(self.pop_path, {**body, "wait": wait}, read=wait + self.timeout)
-        held = time.monotonic() - started >= wait / 2
         data = json_body(response)
         if response.status_code == 400 and _names_field(data, "wait"):
             if self.pop_wait:
@@ -216,8 +211,8 @@ class _HttpCluster:
                 )
             self.pop_wait = 0.0
             response = self._post(self.pop_path, body)
-            return response, json_body(response), False
-        return response, data, held
+            return response, json_body(response)
+        return response, data
 
     def progress(self, job: Job, text: str) -> Literal["ok", "gone", "unsupported", "failed"]:
         """Post the whole text generated so far for `job` (`bridge.progress` throttles)."""
@@ -312,10 +307,9 @@ class OriginalClusterProtocol(_HttpCluster):
             "threads": self.threads,
         }
         body.update(self._credentials(with_username=True))
-        response, data, held = self._pop_request(body)
+        response, data = self._pop_request(body)
         if response.status_code == 200 and isinstance(data, dict) and "id" in data:
-            answer = self._parse_pop(data)
-            return NoWork(answer.skipped, held=held) if isinstance(answer, NoWork) else answer
+            return self._parse_pop(data)
         if response.status_code == 403 and _rc(data) == "WorkerMaintenance":
             return NoWork(maintenance=_message(response, data))
         self._raise_for_pop(response, data)
@@ -426,15 +420,14 @@ class HordeProtocol(_HttpCluster):
             "softprompts": [],
             "nsfw": self.nsfw,
         }
-        response, data, held = self._pop_request(body)
+        response, data = self._pop_request(body)
         if (
             response.status_code == 200
             and isinstance(data, dict)
             and ("id" in data or "ids" in data)
         ):
             self._log_messages(data.get("messages"))
-            answer = self._parse_pop(data, capabilities)
-            return NoWork(answer.skipped, held=held) if isinstance(answer, NoWork) else answer
+            return self._parse_pop(data, capabilities)
         if response.status_code == 403 and _rc(data) == "WorkerMaintenance":
             self._log_messages(data.get("messages") if isinstance(data, dict) else None)
             return NoWork(maintenance=_message(response, data))

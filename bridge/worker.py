@@ -224,6 +224,7 @@ class Worker:
             return 0.0
 
         self.stats.add(popping=1)
+        asked, wait = self._clock(), self.cluster.pop_wait
         try:
             answer = self.cluster.pop(capabilities)
         except NotACluster as error:
@@ -242,7 +243,12 @@ class Worker:
             self._cluster_failures = 0
 
         if isinstance(answer, NoWork):
-            return self._idle(answer)
+            # Held for at least half the wait asked: the cluster long-polls and already waited
+            # for work, so ask again at once. A pop answered sooner (plain polling, or a
+            # cluster that ignores "wait") is followed by the poll interval, as before.
+            held = wait > 0 and self._clock() - asked >= wait / 2
+            delay = self._idle(answer)
+            return 0.0 if held and answer.maintenance is None else delay
         if self._maintenance is not None:
             log.info("the cluster gives this server jobs again")
             self._maintenance = None
@@ -269,9 +275,7 @@ class Worker:
             log.info("the cluster took this server out of maintenance")
             self._maintenance = None
         log.debug("no work (skipped: %s)", answer.skipped or "nothing")
-        # A held pop already waited for work: ask again at once. A pop answered at once
-        # (plain polling, or a cluster that ignores "wait") waits the interval, as before.
-        return 0.0 if answer.held else self.settings.interval
+        return self.settings.interval
 
     def serve(self, job: Job) -> None:
         """Generate and deliver one job; every outcome is logged and counted."""

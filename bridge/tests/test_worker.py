@@ -61,6 +61,7 @@ class FakeCluster:
 
     url = "http://cluster.test"
     takes_progress = False  # progress is tested with the doubles (test_streaming.py)
+    pop_wait = 0.0  # long-poll: set it, and make on_pop advance the clock as a hold would
 
     def progress(self, job: Job, text: str) -> str:
         raise AssertionError("no progress without streaming")
@@ -256,10 +257,18 @@ def test_poll_interval_holds_when_there_is_no_work():
 
 
 def test_after_a_held_pop_the_next_pop_comes_at_once():
-    cluster = FakeCluster([NoWork(held=True), NoWork(held=True), NoWork()])
+    cluster = FakeCluster()
+    cluster.pop_wait = 20.0
     harness = Harness(cluster, interval=0.7)
+    holds = [20.0, 12.0, 9.0, 0.0]  # seconds each pop takes on the worker's clock
+
+    def hold() -> None:
+        harness.clock.now += holds.pop(0) if holds else 0.0
+
+    cluster.on_pop = hold
     harness.run(waits=2)
-    # The cluster already waited for work twice; the third pop was answered at once.
+    # Held 20 s and 12 s (at least half the wait): asked again at once. Answered after 9 s
+    # and at once (a cluster that does not hold): the poll interval.
     assert len(cluster.popped) == 4
     assert harness.waits == [(0.7, True)] * 2
 
