@@ -31,6 +31,7 @@ def test_defaults(tmp_path):
     assert config.backend_url == "http://127.0.0.1:5000"
     assert (config.backend, config.backend_apikey, config.model_name) == (None, None, None)
     assert config.pause_when_busy == 0.0
+    assert config.pop_wait == 20.0
     assert (config.interval, config.threads, config.verbosity) == (1.0, 1, "normal")
     assert config.max_length is None and config.max_context_length is None
     assert config.log_prompts is False
@@ -45,6 +46,7 @@ PRECEDENCE = [
     ("backend_apikey", "flag-bk", "env-bk", '"file-bk"'),
     ("model_name", "flag/model", "env/model", '"file/model"'),
     ("pause_when_busy", "0", "2.5", "60"),
+    ("pop_wait", "0", "5", "30"),
     ("name", "flag-name", "env-name", '"file-name"'),
     ("username", "flag-user", "env-user", '"file-user"'),
     ("password", "flag-pw", "env-pw", '"file-pw"'),
@@ -397,6 +399,8 @@ def test_backend_url_beats_its_old_name(tmp_path):
             ["--pause-when-busy", "-1"],
             "--pause-when-busy must be a number of seconds, 0 or more, got '-1'",
         ),
+        (["--pop-wait", "31"], "--pop-wait must be a number of seconds from 0 to 30, got '31'"),
+        (["--pop-wait", "soon"], "--pop-wait must be a number of seconds from 0 to 30, got 'soon'"),
     ],
 )
 def test_backend_settings_are_checked(tmp_path, argv, message):
