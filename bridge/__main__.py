@@ -101,6 +101,16 @@ def install_signal_handlers(bridge: Bridge) -> None:
             continue
 
 
+def _hint_threads(slots: int | None, threads: int) -> None:
+    """llama.cpp serves `--parallel` requests at once: one bridge thread per slot uses them."""
+    if slots is None or slots == threads:
+        return
+    if threads < slots:
+        log.info("the backend has %d slots; --threads %d would use them all", slots, slots)
+    else:
+        log.info("the backend has %d slots; threads beyond that wait for a free one", slots)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load_config(argv)
@@ -133,6 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.info("found %s", found.description)
         bridge = Bridge(cluster=cluster, kobold=found.backend, settings=settings_from(config))
         bridge.watcher.capabilities()
+        _hint_threads(found.backend.parallel, config.threads)
     except KoboldError as error:
         log.error("%s", error)
         return EXIT_FATAL

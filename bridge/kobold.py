@@ -124,6 +124,7 @@ class KoboldClient:
         self.version = version
         # KoboldCpp streams (POST /api/extra/generate/stream); KoboldAI United does not.
         self.streams = koboldcpp
+        self.parallel: int | None = None  # requests served at once: not reported
         self.url = url.rstrip("/")
         # People paste the API's address as KoboldCpp prints it ("…/api"); the paths below
         # already start with /api, so keep only the server's address.

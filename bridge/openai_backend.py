@@ -105,6 +105,7 @@ class OpenAIClient:
         self._dropped: set[str] = set()
         self._dropped_lock = threading.Lock()
         self._slots_unknown = False
+        self.parallel: int | None = None  # llama.cpp's slots (--parallel), when it says
 
     @property
     def _session(self) -> requests.Session:
@@ -137,8 +138,9 @@ class OpenAIClient:
         props = self._get("/props", required=False)
         settings = props.get("default_generation_settings") if isinstance(props, dict) else None
         context = whole(settings.get("n_ctx")) if isinstance(settings, dict) else None
-        if context is None and isinstance(props, dict):
-            context = whole(props.get("n_ctx"))
+        if isinstance(props, dict):
+            context = context or whole(props.get("n_ctx"))
+            self.parallel = whole(props.get("total_slots")) or None
         return (ids[0] if ids else None), context or None
 
     def _info_vllm(self, data: list, ids: list[str]) -> tuple[str | None, int | None]:

@@ -282,6 +282,30 @@ def test_the_lite_default_payload_is_accepted_by_every_openai_double():
             assert server.refused == [], kind
 
 
+def test_llamacpp_reports_its_slots():
+    with FakeOpenAIServer("llamacpp", slots=4) as server:
+        client = detect(server.url).backend
+        client.model_info()
+        assert client.parallel == 4
+
+
+@pytest.mark.parametrize(
+    ("slots", "threads", "hint"),
+    [
+        (4, 1, "the backend has 4 slots; --threads 4 would use them all"),
+        (2, 3, "the backend has 2 slots; threads beyond that wait for a free one"),
+        (2, 2, None),
+        (None, 3, None),
+    ],
+)
+def test_the_threads_hint(caplog, slots, threads, hint):
+    from bridge.__main__ import _hint_threads
+
+    caplog.set_level(logging.INFO, logger="bridge")
+    _hint_threads(slots, threads)
+    assert caplog.messages == ([hint] if hint else [])
+
+
 def test_llamacpp_is_busy_while_no_slot_is_free():
     with FakeOpenAIServer("llamacpp", slots=2) as server:
         client = detect(server.url).backend
