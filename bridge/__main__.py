@@ -1,6 +1,6 @@
-"""`python -m bridge`: read the settings, check KoboldAI, serve jobs until Ctrl-C.
+"""`python -m bridge`: read the settings, find the backend, serve jobs until Ctrl-C.
 
-Exit codes: 0 after a normal stop, 1 when KoboldAI or the cluster refuses to work with us,
+Exit codes: 0 after a normal stop, 1 when the backend or the cluster refuses to work with us,
 2 for a bad setting, 130 when a second Ctrl-C cut the graceful stop short.
 """
 
@@ -22,7 +22,8 @@ from types import FrameType  # noqa: E402
 from bridge import BRIDGE_AGENT, __version__  # noqa: E402
 from bridge.cluster import PROTOCOLS  # noqa: E402
 from bridge.config import Config, ConfigError, load_config  # noqa: E402
-from bridge.kobold import KoboldClient, KoboldError  # noqa: E402
+from bridge.detect import detect  # noqa: E402
+from bridge.kobold import KoboldError  # noqa: E402
 from bridge.retry import Backoff  # noqa: E402
 from bridge.worker import Bridge, Settings, log, summary_log  # noqa: E402
 
@@ -57,6 +58,8 @@ def settings_from(config: Config) -> Settings:
         threads=config.threads,
         max_length=config.max_length,
         max_context_length=config.max_context_length,
+        model_name=config.model_name,
+        pause_when_busy=config.pause_when_busy,
         refresh_interval=config.refresh_interval,
         summary_interval=config.summary_interval,
         log_prompts=config.log_prompts,
@@ -98,6 +101,16 @@ def install_signal_handlers(bridge: Bridge) -> None:
             continue
 
 
+def _hint_threads(slots: int | None, threads: int) -> None:
+    """llama.cpp serves `--parallel` requests at once: one bridge thread per slot uses them."""
+    if slots is None or slots == threads:
+        return
+    if threads < slots:
+        log.info("the backend has %d slots; --threads %d would use them all", slots, slots)
+    else:
+        log.info("the backend has %d slots; threads beyond that wait for a free one", slots)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load_config(argv)
@@ -106,25 +119,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     configure_logging(config)
 
-    kobold = KoboldClient(config.kai_url, generate_timeout=config.kai_timeout)
     cluster = PROTOCOLS[config.protocol].from_config(config, bridge_agent=BRIDGE_AGENT)
-    bridge = Bridge(cluster=cluster, kobold=kobold, settings=settings_from(config))
     if config.config_file:
         log.debug("settings read from %s", config.config_file)
     log.info(
-        "bridge %s: serving the cluster at %s%s as %r with %d thread%s, using KoboldAI at %s",
+        "bridge %s: serving the cluster at %s%s as %r with %d thread%s",
         __version__,
         config.cluster_url,
         " (AI Horde v2 protocol)" if config.protocol == "horde" else "",
         config.name,
         config.threads,
         "" if config.threads == 1 else "s",
-        config.kai_url,
     )
     try:
-        # Fail fast at start: KoboldAI is on this PC, so a mistake here is the contributor's
-        # to fix now. Later outages are waited out instead.
+        # Fail fast at start: the backend is on this PC, so a mistake here is the
+        # contributor's to fix now. Later outages are waited out instead.
+        found = detect(
+            config.backend_url,
+            protocol=config.backend,  # type: ignore[arg-type]
+            apikey=config.backend_apikey,
+            generate_timeout=config.kai_timeout,
+        )
+        log.info("found %s", found.description)
+        bridge = Bridge(cluster=cluster, kobold=found.backend, settings=settings_from(config))
         bridge.watcher.capabilities()
+        _hint_threads(found.backend.parallel, config.threads)
     except KoboldError as error:
         log.error("%s", error)
         return EXIT_FATAL

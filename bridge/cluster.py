@@ -8,13 +8,17 @@ implementations speak it, chosen with `--protocol` through `PROTOCOLS`:
 - `HordeProtocol` (`horde`): the AI Horde v2 text API, `/api/v2/generate/text/pop` and
   `/api/v2/generate/text/submit`, with an API key, so the bridge can join any AI
   Horde-compatible cluster (ours serves both).
+
+Both long-poll when `pop_wait` > 0: the pop asks the cluster to hold it up to that many
+seconds until a job arrives (`"wait"`). A cluster that refuses the field (400 naming `wait`)
+gets plain pops from then on (`pop_wait` drops to 0); one that ignores it answers at once,
+which the worker notices on its clock, so that it sleeps its poll interval as before.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, NoReturn, Protocol
 
@@ -71,12 +75,18 @@ class Job:
     id: str
     payload: dict[str, Any]
     ttl: float | None  # seconds the cluster gives us to submit, from the moment of the pop
-    received: float = field(default_factory=time.monotonic)
+    # When the worker got the job, on the worker's clock (`Worker.step` stamps it). Not read
+    # here from the system clock: a second clock would make deadlines meaningless whenever a
+    # caller (a test, say) injects its own.
+    received: float | None = None
 
     @property
     def deadline(self) -> float | None:
-        """The `time.monotonic()` after which the cluster may hand the slot to someone else."""
-        return None if self.ttl is None else self.received + self.ttl
+        """The time on the worker's clock after which the cluster may hand the slot to
+        someone else; None without a ttl or before the job is stamped."""
+        if self.ttl is None or self.received is None:
+            return None
+        return self.received + self.ttl
 
 
 @dataclass(frozen=True)
@@ -108,13 +118,21 @@ class ClusterProtocol(Protocol):
     """The cluster as the worker loop sees it. Implementations must be thread-safe."""
 
     url: str
+    takes_progress: bool  # whether to post the text so far while generating
+    pop_wait: float  # seconds a pop asks the cluster to hold it (0: plain polling)
+
+    def progress(self, job: Job, text: str) -> Literal["ok", "gone", "unsupported", "failed"]:
+        """Post the text generated so far; never raises."""
+        ...
 
     def pop(self, capabilities: Capabilities) -> Job | NoWork:
         """Ask for one job. Raises ClusterUnavailable or ClusterRejected."""
         ...
 
-    def submit(self, job: Job, text: str) -> Submitted:
-        """Deliver a generated text. Raises ClusterUnavailable or ClusterRejected."""
+    def submit(self, job: Job, text: str, tokens: int | None = None) -> Submitted:
+        """Deliver a generated text and, when the backend counted them, its tokens (sent as
+        `token_count`, which our cluster pays when plausible and others ignore). Raises
+        ClusterUnavailable or ClusterRejected."""
         ...
 
     def give_back(self, job: Job) -> Submitted:
@@ -129,6 +147,8 @@ class _HttpCluster:
     # Shown in "the server at ... is not <kind> (POST <path> answered ...)".
     kind = "a KoboldAI Cluster"
     pop_path = "/generate/pop"
+    progress_path = "/generate/progress"
+    progress_timeout = 5.0  # progress is a courtesy: never wait long for it
 
     def __init__(
         self,
@@ -138,6 +158,7 @@ class _HttpCluster:
         apikey: str | None = None,
         threads: int = 1,
         bridge_agent: str,
+        pop_wait: float = 0.0,
         connect_timeout: float = 5.0,
         timeout: float = 30.0,
     ) -> None:
@@ -149,21 +170,82 @@ class _HttpCluster:
         self.bridge_agent = bridge_agent
         self.connect_timeout = connect_timeout
         self.timeout = timeout
+        self.pop_wait = pop_wait  # 0: plain polling; set to 0 when the cluster refuses "wait"
+        # Whether to post the text so far while generating; off for good once the cluster
+        # shows it has no progress endpoint (the AI Horde has none).
+        self.takes_progress = True
         self._sessions = ThreadSessions({"apikey": apikey} if apikey else None)
 
     @property
     def _session(self) -> requests.Session:
         return self._sessions.get()
 
-    def _post(self, path: str, body: dict[str, Any]) -> requests.Response:
+    def _post(
+        self, path: str, body: dict[str, Any], read: float | None = None
+    ) -> requests.Response:
         try:
             return self._session.post(
-                f"{self.url}{path}", json=body, timeout=(self.connect_timeout, self.timeout)
+                f"{self.url}{path}", json=body, timeout=(self.connect_timeout, read or self.timeout)
             )
         except requests.RequestException as error:
             raise ClusterUnavailable(
                 f"cannot reach the cluster at {self.url} ({describe_network_error(error)})"
             ) from None
+
+    def _pop_request(self, body: dict[str, Any]) -> tuple[requests.Response, Any]:
+        """POST the pop, long-polling if enabled: the response and its JSON. Falls back to a
+        plain pop when the cluster refuses `wait`."""
+        wait = self.pop_wait
+        if wait <= 0:
+            response = self._post(self.pop_path, body)
+            return response, json_body(response)
+        # The read timeout must outlast the hold, plus the cluster's own work.
+        response = self._post(self.pop_path, {**body, "wait": wait}, read=wait + self.timeout)
+        data = json_body(response)
+        if response.status_code == 400 and _names_field(data, "wait"):
+            if self.pop_wait:
+                log.info(
+                    'the cluster at %s does not hold pops (it refused "wait"); polling every '
+                    "interval instead",
+                    self.url,
+                )
+            self.pop_wait = 0.0
+            response = self._post(self.pop_path, body)
+            return response, json_body(response)
+        return response, data
+
+    def progress(self, job: Job, text: str) -> Literal["ok", "gone", "unsupported", "failed"]:
+        """Post the whole text generated so far for `job` (`bridge.progress` throttles)."""
+        body = {"id": job.id, "text": text, **self._progress_credentials()}
+        try:
+            response = self._session.post(
+                f"{self.url}{self.progress_path}",
+                json=body,
+                timeout=(self.connect_timeout, self.progress_timeout),
+            )
+        except requests.RequestException as error:
+            log.debug("job %s: progress not sent (%s)", job.id[:8], describe_network_error(error))
+            return "failed"
+        status, rc = response.status_code, _rc(json_body(response))
+        if status == 200:
+            return "ok"
+        if status == 404 and rc in ("InvalidJobID", "AbortedGen"):
+            return "gone"
+        if status in (404, 405):
+            if self.takes_progress:
+                log.info(
+                    "the cluster at %s does not take progress (%s %d); sending results only",
+                    self.url,
+                    self.progress_path,
+                    status,
+                )
+            self.takes_progress = False
+            return "unsupported"
+        log.debug("job %s: progress answered %d", job.id[:8], status)
+        return "failed"
+
+    def _progress_credentials(self) -> dict[str, str]:
+        return {}
 
     def _raise_if_transient(self, response: requests.Response) -> None:
         status = response.status_code
@@ -211,6 +293,7 @@ class OriginalClusterProtocol(_HttpCluster):
             apikey=config.apikey,
             threads=config.threads,
             bridge_agent=bridge_agent,
+            pop_wait=config.pop_wait,
         )
 
     def pop(self, capabilities: Capabilities) -> Job | NoWork:
@@ -224,16 +307,16 @@ class OriginalClusterProtocol(_HttpCluster):
             "threads": self.threads,
         }
         body.update(self._credentials(with_username=True))
-        response = self._post(self.pop_path, body)
-        data = json_body(response)
+        response, data = self._pop_request(body)
         if response.status_code == 200 and isinstance(data, dict) and "id" in data:
             return self._parse_pop(data)
         if response.status_code == 403 and _rc(data) == "WorkerMaintenance":
             return NoWork(maintenance=_message(response, data))
         self._raise_for_pop(response, data)
 
-    def submit(self, job: Job, text: str) -> Submitted:
-        return self._submit(job, {"generation": text})
+    def submit(self, job: Job, text: str, tokens: int | None = None) -> Submitted:
+        counted = {} if tokens is None else {"token_count": tokens}
+        return self._submit(job, {"generation": text, **counted})
 
     def give_back(self, job: Job) -> Submitted:
         return self._submit(job, {"generation": "", "state": "faulted"})
@@ -254,6 +337,9 @@ class OriginalClusterProtocol(_HttpCluster):
             raise ClusterRejected(f"the cluster rejected the credentials: {message}")
         self._raise_if_transient(response)
         return Submitted("refused", message=f"{message} ({response.status_code})")
+
+    def _progress_credentials(self) -> dict[str, str]:
+        return self._credentials(with_username=False)
 
     def _credentials(self, *, with_username: bool) -> dict[str, str]:
         # With an API key the header identifies us; send a password only if one was configured.
@@ -296,6 +382,7 @@ class HordeProtocol(_HttpCluster):
     kind = "an AI Horde-compatible cluster"
     pop_path = "/api/v2/generate/text/pop"
     submit_path = "/api/v2/generate/text/submit"
+    progress_path = "/api/v2/generate/text/progress"
 
     def __init__(self, url: str, *, apikey: str, nsfw: bool = True, **common: Any) -> None:
         if not apikey:
@@ -317,6 +404,7 @@ class HordeProtocol(_HttpCluster):
             apikey=config.apikey,
             threads=config.threads,
             bridge_agent=bridge_agent,
+            pop_wait=config.pop_wait,
         )
 
     def pop(self, capabilities: Capabilities) -> Job | NoWork:
@@ -332,8 +420,7 @@ class HordeProtocol(_HttpCluster):
             "softprompts": [],
             "nsfw": self.nsfw,
         }
-        response = self._post(self.pop_path, body)
-        data = json_body(response)
+        response, data = self._pop_request(body)
         if (
             response.status_code == 200
             and isinstance(data, dict)
@@ -346,9 +433,10 @@ class HordeProtocol(_HttpCluster):
             return NoWork(maintenance=_message(response, data))
         self._raise_for_pop(response, data)
 
-    def submit(self, job: Job, text: str) -> Submitted:
+    def submit(self, job: Job, text: str, tokens: int | None = None) -> Submitted:
         # No seed: KoboldAI does not report the one it used, and the field is optional.
-        return self._submit(job.id, {"generation": text, "state": "ok"})
+        counted = {} if tokens is None else {"token_count": tokens}
+        return self._submit(job.id, {"generation": text, "state": "ok", **counted})
 
     def give_back(self, job: Job) -> Submitted:
         return self._submit(job.id, {"generation": "", "state": "faulted"})
@@ -446,6 +534,12 @@ class HordeProtocol(_HttpCluster):
         raise self._not_a_cluster(
             status, ": give the cluster's address without /api" if api else ""
         )
+
+
+def _names_field(data: Any, name: str) -> bool:
+    """Whether an error body blames `name` (`{"errors": {name: ...}}`, as both APIs say)."""
+    errors = data.get("errors") if isinstance(data, dict) else None
+    return isinstance(errors, dict) and name in errors
 
 
 def _rc(data: Any) -> str | None:

@@ -12,6 +12,7 @@ import argparse
 import difflib
 import os
 import tomllib
+from argparse import SUPPRESS
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,18 @@ MAX_THREADS = 50  # the cluster (like the AI Horde) refuses more threads per ser
 # The --protocol values, as registered in bridge.cluster.PROTOCOLS (a test keeps them equal;
 # listed here so that reading the settings does not need the HTTP code).
 PROTOCOL_NAMES = ("original", "horde")
+# The --backend values: which API family to use; unset, the bridge detects it.
+BACKEND_PROTOCOLS = ("kobold", "openai")
+
+
+# The values bridgeData.template.toml ships with. Left unedited, they would join the cluster
+# under a name and an account that other contributors' unedited copies share.
+PLACEHOLDERS = {
+    "name": "my-kobold-server",
+    "username": "my-username",
+    "password": "change-me",
+    "apikey": "your-22-character-key",
+}
 
 
 class ConfigError(Exception):
@@ -37,12 +50,17 @@ class Config:
 
     cluster_url: str = "http://127.0.0.1:5001"
     protocol: str = "original"
-    kai_url: str = "http://127.0.0.1:5000"
+    backend_url: str = "http://127.0.0.1:5000"
+    backend: str | None = None  # "kobold" or "openai"; None: detect
+    backend_apikey: str | None = None
+    model_name: str | None = None
+    pause_when_busy: float = 0.0
     name: str = ""
     username: str | None = None
     password: str | None = None
     apikey: str | None = None
     interval: float = 1.0
+    pop_wait: float = 20.0
     threads: int = 1
     max_length: int | None = None
     max_context_length: int | None = None
@@ -70,6 +88,7 @@ class Option:
     metavar: str | None = None  # None: a switch that takes no value
     short: str | None = None
     secret: bool = False  # never echo the value in an error message
+    alias: str | None = None  # an older key, still read as flag, variable and file key
 
     @property
     def env(self) -> str:
@@ -112,6 +131,29 @@ def _seconds(value: Any) -> float:
         raise _Invalid("a number of seconds greater than 0") from None
     if not seconds > 0 or seconds == float("inf"):
         raise _Invalid("a number of seconds greater than 0")
+    return seconds
+
+
+def _seconds_or_zero(value: Any) -> float:
+    if isinstance(value, str | int | float) and not isinstance(value, bool):
+        try:
+            if float(value) == 0:
+                return 0.0
+        except ValueError:
+            pass
+    try:
+        return _seconds(value)
+    except _Invalid:
+        raise _Invalid("a number of seconds, 0 or more") from None
+
+
+def _wait_seconds(value: Any) -> float:
+    try:
+        seconds = _seconds_or_zero(value)
+    except _Invalid:
+        seconds = -1.0
+    if not 0 <= seconds <= 30:
+        raise _Invalid("a number of seconds from 0 to 30")
     return seconds
 
 
@@ -173,11 +215,45 @@ OPTIONS: tuple[Option, ...] = (
         "{" + ",".join(PROTOCOL_NAMES) + "}",
     ),
     Option(
-        "kai_url",
-        "--kai-url",
-        f"address of your KoboldAI (default: {Config.kai_url})",
+        "backend_url",
+        "--backend-url",
+        "address of your local LLM server: KoboldAI, KoboldCpp, llama.cpp server, Ollama, "
+        f"vLLM, TabbyAPI or any OpenAI-compatible server (default: {Config.backend_url}; "
+        "--kai-url is the old name)",
         _url,
         "URL",
+        alias="kai_url",
+    ),
+    Option(
+        "backend",
+        "--backend",
+        "the API to use with it: kobold (KoboldAI API) or openai (OpenAI-compatible); "
+        "default: detected",
+        _choice(*BACKEND_PROTOCOLS),
+        "{" + ",".join(BACKEND_PROTOCOLS) + "}",
+    ),
+    Option(
+        "backend_apikey",
+        "--backend-apikey",
+        "an API key your local server requires (sent as Authorization: Bearer), e.g. TabbyAPI's",
+        _text,
+        "KEY",
+        secret=True,
+    ),
+    Option(
+        "model_name",
+        "--model-name",
+        "advertise the model under this name instead of the one derived from your backend's",
+        _text,
+        "NAME",
+    ),
+    Option(
+        "pause_when_busy",
+        "--pause-when-busy",
+        "after your backend was busy with your own use, wait this long before taking jobs "
+        "again (default: 0)",
+        _seconds_or_zero,
+        "SECONDS",
     ),
     Option(
         "name",
@@ -213,6 +289,14 @@ OPTIONS: tuple[Option, ...] = (
         "SECONDS",
     ),
     Option(
+        "pop_wait",
+        "--pop-wait",
+        "seconds the cluster may hold a pop until a job arrives (long-poll; 0-30, default: "
+        "20; 0 polls every --interval)",
+        _wait_seconds,
+        "SECONDS",
+    ),
+    Option(
         "threads",
         "--threads",
         f"jobs to run at once, for backends that serve parallel requests "
@@ -223,15 +307,16 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "max_length",
         "--max-length",
-        "accept jobs asking for at most this many new tokens (default and ceiling: what "
-        "KoboldAI reports)",
+        "accept jobs asking for at most this many new tokens (default: what your backend "
+        "reports, or 512; never above what it allows)",
         _whole(1, None),
         "TOKENS",
     ),
     Option(
         "max_context_length",
         "--max-context-length",
-        "accept jobs with at most this much context (default and ceiling: what KoboldAI reports)",
+        "accept jobs with at most this much context (default and ceiling: what your backend "
+        "reports; 2048 if it does not say)",
         _whole(1, None),
         "TOKENS",
     ),
@@ -248,6 +333,7 @@ OPTIONS: tuple[Option, ...] = (
 )
 
 _BY_KEY = {option.key: option for option in OPTIONS}
+_BY_ALIAS = {option.alias: option for option in OPTIONS if option.alias}
 
 # Hidden tuning settings (see Config): environment only, seconds.
 _TUNING = ("backoff_base", "backoff_max", "refresh_interval", "summary_interval", "kai_timeout")
@@ -265,12 +351,12 @@ def build_parser() -> argparse.ArgumentParser:
     can take precedence over the environment and the file."""
     parser = _Parser(
         prog="python -m bridge",
-        description="Serve the KoboldAI Cluster's text-generation jobs with your local KoboldAI.",
+        description="Serve the KoboldAI Cluster's text-generation jobs with your local LLM server.",
         epilog=(
             "Every option can also be set with an environment variable (BRIDGE_ plus the "
-            "option in capitals, e.g. BRIDGE_KAI_URL) or in the config file with its snake_case "
-            'name (e.g. kai_url = "http://127.0.0.1:5000"). Flags win over the environment, '
-            "which wins over the file. Start from bridge/bridgeData.template.toml."
+            "option in capitals, e.g. BRIDGE_BACKEND_URL) or in the config file with its "
+            'snake_case name (e.g. backend_url = "http://127.0.0.1:5001"). Flags win over the '
+            "environment, which wins over the file. Start from bridge/bridgeData.template.toml."
         ),
         argument_default=argparse.SUPPRESS,
     )
@@ -288,6 +374,9 @@ def build_parser() -> argparse.ArgumentParser:
             target.add_argument(*names, dest=option.key, action="store_true", help=option.help)
         else:
             target.add_argument(*names, dest=option.key, metavar=option.metavar, help=option.help)
+        if option.alias:
+            old = "--" + option.alias.replace("_", "-")
+            target.add_argument(old, dest=option.alias, metavar=option.metavar, help=SUPPRESS)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
 
@@ -306,7 +395,7 @@ def _read_file(path: Path, shown: str, explicit: bool) -> dict[str, Any]:
     except OSError as error:
         raise ConfigError(f"cannot read config file {path}: {error.strerror}") from None
     for key in data:
-        if key not in _BY_KEY:
+        if key not in _BY_KEY and key not in _BY_ALIAS:
             close = difflib.get_close_matches(key, list(_BY_KEY), n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
             raise ConfigError(f"unknown setting {key!r} in {shown}{hint}")
@@ -331,13 +420,13 @@ def load_config(
     # Each source maps key -> (raw value, how the contributor wrote it, for messages).
     # An empty environment variable counts as unset, as docker-compose and .env files produce them.
     sources: list[dict[str, tuple[Any, str]]] = [
-        {key: (value, _BY_KEY[key].flag) for key, value in flags.items()},
-        {
-            option.key: (environ[option.env], option.env)
-            for option in OPTIONS
-            if environ.get(option.env, "").strip()
-        },
-        {key: (value, f"{key} in {shown}") for key, value in from_file.items()},
+        _under_current_names(
+            {key: (value, "--" + key.replace("_", "-")) for key, value in flags.items()}
+        ),
+        _from_environment(environ),
+        _under_current_names(
+            {key: (value, f"{key} in {shown}") for key, value in from_file.items()}
+        ),
     ]
 
     values: dict[str, Any] = {}
@@ -348,6 +437,11 @@ def load_config(
             if option.key in source:
                 raw, label = source[option.key]
                 values[option.key] = _parse(option.parse, raw, label, option.secret)
+                if values[option.key] == PLACEHOLDERS.get(option.key):
+                    raise ConfigError(
+                        f"{label} is still the template's placeholder "
+                        f"{PLACEHOLDERS[option.key]!r}: replace it with your own"
+                    )
                 break
     values["verbosity"] = _verbosity(sources)
     for key in _TUNING:
@@ -357,6 +451,27 @@ def load_config(
 
     _check_identity(values, shown)
     return Config(**values, config_file=str(path) if path.exists() else None)
+
+
+def _under_current_names(found: dict[str, tuple[Any, str]]) -> dict[str, tuple[Any, str]]:
+    """Settings given under an option's old name count under its new one, unless the new
+    one is given too; the label keeps the name the contributor wrote, for messages."""
+    current = {key: value for key, value in found.items() if key not in _BY_ALIAS}
+    for alias, option in _BY_ALIAS.items():
+        if alias in found and option.key not in current:
+            current[option.key] = found[alias]
+    return current
+
+
+def _from_environment(environ: Mapping[str, str]) -> dict[str, tuple[Any, str]]:
+    found = {}
+    for option in OPTIONS:
+        names = [option.env] + ([ENV_PREFIX + option.alias.upper()] if option.alias else [])
+        for name in names:
+            if environ.get(name, "").strip():
+                found[option.key] = (environ[name], name)
+                break
+    return found
 
 
 def _parse(parse: Callable[[Any], Any], raw: Any, label: str, secret: bool = False) -> Any:

@@ -1,18 +1,26 @@
 """Client for the local KoboldAI's REST API (KoboldAI United and KoboldCpp answer the same paths).
 
-Only four calls are needed: the model name, the two length limits and generate. Every failure
-becomes one of the exceptions below, each with a one-line message, so the worker loop can decide
-between retrying, giving the job back and stopping without knowing anything about HTTP.
+Only four calls are needed: the model name, the two length limits and generate; KoboldCpp adds
+its true context length, its token counts and whether it is busy (`/api/extra/*`). Every
+failure becomes one of the exceptions below, each with a one-line message, so the worker loop
+can decide between retrying, giving the job back and stopping without knowing anything about
+HTTP. The OpenAI-compatible backends (`bridge.openai_backend`) raise the same exceptions.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import requests
 
-from bridge.net import ThreadSessions, describe_network_error, json_body
+from bridge.net import ThreadSessions, describe_network_error, json_body, sse_events
+
+# Called with the whole text generated so far while a backend streams; returning False stops
+# reading the stream (the cluster no longer wants the job).
+OnText = Callable[[str], bool]
 
 # KoboldAI United reports this instead of a model name while no model is loaded.
 NO_MODEL = "ReadOnly"
@@ -48,16 +56,39 @@ class GenerationFailed(KoboldError):
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """What KoboldAI serves right now."""
+    """What the backend serves right now."""
 
-    name: str  # as KoboldAI reports it
-    max_length: int
+    name: str  # as the backend reports it
+    max_length: int  # the default cap on new tokens per job
     max_context_length: int
+    # The name to advertise when the backend's convention is not KoboldAI's (see
+    # `cluster_model_name`), and the most new tokens --max-length may ask for, when that is
+    # more than the default (KoboldCpp and OpenAI-compatible servers allow up to the context).
+    advertised: str | None = None
+    max_length_ceiling: int | None = None
+    # False when the backend does not report its context: then --max-context-length and
+    # --max-length are taken as given instead of capped by the bridge's cautious defaults.
+    limits_known: bool = True
 
     @property
     def cluster_name(self) -> str:
-        """The model name to advertise to the cluster; see `cluster_model_name`."""
-        return cluster_model_name(self.name)
+        """The model name to advertise to the cluster."""
+        return self.advertised or cluster_model_name(self.name)
+
+
+@dataclass(frozen=True)
+class Generation:
+    """A generated text and, when the backend counted them, its tokens."""
+
+    text: str
+    tokens: int | None = None
+
+
+def whole(value: Any) -> int | None:
+    """`value` if it is a whole number >= 0 (JSON's bool is not one), else None."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return None
+    return value
 
 
 def cluster_model_name(name: str) -> str:
@@ -71,16 +102,29 @@ def cluster_model_name(name: str) -> str:
 
 
 class KoboldClient:
-    """Talks to one KoboldAI. Safe to share between worker threads (one session per thread)."""
+    """Talks to one KoboldAI. Safe to share between worker threads (one session per thread).
+
+    With `koboldcpp=True` it also reads KoboldCpp's extras: the true context length (its
+    `max_context_length` is only the cap its own horde worker uses, 4096 by default), whether
+    it is busy, and the completion tokens newer versions report with each result."""
 
     def __init__(
         self,
         url: str,
         *,
+        koboldcpp: bool = False,
+        version: str | None = None,
+        apikey: str | None = None,
         generate_timeout: float = 300.0,
         connect_timeout: float = 5.0,
         info_timeout: float = 10.0,
     ) -> None:
+        self.koboldcpp = koboldcpp
+        self.label = "KoboldCpp" if koboldcpp else "KoboldAI"
+        self.version = version
+        # KoboldCpp streams (POST /api/extra/generate/stream); KoboldAI United does not.
+        self.streams = koboldcpp
+        self.parallel: int | None = None  # requests served at once: not reported
         self.url = url.rstrip("/")
         # People paste the API's address as KoboldCpp prints it ("…/api"); the paths below
         # already start with /api, so keep only the server's address.
@@ -89,7 +133,8 @@ class KoboldClient:
         self.generate_timeout = generate_timeout
         self.connect_timeout = connect_timeout
         self.info_timeout = info_timeout
-        self._sessions = ThreadSessions()
+        # KoboldCpp started with --password wants it as a Bearer token.
+        self._sessions = ThreadSessions({"Authorization": f"Bearer {apikey}"} if apikey else None)
 
     @property
     def _session(self) -> requests.Session:
@@ -108,37 +153,112 @@ class KoboldClient:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise self._not_kobold(path, "without a positive whole number")
             lengths.append(value)
-        return ModelInfo(name=name, max_length=lengths[0], max_context_length=lengths[1])
+        if not self.koboldcpp:
+            return ModelInfo(name=name, max_length=lengths[0], max_context_length=lengths[1])
+        try:
+            context = whole(self._get("/api/extra/true_max_context_length", "value"))
+        except NotKoboldAI:
+            context = None  # a KoboldCpp older than that endpoint
+        context = context or lengths[1]
+        # KoboldCpp names its model "koboldcpp/<file>": the AI Horde's name for a GGUF model.
+        return ModelInfo(
+            name=name,
+            max_length=min(lengths[0], context),
+            max_context_length=context,
+            advertised=name if name.startswith("koboldcpp/") else f"koboldcpp/{name}",
+            max_length_ceiling=context,
+        )
 
-    def generate(self, payload: dict[str, Any], timeout: float | None = None) -> str:
+    def busy(self, ours: int) -> str | None:
+        """Why the owner is using KoboldCpp right now (None: it is free for a job). `ours`
+        is the number of this bridge's own jobs in progress, which keep it busy too."""
+        if not self.koboldcpp:
+            return None
+        try:
+            response = self._session.get(
+                f"{self.url}/api/extra/perf", timeout=(self.connect_timeout, self.info_timeout)
+            )
+        except requests.RequestException as error:
+            raise self._unreachable(error) from None
+        data = json_body(response)
+        if response.status_code != 200 or not isinstance(data, dict):
+            return None  # an old KoboldCpp without /api/extra/perf: nothing to go by
+        queue = whole(data.get("queue")) or 0
+        if queue > 0:
+            return f"{queue} request{'s' if queue > 1 else ''} waiting in KoboldCpp"
+        if data.get("idle") == 0 and ours == 0:
+            return "KoboldCpp is generating for someone else"
+        return None
+
+    def generate(
+        self, payload: dict[str, Any], timeout: float | None = None, on_text: OnText | None = None
+    ) -> Generation:
         """Generate one text for a job's payload and return it, waiting up to `timeout`
-        seconds for KoboldAI, but never less than `generate_timeout`."""
+        seconds for KoboldAI, but never less than `generate_timeout`. With `on_text`, a
+        KoboldCpp streams and `on_text` gets the text so far as it grows."""
         # quiet: KoboldAI would otherwise print every prompt and result to its own console.
         body = {**payload, "quiet": True}
+        read = max(self.generate_timeout, timeout or 0.0)
+        if on_text is not None and self.streams:
+            streamed = self._generate_streamed(body, read, on_text)
+            if streamed is not None:
+                return streamed
         try:
             response = self._session.post(
                 f"{self.url}/api/latest/generate",
                 json=body,
-                timeout=(self.connect_timeout, max(self.generate_timeout, timeout or 0.0)),
+                timeout=(self.connect_timeout, read),
             )
         except requests.RequestException as error:
             raise self._unreachable(error) from None
-        if response.status_code == 503:
-            raise KoboldBusy("KoboldAI is busy (503)")
-        if response.status_code == 422:
-            raise PayloadRefused(f"KoboldAI refused the job's parameters: {_detail(response)}")
-        if response.status_code != 200:
-            raise GenerationFailed(
-                f"KoboldAI answered {response.status_code} to generate: {_detail(response)}"
-            )
+        self._raise_for_generate(response)
         data = json_body(response)
         try:
-            text = data["results"][0]["text"]
+            result = data["results"][0]
+            text = result["text"]
         except (TypeError, KeyError, IndexError):
-            text = None
+            result, text = {}, None
         if not isinstance(text, str):
-            raise GenerationFailed("KoboldAI's answer to generate has no results[0].text")
-        return text
+            raise GenerationFailed(f"{self.label}'s answer to generate has no results[0].text")
+        # Newer KoboldCpp versions report the tokens they generated; KoboldAI United does not.
+        return Generation(text, whole(result.get("completion_tokens")))
+
+    def _generate_streamed(
+        self, body: dict[str, Any], read: float, on_text: OnText
+    ) -> Generation | None:
+        """KoboldCpp's SSE stream (`event: message`, `data: {"token": ...}`); None when this
+        KoboldCpp has no stream endpoint (then it is not asked again)."""
+        try:
+            with self._session.post(
+                f"{self.url}/api/extra/generate/stream",
+                json=body,
+                timeout=(self.connect_timeout, read),
+                stream=True,
+            ) as response:
+                if response.status_code in (404, 405, 501):
+                    self.streams = False
+                    return None
+                self._raise_for_generate(response)
+                text = ""
+                for event, data in sse_events(response):
+                    token = _json(data).get("token") if event == "message" else None
+                    if isinstance(token, str) and token:
+                        text += token
+                        if not on_text(text):
+                            break
+                return Generation(text)
+        except requests.RequestException as error:
+            raise self._unreachable(error) from None
+
+    def _raise_for_generate(self, response: requests.Response) -> None:
+        if response.status_code == 503:
+            raise KoboldBusy(f"{self.label} is busy (503)")
+        if response.status_code == 422:
+            raise PayloadRefused(f"{self.label} refused the job's parameters: {_detail(response)}")
+        if response.status_code != 200:
+            raise GenerationFailed(
+                f"{self.label} answered {response.status_code} to generate: {_detail(response)}"
+            )
 
     def _get(self, path: str, key: str) -> Any:
         try:
@@ -162,8 +282,16 @@ class KoboldClient:
     def _not_kobold(self, path: str, what: str) -> NotKoboldAI:
         return NotKoboldAI(
             f"the server at {self.url} is not KoboldAI (GET {path} answered {what}); "
-            "check --kai-url"
+            "check --backend-url"
         )
+
+
+def _json(data: str) -> dict[str, Any]:
+    try:
+        value = json.loads(data)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def _detail(response: requests.Response) -> str:

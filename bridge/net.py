@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import requests
@@ -46,3 +47,36 @@ def json_body(response: requests.Response) -> Any:
         return response.json()
     except ValueError:
         return None
+
+
+def sse_events(response: requests.Response) -> Iterator[tuple[str, str]]:
+    """The (event, data) pairs of a Server-Sent Events stream, each as soon as it arrives."""
+    buffer = b""
+    event, data = "message", []
+    for chunk in _arriving(response):
+        buffer += chunk
+        *lines, buffer = buffer.split(b"\n")
+        for raw in lines:
+            line = raw.rstrip(b"\r").decode("utf-8", "replace")
+            if not line:
+                if data:
+                    yield event, "\n".join(data)
+                event, data = "message", []
+            elif line.startswith("data:"):
+                data.append(line[5:].removeprefix(" "))
+            elif line.startswith("event:"):
+                event = line[6:].strip()
+    if data:
+        yield event, "\n".join(data)
+
+
+def _arriving(response: requests.Response) -> Iterator[bytes]:
+    """A streamed body's bytes as they arrive. requests' `iter_content` waits for a whole
+    chunk of the size asked for (or, with None, for the end of a body that is not sent
+    chunked, as KoboldCpp's streams are not): either would hold back every event."""
+    read1 = getattr(response.raw, "read1", None)  # urllib3 2
+    if read1 is None:
+        yield from response.iter_content(chunk_size=1)  # urllib3 1: slower, but prompt
+        return
+    while chunk := read1(65536, decode_content=True):
+        yield chunk

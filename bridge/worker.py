@@ -1,9 +1,10 @@
-"""The bridge's loop: pop a job, generate it with KoboldAI, submit the text; repeat.
+"""The bridge's loop: pop a job, generate it with the backend, submit the text; repeat.
 
-No HTTP here. The loop gets a cluster protocol (`bridge.cluster`) and a KoboldAI client
-(`bridge.kobold`) and only sees their results and exceptions, so the tests drive it with fakes.
-Several workers (one per `--threads`) share one stop flag, one set of statistics and one view
-of KoboldAI's current model.
+No HTTP here. The loop gets a cluster protocol (`bridge.cluster`) and a backend client
+(`bridge.kobold.KoboldClient` or `bridge.openai_backend.OpenAIClient`, called `kobold` here
+for history's sake) and only sees their results and exceptions, so the tests drive it with
+fakes. Several workers (one per `--threads`) share one stop flag, one set of statistics, one
+view of the backend's current model and one record of when the owner last used it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from datetime import timedelta
 from typing import Protocol
 
 from bridge.cluster import (
-    Capabilities,
     ClusterProtocol,
     ClusterRejected,
     ClusterUnavailable,
@@ -27,8 +27,23 @@ from bridge.cluster import (
     NoWork,
     Submitted,
 )
-from bridge.kobold import KoboldBusy, KoboldError, ModelInfo, PayloadRefused
+from bridge.kobold import (
+    Generation,
+    KoboldBusy,
+    KoboldError,
+    ModelInfo,
+    OnText,
+    PayloadRefused,
+)
+from bridge.polite import Politeness
+from bridge.progress import ProgressSender
 from bridge.retry import Backoff
+from bridge.watcher import ModelWatcher
+
+# Seconds on a monotonic scale. `Bridge` is the one place it is chosen (`time.monotonic`
+# unless a test injects another); every other part gets it from there, so that no time read
+# from one clock is ever compared with a time read from another.
+Clock = Callable[[], float]
 
 log = logging.getLogger("bridge")
 # The closing summary goes through its own logger so that --quiet still shows it.
@@ -42,13 +57,21 @@ LATE_GRACE = 60.0
 
 
 class KoboldAPI(Protocol):
-    """What the loop needs from KoboldAI (`bridge.kobold.KoboldClient`, or a fake)."""
+    """What the loop needs from the backend (`KoboldClient`, `OpenAIClient`, or a fake)."""
 
     url: str
+    label: str  # "KoboldAI", "KoboldCpp", "llama.cpp server" ...
+    streams: bool  # whether generate() can call back with the text so far
 
     def model_info(self) -> ModelInfo: ...
 
-    def generate(self, payload: dict, timeout: float | None = None) -> str: ...
+    def generate(
+        self, payload: dict, timeout: float | None = None, on_text: OnText | None = None
+    ) -> Generation: ...
+
+    def busy(self, ours: int) -> str | None:
+        """Why the backend should get no job now (its owner uses it), or None."""
+        ...
 
 
 @dataclass
@@ -57,9 +80,11 @@ class Settings:
 
     interval: float = 1.0  # wait when there is no work
     threads: int = 1
-    max_length: int | None = None  # overrides, capped by what KoboldAI reports
+    max_length: int | None = None  # overrides, capped by what the backend allows
     max_context_length: int | None = None
-    refresh_interval: float = 30.0  # re-read KoboldAI's model and limits this often
+    model_name: str | None = None  # advertise this instead of the backend's model name
+    pause_when_busy: float = 0.0  # after the owner used the backend, wait this long
+    refresh_interval: float = 30.0  # re-read the backend's model and limits this often
     summary_interval: float = 300.0
     maintenance_interval: float = 30.0  # poll slowly while the cluster has us in maintenance
     max_attempts: int = 4  # tries to generate one job before giving it back
@@ -96,7 +121,7 @@ def format_kudos(kudos: float) -> str:
 class Stats:
     """Counters shared by every worker thread."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, clock: Clock) -> None:
         self._clock = clock
         self._lock = threading.Lock()
         self.started = clock()
@@ -107,6 +132,7 @@ class Stats:
         self.kudos = 0.0  # the AI Horde protocol's rewards, when the cluster reports them
         self.seconds = 0.0  # time spent generating, for the average speed
         self.in_flight = 0
+        self.popping = 0  # workers waiting for a pop's answer (long-polls last seconds)
 
     def add(self, **counts: float) -> None:
         with self._lock:
@@ -124,88 +150,6 @@ class Stats:
             )
 
 
-class ModelWatcher:
-    """KoboldAI's current model and limits, re-read every `refresh_interval` seconds because
-    the contributor may load another model while the bridge runs. Shared by all workers."""
-
-    def __init__(
-        self,
-        kobold: KoboldAPI,
-        settings: Settings,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.kobold = kobold
-        self.settings = settings
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._info: ModelInfo | None = None  # the last model KoboldAI reported
-        self._fresh = False  # whether _info may be used for the next pop
-        self._checked = -math.inf
-        self._down = False
-        self._warned: set[tuple[str, int, int]] = set()
-
-    def capabilities(self) -> Capabilities:
-        """What to advertise in the next pop. Raises KoboldError while KoboldAI is unusable."""
-        with self._lock:
-            stale = self._clock() - self._checked >= self.settings.refresh_interval
-            if not self._fresh or stale:
-                self._refresh()
-            assert self._info is not None
-            return self._limit(self._info)
-
-    def invalidate(self) -> None:
-        """KoboldAI just failed: check it again before popping another job."""
-        with self._lock:
-            self._fresh = False
-
-    def _refresh(self) -> None:
-        try:
-            info = self.kobold.model_info()
-        except KoboldError as error:
-            # No pops until KoboldAI answers again: we could not serve the jobs.
-            self._fresh = False
-            if self._info is not None and not self._down:
-                log.warning("no new jobs until KoboldAI is back: %s", error)
-            self._down = True
-            raise
-        previous, was_down = self._info, self._down
-        self._info, self._fresh, self._down, self._checked = info, True, False, self._clock()
-        if previous is None:
-            how = "serves"
-        elif was_down:
-            how = "is back, serving"
-        elif info != previous:
-            how = "now serves"
-        else:
-            return
-        log.info(
-            "KoboldAI %s %s (max_length %d, max_context_length %d)",
-            how,
-            info.cluster_name,
-            info.max_length,
-            info.max_context_length,
-        )
-
-    def _limit(self, info: ModelInfo) -> Capabilities:
-        lengths = []
-        for flag, override, reported in (
-            ("--max-length", self.settings.max_length, info.max_length),
-            ("--max-context-length", self.settings.max_context_length, info.max_context_length),
-        ):
-            too_high = override is not None and override > reported
-            if too_high and (flag, override, reported) not in self._warned:
-                self._warned.add((flag, override, reported))
-                log.warning(
-                    "%s %d is above what KoboldAI reports (%d); using %d",
-                    flag,
-                    override,
-                    reported,
-                    reported,
-                )
-            lengths.append(min(reported, override) if override is not None else reported)
-        return Capabilities(info.cluster_name, lengths[0], lengths[1])
-
-
 Wait = Callable[[float, bool], None]
 
 
@@ -221,8 +165,9 @@ class Worker:
         stop: threading.Event,
         stats: Stats,
         watcher: ModelWatcher,
+        clock: Clock,
         wait: Wait | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        politeness: Politeness | None = None,
     ) -> None:
         self.cluster = cluster
         self.kobold = kobold
@@ -230,6 +175,7 @@ class Worker:
         self.stop = stop
         self.stats = stats
         self.watcher = watcher
+        self.politeness = politeness
         self._wait = wait or self._real_wait
         self._clock = clock
         self._kobold_failures = 0
@@ -260,19 +206,25 @@ class Worker:
                 self._wait(delay, True)
 
     def step(self) -> float:
-        """Check KoboldAI, pop, and serve the job if there is one. Returns the seconds to wait
-        before the next step (0 after a job: there may be more work)."""
+        """Check the backend, pop, and serve the job if there is one. Returns the seconds to
+        wait before the next step (0 after a job: there may be more work)."""
         try:
             capabilities = self.watcher.capabilities()
+            polite = self.politeness.delay(self.stats.in_flight) if self.politeness else 0.0
         except KoboldError as error:
+            self.watcher.invalidate()
             self._kobold_failures += 1
             delay = self.settings.backoff.delay(self._kobold_failures)
-            log.debug("checking KoboldAI again in %.1f s: %s", delay, error)
+            log.debug("checking the backend again in %.1f s: %s", delay, error)
             return delay
         self._kobold_failures = 0
+        if polite > 0:
+            return polite
         if self.stop.is_set():
             return 0.0
 
+        self.stats.add(popping=1)
+        asked, wait = self._clock(), self.cluster.pop_wait
         try:
             answer = self.cluster.pop(capabilities)
         except NotACluster as error:
@@ -283,13 +235,20 @@ class Worker:
             return self._cluster_down(error)
         except ClusterUnavailable as error:
             return self._cluster_down(error)
+        finally:
+            self.stats.add(popping=-1)
         self._cluster_answered = True
         if self._cluster_failures:
             log.info("the cluster at %s answers again", self.cluster.url)
             self._cluster_failures = 0
 
         if isinstance(answer, NoWork):
-            return self._idle(answer)
+            # Held for at least half the wait asked: the cluster long-polls and already waited
+            # for work, so ask again at once. A pop answered sooner (plain polling, or a
+            # cluster that ignores "wait") is followed by the poll interval, as before.
+            held = wait > 0 and self._clock() - asked >= wait / 2
+            delay = self._idle(answer)
+            return 0.0 if held and answer.maintenance is None else delay
         if self._maintenance is not None:
             log.info("the cluster gives this server jobs again")
             self._maintenance = None
@@ -320,6 +279,8 @@ class Worker:
 
     def serve(self, job: Job) -> None:
         """Generate and deliver one job; every outcome is logged and counted."""
+        if job.received is None:
+            job.received = self._clock()
         self.stats.add(in_flight=1)
         try:
             ttl = f"{job.ttl:.0f} s" if job.ttl is not None else "none"
@@ -332,9 +293,10 @@ class Worker:
         finally:
             self.stats.add(in_flight=-1)
 
-    def _generate(self, job: Job) -> tuple[str, float] | None:
+    def _generate(self, job: Job) -> tuple[Generation, float] | None:
         """The text and the seconds it took, or None if the job was given back or dropped."""
-        deadline = job.deadline if job.deadline is not None else job.received + DEFAULT_TTL
+        received = job.received if job.received is not None else self._clock()
+        deadline = received + (job.ttl if job.ttl is not None else DEFAULT_TTL)
         failures = busy = 0
         while True:
             if self.stop.is_set():
@@ -345,7 +307,7 @@ class Worker:
                 log.warning(
                     "job %s: its ttl (%.0f s) passed before it could be generated; dropping it",
                     _short(job),
-                    deadline - job.received,
+                    deadline - received,
                 )
                 self._give_back(job, "ttl passed", count=False)
                 self.stats.add(dropped=1)
@@ -354,15 +316,24 @@ class Worker:
             # A slow server's long job may legitimately take more than KoboldClient's default
             # timeout: the cluster sized the ttl to this server's speed, so wait that long.
             patience = deadline - started + LATE_GRACE
+            sender = self._progress_sender(job)
             try:
-                return self.kobold.generate(job.payload, patience), self._clock() - started
+                if sender is None:
+                    generation = self.kobold.generate(job.payload, patience)
+                else:
+                    generation = self.kobold.generate(job.payload, patience, on_text=sender.update)
+                if sender is not None and sender.gone:
+                    log.warning("job %s: the cluster no longer wants it; moving on", _short(job))
+                    self.stats.add(dropped=1)
+                    return None
+                return generation, self._clock() - started
             except KoboldBusy:
                 busy += 1
                 delay = self.settings.busy_backoff.delay(busy)
-                log.debug("job %s: KoboldAI is busy; retrying in %.1f s", _short(job), delay)
+                log.debug("job %s: the backend is busy; retrying in %.1f s", _short(job), delay)
             except PayloadRefused as error:
                 log.warning("job %s: %s", _short(job), error)
-                self._give_back(job, "KoboldAI refused it")
+                self._give_back(job, f"{self.kobold.label} refused it")
                 return None
             except KoboldError as error:
                 failures += 1
@@ -381,16 +352,25 @@ class Worker:
                     self.settings.max_attempts,
                     error,
                 )
+            finally:
+                if sender is not None:
+                    sender.close()
             self._wait(delay, True)
 
-    def _deliver(self, job: Job, text: str, seconds: float) -> None:
+    def _progress_sender(self, job: Job) -> ProgressSender | None:
+        """A sender of the text so far, when the backend streams and the cluster takes it."""
+        if not (self.cluster.takes_progress and self.kobold.streams):
+            return None
+        return ProgressSender(self.cluster, job, self._clock)
+
+    def _deliver(self, job: Job, generation: Generation, seconds: float) -> None:
         """Submit the text, retrying network errors: generating it again would waste the GPU
         time and could pay twice, so this never goes back to KoboldAI."""
         failures = 0
         first_failure = stop_seen = None
         while True:
             try:
-                result = self.cluster.submit(job, text)
+                result = self.cluster.submit(job, generation.text, generation.tokens)
                 break
             except ClusterUnavailable as error:
                 failures += 1
@@ -411,13 +391,16 @@ class Worker:
                     "job %s: submit failed, retrying in %.1f s: %s", _short(job), delay, error
                 )
                 self._wait(delay, False)
-        self._record(job, text, seconds, result)
+        self._record(job, generation, seconds, result)
 
-    def _record(self, job: Job, text: str, seconds: float, result: Submitted) -> None:
+    def _record(self, job: Job, generation: Generation, seconds: float, result: Submitted) -> None:
+        text = generation.text
         if self.settings.log_prompts:
             log.info("job %s text: %r", _short(job), text)
         if result.outcome in ("accepted", "duplicate"):
             tokens = result.reward
+            if tokens is None:
+                tokens = generation.tokens
             if tokens is None:
                 tokens = estimate_tokens(text, job.payload.get("max_length"))
             self.stats.add(done=1, tokens=tokens, seconds=seconds, kudos=result.kudos or 0.0)
@@ -468,7 +451,7 @@ class Bridge:
         kobold: KoboldAPI,
         settings: Settings,
         stop: threading.Event | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock = time.monotonic,
     ) -> None:
         self.cluster = cluster
         self.kobold = kobold
@@ -476,6 +459,7 @@ class Bridge:
         self.stop = stop or threading.Event()
         self.stats = Stats(clock)
         self.watcher = ModelWatcher(kobold, settings, clock)
+        self.politeness = Politeness(kobold, settings, clock)
         self.fatal: ClusterRejected | None = None
         self._clock = clock
         self._threads: list[threading.Thread] = []
@@ -490,6 +474,7 @@ class Bridge:
                 stats=self.stats,
                 watcher=self.watcher,
                 clock=self._clock,
+                politeness=self.politeness,
             )
             # Daemon threads: a second Ctrl-C must be able to end the process at once even
             # while a worker waits on KoboldAI.
@@ -513,6 +498,15 @@ class Bridge:
         delivers it only between waits)."""
         next_summary = self._clock() + self.settings.summary_interval
         while alive := [thread for thread in self._threads if thread.is_alive()]:
+            if (
+                self.stop.is_set()
+                and self.stats.in_flight == 0
+                and self.stats.popping >= len(alive)
+            ):
+                # Every worker left waits in a long-poll that may last many seconds and would
+                # only bring a job to give back: stop now. The cluster hands a job claimed by
+                # an abandoned pop to another server when its ttl passes.
+                return
             alive[0].join(poll)
             if self._clock() >= next_summary:
                 log.info("summary: %s", self.stats.summary())

@@ -22,7 +22,7 @@ from django.utils import timezone
 from accounts.identity import USER_COLUMNS, user_from_row, verify_owner
 from generations import events
 from generations.lifecycle import slot_return
-from generations.models import Job, Prompt, count_tokens
+from generations.models import Job, Prompt, reward_tokens
 from generations.sql import (
     as_dt,
     as_uuid,
@@ -101,9 +101,13 @@ def job_submit(
     state: str = "ok",
     seed: int | None = None,
     gen_metadata: list[dict] | None = None,
+    token_count: int | None = None,
     now: datetime | None = None,
 ) -> int:
     """Accept a generation exactly once and pay for it; return the reward in tokens.
+
+    `token_count` is the server's own count of the generated tokens: paid when plausible
+    (`reward_tokens`), else the cluster counts.
 
     `state="faulted"` gives the slot back to the queue and pays nothing. `censored` and
     `csam` are accepted and paid like `ok` (the server did the work, and used tokens always
@@ -118,7 +122,9 @@ def job_submit(
     metadata = list(gen_metadata or [])
     if state == "csam" and CSAM_METADATA not in [_bare(m) for m in metadata]:
         metadata.append(dict(CSAM_METADATA))
-    tokens = count_tokens(text, delivery.max_length)
+    tokens, distrust = reward_tokens(text, delivery.max_length, token_count)
+    if distrust:
+        logger.info("job %s: token_count not used (%s); counted %s", job.id, distrust, tokens)
     done = {
         "state": Job.State.DONE,
         "text": text,

@@ -252,3 +252,19 @@ class ChatTemplateOverride(models.Model):
         from generations.chat import check_override
 
         check_override(self.pattern, self.template)
+
+
+def reward_tokens(text: str, max_length: int, reported: int | None) -> tuple[int, str | None]:
+    """Tokens to pay for a generation, and why a server's own count was not used (or None).
+
+    A bridge may report the count its backend measured (`token_count`). It is trusted when
+    plausible: no token is longer than 8 characters or shorter than 1 in practice, and a job
+    never yields more than its max_length. Otherwise the cluster's own count applies.
+    """
+    counted = count_tokens(text, max_length)
+    if reported is None:
+        return counted, None
+    low, high = math.ceil(len(text) / 8), min(len(text), max_length)
+    if low <= reported <= high:
+        return reported, None
+    return counted, f"reported {reported} is outside {low}..{high} for {len(text)} characters"

@@ -238,6 +238,11 @@ class SubmitView(APIView):
         generation = GenerationField(max_length=1_000_000)
         state = serializers.ChoiceField(["ok", "faulted", "censored"], default="ok")
         seed = StrictIntegerField(required=False, allow_null=True)
+        token_count = StrictIntegerField(
+            min_value=0,
+            required=False,
+            help_text="The backend's count of generated tokens; paid when plausible.",
+        )
 
     @extend_schema(
         operation_id="server_submit",
@@ -261,5 +266,6 @@ class SubmitView(APIView):
             text=data["generation"],
             state=data["state"],
             seed=data.get("seed"),
+            token_count=data.get("token_count"),
         )
         return Response({"reward": reward})

@@ -494,6 +494,12 @@ class TextSubmitView(APIView):
         generation = GenerationField(max_length=1_000_000, required=False, default="")
         state = serializers.ChoiceField(["ok", "censored", "faulted", "csam"], default="ok")
         seed = StrictIntegerField(required=False, allow_null=True)
+        token_count = StrictIntegerField(
+            min_value=0,
+            required=False,
+            help_text="This cluster's extension: the backend's count of generated tokens, "
+            "paid when plausible.",
+        )
         gen_metadata = serializers.ListField(
             child=GenMetadataInput(), required=False, allow_null=True
         )
@@ -532,5 +538,6 @@ class TextSubmitView(APIView):
             state=data["state"],
             seed=data.get("seed"),
             gen_metadata=[dict(entry) for entry in metadata],
+            token_count=data.get("token_count"),
         )
         return Response({"reward": float(reward)})

@@ -11,6 +11,17 @@ the text and pays `ceil(len / 4)` tokens, and a second submit of the same job ge
 `AnonForbiddenWorker`), answers every key of the pop object with or without a job, and hands out
 `messages`; a submit with `state: faulted` is recorded in `faulted` and paid 0; the reward is a
 JSON float, as the horde's kudos are.
+
+Long-poll (both APIs): with `hold_pops` set, a pop that asks for `"wait"` and finds no job is
+held until a job is added or the wait runs out, then answered as an ordinary pop; `held_now`
+and `max_held` count the pops held at once. With `refuse_wait` set, a pop with `"wait"` gets
+the 400 a cluster that does not know the field answers (`errors.wait`), as the lead's cluster
+does for a value out of range. Without either, `"wait"` is ignored, as the AI Horde does.
+
+Progress (both APIs, `/generate/progress` and `/api/v2/generate/text/progress`): unknown
+paths by default (404 `NotFound`, as on the AI Horde); with `accept_progress` set, each post
+is recorded in `progress` as (job id, text, time.monotonic()) and answered 200; with
+`progress_gone` set, answered 404 `InvalidJobID` (the job is no longer wanted).
 """
 
 from __future__ import annotations
@@ -18,6 +29,7 @@ from __future__ import annotations
 import json
 import math
 import threading
+import time
 from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -36,7 +48,16 @@ class ScriptedCluster(ThreadingHTTPServer):
         self.submitted: dict[str, dict[str, Any]] = {}  # job id -> submit body
         self.faulted: list[str] = []  # v2: job ids given back with state "faulted"
         self.messages: list[dict[str, Any]] = []  # v2: moderator messages sent with every pop
+        self.accept_progress = False
+        self.progress_gone = False
+        self.progress: list[tuple[str, str, float]] = []
+        self.hold_pops = False
+        self.refuse_wait = False
+        self.held_now = 0
+        self.max_held = 0
         self.lock = threading.Lock()
+        self.changed = threading.Condition(self.lock)  # a job was added, or the double stops
+        self._closing = False
         self._thread: threading.Thread | None = None
 
     @property
@@ -49,18 +70,37 @@ class ScriptedCluster(ThreadingHTTPServer):
         return self
 
     def stop(self) -> None:
+        with self.changed:
+            self._closing = True
+            self.changed.notify_all()
         self.shutdown()
         self.server_close()
 
     def add_job(self, job_id: str, prompt: str, ttl: int = 150, **params: Any) -> None:
         payload = {"prompt": prompt, "n": 1, "max_length": 16, "max_context_length": 1024}
-        self.jobs.append({"id": job_id, "payload": {**payload, **params}, "ttl": ttl})
+        with self.changed:
+            self.jobs.append({"id": job_id, "payload": {**payload, **params}, "ttl": ttl})
+            self.changed.notify_all()
 
     def answer(self, path: str, headers: dict[str, str], body: Any) -> tuple[int, Any]:
         with self.lock:
             self.requests.append((path, headers, body))
             if self.answers:
                 return self.answers.popleft()
+            if path in (V2_POP, "/generate/pop") and isinstance(body, dict) and "wait" in body:
+                if self.refuse_wait:
+                    return 400, {
+                        "message": "Input payload validation failed",
+                        "rc": "ValidationError",
+                        "errors": {"wait": "Unknown field."},
+                    }
+                if self.hold_pops and not self.jobs:
+                    self._hold(float(body["wait"]))
+            if path in (V2_PROGRESS, "/generate/progress") and self.progress_gone:
+                return 404, {"message": "Processing Generation not found.", "rc": "InvalidJobID"}
+            if path in (V2_PROGRESS, "/generate/progress") and self.accept_progress:
+                self.progress.append((body["id"], body["text"], time.monotonic()))
+                return 200, {}
             if path == V2_POP:
                 return self._v2_pop(headers, body)
             if path == V2_SUBMIT:
@@ -74,6 +114,15 @@ class ScriptedCluster(ThreadingHTTPServer):
                 text = body.get("generation", "")
                 return 200, {"reward": math.ceil(len(text) / 4)}
         return 404, {"message": "Not found.", "rc": "NotFound"}
+
+    def _hold(self, seconds: float) -> None:
+        """Wait (the lock released) until a job is added or `seconds` pass. Under the lock."""
+        self.held_now += 1
+        self.max_held = max(self.max_held, self.held_now)
+        try:
+            self.changed.wait_for(lambda: self.jobs or self._closing, timeout=seconds)
+        finally:
+            self.held_now -= 1
 
     def _v2_pop(self, headers: dict[str, str], body: Any) -> tuple[int, Any]:
         key = {name.lower(): value for name, value in headers.items()}.get("apikey")
@@ -119,6 +168,7 @@ class ScriptedCluster(ThreadingHTTPServer):
 
 V2_POP = "/api/v2/generate/text/pop"
 V2_SUBMIT = "/api/v2/generate/text/submit"
+V2_PROGRESS = "/api/v2/generate/text/progress"
 # The keys a v2 pop's payload always has, with the horde's defaults (research §2.3).
 V2_EMPTY_PAYLOAD = {
     "min_p": 0.0,

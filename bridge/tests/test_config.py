@@ -28,7 +28,10 @@ def error_of(tmp_path: Path, argv: list[str] = (), env=None, toml: str = "") -> 
 def test_defaults(tmp_path):
     config = load(tmp_path, IDENTITY)
     assert config.cluster_url == "http://127.0.0.1:5001"
-    assert config.kai_url == "http://127.0.0.1:5000"
+    assert config.backend_url == "http://127.0.0.1:5000"
+    assert (config.backend, config.backend_apikey, config.model_name) == (None, None, None)
+    assert config.pause_when_busy == 0.0
+    assert config.pop_wait == 20.0
     assert (config.interval, config.threads, config.verbosity) == (1.0, 1, "normal")
     assert config.max_length is None and config.max_context_length is None
     assert config.log_prompts is False
@@ -39,7 +42,11 @@ def test_defaults(tmp_path):
 # (key, flag value, env value, file value as TOML, expected from each source)
 PRECEDENCE = [
     ("cluster_url", "http://flag:1", "http://env:2", '"http://file:3"'),
-    ("kai_url", "http://flag:1", "http://env:2", '"http://file:3"'),
+    ("backend_url", "http://flag:1", "http://env:2", '"http://file:3"'),
+    ("backend_apikey", "flag-bk", "env-bk", '"file-bk"'),
+    ("model_name", "flag/model", "env/model", '"file/model"'),
+    ("pause_when_busy", "0", "2.5", "60"),
+    ("pop_wait", "0", "5", "30"),
     ("name", "flag-name", "env-name", '"file-name"'),
     ("username", "flag-user", "env-user", '"file-user"'),
     ("password", "flag-pw", "env-pw", '"file-pw"'),
@@ -273,8 +280,8 @@ def test_a_bad_password_is_not_echoed(tmp_path):
 
 
 def test_unknown_file_setting_suggests_the_right_name(tmp_path):
-    message = error_of(tmp_path, IDENTITY, toml="kai_ulr = 'http://x'")
-    assert message.endswith("(did you mean kai_url?)")
+    message = error_of(tmp_path, IDENTITY, toml="backend_ulr = 'http://x'")
+    assert message.endswith("(did you mean backend_url?)")
 
 
 def test_toml_error_gives_the_file_and_position(tmp_path):
@@ -307,13 +314,97 @@ def test_template_is_valid_and_documents_every_setting():
         "\n".join(line.removeprefix("# ") for line in template.splitlines() if " = " in line)
     )
     assert set(uncommented) == {option.key for option in OPTIONS}
-    assert {"cluster_url", "kai_url", "name", "username", "password"} <= set(active)
+    assert {"cluster_url", "backend_url", "name", "username", "password"} <= set(active)
 
 
-def test_template_copied_as_is_loads(tmp_path):
+def test_template_copied_as_is_is_refused_naming_the_setting(tmp_path):
     template = (BRIDGE_DIR / "bridgeData.template.toml").read_text(encoding="utf-8")
+    assert error_of(tmp_path, toml=template) == (
+        "name in bridgeData.toml is still the template's placeholder 'my-kobold-server': "
+        "replace it with your own"
+    )
+
+
+@pytest.mark.parametrize(
+    ("key", "placeholder", "label"),
+    [
+        ("name", "my-kobold-server", "--name"),
+        ("username", "my-username", "username in bridgeData.toml"),
+        ("password", "change-me", "BRIDGE_PASSWORD"),
+        ("apikey", "your-22-character-key", "--apikey"),
+    ],
+)
+def test_each_placeholder_is_refused_wherever_it_comes_from(tmp_path, key, placeholder, label):
+    identity = {"name": "srv", "username": "u", "password": "p", "apikey": "k"}
+    toml = "".join(f'{name} = "{value}"\n' for name, value in identity.items() if name != key)
+    option = next(option for option in OPTIONS if option.key == key)
+    argv, env = [], {}
+    if label.startswith("--"):
+        argv = [option.flag, placeholder]
+    elif label.startswith("BRIDGE_"):
+        env = {option.env: placeholder}
+    else:
+        toml += f'{key} = "{placeholder}"\n'
+    message = error_of(tmp_path, argv, env, toml)
+    assert message.startswith(f"{label} is still the template's placeholder {placeholder!r}")
+
+
+def test_template_with_its_placeholders_replaced_loads(tmp_path):
+    template = (BRIDGE_DIR / "bridgeData.template.toml").read_text(encoding="utf-8")
+    for placeholder, own in (
+        ("my-kobold-server", "bobs-3090"),
+        ("my-username", "bob"),
+        ("change-me", "a-real-password"),
+    ):
+        template = template.replace(f'"{placeholder}"', f'"{own}"')
     config = load(tmp_path, toml=template)
-    assert (config.name, config.username) == ("my-kobold-server", "my-username")
+    assert (config.name, config.username, config.password) == (
+        "bobs-3090",
+        "bob",
+        "a-real-password",
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "toml"),
+    [
+        (["--kai-url", "http://old:1"], {}, ""),
+        ([], {"BRIDGE_KAI_URL": "http://old:1"}, ""),
+        ([], {}, 'kai_url = "http://old:1"\n'),
+    ],
+)
+def test_kai_url_is_an_alias_of_backend_url(tmp_path, argv, env, toml):
+    config = load(tmp_path, [*IDENTITY, *argv], env, toml)
+    assert config.backend_url == "http://old:1"
+
+
+def test_backend_flag_beats_env_beats_file(tmp_path):
+    toml = 'backend = "openai"'
+    assert load(tmp_path, IDENTITY, {}, toml).backend == "openai"
+    assert load(tmp_path, IDENTITY, {"BRIDGE_BACKEND": "kobold"}, toml).backend == "kobold"
+    flag = [*IDENTITY, "--backend", "openai"]
+    assert load(tmp_path, flag, {"BRIDGE_BACKEND": "kobold"}, toml).backend == "openai"
+
+
+def test_backend_url_beats_its_old_name(tmp_path):
+    env = {"BRIDGE_KAI_URL": "http://old:1", "BRIDGE_BACKEND_URL": "http://new:2"}
+    assert load(tmp_path, IDENTITY, env).backend_url == "http://new:2"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--backend", "grpc"], "--backend must be one of kobold, openai, got 'grpc'"),
+        (
+            ["--pause-when-busy", "-1"],
+            "--pause-when-busy must be a number of seconds, 0 or more, got '-1'",
+        ),
+        (["--pop-wait", "31"], "--pop-wait must be a number of seconds from 0 to 30, got '31'"),
+        (["--pop-wait", "soon"], "--pop-wait must be a number of seconds from 0 to 30, got 'soon'"),
+    ],
+)
+def test_backend_settings_are_checked(tmp_path, argv, message):
+    assert error_of(tmp_path, [*IDENTITY, *argv]) == message
 
 
 def test_readme_documents_every_option():

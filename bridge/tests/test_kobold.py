@@ -92,7 +92,7 @@ def test_another_web_server_is_not_kobold(kai):
         KoboldClient(kai.url).model_info()
     assert str(caught.value) == (
         f"the server at {kai.url} is not KoboldAI (GET /api/latest/model answered 404); "
-        "check --kai-url"
+        "check --backend-url"
     )
 
 
@@ -125,13 +125,13 @@ def test_a_200_without_the_api_json_is_not_kobold():
 
 def test_generate_returns_the_text_and_asks_for_quiet(kai):
     kai.tokens = 8
-    assert KoboldClient(kai.url).generate(JOB) == fake_text(JOB["prompt"], 8)
+    assert KoboldClient(kai.url).generate(JOB).text == fake_text(JOB["prompt"], 8)
     assert kai.payloads == [{**JOB, "quiet": True}]
     assert len(fake_text(JOB["prompt"], 8)) == 32
 
 
 def test_generate_never_exceeds_the_jobs_max_length(kai):
-    text = KoboldClient(kai.url).generate({**JOB, "max_length": 3})
+    text = KoboldClient(kai.url).generate({**JOB, "max_length": 3}).text
     assert text == fake_text(JOB["prompt"], 3) and len(text) == 12
 
 
@@ -174,7 +174,7 @@ def test_slow_generation_times_out(kai):
 def test_a_longer_timeout_than_the_default_may_be_asked_for(kai):
     kai.delay = 0.4
     client = KoboldClient(kai.url, generate_timeout=0.2)
-    assert client.generate(JOB, timeout=2.0) == fake_text(JOB["prompt"])
+    assert client.generate(JOB, timeout=2.0).text == fake_text(JOB["prompt"])
     with pytest.raises(KoboldUnreachable, match="no answer in time"):
         client.generate(JOB, timeout=0.1)  # never below the default
 
@@ -192,7 +192,7 @@ def test_death_mid_generation_and_revival(kai):
     kai.delay = 0.0
     kai.revive()
     # The same client (and its pooled connection) works again once KoboldAI is back.
-    assert client.generate(JOB) == fake_text(JOB["prompt"], 16)
+    assert client.generate(JOB).text == fake_text(JOB["prompt"], 16)
 
 
 def test_concurrent_generations_and_the_concurrency_limit(kai):
@@ -202,7 +202,7 @@ def test_concurrent_generations_and_the_concurrency_limit(kai):
 
     def generate(prompt: str) -> None:
         try:
-            outcomes.append(client.generate({**JOB, "prompt": prompt}))
+            outcomes.append(client.generate({**JOB, "prompt": prompt}).text)
         except KoboldBusy:
             outcomes.append("busy")
 
@@ -250,7 +250,7 @@ def test_double_runs_as_a_process():
         url = line.split(" on ")[1].strip()
         client = KoboldClient(url)
         assert client.model_info() == ModelInfo("M_x", 512, 2048)
-        assert client.generate(JOB) == fake_text(JOB["prompt"])
+        assert client.generate(JOB).text == fake_text(JOB["prompt"])
         state = json.loads(requests.get(f"{url}/_double/state", timeout=5).text)
         assert state["generated"] == 1
     finally:

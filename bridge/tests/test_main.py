@@ -13,7 +13,7 @@ import pytest
 
 from bridge.tests.cluster_double import ScriptedCluster
 from bridge.tests.kai_double import FakeKoboldAI, fake_text
-from bridge.tests.processes import Process, bridge_env, start_bridge
+from bridge.tests.processes import REPO, Process, bridge_env, start_bridge
 
 FAST = {"BRIDGE_INTERVAL": "0.05", "BRIDGE_BACKOFF_BASE": "0.05", "BRIDGE_BACKOFF_MAX": "0.2"}
 ID1 = "11111111-aaaa-4aaa-8aaa-111111111111"
@@ -96,6 +96,24 @@ def test_missing_name_from_a_config_file(tmp_path):
     )
 
 
+def test_the_unedited_template_exits_2_naming_the_setting(tmp_path):
+    template = (REPO / "bridge" / "bridgeData.template.toml").read_text(encoding="utf-8")
+    (tmp_path / "bridgeData.toml").write_text(template, encoding="utf-8")
+    result = subprocess.run(
+        [sys.executable, "-m", "bridge"],
+        cwd=tmp_path,
+        env=bridge_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert (result.returncode, result.stderr) == (
+        2,
+        "bridge: error: name in bridgeData.toml is still the template's placeholder "
+        "'my-kobold-server': replace it with your own\n",
+    )
+
+
 def test_help(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "bridge", "--help"],
@@ -117,7 +135,7 @@ def test_unreachable_kobold_at_start(run_bridge, kai):
         bridge.lines[-1],
     ]
     assert bridge.lines[-1].endswith(
-        f"ERROR   cannot reach KoboldAI (connection refused): is KoboldAI running at {kai.url}?"
+        f"ERROR   cannot reach your backend (connection refused): is it running at {kai.url}?"
     )
 
 
@@ -127,8 +145,11 @@ def test_not_kobold_at_start(run_bridge, kai):
     assert bridge.wait() == 1
     assert len(error_lines(bridge)) == 1
     assert bridge.lines[-1].endswith(
-        f"the server at {kai.url} is not KoboldAI (GET /api/latest/model answered 404); "
-        "check --kai-url"
+        f"the server at {kai.url} does not offer the KoboldAI API (GET /api/v1/model) or an "
+        "OpenAI-compatible API (GET /v1/models) (GET /api/extra/version: 404; "
+        "GET /api/v1/model: 404; GET /v1/models: 404); the bridge "
+        "needs one of KoboldAI, KoboldCpp, llama.cpp server, Ollama, vLLM, TabbyAPI or another "
+        "OpenAI-compatible server there: check --backend-url"
     )
 
 
@@ -246,10 +267,11 @@ def test_log_prompts_shows_prompt_and_text(run_bridge, scripted_cluster):
 
 def test_threads_serve_jobs_concurrently(run_bridge, scripted_cluster, kai):
     kai.delay = 0.4
+    bridge = run_bridge("--threads", "3")
+    bridge.wait_for("ready; Ctrl-C to stop")  # start-up (backend detection) is not timed
+    started = time.monotonic()
     for number in range(6):
         scripted_cluster.add_job(f"{number:08d}-0000-4000-8000-000000000000", f"prompt {number}")
-    bridge = run_bridge("--threads", "3")
-    started = time.monotonic()
     bridge.wait_until(lambda: len(scripted_cluster.submitted) == 6, "six submits")
     elapsed = time.monotonic() - started
     bridge.interrupt()

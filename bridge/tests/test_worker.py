@@ -21,6 +21,7 @@ from bridge.cluster import (
     Submitted,
 )
 from bridge.kobold import (
+    Generation,
     GenerationFailed,
     KoboldBusy,
     KoboldUnreachable,
@@ -31,6 +32,7 @@ from bridge.retry import Backoff
 from bridge.worker import (
     Bridge,
     ModelWatcher,
+    Politeness,
     Settings,
     Stats,
     Worker,
@@ -44,8 +46,11 @@ INFO = ModelInfo("KoboldAI_Tiny-1B", 512, 2048)
 
 
 class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
+    """Monotonic seconds that move only when a test moves them. `start` is the machine's
+    uptime as far as the code under test can tell: near 0 on a machine booted a moment ago."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
 
     def __call__(self) -> float:
         return self.now
@@ -55,6 +60,11 @@ class FakeCluster:
     """Hands out scripted pop answers (then no work) and records every call. Thread-safe."""
 
     url = "http://cluster.test"
+    takes_progress = False  # progress is tested with the doubles (test_streaming.py)
+    pop_wait = 0.0  # long-poll: set it, and make on_pop advance the clock as a hold would
+
+    def progress(self, job: Job, text: str) -> str:
+        raise AssertionError("no progress without streaming")
 
     def __init__(self, pops: list[Any] = (), submits: list[Any] = ()) -> None:
         self.pops: deque[Any] = deque(pops)
@@ -62,6 +72,7 @@ class FakeCluster:
         self.popped: list[Capabilities] = []
         self.submitted: list[tuple[str, str]] = []
         self.given_back: list[str] = []
+        self.token_counts: list[int | None] = []  # what each submit reported, in order
         self.on_pop: Callable[[], None] | None = None
         self._lock = threading.Lock()
 
@@ -78,12 +89,13 @@ class FakeCluster:
             raise answer
         return answer
 
-    def submit(self, job: Job, text: str) -> Submitted:
+    def submit(self, job: Job, text: str, tokens: int | None = None) -> Submitted:
         with self._lock:
             answer = self.submit_script.popleft() if self.submit_script else None
             if isinstance(answer, Exception):
                 raise answer
             self.submitted.append((job.id, text))
+            self.token_counts.append(tokens)
         return answer or Submitted("accepted", estimate_tokens(text))
 
     def give_back(self, job: Job) -> Submitted:
@@ -93,9 +105,12 @@ class FakeCluster:
 
 
 class FakeKobold:
-    """Answers prompt.upper(), after raising whatever is scripted first."""
+    """Answers prompt.upper(), after raising whatever is scripted first; counts its tokens
+    as one per character when `counts` is set, and is busy while `busy_reasons` last."""
 
     url = "http://kobold.test"
+    label = "KoboldAI"
+    streams = False
 
     def __init__(self, errors: list[Exception] = (), info_errors: list[Exception] = ()) -> None:
         self.errors: deque[Exception] = deque(errors)
@@ -107,7 +122,14 @@ class FakeKobold:
         self.on_generate: Callable[[], None] | None = None
         self.clock: FakeClock | None = None
         self.seconds = 2.0  # how long each generation takes on the fake clock
+        self.counts = False
+        self.busy_reasons: deque[str | None] = deque()
+        self.busy_calls: list[int] = []  # the `ours` of each busy() call
         self._lock = threading.Lock()
+
+    def busy(self, ours: int) -> str | None:
+        self.busy_calls.append(ours)
+        return self.busy_reasons.popleft() if self.busy_reasons else None
 
     def model_info(self) -> ModelInfo:
         self.info_calls += 1
@@ -126,7 +148,8 @@ class FakeKobold:
             raise error
         if self.clock:
             self.clock.now += self.seconds
-        return payload["prompt"].upper()
+        text = payload["prompt"].upper()
+        return Generation(text, len(text) if self.counts else None)
 
 
 def job(prompt: str = "hello world!", ttl: float | None = 150, received: float = 1000.0) -> Job:
@@ -136,8 +159,15 @@ def job(prompt: str = "hello world!", ttl: float | None = 150, received: float =
 class Harness:
     """A Worker wired to fakes; waits advance the fake clock and are recorded."""
 
-    def __init__(self, cluster: FakeCluster, kobold: FakeKobold | None = None, **settings: Any):
-        self.clock = FakeClock()
+    def __init__(
+        self,
+        cluster: FakeCluster,
+        kobold: FakeKobold | None = None,
+        *,
+        start: float = 1000.0,
+        **settings: Any,
+    ) -> None:
+        self.clock = FakeClock(start)
         self.cluster = cluster
         self.kobold = kobold or FakeKobold()
         self.kobold.clock = self.clock
@@ -156,8 +186,9 @@ class Harness:
             stop=self.stop,
             stats=self.stats,
             watcher=self.watcher,
-            wait=self.wait,
             clock=self.clock,
+            wait=self.wait,
+            politeness=Politeness(self.kobold, self.settings, self.clock),
         )
 
     def wait(self, seconds: float, interruptible: bool) -> None:
@@ -202,7 +233,8 @@ def test_kudos_are_shown_beside_the_tokens_counted_from_the_text(caplog):
 
 
 def test_counted_tokens_stop_at_the_jobs_max_length():
-    long_job = Job(JOB_ID, {"prompt": "x" * 40, "max_length": 4}, 150)
+    long_job = job("x" * 40)
+    long_job.payload["max_length"] = 4
     harness = Harness(FakeCluster([long_job], [Submitted("accepted", kudos=4.0)]))
     harness.run(waits=1)
     assert harness.stats.tokens == 4
@@ -222,6 +254,23 @@ def test_poll_interval_holds_when_there_is_no_work():
     harness.run(waits=5)
     assert harness.waits == [(0.7, True)] * 5
     assert len(cluster.popped) == 5
+
+
+def test_after_a_held_pop_the_next_pop_comes_at_once():
+    cluster = FakeCluster()
+    cluster.pop_wait = 20.0
+    harness = Harness(cluster, interval=0.7)
+    holds = [20.0, 12.0, 9.0, 0.0]  # seconds each pop takes on the worker's clock
+
+    def hold() -> None:
+        harness.clock.now += holds.pop(0) if holds else 0.0
+
+    cluster.on_pop = hold
+    harness.run(waits=2)
+    # Held 20 s and 12 s (at least half the wait): asked again at once. Answered after 9 s
+    # and at once (a cluster that does not hold): the poll interval.
+    assert len(cluster.popped) == 4
+    assert harness.waits == [(0.7, True)] * 2
 
 
 def test_after_a_job_the_next_pop_comes_at_once():
@@ -430,7 +479,55 @@ def test_length_overrides_are_capped_by_kobold(caplog):
     harness.run(waits=3)
     assert cluster.popped[0] == Capabilities("KoboldAI/Tiny-1B", 512, 1000)
     warnings = [message for message in caplog.messages if "above" in message]
-    assert warnings == ["--max-length 1024 is above what KoboldAI reports (512); using 512"]
+    assert warnings == ["--max-length 1024 is above what KoboldAI allows (512); using 512"]
+
+
+def test_no_pop_while_the_backend_is_busy(caplog):
+    cluster = FakeCluster([job()])
+    harness = Harness(cluster, interval=1.0)
+    harness.kobold.busy_reasons.extend(["no free slot"] * 3)
+    harness.run(waits=4)
+    # Three busy checks (1 s apart) without a pop; then the job, then an idle pop.
+    assert harness.waits == [(1.0, True)] * 4
+    assert len(cluster.popped) == 2 and cluster.submitted == [(JOB_ID, "HELLO WORLD!")]
+    assert caplog.messages.count("no new jobs while the backend is busy: no free slot") == 1
+    assert "the backend is free again; taking jobs" in caplog.messages
+
+
+def test_pause_when_busy_waits_after_the_owners_use():
+    cluster = FakeCluster()
+    harness = Harness(cluster, interval=1.0, pause_when_busy=5.0)
+    harness.kobold.busy_reasons.extend([None, "the owner's request"])
+    harness.run(waits=7)
+    # Pop; busy (no pop); then 5 s of pause in 1 s steps; then pops again.
+    assert len(cluster.popped) == 2
+    assert harness.kobold.busy_calls[:2] == [0, 0]
+
+
+def test_length_overrides_of_a_backend_that_reports_no_context_are_taken_as_given(caplog):
+    cluster = FakeCluster()
+    harness = Harness(cluster, max_length=1024, max_context_length=8192)
+    harness.kobold.info = ModelInfo("m", 512, 2048, "m", 2048, limits_known=False)
+    harness.run(waits=1)
+    assert cluster.popped[0] == Capabilities("m", 1024, 8192)
+    assert not [message for message in caplog.messages if "above" in message]
+
+
+def test_model_name_override_and_a_larger_max_length_ceiling():
+    cluster = FakeCluster()
+    harness = Harness(cluster, max_length=1000, model_name="koboldcpp/Mine")
+    harness.kobold.info = ModelInfo("koboldcpp/X", 400, 8192, max_length_ceiling=8192)
+    harness.run(waits=1)
+    assert cluster.popped[0] == Capabilities("koboldcpp/Mine", 1000, 8192)
+
+
+def test_token_counts_from_the_backend_go_with_the_submit():
+    cluster = FakeCluster([job()], [Submitted("accepted", kudos=1.0)])
+    harness = Harness(cluster)
+    harness.kobold.counts = True
+    harness.run(waits=1)
+    assert cluster.token_counts == [12]
+    assert harness.stats.tokens == 12  # the horde protocol's reward is kudos: the count is ours
 
 
 def test_stop_after_the_pop_gives_the_job_back():
@@ -508,6 +605,32 @@ def test_not_a_cluster_is_fatal_at_start_but_an_outage_later(caplog):
     assert f"retrying in 1.0 s: {wrong}" in caplog.messages
 
 
+@pytest.mark.parametrize("uptime", [3.0, 10_000_000.0], ids=["booted-3-s-ago", "up-115-days"])
+def test_a_popped_job_is_timed_on_the_workers_clock_whatever_the_uptime(uptime):
+    # A protocol builds jobs without a time of receipt (as these two are); the worker stamps
+    # them on its own clock. When Job read the system clock instead, a clock injected near 0
+    # (a machine booted a moment ago) or far above it disagreed with the job's deadline: the
+    # first job below then never expired, or both expired before they were generated.
+    first = Job(JOB_ID, {"prompt": "slow", "max_length": 20}, 10)
+    second = Job("second-job", {"prompt": "next", "max_length": 20}, 10)
+    cluster = FakeCluster([first, second])
+    harness = Harness(cluster, FakeKobold([KoboldBusy("busy")] * 5), start=uptime)
+    harness.run(waits=6)
+    # Busy for 0.5 + 1 + 2 + 4 + 4 = 11.5 s > ttl 10: the first is dropped, the second served.
+    assert cluster.given_back == [JOB_ID]
+    assert cluster.submitted == [("second-job", "NEXT")]
+    assert first.received == uptime and second.received == uptime + 11.5
+
+
+def test_the_fake_clock_moves_only_when_told():
+    clock = FakeClock(start=0.5)
+    assert (clock(), clock()) == (0.5, 0.5)
+    harness = Harness(FakeCluster(), start=0.5, interval=2.0)
+    harness.run(waits=2)
+    assert harness.clock() == 4.5
+    assert harness.stats.summary().endswith("up 0:00:04")
+
+
 def test_stats_summary():
     clock = FakeClock()
     stats = Stats(clock)
@@ -554,6 +677,7 @@ def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
 
 
 def test_threads_share_the_work_and_the_stats():
+    # No `received`: the bridge stamps them on its (real) clock.
     jobs = [Job(f"{i:08d}-job", {"prompt": f"p{i}"}, 150) for i in range(12)]
     cluster = FakeCluster(jobs)
     kobold = FakeKobold()
