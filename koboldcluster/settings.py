@@ -116,6 +116,7 @@ INSTALLED_APPS = [
     "accounts",
     "servers",
     "generations",
+    "stats",
 ]
 
 MIDDLEWARE = [
