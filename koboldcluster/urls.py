@@ -17,6 +17,7 @@ horde_v2 = [
     path("", include("generations.urls_v2")),
     path("", include("servers.urls_v2")),
     path("", include("accounts.urls_v2")),
+    path("", include("stats.urls_v2")),
 ]
 
 urlpatterns = [
