@@ -25,6 +25,7 @@ urlpatterns = [
     path("", include("generations.urls")),
     path("", include("servers.urls")),
     path("", include("accounts.urls")),
+    path("", include("stats.urls")),
     path("api/v2/", include(horde_v2)),
     path("api/schema", SpectacularAPIView.as_view(), name="schema"),
     path("api/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),

@@ -1,0 +1,100 @@
+"""The status page's charts, drawn on the server as SVG by pygal.
+
+pygal: a maintained pure-Python library made for exactly this (SVG line and bar charts, no
+browser code): the page needs no chart script, works without JavaScript, and the charts are
+plain markup a test can read. Its tooltip script would come from a CDN, so it is left out
+(`js=[]`), and so is the settings blob pygal writes for it into every chart (`_bare`): the
+numbers are in the page's text anyway.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+
+import pygal
+from pygal.style import Style
+
+STYLE = Style(
+    background="transparent",
+    plot_background="transparent",
+    foreground="#333",
+    foreground_strong="#222",
+    foreground_subtle="#ccc",
+    opacity=".35",
+    opacity_hover=".5",
+    colors=("#2f6fd6", "#d9822b", "#2a9d5c", "#9b59b6"),
+    font_family="system-ui, sans-serif",
+    label_font_size=13,
+    major_label_font_size=13,
+    value_font_size=13,
+    title_font_size=16,
+    legend_font_size=13,
+)
+
+
+_SCRIPTS_AND_COMMENTS = re.compile(r"<script\b.*?</script>|<!--.*?-->", re.S)
+
+
+def _bare(svg: str) -> str:
+    """The chart without pygal's tooltip settings script and its generator comments."""
+    return _SCRIPTS_AND_COMMENTS.sub("", svg)
+
+
+def _config(**options: object) -> pygal.Config:
+    config = pygal.Config(
+        style=STYLE,
+        js=[],  # no tooltip script from a CDN
+        disable_xml_declaration=True,
+        explicit_size=False,  # scales with the page (viewBox only)
+        width=720,
+        height=260,
+        show_legend=False,
+        margin=8,
+        print_values=False,
+        show_dots=False,
+        include_x_axis=True,
+    )
+    for name, value in options.items():
+        setattr(config, name, value)
+    return config
+
+
+def _time_axis(chart: pygal.DateTimeLine) -> None:
+    chart.x_value_formatter = lambda moment: moment.strftime("%H:%M")
+    chart.x_labels_major_count = 5
+    chart.show_minor_x_labels = False
+
+
+def generations_per_minute(points: list[tuple[datetime, int]]) -> str:
+    chart = pygal.DateTimeLine(_config(fill=True, title="Generations per minute, last 24 h"))
+    _time_axis(chart)
+    chart.add("generations", points)
+    return _bare(chart.render(is_unicode=True))
+
+
+def median_waits(points: list[tuple[datetime, float | None]]) -> str:
+    chart = pygal.DateTimeLine(
+        _config(
+            title="Median wait for a first job (s), per 10 minutes",
+            allow_interruptions=True,
+            show_dots=True,
+            dots_size=2,
+        )
+    )
+    _time_axis(chart)
+    chart.add("median wait", points)
+    return _bare(chart.render(is_unicode=True))
+
+
+def bars(title: str, rows: list[tuple[str, int]], unit: str) -> str:
+    """Horizontal bars, one per row (label, value), the largest first."""
+    chart = pygal.HorizontalBar(
+        _config(title=title, height=max(120, 40 + 28 * len(rows)), print_values=True)
+    )
+    chart.value_formatter = lambda value: f"{value:,.0f} {unit}"
+    for label, value in reversed(rows):
+        chart.add(label, [value])
+    chart.show_legend = True
+    chart.legend_at_bottom = False
+    return _bare(chart.render(is_unicode=True))

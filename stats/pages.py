@@ -1,0 +1,67 @@
+"""The status page at `/`, its live part, and the README as a page."""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+import markdown
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import render
+from django.utils.safestring import mark_safe
+from django.views.decorators.http import require_GET
+
+from stats import charts
+from stats.status import ClusterStatus, cluster_status
+
+# How often the page fetches its live part (milliseconds).
+REFRESH_MS = 15_000
+
+
+def _context(status: ClusterStatus) -> dict:
+    return {
+        "status": status,
+        "refresh_ms": REFRESH_MS,
+        "refresh_seconds": REFRESH_MS // 1000,
+        "charts": {
+            "rate": mark_safe(charts.generations_per_minute(status.rate)),  # noqa: S308 (ours)
+            "waits": mark_safe(charts.median_waits(status.waits)),  # noqa: S308
+            "tokens": mark_safe(  # noqa: S308
+                charts.bars("Tokens per model, last 24 h", status.tokens_per_model, "tokens")
+            )
+            if status.tokens_per_model
+            else "",
+            "contributors": mark_safe(  # noqa: S308
+                charts.bars("Top contributors (tokens generated)", status.top_contributors, "")
+            )
+            if status.top_contributors
+            else "",
+        },
+    }
+
+
+@require_GET
+def status_page(request: HttpRequest) -> HttpResponse:
+    """The whole page; its script then swaps in `/status/live` every REFRESH_MS."""
+    return render(request, "stats/status.html", _context(cluster_status()))
+
+
+@require_GET
+def status_live(request: HttpRequest) -> HttpResponse:
+    """The page's changing part alone, for the page's script to swap in without a reload."""
+    response = render(request, "stats/live.html", _context(cluster_status()))
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+@cache
+def _readme_html() -> str:
+    text = (Path(settings.BASE_DIR) / "README.md").read_text(encoding="utf-8")
+    return markdown.markdown(text, extensions=["toc", "fenced_code", "tables"])
+
+
+@require_GET
+def readme(request: HttpRequest) -> HttpResponse:
+    """The project's README, so that links to its sections work from any cluster."""
+    return render(request, "stats/readme.html", {"body": mark_safe(_readme_html())})  # noqa: S308
