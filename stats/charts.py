@@ -10,7 +10,7 @@ numbers are in the page's text anyway.
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import pygal
 from pygal.style import Style
@@ -60,15 +60,31 @@ def _config(**options: object) -> pygal.Config:
     return config
 
 
-def _time_axis(chart: pygal.DateTimeLine) -> None:
+def _time_axis(chart: pygal.DateTimeLine, points: list[tuple[datetime, object]]) -> None:
+    """Labels on the whole hours divisible by 3 (UTC) within the points' span."""
     chart.x_value_formatter = lambda moment: moment.strftime("%H:%M")
-    chart.x_labels_major_count = 5
-    chart.show_minor_x_labels = False
+    if points:
+        first, last = points[0][0], points[-1][0]
+        hour = first.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+        hour += timedelta(hours=(3 - hour.hour % 3) % 3)
+        labels = []
+        while hour <= last:
+            labels.append(hour)
+            hour += timedelta(hours=3)
+        chart.x_labels = labels
+
+
+def compact(value: float) -> str:
+    """1.2 M, 441 k, 76: short enough for an axis."""
+    for size, suffix in ((1e9, " G"), (1e6, " M"), (1e3, " k")):
+        if abs(value) >= size:
+            return f"{value / size:.3g}{suffix}"
+    return f"{value:.3g}"
 
 
 def generations_per_minute(points: list[tuple[datetime, int]]) -> str:
     chart = pygal.DateTimeLine(_config(fill=True, title="Generations per minute, last 24 h"))
-    _time_axis(chart)
+    _time_axis(chart, points)
     chart.add("generations", points)
     return _bare(chart.render(is_unicode=True))
 
@@ -82,17 +98,17 @@ def median_waits(points: list[tuple[datetime, float | None]]) -> str:
             dots_size=2,
         )
     )
-    _time_axis(chart)
+    _time_axis(chart, points)
     chart.add("median wait", points)
     return _bare(chart.render(is_unicode=True))
 
 
-def bars(title: str, rows: list[tuple[str, int]], unit: str) -> str:
+def bars(title: str, rows: list[tuple[str, int]]) -> str:
     """Horizontal bars, one per row (label, value), the largest first."""
     chart = pygal.HorizontalBar(
         _config(title=title, height=max(120, 40 + 28 * len(rows)), print_values=True)
     )
-    chart.value_formatter = lambda value: f"{value:,.0f} {unit}"
+    chart.value_formatter = compact
     for label, value in reversed(rows):
         chart.add(label, [value])
     chart.show_legend = True

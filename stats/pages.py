@@ -15,25 +15,34 @@ from django.views.decorators.http import require_GET
 from stats import charts
 from stats.status import ClusterStatus, cluster_status
 
-# How often the page fetches its live part (milliseconds).
-REFRESH_MS = 15_000
+# How often the page fetches its live part.
+REFRESH_SECONDS = 15
 
 
-def _context(status: ClusterStatus) -> dict:
+def _refresh_seconds(request: HttpRequest) -> int:
+    """`?refresh=N` (2 to 3600 seconds) for a wall display; otherwise REFRESH_SECONDS."""
+    try:
+        return min(max(int(request.GET.get("refresh", REFRESH_SECONDS)), 2), 3600)
+    except ValueError:
+        return REFRESH_SECONDS
+
+
+def _context(request: HttpRequest, status: ClusterStatus) -> dict:
+    seconds = _refresh_seconds(request)
     return {
         "status": status,
-        "refresh_ms": REFRESH_MS,
-        "refresh_seconds": REFRESH_MS // 1000,
+        "refresh_seconds": seconds,
+        "refresh_query": f"?refresh={seconds}" if seconds != REFRESH_SECONDS else "",
         "charts": {
             "rate": mark_safe(charts.generations_per_minute(status.rate)),  # noqa: S308 (ours)
             "waits": mark_safe(charts.median_waits(status.waits)),  # noqa: S308
             "tokens": mark_safe(  # noqa: S308
-                charts.bars("Tokens per model, last 24 h", status.tokens_per_model, "tokens")
+                charts.bars("Tokens per model, last 24 h", status.tokens_per_model)
             )
             if status.tokens_per_model
             else "",
             "contributors": mark_safe(  # noqa: S308
-                charts.bars("Top contributors (tokens generated)", status.top_contributors, "")
+                charts.bars("Top contributors (tokens generated)", status.top_contributors)
             )
             if status.top_contributors
             else "",
@@ -43,14 +52,14 @@ def _context(status: ClusterStatus) -> dict:
 
 @require_GET
 def status_page(request: HttpRequest) -> HttpResponse:
-    """The whole page; its script then swaps in `/status/live` every REFRESH_MS."""
-    return render(request, "stats/status.html", _context(cluster_status()))
+    """The whole page; its script then swaps in `/status/live` every REFRESH_SECONDS."""
+    return render(request, "stats/status.html", _context(request, cluster_status()))
 
 
 @require_GET
 def status_live(request: HttpRequest) -> HttpResponse:
     """The page's changing part alone, for the page's script to swap in without a reload."""
-    response = render(request, "stats/live.html", _context(cluster_status()))
+    response = render(request, "stats/live.html", _context(request, cluster_status()))
     response["Cache-Control"] = "no-store"
     return response
 

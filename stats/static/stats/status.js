@@ -4,7 +4,7 @@
   "use strict";
   var live = document.getElementById("live");
   if (!live || !window.fetch) return;
-  var every = Number(live.dataset.every) || 15000;
+  var every = (Number(live.dataset.every) || 15) * 1000;
   function refresh() {
     if (document.hidden) return; // a background tab asks for nothing
     fetch(live.dataset.src, { headers: { Accept: "text/html" }, cache: "no-store" })
