@@ -34,11 +34,19 @@ STYLE = Style(
 
 
 _SCRIPTS_AND_COMMENTS = re.compile(r"<script\b.*?</script>|<!--.*?-->", re.S)
+_TOOLTIP_POSITIONS = re.compile(r'<desc class="[xy] [^"]*">[^<]*</desc>')
+_TOOLTIP_VALUE = re.compile(r'<desc class="value">([^<]*)</desc>')
+_LONG_DECIMALS = re.compile(r"(\d\.\d)\d+")
 
 
 def _bare(svg: str) -> str:
-    """The chart without pygal's tooltip settings script and its generator comments."""
-    return _SCRIPTS_AND_COMMENTS.sub("", svg)
+    """The chart without what only pygal's tooltip script would use, in a third of the bytes.
+
+    Its settings script, comments and tooltip positions go; each point's value becomes an SVG
+    `<title>`, which browsers show on hover by themselves; coordinates keep one decimal.
+    """
+    svg = _TOOLTIP_POSITIONS.sub("", _SCRIPTS_AND_COMMENTS.sub("", svg))
+    return _LONG_DECIMALS.sub(r"\1", _TOOLTIP_VALUE.sub(r"<title>\1</title>", svg))
 
 
 def _config(**options: object) -> pygal.Config:

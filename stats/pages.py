@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from functools import cache
+from functools import lru_cache
 from pathlib import Path
 
 import markdown
 from django.conf import settings
+from django.core.cache import cache
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
+from django.template.loader import render_to_string
 from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_GET
 
@@ -17,6 +19,8 @@ from stats.status import ClusterStatus, cluster_status
 
 # How often the page fetches its live part.
 REFRESH_SECONDS = 15
+# However many people watch, the live part is computed at most this often (per process).
+LIVE_CACHE_SECONDS = 5
 
 
 def _refresh_seconds(request: HttpRequest) -> int:
@@ -27,12 +31,18 @@ def _refresh_seconds(request: HttpRequest) -> int:
         return REFRESH_SECONDS
 
 
-def _context(request: HttpRequest, status: ClusterStatus) -> dict:
+def _refresh(request: HttpRequest) -> dict:
     seconds = _refresh_seconds(request)
     return {
-        "status": status,
         "refresh_seconds": seconds,
         "refresh_query": f"?refresh={seconds}" if seconds != REFRESH_SECONDS else "",
+    }
+
+
+def _context(request: HttpRequest, status: ClusterStatus) -> dict:
+    return {
+        "status": status,
+        **_refresh(request),
         "charts": {
             "rate": mark_safe(charts.generations_per_minute(status.rate)),  # noqa: S308 (ours)
             "waits": mark_safe(charts.median_waits(status.waits)),  # noqa: S308
@@ -50,21 +60,32 @@ def _context(request: HttpRequest, status: ClusterStatus) -> dict:
     }
 
 
+def _live_html(request: HttpRequest) -> str:
+    """The page's changing part, rendered at most once per LIVE_CACHE_SECONDS (per refresh)."""
+    key = f"stats:live:{_refresh_seconds(request)}"
+    html = cache.get(key)
+    if html is None:
+        html = render_to_string("stats/live.html", _context(request, cluster_status()), request)
+        cache.set(key, html, LIVE_CACHE_SECONDS)
+    return html
+
+
 @require_GET
 def status_page(request: HttpRequest) -> HttpResponse:
     """The whole page; its script then swaps in `/status/live` every REFRESH_SECONDS."""
-    return render(request, "stats/status.html", _context(request, cluster_status()))
+    context = {"live": mark_safe(_live_html(request)), **_refresh(request)}  # noqa: S308
+    return render(request, "stats/status.html", context)
 
 
 @require_GET
 def status_live(request: HttpRequest) -> HttpResponse:
     """The page's changing part alone, for the page's script to swap in without a reload."""
-    response = render(request, "stats/live.html", _context(request, cluster_status()))
+    response = HttpResponse(_live_html(request))
     response["Cache-Control"] = "no-store"
     return response
 
 
-@cache
+@lru_cache(maxsize=1)
 def _readme_html() -> str:
     text = (Path(settings.BASE_DIR) / "README.md").read_text(encoding="utf-8")
     return markdown.markdown(text, extensions=["toc", "fenced_code", "tables"])

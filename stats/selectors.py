@@ -14,7 +14,7 @@ from django.db.models import Sum
 from django.utils import timezone
 
 from stats.models import DayRollup, MinuteRollup, RollupMark
-from stats.rollups import Key, floor_minute, live_counts
+from stats.rollups import COLUMNS, Key, floor_minute, live_counts
 from stats.tally import SCALARS, Tally
 
 EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
@@ -49,14 +49,27 @@ class StatsReader:
         """Every model together, minute by minute from `since`, waits included."""
         start = floor_minute(since)
         minutes: dict[datetime, Tally] = defaultdict(Tally)
-        if self.mark is not None:
-            rows = MinuteRollup.objects.filter(minute__gte=start, minute__lt=self.mark)
-            for row in rows:
-                minutes[row.minute].add(Tally.of(row))
+        for minute, tally in self._rolled_minutes(start).items():
+            minutes[minute].add(tally)
         for (minute, _model), tally in self.tail.items():
             if minute >= start:
                 minutes[minute].add(tally)
         return dict(minutes)
+
+    def _rolled_minutes(self, start: datetime) -> dict[datetime, Tally]:
+        """Every model together, per minute from `start` up to the watermark (cached)."""
+        if self.mark is None:
+            return {}
+        key = f"stats:minutes:{self.mark.isoformat()}:{start.isoformat()}"
+        minutes = cache.get(key)
+        if minutes is None:
+            minutes = defaultdict(Tally)
+            rows = MinuteRollup.objects.filter(minute__gte=start, minute__lt=self.mark)
+            for minute, *values in rows.values_list("minute", *COLUMNS):
+                minutes[minute].add(Tally(**dict(zip(COLUMNS, values, strict=True))))
+            minutes = dict(minutes)
+            cache.set(key, minutes, SUMS_CACHE_SECONDS)
+        return minutes
 
     def _rolled_sums(self, start: datetime | None) -> dict[str, Tally]:
         if self.mark is None:
