@@ -49,14 +49,11 @@ def _models() -> dict:
     return answer
 
 
-def _period() -> serializers.Serializer:
-    return shape(
-        "HordeTextStatsPeriod",
-        {
-            "requests": serializers.IntegerField(help_text="Generations delivered."),
-            "tokens": serializers.IntegerField(help_text="Their tokens."),
-        },
-    )
+class HordeTextStatsPeriodSerializer(serializers.Serializer):
+    """Documentation only: one period of the totals."""
+
+    requests = serializers.IntegerField(help_text="Generations delivered.")
+    tokens = serializers.IntegerField(help_text="Their tokens.")
 
 
 class TotalsView(APIView):
@@ -67,7 +64,9 @@ class TotalsView(APIView):
         tags=["AI Horde v2: status"],
         summary="Generations and tokens in the last minute, hour, day, 30 days and in all",
         responses={
-            200: shape("HordeTextStatsTotals", {name: _period() for name in WINDOWS}),
+            200: shape(
+                "HordeTextStatsTotals", {name: HordeTextStatsPeriodSerializer() for name in WINDOWS}
+            ),
         },
     )
     def get(self, request: Request) -> Response:
