@@ -148,3 +148,15 @@ def test_no_text_is_read(alice, server, django_assert_max_num_queries):
         live_counts(DAY)
     assert queries
     assert all('"text"' not in q["sql"] for q in queries.captured_queries)
+
+
+def test_the_median_wait_is_estimated_inside_its_bucket():
+    tally = Tally()
+    for seconds in (0.5, 3, 4, 4.5, 40):  # buckets ≤1, ≤5 (×3), ≤60
+        tally.add_wait(seconds)
+    # The 2.5th of 5 waits lies in the (2, 5] bucket, half-way through its 3: 2 + 3 × 1.5/3.
+    assert tally.median_wait() == 3.5
+    assert Tally().median_wait() is None
+    late = Tally()
+    late.add_wait(4000)
+    assert late.median_wait() == 1800  # beyond the last bound: the bound

@@ -64,7 +64,8 @@ def wanted() -> list[Spec]:
 class Command(BaseCommand):
     help = (
         "Create or update the django-q2 schedules the cluster relies on (purge, reaper, ledger "
-        "fold, statistics) and remove retired ones. Safe to run on every start and on several nodes at once."
+        "fold, statistics) and remove retired ones. Safe to run on every start and on several "
+        "nodes at once."
     )
 
     def handle(self, *args: Any, **options: Any) -> None:
