@@ -12,7 +12,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.template.loader import render_to_string
 from django.utils.safestring import mark_safe
-from django.views.decorators.http import require_GET
+from django.views.decorators.http import require_safe
 
 from stats import charts
 from stats.status import ClusterStatus, cluster_status
@@ -70,14 +70,14 @@ def _live_html(request: HttpRequest) -> str:
     return html
 
 
-@require_GET
+@require_safe
 def status_page(request: HttpRequest) -> HttpResponse:
     """The whole page; its script then swaps in `/status/live` every REFRESH_SECONDS."""
     context = {"live": mark_safe(_live_html(request)), **_refresh(request)}  # noqa: S308
     return render(request, "stats/status.html", context)
 
 
-@require_GET
+@require_safe
 def status_live(request: HttpRequest) -> HttpResponse:
     """The page's changing part alone, for the page's script to swap in without a reload."""
     response = HttpResponse(_live_html(request))
@@ -91,7 +91,7 @@ def _readme_html() -> str:
     return markdown.markdown(text, extensions=["toc", "fenced_code", "tables"])
 
 
-@require_GET
+@require_safe
 def readme(request: HttpRequest) -> HttpResponse:
     """The project's README, so that links to its sections work from any cluster."""
     return render(request, "stats/readme.html", {"body": mark_safe(_readme_html())})  # noqa: S308
