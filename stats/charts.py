@@ -91,7 +91,9 @@ def compact(value: float) -> str:
 
 
 def generations_per_minute(points: list[tuple[datetime, int]]) -> str:
-    chart = pygal.DateTimeLine(_config(fill=True, title="Generations per minute, last 24 h"))
+    chart = pygal.DateTimeLine(
+        _config(fill=True, title="Generations per minute (5-minute average), last 24 h")
+    )
     _time_axis(chart, points)
     chart.add("generations", points)
     return _bare(chart.render(is_unicode=True))
