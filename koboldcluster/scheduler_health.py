@@ -12,6 +12,7 @@ The rule, so that a fresh database and the test suite stay ready:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.utils import timezone
@@ -21,15 +22,30 @@ OVERDUE = timedelta(minutes=5)
 PURGE_FUNC = "generations.tasks.purge_expired_prompts"
 
 
-def purge_on_time(now: datetime | None = None) -> tuple[bool, str]:
-    """(ready, detail) for the readiness checks (`/readyz`); the detail holds no secrets."""
+@dataclass(frozen=True)
+class SchedulerCheck:
+    """The shape of a readiness check's result: whether it passed, and why, for `/readyz`."""
+
+    ok: bool
+    detail: str
+
+    def as_json(self) -> dict[str, object]:
+        return {"ok": self.ok, "detail": self.detail}
+
+
+def purge_on_time(now: datetime | None = None) -> SchedulerCheck:
+    """Whether the purge runs on time, for the readiness checks; the detail holds no secrets."""
     now = now or timezone.now()
     next_runs = Schedule.objects.filter(func=PURGE_FUNC).exclude(repeats=0)
     due = next_runs.order_by("next_run").values_list("next_run", flat=True).first()
     if due is None:
-        return True, "no purge schedule (manage.py ensure_schedules has not run): not checked"
+        return SchedulerCheck(
+            True, "no purge schedule (manage.py ensure_schedules has not run): not checked"
+        )
     late = now - due
     if late > OVERDUE:
         minutes = int(late.total_seconds() // 60)
-        return False, f"the purge is {minutes} min overdue: is manage.py qcluster running?"
-    return True, "the purge runs on time"
+        return SchedulerCheck(
+            False, f"the purge is {minutes} min overdue: is manage.py qcluster running?"
+        )
+    return SchedulerCheck(True, "the purge runs on time")

@@ -17,24 +17,26 @@ pytestmark = pytest.mark.django_db
 
 
 def test_a_database_without_schedules_is_ready():
-    ready, detail = purge_on_time()
-    assert ready and "not checked" in detail
+    check = purge_on_time()
+    assert check.ok and "not checked" in check.detail
 
 
 def test_a_purge_due_now_or_lately_is_ready():
     call_command("ensure_schedules", stdout=io.StringIO())
-    assert purge_on_time()[0]
-    assert purge_on_time(timezone.now() + timedelta(minutes=4, seconds=50))[0]
+    assert purge_on_time().ok
+    assert purge_on_time(timezone.now() + timedelta(minutes=4, seconds=50)).ok
 
 
 def test_a_purge_overdue_by_more_than_5_minutes_is_not_ready():
     call_command("ensure_schedules", stdout=io.StringIO())
     Schedule.objects.filter(func=PURGE_FUNC).update(next_run=timezone.now() - timedelta(minutes=7))
 
-    ready, detail = purge_on_time()
+    check = purge_on_time()
 
-    assert not ready
-    assert detail == "the purge is 7 min overdue: is manage.py qcluster running?"
+    assert check.as_json() == {
+        "ok": False,
+        "detail": "the purge is 7 min overdue: is manage.py qcluster running?",
+    }
 
 
 @pytest.mark.e2e
@@ -42,7 +44,7 @@ def test_a_purge_overdue_by_more_than_5_minutes_is_not_ready():
 def test_a_scheduler_that_runs_the_purge_keeps_it_ready(scheduler, cluster_env):
     call_command("ensure_schedules", stdout=io.StringIO())
     Schedule.objects.filter(func=PURGE_FUNC).update(next_run=timezone.now() - timedelta(minutes=7))
-    assert not purge_on_time()[0]
+    assert not purge_on_time().ok
     process = scheduler(**cluster_env)
 
-    wait_until(lambda: purge_on_time()[0], timeout=60, what=f"the purge\n{process.output()}")
+    wait_until(lambda: purge_on_time().ok, timeout=60, what=f"the purge\n{process.output()}")
