@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from generations.models import Job, Prompt
-from generations.services import prompts_purge
+from generations.services import jobs_reap, prompts_purge
 from servers.models import Server
 from stats.models import DayRollup, MinuteRollup, RollupMark
 from stats.rollups import live_counts, stats_rollup
@@ -160,3 +160,31 @@ def test_the_median_wait_is_estimated_inside_its_bucket():
     late = Tally()
     late.add_wait(4000)
     assert late.median_wait() == 1800  # beyond the last bound: the bound
+
+
+def test_a_reaped_job_delivered_late_counts_as_both_in_their_minutes(alice, bob):
+    """Through the queue's own services: pop, reap at the deadline, then a late delivery."""
+    from generations.services import GenerationRequest, job_pop, job_submit, prompt_create
+
+    start = datetime(2026, 3, 2, 9, 0, 5, tzinfo=UTC)
+    server = Server.objects.create(
+        name="bob-1", owner=bob, models=["alpha"], max_length=80, last_check_in=start
+    )
+    request = GenerationRequest(text="x", n=1, max_length=16, max_context_length=512)
+    prompt_create(user=alice, request=request, now=start)
+    job = job_pop(server=server, now=start + timedelta(seconds=20)).job
+    reaped_at = job.deadline + timedelta(seconds=1)
+    assert jobs_reap(now=reaped_at) == 1
+    stats_rollup(now=reaped_at + timedelta(minutes=2))  # the reap is counted...
+    late = reaped_at + timedelta(minutes=3)
+    job = Job.objects.select_related("prompt", "server").get(id=job.id)
+    job_submit(job=job, text="abcd", now=late)
+    stats_rollup(now=late + timedelta(minutes=2))  # ...and so is the delivery, later
+
+    rows = rows_by_key()
+    assert rows[(minute_of(start), "")].prompts == 1
+    assert rows[(minute_of(start), "alpha")].jobs == 1
+    assert rows[(minute_of(start), "alpha")].waits == 1
+    assert rows[(minute_of(reaped_at), "alpha")].abandoned == 1
+    delivered = rows[(minute_of(late), "alpha")]
+    assert (delivered.generations, delivered.tokens) == (1, 1)
