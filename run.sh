@@ -12,6 +12,12 @@ if [ -f generations/management/commands/ensure_schedules.py ]; then
     .venv/bin/python manage.py ensure_schedules
 fi
 
+# /metrics adds up the metrics of every web worker process through files here; a new start
+# begins from zero (README: "Watch the cluster").
+export PROMETHEUS_MULTIPROC_DIR="${PROMETHEUS_MULTIPROC_DIR:-$PWD/var/prometheus}"
+mkdir -p "$PROMETHEUS_MULTIPROC_DIR"
+rm -f "$PROMETHEUS_MULTIPROC_DIR"/*.db
+
 .venv/bin/gunicorn koboldcluster.wsgi \
     --bind "${HOST:-0.0.0.0}:$PORT" \
     --workers "${WEB_WORKERS:-2}" --threads "${WEB_THREADS:-4}" \

@@ -8,6 +8,7 @@ cd "$(dirname "$0")"
 ensure_venv requirements-dev.txt
 ensure_postgres
 ensure_redis
+ensure_chromium
 
 echo "== ruff"
 .venv/bin/ruff check .

@@ -14,8 +14,12 @@ from typing import Any
 
 import jsonschema
 
-# Paths that are not part of the documented APIs: pages for people and the docs themselves.
-UNDOCUMENTED = ("/admin/", "/register", "/api/schema", "/static/")
+# Paths that are not part of the documented APIs: pages for people, the docs themselves, and
+# the operators' endpoints (Prometheus metrics, health checks).
+UNDOCUMENTED = (
+    "/admin/", "/register", "/api/schema", "/static/", "/status/", "/readme", "/metrics",
+    "/healthz", "/readyz",
+)  # fmt: skip
 
 
 @cache

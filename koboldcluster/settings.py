@@ -116,10 +116,12 @@ INSTALLED_APPS = [
     "accounts",
     "servers",
     "generations",
+    "stats",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "koboldcluster.metrics.LatencyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "koboldcluster.middleware.ApiMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -329,6 +331,8 @@ KOBOLDCLUSTER = {
     # Rate limits per client address and per account, fixed windows counted in the cache
     # (shared by every process once REDIS_URL is set). "off" turns them all off: load tests.
     "RATE_LIMITS_ENABLED": env_bool("KOBOLDCLUSTER_RATE_LIMITS", True),
+    # A token that /metrics then asks for as `Authorization: Bearer <token>`; empty: open.
+    "METRICS_TOKEN": os.environ.get("KOBOLDCLUSTER_METRICS_TOKEN", ""),
     "RATE_LIMITS": {
         f"{scope}_{per}": env_rate(f"KOBOLDCLUSTER_RATE_{scope.upper()}_{per.upper()}", default)
         for (scope, per), default in {

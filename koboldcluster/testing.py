@@ -136,8 +136,8 @@ class ClusterProcess(ManagedProcess):
             raise AssertionError(f"the cluster process exited:\n{self.output()}")
         try:
             return requests.get(f"{self.url}/servers", timeout=2).status_code == 200
-        except (requests.ConnectionError, requests.Timeout):
-            return False  # not up yet, or its first answer is slow on a loaded machine
+        except requests.RequestException:  # not listening yet, or its worker still starting
+            return False
 
     def restart(self) -> None:
         self.stop()

@@ -14,6 +14,7 @@ horde_v2 = [
     path("", include("generations.urls_v2")),
     path("", include("servers.urls_v2")),
     path("", include("accounts.urls_v2")),
+    path("", include("stats.urls_v2")),
 ]
 
 urlpatterns = [
@@ -21,6 +22,7 @@ urlpatterns = [
     path("", include("generations.urls")),
     path("", include("servers.urls")),
     path("", include("accounts.urls")),
+    path("", include("stats.urls")),
     path("api/v2/", include(horde_v2)),
     path("api/", include("generations.urls_kobold")),
     path("v1/", include("generations.urls_openai")),

@@ -60,3 +60,19 @@ ensure_redis() {
     echo "Redis is not reachable at 127.0.0.1:6379 and could not be started." >&2
     exit 1
 }
+
+ensure_chromium() {
+    # The status page's browser test drives Debian's chromium (Playwright never downloads one).
+    if command -v chromium >/dev/null 2>&1; then
+        return
+    fi
+    if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+        echo "Installing chromium (Debian) for the browser test ..."
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get install -y -qq chromium >/dev/null 2>&1 \
+            || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } || true
+    fi
+    if ! command -v chromium >/dev/null 2>&1; then
+        echo "chromium is not installed (sudo apt install chromium): the browser test is skipped." >&2
+    fi
+}

@@ -21,6 +21,7 @@ OURS = {
     "koboldcluster: purge expired prompts": "generations.tasks.purge_expired_prompts",
     "koboldcluster: reap overdue jobs": "generations.tasks.reap_overdue_jobs",
     "koboldcluster: fold the ledger": "accounts.tasks.fold_ledger",
+    "koboldcluster: roll up statistics": "stats.tasks.rollup_statistics",
 }
 
 
@@ -31,7 +32,7 @@ def ensure_schedules() -> str:
 
 
 def test_creates_the_schedules_every_minute():
-    assert ensure_schedules() == "3 schedules in place: 3 created, 0 updated, 0 removed"
+    assert ensure_schedules() == "4 schedules in place: 4 created, 0 updated, 0 removed"
 
     schedules = Schedule.objects.order_by("name")
     assert {s.name: s.func for s in schedules} == OURS
@@ -46,7 +47,7 @@ def test_running_it_again_changes_nothing():
     ensure_schedules()
     before = list(Schedule.objects.order_by("id").values())
 
-    assert ensure_schedules() == "3 schedules in place: 0 created, 0 updated, 0 removed"
+    assert ensure_schedules() == "4 schedules in place: 0 created, 0 updated, 0 removed"
     assert list(Schedule.objects.order_by("id").values()) == before
 
 
@@ -56,12 +57,12 @@ def test_a_changed_interval_updates_the_schedule_in_place(settings):
     fold = Schedule.objects.get(func="accounts.tasks.fold_ledger")
     Schedule.objects.filter(pk=fold.pk).update(next_run=timezone.now() + timedelta(days=1))
 
-    assert ensure_schedules() == "3 schedules in place: 0 created, 1 updated, 0 removed"
+    assert ensure_schedules() == "4 schedules in place: 0 created, 1 updated, 0 removed"
 
     updated = Schedule.objects.get(func="accounts.tasks.fold_ledger")
     assert (updated.pk, updated.minutes) == (fold.pk, 5)
     assert updated.next_run <= timezone.now() + timedelta(minutes=5)
-    assert Schedule.objects.count() == 3
+    assert Schedule.objects.count() == 4
 
 
 def test_retired_duplicated_and_edited_schedules_of_ours_are_put_right():
@@ -73,7 +74,7 @@ def test_retired_duplicated_and_edited_schedules_of_ours_are_put_right():
     Schedule.objects.filter(name="koboldcluster: purge expired prompts").update(repeats=0)
     theirs = Schedule.objects.create(name="an operator's own", func="math.floor", args="1.5")
 
-    assert ensure_schedules() == "3 schedules in place: 0 created, 1 updated, 2 removed"
+    assert ensure_schedules() == "4 schedules in place: 0 created, 1 updated, 2 removed"
 
     assert {s.name: s.func for s in Schedule.objects.exclude(pk=theirs.pk)} == OURS
     assert Schedule.objects.get(name="koboldcluster: purge expired prompts").repeats == -1

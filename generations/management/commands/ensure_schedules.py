@@ -56,13 +56,16 @@ def wanted() -> list[Spec]:
             "accounts.tasks.fold_ledger",
             every["LEDGER_FOLD_EVERY_MINUTES"],
         ),
+        # Every minute, always: it must read each job before the purge deletes it.
+        Spec(f"{PREFIX}roll up statistics", "stats.tasks.rollup_statistics", 1),
     ]
 
 
 class Command(BaseCommand):
     help = (
         "Create or update the django-q2 schedules the cluster relies on (purge, reaper, ledger "
-        "fold) and remove retired ones. Safe to run on every start and on several nodes at once."
+        "fold, statistics) and remove retired ones. Safe to run on every start and on several "
+        "nodes at once."
     )
 
     def handle(self, *args: Any, **options: Any) -> None:
