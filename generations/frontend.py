@@ -21,7 +21,7 @@ from django.utils import timezone
 
 from accounts.models import User
 from generations.chat import family
-from generations.queue import GenerationRequest, prompt_create
+from generations.intake import GenerationRequest, prompt_create
 from generations.status import PromptStatus, able_servers, prompt_cancel
 from generations.waiting import prompt_wait_done
 from koboldcluster.errors import ApiError, NotFound

@@ -1,7 +1,6 @@
-"""The queue: a prompt's `n` slots go in, and each goes to exactly one server.
+"""The queue: each of a prompt's `n` slots goes to exactly one server.
 
-`prompt_create` stores a prompt with its waiting slots in one statement that also checks the
-user's concurrency and computes the priority from the exact ledger balance. `job_pop` is a
+`job_pop` is a
 server's whole pop: who it is, its check-in, its priority users and the claim of the best
 prompt it may serve (`generations.matching`). A claim is one conditional UPDATE
 (`waiting = waiting - 1 … AND waiting > 0`) and the job's INSERT in the same transaction, so
@@ -23,9 +22,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from accounts.identity import lock_account, priority_user_ids
-from accounts.models import User
-from accounts.selectors import balance_sql
+from accounts.identity import priority_user_ids
 from generations import events
 from generations.matching import (
     QUEUE_ORDER_SQL,
@@ -37,22 +34,19 @@ from generations.matching import (
     servable_sql,
     skipped_sql,
 )
-from generations.models import Job, Prompt, PromptWorker
+from generations.models import Job, Prompt
 from generations.sql import (
     as_json,
     as_uuid,
     dt_param,
     execute,
     fetch,
-    greatest,
     is_postgres,
-    json_cast,
     json_param,
-    least,
     placeholders,
     uuid_param,
 )
-from koboldcluster.errors import BadRequest, Forbidden, NotFound, TooManyRequests
+from koboldcluster.errors import Forbidden
 from koboldcluster.rows import instance
 from servers.models import Server
 from servers.services import CheckIn, Credentials, server_for_pop
@@ -62,187 +56,10 @@ logger = logging.getLogger(__name__)
 # Claims retried when racing pops took every candidate first (PostgreSQL only: on SQLite a
 # claim runs under the database's write lock and cannot lose a race).
 POP_ROUNDS = 16
-# A slot frees when a server takes one, which we cannot foresee: ask for a short pause.
-TOO_MANY_PROMPTS_RETRY_AFTER = 10
 
 
 def _expiry() -> timedelta:
     return timedelta(seconds=settings.KOBOLDCLUSTER["PROMPT_EXPIRY_SECONDS"])
-
-
-@dataclass(frozen=True)
-class GenerationRequest:
-    """A validated request for `n` generations of one prompt."""
-
-    text: str
-    n: int
-    max_length: int
-    max_context_length: int
-    params: dict = field(default_factory=dict)
-    models: list[str] = field(default_factory=list)
-    client_agent: str = ""
-    # Which servers may serve it (the AI Horde's request options); the defaults allow any.
-    softprompt: str = ""
-    trusted_workers: bool = False
-    slow_workers: bool = True
-    server_ids: list[object] = field(default_factory=list)
-    servers_excluded: bool = False  # server_ids is a deny list rather than an allow list
-    nsfw: bool = True
-    batching: bool = True  # a server asking for several jobs at once may get several of these
-
-    def tokens_at_most(self) -> int:
-        """The most tokens the request can cost: every generation at its full max_length."""
-        return self.n * self.max_length
-
-
-def sort_key(balance: float, created: datetime) -> float:
-    """Order by balance + rate × waiting time; equal to this key, which never changes."""
-    return balance - settings.KOBOLDCLUSTER["AGEING_TOKENS_PER_SECOND"] * created.timestamp()
-
-
-def _sort_key_sql(user: User, created: datetime) -> tuple[str, list[object]]:
-    """The prompt's sort key as SQL: the requester's exact balance within the bounds (DESIGN
-    §4.3), read in the statement that inserts the prompt. Names without credentials sit at
-    the floor."""
-    limits = settings.KOBOLDCLUSTER
-    floor, cap = limits["PRIORITY_FLOOR_TOKENS"], limits["PRIORITY_CAP_TOKENS"]
-    if not user.has_credentials:
-        return "%s", [sort_key(floor, created)]
-    balance, params = balance_sql(user.pk)
-    ageing = limits["AGEING_TOKENS_PER_SECOND"] * created.timestamp()
-    return f"({least(greatest(balance, '%s'), '%s')} - %s)", [*params, floor, cap, ageing]
-
-
-def prompt_create(*, user: User, request: GenerationRequest, now: datetime | None = None) -> Prompt:
-    """Queue a prompt with `n` waiting slots; it lives PROMPT_EXPIRY_SECONDS past its last use.
-
-    429 `TooManyPrompts` when it would take the user over their waiting slots limit.
-    """
-    now = now or timezone.now()
-    if not request.batching and request.n > 1 and not user.trusted:
-        raise BadRequest(
-            "Only trusted accounts may disable batching for n > 1.", rc="RequiresTrust"
-        )
-    server_ids = _known_servers(request.server_ids)
-    listed = Prompt.Workers.EXCEPT if request.servers_excluded else Prompt.Workers.ONLY
-    prompt = instance(
-        Prompt,
-        id=uuid.uuid4(),
-        user=user,
-        text=request.text,
-        params=request.params,
-        models=list(dict.fromkeys(request.models)),
-        any_model=not request.models,
-        n=request.n,
-        waiting=request.n,
-        max_length=request.max_length,
-        max_context_length=request.max_context_length,
-        client_agent=request.client_agent[:255],
-        softprompt=request.softprompt,
-        trusted_workers=request.trusted_workers,
-        slow_workers=request.slow_workers,
-        workers=listed if server_ids else Prompt.Workers.ANY,
-        nsfw=request.nsfw,
-        batching=request.batching,
-        created=now,
-        last_activity=now,
-        expires_at=now + _expiry(),
-    )
-    with transaction.atomic():
-        if not user.is_anonymous_user:
-            # Two submits of one user at once must not both see room for one more. Not the
-            # anonymous user's: every caller without a key shares it, and making all of them
-            # wait for each other is the lock convoy the AI Horde suffered. (SQLite's
-            # transaction already holds its only write lock.)
-            lock_account(user)
-        if not _insert_within_limit(prompt, user, now):
-            _refuse_over_limit(user, request.n, now)
-        if server_ids:
-            PromptWorker.objects.bulk_create(
-                PromptWorker(prompt=prompt, server_id=i) for i in server_ids
-            )
-        events.queue_changed(PromptFacts.of(prompt, frozenset(server_ids)))
-    logger.info(
-        "prompt %s queued: user=%s n=%s max_length=%s max_context_length=%s models=%s",
-        prompt.id,
-        user.pk,
-        prompt.n,
-        prompt.max_length,
-        prompt.max_context_length,
-        len(prompt.models),
-    )
-    return prompt
-
-
-def _known_servers(server_ids: list[object]) -> list[object]:
-    server_ids = list(dict.fromkeys(server_ids))
-    if server_ids:
-        known = set(Server.objects.filter(id__in=server_ids).values_list("id", flat=True))
-        unknown = [str(i) for i in server_ids if i not in known]
-        if unknown:
-            raise NotFound(f"Server {unknown[0]} is unknown.", rc="WorkerNotFound")
-    return server_ids
-
-
-_PROMPT_COLUMNS = (
-    "id, user_id, text, params, any_model, n, waiting, max_length, max_context_length, state, "
-    "faulted_jobs, client_agent, softprompt, trusted_workers, slow_workers, workers, nsfw, "
-    "batching, created, last_activity, expires_at, models, sort_key"
-)
-_WAITING_OF_USER = (
-    "SELECT COALESCE(SUM(q.waiting), 0) FROM generations_prompt q WHERE q.user_id = %s "
-    "AND q.state = 'live' AND q.waiting > 0 AND q.expires_at > %s"
-)
-
-
-def _insert_within_limit(prompt: Prompt, user: User, now: datetime) -> bool:
-    """INSERT the prompt (and its model names) if the user's waiting slots leave room.
-
-    One statement reads the user's waiting slots and balance and writes the row; on
-    PostgreSQL the model names go in the same statement. False when over the limit.
-    """
-    key_sql, key_params = _sort_key_sql(user, now)
-    values = [
-        uuid_param(prompt.id), user.pk, prompt.text, json_param(prompt.params),
-        prompt.any_model, prompt.n, prompt.waiting, prompt.max_length,
-        prompt.max_context_length, Prompt.State.LIVE, 0, prompt.client_agent,
-        prompt.softprompt, prompt.trusted_workers, prompt.slow_workers, prompt.workers,
-        prompt.nsfw, prompt.batching, dt_param(now), dt_param(now),
-        dt_param(prompt.expires_at), json_param(prompt.models),
-    ]  # fmt: skip
-    json = json_cast()
-    row = ", ".join(["%s"] * 3 + [json] + ["%s"] * 17 + [json])
-    insert = (
-        f"INSERT INTO generations_prompt ({_PROMPT_COLUMNS}) SELECT {row}, {key_sql} "
-        f"WHERE ({_WAITING_OF_USER}) + %s <= %s"
-    )
-    params = [*values, *key_params, user.pk, dt_param(now), prompt.n, user.concurrency_limit()]
-    if not prompt.models:
-        return execute(insert, params) == 1
-    if is_postgres():
-        with_models = (
-            f"WITH p AS ({insert} RETURNING id) INSERT INTO generations_promptmodel "
-            "(prompt_id, name) SELECT p.id, m.name FROM p, unnest(%s::text[]) AS m(name)"
-        )
-        return execute(with_models, [*params, prompt.models]) > 0
-    if execute(insert, params) != 1:
-        return False
-    rows = ", ".join(["(%s, %s)"] * len(prompt.models))
-    names = [value for name in prompt.models for value in (uuid_param(prompt.id), name)]
-    execute(f"INSERT INTO generations_promptmodel (prompt_id, name) VALUES {rows}", names)
-    return True
-
-
-def _refuse_over_limit(user: User, n: int, now: datetime) -> None:
-    waiting = fetch(_WAITING_OF_USER, [user.pk, dt_param(now)])[0][0]
-    limit = user.concurrency_limit()
-    message = (
-        f"Too many generations waiting: {waiting} queued, {n} more asked for, and the limit is "
-        f"{limit}. Wait until servers have taken some."
-    )
-    if user.is_anonymous_user:
-        message += " The anonymous limit is shared by everyone without an account: register."
-    raise TooManyRequests(message, rc="TooManyPrompts", retry_after=TOO_MANY_PROMPTS_RETRY_AFTER)
 
 
 @dataclass

@@ -13,7 +13,8 @@ from rest_framework.views import APIView
 from accounts.authentication import LenientApiKeyAuthentication, api_user
 from accounts.identity import user_for_request
 from generations.delivery import job_submit
-from generations.queue import GenerationRequest, job_pop, prompt_create
+from generations.intake import GenerationRequest, prompt_create
+from generations.queue import job_pop
 from generations.serializers import GenerationParamsSerializer, PromptTextField, split_params
 from generations.status import PromptStatus, prompt_cancel, prompt_status
 from koboldcluster.api import parse_uuid, validated

@@ -25,7 +25,7 @@ from accounts.authentication import BearerApiKeyAuthentication, api_user
 from accounts.identity import anonymous_user
 from generations.chat import estimate_tokens
 from generations.frontend import generate, genkey_abort, served_models
-from generations.queue import GenerationRequest
+from generations.intake import GenerationRequest
 from generations.serializers import GenerationParamsSerializer, PromptTextField, split_params
 from koboldcluster.api import validated
 from koboldcluster.errors import exception_handler

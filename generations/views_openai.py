@@ -27,6 +27,7 @@ from accounts.identity import anonymous_user
 from accounts.models import User
 from generations import chat
 from generations.frontend import ServedModel, generate, models_for, served_models
+from generations.intake import GenerationRequest
 from generations.openai_shapes import (
     Unsupported,
     completion_body,
@@ -34,7 +35,6 @@ from generations.openai_shapes import (
     openai_exception_handler,
     refuse_unsupported,
 )
-from generations.queue import GenerationRequest
 from generations.serializers import (
     GenerationParamsSerializer,
     split_params,

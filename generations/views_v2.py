@@ -17,8 +17,9 @@ from rest_framework.views import APIView
 from accounts.authentication import HasApiKey, LenientApiKeyAuthentication, api_user
 from accounts.identity import anonymous_user
 from generations.delivery import CSAM_METADATA, job_submit
+from generations.intake import GenerationRequest, prompt_create
 from generations.models import Job
-from generations.queue import GenerationRequest, job_pop, prompt_create
+from generations.queue import job_pop
 from generations.serializers import HordeParamsSerializer, PromptTextField, split_params
 from generations.status import PromptStatus, able_servers, prompt_cancel, prompt_status
 from generations.views import GenerationField, prompt_uuid

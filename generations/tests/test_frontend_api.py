@@ -15,8 +15,8 @@ from rest_framework.test import APIClient
 
 from accounts.models import LedgerEntry
 from generations.frontend import genkey_remember
+from generations.intake import GenerationRequest, prompt_create
 from generations.models import Prompt
-from generations.queue import GenerationRequest, prompt_create
 
 SERVER_PASSWORD = "s3rver-pass"
 

@@ -165,7 +165,8 @@ def test_the_median_wait_is_estimated_inside_its_bucket():
 def test_a_reaped_job_delivered_late_counts_as_both_in_their_minutes(alice, bob):
     """Through the queue's own services: pop, reap at the deadline, then a late delivery."""
     from generations.delivery import job_submit
-    from generations.queue import GenerationRequest, jobs_claim, prompt_create
+    from generations.intake import GenerationRequest, prompt_create
+    from generations.queue import jobs_claim
     from servers.services import Credentials
 
     start = datetime(2026, 3, 2, 9, 0, 5, tzinfo=UTC)

@@ -111,8 +111,8 @@ class Command(BaseCommand):
     def _fill_queue(self, size: int) -> None:
         """Waiting prompts like real traffic: most accept any model, some name models."""
         from accounts.models import User
+        from generations.intake import sort_key
         from generations.models import Prompt, PromptModel
-        from generations.queue import sort_key
 
         now = timezone.now()
         requester = User.objects.create(username=f"req-{uuid.uuid4().hex[:8]}")
