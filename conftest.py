@@ -21,7 +21,10 @@ def fast_password_hasher(settings: Any) -> None:
 
 @pytest.fixture(autouse=True)
 def empty_cache() -> None:
+    from koboldcluster import counters
+
     cache.clear()
+    counters.clear()
 
 
 @pytest.fixture(autouse=True)

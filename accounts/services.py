@@ -17,6 +17,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Count, F, Max, Sum
 from django.utils import timezone
 
+from accounts import guard
 from accounts.models import ApiKey, Balance, LedgerEntry, LedgerFold, User
 from accounts.selectors import totals_for
 from koboldcluster.errors import BadRequest, Forbidden, NotFound, Unauthorized
@@ -56,7 +57,7 @@ def password_matches(user: User, password: str) -> bool:
     key = _password_cache_key(user, password)
     if cache.get(key):
         return True
-    if not user.check_password(password):
+    if not guard.password_verified(user, password):
         return False
     cache.set(key, True, settings.KOBOLDCLUSTER["PASSWORD_CACHE_SECONDS"])
     return True
@@ -141,6 +142,7 @@ def user_for_server(
 def _server_account(username: str, password: str) -> User:
     user = User.objects.filter(username=username).first()
     if user is None:
+        guard.count_new_account()
         # Hash only for a new account: make_password is the expensive part of a pop.
         user, created = _get_or_create_user(
             username, kind=User.Kind.REGISTERED, password=make_password(password)
@@ -150,6 +152,7 @@ def _server_account(username: str, password: str) -> User:
             return user
     if user.kind == User.Kind.UNCLAIMED:
         # A name used by prompts so far: the first server to pop with it claims it.
+        guard.count_new_account()
         claimed = User.objects.filter(pk=user.pk, kind=User.Kind.UNCLAIMED).update(
             kind=User.Kind.REGISTERED, password=make_password(password)
         )
