@@ -22,6 +22,7 @@ from django.utils import timezone
 from accounts.models import User
 from accounts.selectors import totals_for
 from accounts.services import ledger_record_generation, lock_account
+from generations import limits as client_limits
 from generations.models import (
     Job,
     Prompt,
@@ -117,6 +118,7 @@ def prompt_create(*, user: User, request: GenerationRequest, now: datetime | Non
         max_context_length=request.max_context_length,
         sort_key=sort_key(priority_of(user), now),
         client_agent=request.client_agent[:255],
+        client=client_limits.prompt_client(user),
         softprompt=request.softprompt,
         trusted_workers=request.trusted_workers,
         slow_workers=request.slow_workers,
@@ -160,6 +162,7 @@ def _check_concurrency(user: User, n: int, now: datetime) -> None:
     overshot by the anonymous submits in flight at that instant, which the per-address rate
     limit bounds.
     """
+    client_limits.check_client_usage(user, n, now)
     limit = user.concurrency_limit()
     if not user.is_anonymous_user:
         lock_account(user)
