@@ -39,6 +39,7 @@ from koboldcluster.openapi import (
     APIKEY_HEADER_REQUIRED,
     KUDOS_ARE_TOKENS,
     error,
+    list_of,
     shape,
 )
 
@@ -164,7 +165,7 @@ class ApiKeyListView(APIView):
         tags=ACCOUNTS,
         summary="Your working API keys (without the keys: only digests are kept)",
         parameters=[APIKEY_HEADER_REQUIRED],
-        responses={200: shape("ApiKeys", {"key": API_KEY}, many=True)},
+        responses={200: list_of(API_KEY)},
     )
     def get(self, request: Request) -> Response:
         """The caller's working keys, without the keys themselves (they are not stored)."""
@@ -298,7 +299,7 @@ class UserListView(APIView):
         tags=["AI Horde v2: users"],
         summary="Users, 25 a page, by balance or by age",
         parameters=[Query],
-        responses={200: shape("HordeUsers", {"user": USER}, many=True)},
+        responses={200: list_of(USER)},
     )
     def get(self, request: Request) -> Response:
         given = {k: v for k, v in request.query_params.items() if v != ""}

@@ -365,7 +365,8 @@ def _worker_key(request: Request) -> User:
 SKIPPED = shape(
     "HordeSkipped",
     {
-        reason: serializers.IntegerField(help_text=text)
+        # Not required: {} when a job was handed out, or for a paused server.
+        reason: serializers.IntegerField(help_text=text, required=False)
         for reason, text in {
             "models": "Waiting requests for other models.",
             "max_context_length": "…asking for more context than this server takes.",

@@ -275,6 +275,10 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
     "SORT_OPERATIONS": False,
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "koboldcluster.openapi.add_common_errors",
+    ],
 }
 
 # --- Logging: one line per event, never prompt text -----------------------------------------

@@ -136,7 +136,7 @@ class ClusterProcess(ManagedProcess):
             raise AssertionError(f"the cluster process exited:\n{self.output()}")
         try:
             return requests.get(f"{self.url}/servers", timeout=2).status_code == 200
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # still starting, or a busy machine
             return False
 
     def restart(self) -> None:

@@ -14,7 +14,7 @@ from rest_framework.views import APIView
 
 from koboldcluster.api import parse_uuid
 from koboldcluster.errors import NotFound
-from koboldcluster.openapi import error, shape
+from koboldcluster.openapi import error, list_of, shape
 from servers.models import Server
 
 ORIGINAL = ["Original cluster API"]
@@ -51,7 +51,7 @@ class ServerListView(APIView):
         operation_id="servers",
         tags=ORIGINAL,
         summary="Servers that checked in within 5 minutes",
-        responses={200: shape("Servers", {"server": SERVER}, many=True)},
+        responses={200: list_of(SERVER)},
     )
     def get(self, request: Request) -> Response:
         return Response([_server_body(s) for s in Server.objects.active().order_by("name")])

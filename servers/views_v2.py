@@ -19,7 +19,7 @@ from generations.selectors import ModelStats, model_stats
 from koboldcluster.api import api_user, validated
 from koboldcluster.errors import NotFound, Unauthorized
 from koboldcluster.fields import StrictBooleanField, StrictCharField
-from koboldcluster.openapi import APIKEY_HEADER, APIKEY_HEADER_REQUIRED, error, shape
+from koboldcluster.openapi import APIKEY_HEADER, APIKEY_HEADER_REQUIRED, error, list_of, shape
 from servers.models import Server
 from servers.services import server_delete, server_modify
 from servers.views import server_or_404
@@ -117,7 +117,7 @@ class WorkerListView(APIView):
             OpenApiParameter("type", str, description="text, image, interrogation or empty."),
             OpenApiParameter("name", str, description="Only this server (any letter case)."),
         ],
-        responses={200: shape("HordeWorkers", {"workers": WORKER}, many=True)},
+        responses={200: list_of(WORKER)},
     )
     def get(self, request: Request) -> Response:
         servers = Server.objects.active().select_related("owner").order_by("name")
