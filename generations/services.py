@@ -31,6 +31,7 @@ from generations.models import (
     PromptWorker,
     count_tokens,
 )
+from generations.vacuum import vacuum_after_purge
 from koboldcluster.errors import BadRequest, Forbidden, NotFound, TooManyRequests
 from servers.models import Server
 
@@ -549,6 +550,7 @@ def prompts_purge(*, now: datetime | None = None) -> PurgeResult:
             jobs += deleted.get(Job._meta.label, 0)
     if prompts:
         _forget_deleted_bytes()
+        vacuum_after_purge(prompts)
     return PurgeResult(prompts=prompts, jobs=jobs)
 
 
