@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
@@ -40,13 +41,21 @@ def database_unavailable(request: HttpRequest, exc: Exception) -> JsonResponse:
 
 
 class DatabaseOutageMiddleware:
-    """Answer a request whose database connection failed with 503 (process_exception)."""
+    """Answer a request whose database connection failed with 503 (process_exception).
 
-    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+    Sync and async alike: Django calls process_exception the same way in both stacks.
+    """
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response: Callable) -> None:
         self.get_response = get_response
+        if iscoroutinefunction(get_response):
+            markcoroutinefunction(self)
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        return self.get_response(request)
+        return self.get_response(request)  # in an async stack: the coroutine, awaited above
 
     def process_exception(self, request: HttpRequest, exc: Exception) -> HttpResponse | None:
         if isinstance(exc, OperationalError | InterfaceError):
