@@ -95,3 +95,30 @@ def test_finished_prompts_no_longer_count(api, pop):
         assert pop().json()["id"] is not None
 
     assert submit(api, 5).status_code == 200
+
+
+def test_the_per_client_count_can_use_its_index(api):
+    """On PostgreSQL the count reads the partial index of queued prompts by client."""
+    from django.db import connection
+    from django.db.models import Sum
+    from django.utils import timezone
+
+    if connection.vendor != "postgresql":
+        pytest.skip("EXPLAIN on PostgreSQL")
+    submit(api, 1)
+    query = (
+        Prompt.objects.queued(timezone.now())
+        .filter(client=Prompt.objects.get().client)
+        .aggregate(total=Sum("waiting"))
+    )
+    assert query["total"] == 1
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL enable_seqscan = off")
+        plan = (
+            Prompt.objects.queued(timezone.now())
+            .filter(client="x")
+            .values("client")
+            .annotate(total=Sum("waiting"))
+            .explain()
+        )
+    assert "prompt_client_queue" in plan
