@@ -106,6 +106,9 @@ def password_verified(user: User, password: str) -> bool:
 
 def _await_check(digest: str, in_flight: str) -> bool:
     """Another check is in flight: if it is of this very password, take its answer."""
+    known = _known(digest)  # it may have ended a moment ago
+    if known is not None:
+        return known
     if counters.peek(in_flight) < 2:  # only ours: the check in flight is of another password
         raise _refuse(1)
     deadline = time.monotonic() + CHECK_IN_FLIGHT_SECONDS
