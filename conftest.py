@@ -21,12 +21,14 @@ def fast_password_hasher(settings: Any) -> None:
 
 @pytest.fixture(autouse=True)
 def empty_cache() -> None:
-    """No test sees what an earlier one left in the cache or in the process's own memory
-    (idle pop answers, the active servers snapshot): their rows were rolled back."""
+    """No test sees what an earlier one left in the cache, the shared counters or the process's
+    own memory (idle pop answers, the active servers snapshot): their rows were rolled back."""
     from generations import events
+    from koboldcluster import counters
     from servers.services import servers_changed
 
     cache.clear()
+    counters.clear()
     events.queue_changed_here()
     servers_changed()
 

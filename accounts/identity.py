@@ -18,6 +18,7 @@ from django.contrib.auth.hashers import make_password
 from django.core.cache import cache
 from django.db import IntegrityError, connection, transaction
 
+from accounts import guard
 from accounts.models import User
 from koboldcluster.errors import BadRequest, Forbidden, Unauthorized
 from koboldcluster.rows import instance
@@ -88,7 +89,7 @@ def password_matches(user: User, password: str) -> bool:
     key = _password_cache_key(user, password)
     if cache.get(key):
         return True
-    if not user.check_password(password):
+    if not guard.password_verified(user, password):
         return False
     cache.set(key, True, settings.KOBOLDCLUSTER["PASSWORD_CACHE_SECONDS"])
     return True
@@ -173,6 +174,7 @@ def user_for_server(
 def _server_account(username: str, password: str) -> User:
     user = User.objects.filter(username=username).first()
     if user is None:
+        guard.count_new_account()
         # Hash only for a new account: make_password is the expensive part of a pop.
         user, created = _get_or_create_user(
             username, kind=User.Kind.REGISTERED, password=make_password(password)
@@ -182,6 +184,7 @@ def _server_account(username: str, password: str) -> User:
             return user
     if user.kind == User.Kind.UNCLAIMED:
         # A name used by prompts so far: the first server to pop with it claims it.
+        guard.count_new_account()
         claimed = User.objects.filter(pk=user.pk, kind=User.Kind.UNCLAIMED).update(
             kind=User.Kind.REGISTERED, password=make_password(password)
         )

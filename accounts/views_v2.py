@@ -8,7 +8,7 @@ from typing import Any
 
 from django.contrib.auth.validators import UnicodeUsernameValidator
 from django.utils import timezone
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -272,17 +272,15 @@ class UserListView(APIView):
     authentication_classes = [LenientApiKeyAuthentication]
 
     class Query(InputSerializer):
-        page = serializers.IntegerField(min_value=1, default=1)
+        # Bounded: a page number whose offset overflows a 64-bit integer would be a 500.
+        page = serializers.IntegerField(min_value=1, max_value=1_000_000, default=1)
         sort = serializers.ChoiceField(["kudos", "age"], default="kudos")
 
     @extend_schema(
         operation_id="horde_users",
         tags=["AI Horde v2: users"],
         summary="Users, 25 a page, by balance or by age",
-        parameters=[
-            OpenApiParameter("page", int, description="1, 2, …"),
-            OpenApiParameter("sort", str, description="kudos (highest first) or age (oldest)."),
-        ],
+        parameters=[Query],
         responses={200: many(USER)},
     )
     def get(self, request: Request) -> Response:

@@ -20,6 +20,7 @@ from accounts.identity import lock_account
 from accounts.models import User
 from accounts.selectors import balance_sql
 from generations import events
+from generations import limits as client_limits
 from generations.matching import PromptFacts
 from generations.models import Prompt, PromptWorker
 from generations.sql import (
@@ -100,6 +101,7 @@ def prompt_create(*, user: User, request: GenerationRequest, now: datetime | Non
         raise BadRequest(
             "Only trusted accounts may disable batching for n > 1.", rc="RequiresTrust"
         )
+    client_limits.refuse_large_n(user, request.n)
     server_ids = _known_servers(request.server_ids)
     listed = Prompt.Workers.EXCEPT if request.servers_excluded else Prompt.Workers.ONLY
     prompt = instance(
@@ -115,6 +117,7 @@ def prompt_create(*, user: User, request: GenerationRequest, now: datetime | Non
         max_length=request.max_length,
         max_context_length=request.max_context_length,
         client_agent=request.client_agent[:255],
+        client=client_limits.prompt_client(user),
         softprompt=request.softprompt,
         trusted_workers=request.trusted_workers,
         slow_workers=request.slow_workers,
@@ -133,6 +136,7 @@ def prompt_create(*, user: User, request: GenerationRequest, now: datetime | Non
             # transaction already holds its only write lock.)
             lock_account(user)
         if not _insert_within_limit(prompt, user, now):
+            client_limits.refuse_over_client_limit(prompt.client, request.n, now)
             _refuse_over_limit(user, request.n, now)
         if server_ids:
             PromptWorker.objects.bulk_create(
@@ -164,7 +168,7 @@ def _known_servers(server_ids: list[object]) -> list[object]:
 _PROMPT_COLUMNS = (
     "id, user_id, text, params, any_model, n, waiting, max_length, max_context_length, state, "
     "faulted_jobs, client_agent, softprompt, trusted_workers, slow_workers, workers, nsfw, "
-    "batching, created, last_activity, expires_at, models, sort_key"
+    "batching, created, last_activity, expires_at, models, client, sort_key"
 )
 _WAITING_OF_USER = (
     "SELECT COALESCE(SUM(q.waiting), 0) FROM generations_prompt q WHERE q.user_id = %s "
@@ -185,15 +189,21 @@ def _insert_within_limit(prompt: Prompt, user: User, now: datetime) -> bool:
         prompt.max_context_length, Prompt.State.LIVE, 0, prompt.client_agent,
         prompt.softprompt, prompt.trusted_workers, prompt.slow_workers, prompt.workers,
         prompt.nsfw, prompt.batching, dt_param(now), dt_param(now),
-        dt_param(prompt.expires_at), json_param(prompt.models),
+        dt_param(prompt.expires_at), json_param(prompt.models), prompt.client,
     ]  # fmt: skip
     json = json_cast()
-    row = ", ".join(["%s"] * 3 + [json] + ["%s"] * 17 + [json])
+    row = ", ".join(["%s"] * 3 + [json] + ["%s"] * 17 + [json, "%s"])
     insert = (
         f"INSERT INTO generations_prompt ({_PROMPT_COLUMNS}) SELECT {row}, {key_sql} "
         f"WHERE ({_WAITING_OF_USER}) + %s <= %s"
     )
     params = [*values, *key_params, user.pk, dt_param(now), prompt.n, user.concurrency_limit()]
+    if prompt.client:  # without credentials: the client's limit too (generations/limits.py)
+        within, within_params = client_limits.client_within_limit_sql(
+            prompt.client, prompt.n, dt_param(now)
+        )
+        insert += f" AND {within}"
+        params += within_params
     if not prompt.models:
         return execute(insert, params) == 1
     if is_postgres():

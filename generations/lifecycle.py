@@ -20,6 +20,7 @@ from django.utils import timezone
 
 from generations import events
 from generations.models import Job, Prompt
+from generations.vacuum import vacuum_after_purge
 from servers.models import Server
 
 logger = logging.getLogger(__name__)
@@ -102,6 +103,7 @@ def prompts_purge(*, now: datetime | None = None) -> PurgeResult:
             jobs += deleted.get(Job._meta.label, 0)
     if prompts:
         _forget_deleted_bytes()
+        vacuum_after_purge(prompts)
     return PurgeResult(prompts=prompts, jobs=jobs)
 
 

@@ -65,6 +65,8 @@ class Prompt(models.Model):
     state = models.CharField(max_length=16, choices=State.choices, default=State.LIVE)
     faulted_jobs = models.PositiveSmallIntegerField(default=0)
     client_agent = models.CharField(max_length=255, blank=True)
+    # Without credentials: a keyed digest of the client's address block (generations/limits.py).
+    client = models.CharField(max_length=32, blank=True, default="")
     # Which servers may serve it (the AI Horde's request options; the defaults match anyone).
     softprompt = models.CharField(
         max_length=255, blank=True, help_text="Only servers offering this soft prompt."
@@ -99,6 +101,12 @@ class Prompt(models.Model):
                 name="prompt_user_queue",
             ),
             models.Index(fields=["expires_at"], name="prompt_expiry"),
+            # What one client without credentials has queued (generations/limits.py).
+            models.Index(
+                fields=["client"],
+                condition=Q(waiting__gt=0, state="live") & ~Q(client=""),
+                name="prompt_client_queue",
+            ),
         ]
 
     def __str__(self) -> str:

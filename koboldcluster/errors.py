@@ -10,7 +10,7 @@ import logging
 import math
 from typing import Any
 
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, RequestDataTooBig
 from django.http import Http404, HttpRequest, JsonResponse
 from rest_framework import exceptions
 from rest_framework.response import Response
@@ -109,6 +109,8 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         return Response(error_body(exc.message, exc.rc), status=exc.status_code, headers=headers)
     if isinstance(exc, exceptions.ValidationError):
         return validation_response(exc.detail)
+    if isinstance(exc, RequestDataTooBig):  # Django would log it at ERROR with a traceback
+        return Response(error_body(f"{exc} Send less.", "PayloadTooLarge"), status=413)
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()
     elif isinstance(exc, PermissionDenied):

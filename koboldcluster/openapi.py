@@ -6,6 +6,7 @@ answers in the schema, so that /api/ documents every field a client reads.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
@@ -144,3 +145,49 @@ class BearerApiKeyScheme(OpenApiAuthenticationExtension):
             "description": "An API key as `Authorization: Bearer <key>` (the `apikey` header "
             "works too). Optional: without one, the anonymous user. An unknown key is a 401.",
         }
+
+
+def list_of(item: serializers.Serializer) -> serializers.ListSerializer:
+    """A JSON array of `item` (a `shape`): what the list endpoints answer."""
+    return serializers.ListSerializer(child=copy.deepcopy(item))
+
+
+def _error_response(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
+
+
+def add_common_errors(
+    result: dict[str, Any], generator: Any, request: Any, public: bool
+) -> dict[str, Any]:
+    """drf-spectacular postprocessing hook: the errors any operation may answer, documented.
+
+    Views document their own refusals; these come from the layers around every view: input
+    parsing and validation (400), the `apikey` header (401: an unknown or revoked key, on
+    every operation that reads it strictly), body size (413), rate limits (429) and a lost
+    database connection (503).
+    """
+    common = {
+        "413": "PayloadTooLarge: the body is larger than the cluster accepts.",
+        "429": "TooManyRequests (a rate limit), with Retry-After.",
+        "503": "DatabaseUnavailable: try again after Retry-After seconds.",
+    }
+    for operations in result.get("paths", {}).values():
+        for operation in operations.values():
+            if not isinstance(operation, dict) or "responses" not in operation:
+                continue
+            responses = operation["responses"]
+            takes_input = "requestBody" in operation or operation.get("parameters")
+            strict_key = any("apikey" in option for option in operation.get("security", []))
+            wanted = dict(common)
+            if "requestBody" not in operation:
+                wanted.pop("413")
+            if takes_input:
+                wanted["400"] = "ValidationError (with `errors` per field) or InvalidJSON."
+            if strict_key:
+                wanted["401"] = "InvalidAPIKey: the `apikey` header names no working key."
+            for status, description in wanted.items():
+                responses.setdefault(status, _error_response(description))
+    return result

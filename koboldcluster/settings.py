@@ -6,6 +6,7 @@ django-q2 on the ORM broker). Production sets DATABASE_URL, REDIS_URL and SECRET
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
 from pathlib import Path
@@ -74,6 +75,19 @@ def env_rate(name: str, default: str) -> tuple[int, int] | None:
     return parse_rate(os.environ.get(name) or default, name)
 
 
+def parse_networks(value: str, name: str = "KOBOLDCLUSTER_TRUSTED_PROXIES") -> list:
+    """`10.0.0.1, 172.16.0.0/12, ::1` as networks; empty means no proxy is trusted."""
+    networks = []
+    for item in value.replace(" ", ",").split(","):
+        if not item:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ImproperlyConfigured(f"{name}: {item!r} is not an address or network") from None
+    return networks
+
+
 VAR_DIR = Path(os.environ.get("KOBOLDCLUSTER_VAR_DIR") or BASE_DIR / "var")
 VAR_DIR.mkdir(parents=True, exist_ok=True)
 
@@ -124,6 +138,8 @@ MIDDLEWARE = [
     "koboldcluster.metrics.LatencyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "koboldcluster.middleware.ApiMiddleware",
+    "koboldcluster.clients.ClientAddressMiddleware",
+    "koboldcluster.outage.DatabaseOutageMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -231,8 +247,8 @@ REST_FRAMEWORK = {
         "koboldcluster.throttling.AddressRateThrottle",
         "koboldcluster.throttling.AccountRateThrottle",
     ],
-    # Proxies in front of the cluster whose X-Forwarded-For entries are believed. 0: the peer
-    # address is the client (a client-supplied X-Forwarded-For must never pick its own bucket).
+    # Legacy: believe the N-th X-Forwarded-For entry from the end, from any peer. Prefer
+    # KOBOLDCLUSTER_TRUSTED_PROXIES (koboldcluster/clients.py), which wins when set.
     "NUM_PROXIES": env_int("KOBOLDCLUSTER_NUM_PROXIES", 0),
     "UNAUTHENTICATED_USER": None,
     "EXCEPTION_HANDLER": "koboldcluster.errors.exception_handler",
@@ -265,6 +281,10 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
     "SORT_OPERATIONS": False,
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "koboldcluster.openapi.add_common_errors",
+    ],
 }
 
 # --- Logging: one line per event, never prompt text -----------------------------------------
@@ -273,7 +293,14 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"client_errors": {"()": "koboldcluster.logs.ClientErrorsOneLine"}},
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "plain",
+            "filters": ["client_errors"],
+        }
+    },
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
@@ -328,8 +355,25 @@ KOBOLDCLUSTER = {
     "CONCURRENCY": env_int("KOBOLDCLUSTER_CONCURRENCY", 30, minimum=1),
     "CONCURRENCY_TRUSTED": env_int("KOBOLDCLUSTER_CONCURRENCY_TRUSTED", 100, minimum=1),
     "CONCURRENCY_ANONYMOUS": env_int("KOBOLDCLUSTER_CONCURRENCY_ANONYMOUS", 500, minimum=1),
-    # Rate limits per client address and per account, fixed windows counted in the cache
-    # (shared by every process once REDIS_URL is set). "off" turns them all off: load tests.
+    # Callers without credentials (the anonymous key, or a username nobody has claimed) share
+    # this many waiting generations per client address (IPv6: per /64), whatever names they
+    # invent; and each of their requests asks for at most MAX_N_ANONYMOUS generations.
+    "CONCURRENCY_PER_CLIENT": env_int("KOBOLDCLUSTER_CONCURRENCY_PER_CLIENT", 30, minimum=1),
+    "MAX_N_ANONYMOUS": env_int("KOBOLDCLUSTER_MAX_N_ANONYMOUS", 10, minimum=1),
+    # Reverse proxies whose X-Forwarded-For is believed (addresses or networks, comma-separated).
+    "TRUSTED_PROXIES": parse_networks(os.environ.get("KOBOLDCLUSTER_TRUSTED_PROXIES", "")),
+    # After a wrong password, neither that client nor that account gets another password
+    # checked (a deliberately slow hash) for this long; a wrong password already refused is
+    # remembered (as a keyed digest) for PASSWORD_CACHE_SECONDS and refused at no cost.
+    "PASSWORD_LOCKOUT_SECONDS": env_int("KOBOLDCLUSTER_PASSWORD_LOCKOUT_SECONDS", 5, minimum=1),
+    # After a purge that deleted at least this many prompts, PostgreSQL VACUUMs the prompt
+    # and job tables (README "Privacy"); 0 never.
+    "PURGE_VACUUM_PROMPTS": env_int("KOBOLDCLUSTER_PURGE_VACUUM_PROMPTS", 1000),
+    # Rate limits per client address and per account, fixed windows counted where every
+    # process sees them (koboldcluster/counters.py: this file without REDIS_URL, else Redis).
+    # "off" turns them all off: load tests.
+    "COUNTERS_FILE": os.environ.get("KOBOLDCLUSTER_COUNTERS_FILE")
+    or str(VAR_DIR / "counters.sqlite3"),
     "RATE_LIMITS_ENABLED": env_bool("KOBOLDCLUSTER_RATE_LIMITS", True),
     # A token that /metrics then asks for as `Authorization: Bearer <token>`; empty: open.
     "METRICS_TOKEN": os.environ.get("KOBOLDCLUSTER_METRICS_TOKEN", ""),
@@ -344,6 +388,8 @@ KOBOLDCLUSTER = {
             ("worker", "account"): "60/s",
             ("register", "ip"): "10/hour",
             ("register", "account"): "10/hour",
+            # Accounts a server's first pop creates (or claims): each hashes a password.
+            ("new_account", "ip"): "10/hour",
             # The AI Horde v2 read endpoints (workers, users, status/models, …).
             ("read", "ip"): "90/min",
             ("read", "account"): "off",

@@ -2,19 +2,25 @@
 
 A view opts in by naming its `throttle_scope` ("submit", "status", "worker", "register"); the
 limits are `KOBOLDCLUSTER["RATE_LIMITS"]["<scope>_ip"]` and `["<scope>_account"]`. Each request
-costs one atomic increment per limit (Redis INCR once REDIS_URL is set), so racing requests
-cannot slip past a limit, and every process and machine shares the count. Without Redis each
-web process counts on its own. `KOBOLDCLUSTER_RATE_LIMITS=off` turns every limit off.
+costs one atomic increment per limit (`koboldcluster.counters`: Redis INCR once REDIS_URL is
+set, else an UPSERT in a counter file every process of the machine shares), so racing
+requests cannot slip past a limit, whichever process serves them. Addresses are counted per
+client block (an IPv6 /64) behind trusted proxies only (`koboldcluster.clients`).
+`KOBOLDCLUSTER_RATE_LIMITS=off` turns every limit off.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
 from django.conf import settings
-from django.core.cache import cache
 from rest_framework.throttling import BaseThrottle
+
+from koboldcluster import counters
+from koboldcluster.clients import current_client, request_client
+from koboldcluster.errors import TooManyRequests
 
 
 def rate_limit_hit(bucket: str, rate: tuple[int, int]) -> float | None:
@@ -22,16 +28,32 @@ def rate_limit_hit(bucket: str, rate: tuple[int, int]) -> float | None:
     allowed, seconds = rate
     now = time.time()
     window = int(now // seconds)
-    key = f"ratelimit:{bucket}:{window}"
-    try:
-        used = cache.incr(key)
-    except ValueError:  # the first request of this window
-        # The counter outlives its window a little, so a request that read the clock just
-        # before the window ended never recreates it without an expiry.
-        used = 1 if cache.add(key, 1, seconds + 60) else cache.incr(key)
+    # The counter outlives its window a little, so a request that read the clock just before
+    # the window ended never recreates it without an expiry.
+    used = counters.hit(f"ratelimit:{bucket}:{window}", seconds + 60)
     if used <= allowed:
         return None
     return (window + 1) * seconds - now
+
+
+def client_rate_check(scope: str, what: str) -> None:
+    """Count the current request's client against the `<scope>_ip` limit; 429 beyond it.
+
+    For limits that only a service can tell apply (e.g. a pop that creates an account).
+    Outside a request (no client) nothing is counted.
+    """
+    limits = settings.KOBOLDCLUSTER
+    rate = limits["RATE_LIMITS"].get(f"{scope}_ip")
+    client = current_client()
+    if not limits["RATE_LIMITS_ENABLED"] or rate is None or client is None:
+        return
+    wait = rate_limit_hit(f"{scope}:ip:{client}", rate)
+    if wait is not None:
+        raise TooManyRequests(
+            f"Too many {what} from your address: try again in {math.ceil(wait)} seconds.",
+            rc="TooManyRequests",
+            retry_after=max(1, math.ceil(wait)),
+        )
 
 
 class _WindowThrottle(BaseThrottle):
@@ -60,12 +82,12 @@ class _WindowThrottle(BaseThrottle):
 
 
 class AddressRateThrottle(_WindowThrottle):
-    """Per client address (the peer, or X-Forwarded-For behind KOBOLDCLUSTER_NUM_PROXIES)."""
+    """Per client address block (the peer, or X-Forwarded-For behind trusted proxies)."""
 
     per = "ip"
 
     def ident(self, request: Any) -> str | None:
-        return self.get_ident(request) or None
+        return request_client(request)
 
 
 class AccountRateThrottle(_WindowThrottle):

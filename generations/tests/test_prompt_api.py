@@ -105,7 +105,8 @@ def test_submit_refuses_a_prompt_over_the_size_cap(api, settings):
 
 
 def test_n_cap_is_configurable(api, settings):
-    settings.KOBOLDCLUSTER = {**settings.KOBOLDCLUSTER, "MAX_N": 500}
+    caps = {"MAX_N": 500, "MAX_N_ANONYMOUS": 500, "CONCURRENCY_PER_CLIENT": 500}
+    settings.KOBOLDCLUSTER = {**settings.KOBOLDCLUSTER, **caps}
 
     response = api.post("/generate/prompt", {"prompt": "x", "params": {"n": 500}}, format="json")
 

@@ -1,0 +1,133 @@
+"""Who is on the other end of a request: the client's address, behind trusted proxies only.
+
+The address counts rate limits, password failures and anonymous usage. A client must never
+pick it: `X-Forwarded-For` is believed only when the peer is one of the operator's proxies
+(`KOBOLDCLUSTER_TRUSTED_PROXIES`, addresses or networks), and then only back to the first
+address that is not a trusted proxy. IPv6 clients are counted per /64, the block one
+household or one server usually gets, so that a client cannot become 2^64 clients.
+
+`ClientAddressMiddleware` puts the address block of the request being served in a context
+variable, so that the services (which know nothing of HTTP) can count per client without
+every API adapter passing it along. Outside a request there is no client: `None`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+from collections.abc import Callable
+from contextvars import ContextVar
+from functools import lru_cache
+
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse
+
+# IPv6 clients are counted by the block their provider gives one site.
+IPV6_BLOCK_PREFIX = 64
+
+_current_block: ContextVar[str | None] = ContextVar("client_block", default=None)
+
+
+def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    text = text.strip()
+    if text.startswith("[") and "]" in text:  # [v6]:port
+        text = text[1 : text.index("]")]
+    elif text.count(":") == 1:  # v4:port
+        text = text.split(":")[0]
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        return address.ipv4_mapped
+    return address
+
+
+def _trusted(address: object, proxies: list) -> bool:
+    return any(address in network for network in proxies)
+
+
+def client_address(request: HttpRequest) -> str:
+    """The client's address as the cluster believes it (see the module docstring).
+
+    Without trusted proxies the peer is the client, whatever headers it sends. The legacy
+    `KOBOLDCLUSTER_NUM_PROXIES=N` (no address list) believes the N-th address from the end of
+    `X-Forwarded-For`, from any peer, as before.
+    """
+    peer = request.META.get("REMOTE_ADDR", "") or ""
+    forwarded = [
+        part.strip()
+        for part in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",")
+        if part.strip()
+    ]
+    proxies = settings.KOBOLDCLUSTER["TRUSTED_PROXIES"]
+    if not proxies:
+        count = settings.REST_FRAMEWORK.get("NUM_PROXIES") or 0
+        if count and forwarded:
+            return forwarded[-min(count, len(forwarded))]
+        return peer
+    current = _address(peer)
+    while current is not None and _trusted(current, proxies) and forwarded:
+        hop = forwarded.pop()
+        current = _address(hop)
+        if current is None:  # garbage a client wrote into the header: stop believing it
+            return hop
+    return str(current) if current is not None else peer
+
+
+def address_block(address: str) -> str:
+    """The unit a client is counted by: an IPv4 address, or an IPv6 /64."""
+    parsed = _address(address)
+    if isinstance(parsed, ipaddress.IPv6Address):
+        return str(ipaddress.ip_network(f"{parsed}/{IPV6_BLOCK_PREFIX}", strict=False))
+    return str(parsed) if parsed is not None else address
+
+
+@lru_cache(maxsize=4096)
+def block_digest(block: str) -> str:
+    """A keyed digest of an address block: comparable, but no address is stored anywhere."""
+    key = settings.SECRET_KEY.encode()
+    return hmac.new(key, f"client:{block}".encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def current_client() -> str | None:
+    """The digest of the address block of the request being served (None outside one)."""
+    return _current_block.get()
+
+
+def request_client(request: HttpRequest) -> str:
+    """The digest of `request`'s client block: the key of every per-client count."""
+    return block_digest(address_block(client_address(request)))
+
+
+class ClientAddressMiddleware:
+    """Remember the request's client block for the services (`current_client`).
+
+    Sync and async alike, so that an async stack does not pay a thread hop for it.
+    """
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response: Callable) -> None:
+        self.get_response = get_response
+        if iscoroutinefunction(get_response):
+            markcoroutinefunction(self)
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if iscoroutinefunction(self):
+            return self._acall(request)
+        token = _current_block.set(request_client(request))
+        try:
+            return self.get_response(request)
+        finally:
+            _current_block.reset(token)
+
+    async def _acall(self, request: HttpRequest) -> HttpResponse:
+        token = _current_block.set(request_client(request))
+        try:
+            return await self.get_response(request)
+        finally:
+            _current_block.reset(token)
