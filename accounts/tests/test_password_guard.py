@@ -12,8 +12,8 @@ import pytest
 import requests
 from django.utils import timezone
 
-from accounts.models import User
 from accounts.identity import password_matches
+from accounts.models import User
 from koboldcluster import counters
 
 pytestmark = pytest.mark.django_db

@@ -7,8 +7,8 @@ import uuid
 import pytest
 from django.db import connection
 
-from generations.models import Job, Prompt
 from generations.lifecycle import prompts_purge
+from generations.models import Job, Prompt
 from generations.vacuum import vacuum_after_purge
 
 pytestmark = pytest.mark.django_db(transaction=True)
