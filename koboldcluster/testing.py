@@ -53,6 +53,10 @@ def wait_until(condition, timeout: float = 30, interval: float = 0.1, what: str 
         time.sleep(interval)
 
 
+class ClusterStartError(AssertionError):
+    """The cluster did not become ready; the message has its output."""
+
+
 class ManagedProcess:
     """A child process with its output captured to a temporary file for failure reports."""
 
@@ -106,6 +110,12 @@ def _child_env(extra: dict[str, str]) -> dict[str, str]:
 class ClusterProcess(ManagedProcess):
     """The cluster's web server (gunicorn) on a free port."""
 
+    # Seconds a start may take, however loaded the machine: past it the start fails, with the
+    # process output in the message.
+    start_timeout: float = 120.0
+    # Seconds one `/readyz` probe may take before it counts as a transient failure.
+    probe_timeout: float = 10.0
+
     def __init__(self, env: dict[str, str] | None = None, port: int | None = None) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -128,16 +138,48 @@ class ClusterProcess(ManagedProcess):
         super().__init__(args, _child_env({"KOBOLDCLUSTER_RATE_LIMITS": "off", **(env or {})}))
 
     def start(self) -> None:
+        """Start and wait until `/readyz` says ready."""
         super().start()
-        wait_until(self._answers, timeout=30, what=f"the cluster at {self.url}\n{self.output()}")
+        self.wait_ready(self.start_timeout)
 
-    def _answers(self) -> bool:
-        if not self.running():
-            raise AssertionError(f"the cluster process exited:\n{self.output()}")
-        try:
-            return requests.get(f"{self.url}/servers", timeout=2).status_code == 200
-        except requests.ConnectionError:
-            return False
+    def wait_ready(self, timeout: float) -> None:
+        """Poll `/readyz` until it answers 200, for at most `timeout` seconds in all.
+
+        Every transient failure is retried: connection refused or reset while the server
+        binds and boots, a read timeout on a loaded machine, a 5xx or a 503 "not ready".
+        A 4xx is not transient (another program holds the port) and fails at once.
+        """
+        deadline = time.monotonic() + timeout
+        last = "no answer yet"
+        while True:
+            if not self.running():
+                code = self.process.returncode if self.process else None
+                raise ClusterStartError(
+                    f"the cluster at {self.url} exited (code {code}) before it was ready; "
+                    f"last answer: {last}. Its output:\n{self.output()}"
+                )
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ClusterStartError(
+                    f"the cluster at {self.url} was not ready after {timeout:.0f} s; last answer: "
+                    f"{last}. Its output:\n{self.output()}"
+                )
+            try:
+                response = requests.get(
+                    f"{self.url}/readyz", timeout=min(self.probe_timeout, remaining)
+                )
+            except requests.RequestException as error:
+                last = f"{type(error).__name__}: {error}"
+            else:
+                if response.status_code == 200:
+                    return
+                last = f"{response.status_code} {response.text[:300]}"
+                if response.status_code < 500:
+                    raise ClusterStartError(
+                        f"{self.url}/readyz answered {last}: not this cluster? Its output:\n"
+                        f"{self.output()}"
+                    )
+            time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
 
     def restart(self) -> None:
         self.stop()
