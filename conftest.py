@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import ExitStack
 from typing import Any
 
 import pytest
@@ -140,27 +141,22 @@ def cluster(transactional_db: None, cluster_env: dict[str, str]):
 
     Call `cluster.restart()` to restart it mid-test; it is stopped at teardown.
     """
-    from koboldcluster.testing import ClusterProcess
+    from koboldcluster.testing import ClusterProcess, started
 
-    process = ClusterProcess(cluster_env)
-    process.start()
-    yield process
-    process.stop()
+    with started(ClusterProcess(cluster_env)) as (process,):
+        yield process
 
 
 @pytest.fixture
 def scheduler(transactional_db: None):
     """A factory for a real `manage.py qcluster` process; pass env overrides for short intervals."""
-    from koboldcluster.testing import SchedulerProcess
+    from koboldcluster.testing import SchedulerProcess, started
 
-    started: list[SchedulerProcess] = []
+    with ExitStack() as stack:
 
-    def start(**env: str) -> SchedulerProcess:
-        process = SchedulerProcess(env)
-        process.start()
-        started.append(process)
-        return process
+        def start(**env: str) -> SchedulerProcess:
+            process = SchedulerProcess(env)
+            stack.enter_context(started(process))
+            return process
 
-    yield start
-    for process in started:
-        process.stop()
+        yield start

@@ -14,6 +14,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 from typing import IO
 
@@ -64,6 +66,8 @@ class ManagedProcess:
         self.args = args
         self.env = env
         self.process: subprocess.Popen | None = None
+        # The process group of the last start; it outlives the leader if a child lingers.
+        self.pgid: int | None = None
         self.log: IO[str] = tempfile.NamedTemporaryFile("w+", prefix="e2e-", suffix=".log")  # noqa: SIM115
 
     def start(self) -> None:
@@ -75,22 +79,30 @@ class ManagedProcess:
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: stop() takes all its children
         )
+        self.pgid = self.process.pid
 
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int | None:
+        """Stop the whole process group: `sig` first, SIGKILL after `timeout` seconds.
+
+        Children left in the group after the leader exited (a web server's workers after its
+        master crashed) are killed too.
+        """
         if self.process is None:
             return None
         if self.process.poll() is None:
             try:
-                os.killpg(self.process.pid, sig)
+                os.killpg(self.pgid, sig)
                 self.process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
+                os.killpg(self.pgid, signal.SIGKILL)
                 self.process.wait(timeout=5)
             except ProcessLookupError:
                 pass
+        with suppress(ProcessLookupError):  # nothing left: the usual case
+            os.killpg(self.pgid, signal.SIGKILL)
         code = self.process.returncode
         self.process = None
         return code
@@ -138,9 +150,13 @@ class ClusterProcess(ManagedProcess):
         super().__init__(args, _child_env({"KOBOLDCLUSTER_RATE_LIMITS": "off", **(env or {})}))
 
     def start(self) -> None:
-        """Start and wait until `/readyz` says ready."""
+        """Start and wait until `/readyz` says ready; if it does not, stop it and raise."""
         super().start()
-        self.wait_ready(self.start_timeout)
+        try:
+            self.wait_ready(self.start_timeout)
+        except BaseException:
+            self.stop()
+            raise
 
     def wait_ready(self, timeout: float) -> None:
         """Poll `/readyz` until it answers 200, for at most `timeout` seconds in all.
@@ -200,3 +216,14 @@ class SchedulerProcess(ManagedProcess):
         can stop them in order, and the sentinel then waits about 20 s for them.
         """
         return super().stop(sig, timeout)
+
+
+@contextmanager
+def started(*processes: ManagedProcess) -> Iterator[tuple[ManagedProcess, ...]]:
+    """Start the processes in order; stop every one of them on leaving, whatever happens
+    (a later one failing to start, the test failing, Ctrl-C)."""
+    with ExitStack() as stack:
+        for process in processes:
+            stack.callback(process.stop)
+            process.start()
+        yield processes

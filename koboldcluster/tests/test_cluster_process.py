@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -10,7 +12,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from koboldcluster.testing import ClusterProcess, ClusterStartError
+from koboldcluster.testing import (
+    ClusterProcess,
+    ClusterStartError,
+    ManagedProcess,
+    started,
+    wait_until,
+)
 
 
 class FlakyReadyzDouble(BaseHTTPRequestHandler):
@@ -102,3 +110,74 @@ def test_a_cluster_without_migrations_never_gets_ready(tmp_path):
     assert "was not ready after 8 s" in message
     assert '"failed":["migrations"]' in message.replace(" ", "")
     assert message.split("Its output:\n", 1)[1].strip()  # the server's own log
+
+
+def group_is_gone(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+class NeverStarts(ManagedProcess):
+    """A process whose start fails after it was launched (as a cluster that never gets ready)."""
+
+    def __init__(self) -> None:
+        super().__init__([sys.executable, "-c", "import time; time.sleep(60)"], dict(os.environ))
+
+    def start(self) -> None:
+        super().start()
+        raise ClusterStartError("not ready")
+
+
+def sleeper() -> ManagedProcess:
+    return ManagedProcess([sys.executable, "-c", "import time; time.sleep(60)"], dict(os.environ))
+
+
+def test_a_failed_start_stops_the_processes_already_started():
+    first, second = sleeper(), NeverStarts()
+
+    with pytest.raises(ClusterStartError), started(first, second):
+        pytest.fail("the body must not run")
+
+    assert first.process is None and second.process is None
+    wait_until(lambda: group_is_gone(first.pgid) and group_is_gone(second.pgid), timeout=10)
+
+
+def test_a_failing_test_body_stops_its_processes():
+    process = sleeper()
+
+    with pytest.raises(RuntimeError), started(process):
+        raise RuntimeError("the test failed")
+
+    wait_until(lambda: group_is_gone(process.pgid), timeout=10)
+
+
+def test_children_left_behind_by_an_exited_leader_are_stopped_too(tmp_path):
+    """A web server's master that died leaves its workers in the group: stop() ends them."""
+    pidfile = tmp_path / "child.pid"
+    script = (
+        "import subprocess, sys, pathlib; "
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+        f"pathlib.Path({str(pidfile)!r}).write_text(str(child.pid))"
+    )
+    process = ManagedProcess([sys.executable, "-c", script], dict(os.environ))
+    process.start()
+    wait_until(lambda: pidfile.exists() and pidfile.read_text(), timeout=30)
+    process.process.wait(timeout=30)  # the leader has exited; its child lives on
+
+    process.stop()
+
+    wait_until(lambda: group_is_gone(process.pgid), timeout=10, what="the orphaned child to end")
+
+
+@pytest.mark.e2e
+def test_a_cluster_whose_start_fails_leaves_no_process(tmp_path):
+    process = ClusterProcess({"DATABASE_URL": f"sqlite:///{tmp_path / 'empty.sqlite3'}"})
+    process.start_timeout = 5
+
+    with pytest.raises(ClusterStartError):
+        process.start()
+
+    wait_until(lambda: group_is_gone(process.pgid), timeout=10, what="gunicorn's group to end")
