@@ -138,7 +138,7 @@ APPEND_SLASH = False
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
-        "DIRS": [],
+        "DIRS": [BASE_DIR / "koboldcluster" / "templates"],
         "APP_DIRS": True,
         "OPTIONS": {
             "context_processors": [

@@ -8,7 +8,7 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from koboldcluster import views, views_health
+from koboldcluster import views, views_health, views_home
 
 horde_v2 = [
     path("status/heartbeat", views.HeartbeatView.as_view()),
@@ -20,6 +20,7 @@ horde_v2 = [
 ]
 
 urlpatterns = [
+    path("", views_home.home, name="home"),
     path("admin/", admin.site.urls),
     path("healthz", views_health.HealthView.as_view()),
     path("readyz", views_health.ReadyView.as_view()),
