@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import ExitStack
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from django.core.cache import cache
+from django.utils import timezone
 from rest_framework.test import APIClient
 
 from accounts.models import User
@@ -32,11 +34,19 @@ def no_rate_limits(settings: Any) -> None:
 
 
 @pytest.fixture
-def rate_limits(settings: Any) -> Callable[..., None]:
-    """Turn the rate limits on, with `name="count/period"` overrides (e.g. submit_ip="2/min")."""
+def rate_limits(settings: Any, time_machine: Any) -> Callable[..., None]:
+    """Turn the rate limits on, with `name="count/period"` overrides (e.g. submit_ip="2/min").
+
+    The limits count in fixed windows of the wall clock. So that a test's requests never
+    straddle the end of a window, the clock jumps to the start of the next minute (a ticking
+    fake clock, at most a minute ahead: nothing created before expires).
+    """
 
     def turn_on(**rates: str) -> None:
         from koboldcluster.settings import parse_rate
+
+        next_minute = timezone.now().replace(second=0, microsecond=0) + timedelta(minutes=1)
+        time_machine.move_to(next_minute + timedelta(seconds=1))
 
         limits = settings.KOBOLDCLUSTER
         parsed = {name: parse_rate(rate) for name, rate in rates.items()}
