@@ -135,6 +135,13 @@ def submit_generation(api: APIClient) -> Callable[..., Any]:
     return submit
 
 
+def require_e2e_marker(request: pytest.FixtureRequest) -> None:
+    """Tests that start real processes are marked e2e, so that `pytest -m "not e2e"`
+    (README: Development) stays the fast loop."""
+    if request.node.get_closest_marker("e2e") is None:
+        pytest.fail(f"{request.node.nodeid} starts real processes: mark it @pytest.mark.e2e")
+
+
 @pytest.fixture
 def cluster_env() -> dict[str, str]:
     """Environment overrides for the `cluster` process (e.g. short KOBOLDCLUSTER_* intervals).
@@ -146,11 +153,12 @@ def cluster_env() -> dict[str, str]:
 
 
 @pytest.fixture
-def cluster(transactional_db: None, cluster_env: dict[str, str]):
+def cluster(request: pytest.FixtureRequest, transactional_db: None, cluster_env: dict[str, str]):
     """The cluster served by a real gunicorn process on a free port, on the test database.
 
     Call `cluster.restart()` to restart it mid-test; it is stopped at teardown.
     """
+    require_e2e_marker(request)
     from koboldcluster.testing import ClusterProcess, started
 
     with started(ClusterProcess(cluster_env)) as (process,):
@@ -158,8 +166,9 @@ def cluster(transactional_db: None, cluster_env: dict[str, str]):
 
 
 @pytest.fixture
-def scheduler(transactional_db: None):
+def scheduler(request: pytest.FixtureRequest, transactional_db: None):
     """A factory for a real `manage.py qcluster` process; pass env overrides for short intervals."""
+    require_e2e_marker(request)
     from koboldcluster.testing import SchedulerProcess, started
 
     with ExitStack() as stack:

@@ -564,7 +564,11 @@ def test_status_needs_no_key_and_counts_as_activity(api, horde, carol, time_mach
     assert (gone.status_code, gone.json()["rc"]) == (404, "RequestNotFound")
 
 
-@pytest.mark.parametrize("prompt_id", [str(uuid.uuid4()), "not-a-uuid"])
+@pytest.mark.parametrize(
+    "prompt_id",
+    ["00000000-0000-4000-8000-000000000000", "not-a-uuid"],
+    ids=["unknown", "malformed"],
+)
 def test_status_of_an_unknown_request_is_404(api, prompt_id):
     for response in (api.get(status_url(prompt_id)), api.delete(status_url(prompt_id))):
         assert (response.status_code, response.json()["rc"]) == (404, "RequestNotFound")

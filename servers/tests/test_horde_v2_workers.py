@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from datetime import timedelta
 
 import pytest
@@ -108,7 +107,11 @@ def test_the_owner_and_moderators_see_the_owner_and_pause(api, popped, dave, reg
     assert "owner" not in stranger
 
 
-@pytest.mark.parametrize("server_id", [str(uuid.uuid4()), "not-a-uuid"])
+@pytest.mark.parametrize(
+    "server_id",
+    ["00000000-0000-4000-8000-000000000000", "not-a-uuid"],
+    ids=["unknown", "malformed"],
+)
 def test_an_unknown_worker_is_404(api, server_id):
     response = api.get(f"/api/v2/workers/{server_id}")
 
