@@ -152,7 +152,7 @@ class KaiDoubleProcess:
             env=bridge_env(),
         )
         try:
-            self.process.wait_for("FakeKoboldAI listening on", timeout=15)
+            self.process.wait_for("FakeKoboldAI listening on", timeout=60)
         except BaseException:
             self.process.stop()  # a failed start must not outlive the test
             raise
