@@ -166,33 +166,33 @@ class ClusterProcess(ManagedProcess):
         A 4xx is not transient (another program holds the port) and fails at once.
         """
         deadline = time.monotonic() + timeout
-        last = "no answer yet"
+        answer, error = "none", ""  # the last HTTP answer, and a failure after it if any
         while True:
             if not self.running():
                 code = self.process.returncode if self.process else None
                 raise ClusterStartError(
                     f"the cluster at {self.url} exited (code {code}) before it was ready; "
-                    f"last answer: {last}. Its output:\n{self.output()}"
+                    f"last answer: {answer}{error}. Its output:\n{self.output()}"
                 )
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise ClusterStartError(
                     f"the cluster at {self.url} was not ready after {timeout:.0f} s; last answer: "
-                    f"{last}. Its output:\n{self.output()}"
+                    f"{answer}{error}. Its output:\n{self.output()}"
                 )
             try:
                 response = requests.get(
                     f"{self.url}/readyz", timeout=min(self.probe_timeout, remaining)
                 )
-            except requests.RequestException as error:
-                last = f"{type(error).__name__}: {error}"
+            except requests.RequestException as failure:
+                error = f"; then {type(failure).__name__}: {failure}"
             else:
                 if response.status_code == 200:
                     return
-                last = f"{response.status_code} {response.text[:300]}"
+                answer, error = f"{response.status_code} {response.text[:300]}", ""
                 if response.status_code < 500:
                     raise ClusterStartError(
-                        f"{self.url}/readyz answered {last}: not this cluster? Its output:\n"
+                        f"{self.url}/readyz answered {answer}: not this cluster? Its output:\n"
                         f"{self.output()}"
                     )
             time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))

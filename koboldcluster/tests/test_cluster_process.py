@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+import requests
 
 from koboldcluster.testing import (
     ClusterProcess,
@@ -99,17 +100,28 @@ def test_another_program_on_the_port_fails_at_once(flaky_cluster):
 def test_a_cluster_without_migrations_never_gets_ready(tmp_path):
     """A real gunicorn on an empty database: the failure names the check and shows the log."""
     process = ClusterProcess({"DATABASE_URL": f"sqlite:///{tmp_path / 'empty.sqlite3'}"})
-    process.start_timeout = 8
     try:
+        ManagedProcess.start(process)  # launched, not waited for
+        # However slow the machine is to boot it, it answers 503 once it is up.
+        wait_until(
+            lambda: probe(process.url) == 503, timeout=120, interval=0.2, what="a 503 /readyz"
+        )
         with pytest.raises(ClusterStartError) as failure:
-            process.start()
+            process.wait_ready(timeout=2)
     finally:
         process.stop()
 
     message = str(failure.value)
-    assert "was not ready after 8 s" in message
+    assert "was not ready after 2 s" in message
     assert '"failed":["migrations"]' in message.replace(" ", "")
     assert message.split("Its output:\n", 1)[1].strip()  # the server's own log
+
+
+def probe(url: str) -> int | None:
+    try:
+        return requests.get(f"{url}/readyz", timeout=5).status_code
+    except requests.RequestException:
+        return None
 
 
 def group_is_gone(pgid: int) -> bool:
