@@ -37,7 +37,7 @@ class FlakyReadyzDouble(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         if step == "slow":
-            time.sleep(1.0)
+            time.sleep(3.0)  # past the probe's timeout
             step = 200
         body = b'{"status": "ready"}' if step == 200 else b'{"status": "not ready"}'
         self.send_response(int(step))
@@ -57,7 +57,7 @@ def flaky_cluster() -> Iterator[tuple[ClusterProcess, type[FlakyReadyzDouble]]]:
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     process = ClusterProcess(port=server.server_address[1])
-    process.probe_timeout = 0.3
+    process.probe_timeout = 1.0
     process.running = lambda: True  # the double stands in for the process
     try:
         yield process, handler
@@ -70,9 +70,11 @@ def test_every_transient_failure_is_retried(flaky_cluster):
     process, double = flaky_cluster
     double.script = ["reset", 500, 503, "slow", 502]
 
-    process.wait_ready(timeout=30)
+    process.wait_ready(timeout=60)
 
-    assert double.calls == ["reset", 500, 503, "slow", 502, 200]
+    # A loaded machine may make a quick answer miss the probe's timeout too: more 200s then.
+    assert double.calls[:5] == ["reset", 500, 503, "slow", 502]
+    assert set(double.calls[5:]) == {200}
 
 
 def test_a_start_that_never_gets_ready_fails_saying_why(flaky_cluster):
@@ -81,10 +83,10 @@ def test_a_start_that_never_gets_ready_fails_saying_why(flaky_cluster):
 
     started = time.monotonic()
     with pytest.raises(ClusterStartError) as failure:
-        process.wait_ready(timeout=1)
+        process.wait_ready(timeout=3)
 
-    assert time.monotonic() - started < 10
-    assert "was not ready after 1 s" in str(failure.value)
+    assert time.monotonic() - started < 15
+    assert "was not ready after 3 s" in str(failure.value)
     assert 'last answer: 503 {"status": "not ready"}' in str(failure.value)
 
 
