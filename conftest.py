@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import ExitStack
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from django.core.cache import cache
+from django.utils import timezone
 from rest_framework.test import APIClient
 
 from accounts.models import User
@@ -40,11 +43,19 @@ def no_rate_limits(settings: Any) -> None:
 
 
 @pytest.fixture
-def rate_limits(settings: Any) -> Callable[..., None]:
-    """Turn the rate limits on, with `name="count/period"` overrides (e.g. submit_ip="2/min")."""
+def rate_limits(settings: Any, time_machine: Any) -> Callable[..., None]:
+    """Turn the rate limits on, with `name="count/period"` overrides (e.g. submit_ip="2/min").
+
+    The limits count in fixed windows of the wall clock. So that a test's requests never
+    straddle the end of a window, the clock jumps to the start of the next minute (a ticking
+    fake clock, at most a minute ahead: nothing created before expires).
+    """
 
     def turn_on(**rates: str) -> None:
         from koboldcluster.settings import parse_rate
+
+        next_minute = timezone.now().replace(second=0, microsecond=0) + timedelta(minutes=1)
+        time_machine.move_to(next_minute + timedelta(seconds=1))
 
         limits = settings.KOBOLDCLUSTER
         parsed = {name: parse_rate(rate) for name, rate in rates.items()}
@@ -157,6 +168,13 @@ def submit_generation(api: APIClient) -> Callable[..., Any]:
     return submit
 
 
+def require_e2e_marker(request: pytest.FixtureRequest) -> None:
+    """Tests that start real processes are marked e2e, so that `pytest -m "not e2e"`
+    (README: Development) stays the fast loop."""
+    if request.node.get_closest_marker("e2e") is None:
+        pytest.fail(f"{request.node.nodeid} starts real processes: mark it @pytest.mark.e2e")
+
+
 @pytest.fixture
 def cluster_env() -> dict[str, str]:
     """Environment overrides for the `cluster` process (e.g. short KOBOLDCLUSTER_* intervals).
@@ -168,34 +186,29 @@ def cluster_env() -> dict[str, str]:
 
 
 @pytest.fixture
-def cluster(transactional_db: None, cluster_env: dict[str, str]):
+def cluster(request: pytest.FixtureRequest, transactional_db: None, cluster_env: dict[str, str]):
     """The cluster served by a real gunicorn process on a free port, on the test database.
 
     Call `cluster.restart()` to restart it mid-test; it is stopped at teardown.
     """
-    from koboldcluster.testing import ClusterProcess
+    require_e2e_marker(request)
+    from koboldcluster.testing import ClusterProcess, started
 
-    process = ClusterProcess(cluster_env)
-    try:
-        process.start()
+    with started(ClusterProcess(cluster_env)) as (process,):
         yield process
-    finally:
-        process.stop()  # also when it failed to start: its process is still running
 
 
 @pytest.fixture
-def scheduler(transactional_db: None):
+def scheduler(request: pytest.FixtureRequest, transactional_db: None):
     """A factory for a real `manage.py qcluster` process; pass env overrides for short intervals."""
-    from koboldcluster.testing import SchedulerProcess
+    require_e2e_marker(request)
+    from koboldcluster.testing import SchedulerProcess, started
 
-    started: list[SchedulerProcess] = []
+    with ExitStack() as stack:
 
-    def start(**env: str) -> SchedulerProcess:
-        process = SchedulerProcess(env)
-        process.start()
-        started.append(process)
-        return process
+        def start(**env: str) -> SchedulerProcess:
+            process = SchedulerProcess(env)
+            stack.enter_context(started(process))
+            return process
 
-    yield start
-    for process in started:
-        process.stop()
+        yield start

@@ -262,7 +262,11 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": (
         "Two APIs over one queue and one ledger: the original KoboldAI cluster API (`/generate/…`, "
         "`/servers`, `/usage`, `/contributions`) and the AI Horde v2 text API (`/api/v2/…`), so "
-        "horde-sdk, KoboldAI Lite, SillyTavern and AI Horde bridges work unchanged.\n\n"
+        "AI Horde clients that take a base URL work once pointed here: horde-sdk "
+        "(`AI_HORDE_URL=<this address>/api/`), the JavaScript client `@zeldafan0225/ai_horde` "
+        "(`api_route: <this address>/api/v2`) and AI Horde bridges. KoboldAI Lite and "
+        "SillyTavern have the AI Horde's address written into their code: they need their "
+        "source changed to use this cluster.\n\n"
         "**Kudos are tokens.** A user's `kudos` is their balance in tokens: the tokens their "
         "servers generated for others, minus the tokens their requests received, plus kudos "
         "transfers received, minus those sent. A submit's `reward` is the tokens of that "

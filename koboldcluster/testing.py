@@ -14,6 +14,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 from typing import IO
 
@@ -53,6 +55,10 @@ def wait_until(condition, timeout: float = 30, interval: float = 0.1, what: str 
         time.sleep(interval)
 
 
+class ClusterStartError(AssertionError):
+    """The cluster did not become ready; the message has its output."""
+
+
 class ManagedProcess:
     """A child process with its output captured to a temporary file for failure reports."""
 
@@ -60,6 +66,8 @@ class ManagedProcess:
         self.args = args
         self.env = env
         self.process: subprocess.Popen | None = None
+        # The process group of the last start; it outlives the leader if a child lingers.
+        self.pgid: int | None = None
         self.log: IO[str] = tempfile.NamedTemporaryFile("w+", prefix="e2e-", suffix=".log")  # noqa: SIM115
 
     def start(self) -> None:
@@ -71,22 +79,30 @@ class ManagedProcess:
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: stop() takes all its children
         )
+        self.pgid = self.process.pid
 
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int | None:
+        """Stop the whole process group: `sig` first, SIGKILL after `timeout` seconds.
+
+        Children left in the group after the leader exited (a web server's workers after its
+        master crashed) are killed too.
+        """
         if self.process is None:
             return None
         if self.process.poll() is None:
             try:
-                os.killpg(self.process.pid, sig)
+                os.killpg(self.pgid, sig)
                 self.process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
+                os.killpg(self.pgid, signal.SIGKILL)
                 self.process.wait(timeout=5)
             except ProcessLookupError:
                 pass
+        with suppress(ProcessLookupError):  # nothing left: the usual case
+            os.killpg(self.pgid, signal.SIGKILL)
         code = self.process.returncode
         self.process = None
         return code
@@ -105,6 +121,12 @@ def _child_env(extra: dict[str, str]) -> dict[str, str]:
 
 class ClusterProcess(ManagedProcess):
     """The cluster's web server (gunicorn) on a free port."""
+
+    # Seconds a start may take, however loaded the machine: past it the start fails, with the
+    # process output in the message.
+    start_timeout: float = 120.0
+    # Seconds one `/readyz` probe may take before it counts as a transient failure.
+    probe_timeout: float = 10.0
 
     def __init__(self, env: dict[str, str] | None = None, port: int | None = None) -> None:
         self.port = port or free_port()
@@ -128,16 +150,52 @@ class ClusterProcess(ManagedProcess):
         super().__init__(args, _child_env({"KOBOLDCLUSTER_RATE_LIMITS": "off", **(env or {})}))
 
     def start(self) -> None:
+        """Start and wait until `/readyz` says ready; if it does not, stop it and raise."""
         super().start()
-        wait_until(self._answers, timeout=30, what=f"the cluster at {self.url}\n{self.output()}")
-
-    def _answers(self) -> bool:
-        if not self.running():
-            raise AssertionError(f"the cluster process exited:\n{self.output()}")
         try:
-            return requests.get(f"{self.url}/servers", timeout=2).status_code == 200
-        except requests.RequestException:  # not listening yet, or its worker still starting
-            return False
+            self.wait_ready(self.start_timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def wait_ready(self, timeout: float) -> None:
+        """Poll `/readyz` until it answers 200, for at most `timeout` seconds in all.
+
+        Every transient failure is retried: connection refused or reset while the server
+        binds and boots, a read timeout on a loaded machine, a 5xx or a 503 "not ready".
+        A 4xx is not transient (another program holds the port) and fails at once.
+        """
+        deadline = time.monotonic() + timeout
+        answer, error = "none", ""  # the last HTTP answer, and a failure after it if any
+        while True:
+            if not self.running():
+                code = self.process.returncode if self.process else None
+                raise ClusterStartError(
+                    f"the cluster at {self.url} exited (code {code}) before it was ready; "
+                    f"last answer: {answer}{error}. Its output:\n{self.output()}"
+                )
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ClusterStartError(
+                    f"the cluster at {self.url} was not ready after {timeout:.0f} s; last answer: "
+                    f"{answer}{error}. Its output:\n{self.output()}"
+                )
+            try:
+                response = requests.get(
+                    f"{self.url}/readyz", timeout=min(self.probe_timeout, remaining)
+                )
+            except requests.RequestException as failure:
+                error = f"; then {type(failure).__name__}: {failure}"
+            else:
+                if response.status_code == 200:
+                    return
+                answer, error = f"{response.status_code} {response.text[:300]}", ""
+                if response.status_code < 500:
+                    raise ClusterStartError(
+                        f"{self.url}/readyz answered {answer}: not this cluster? Its output:\n"
+                        f"{self.output()}"
+                    )
+            time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
 
     def restart(self) -> None:
         self.stop()
@@ -158,3 +216,14 @@ class SchedulerProcess(ManagedProcess):
         can stop them in order, and the sentinel then waits about 20 s for them.
         """
         return super().stop(sig, timeout)
+
+
+@contextmanager
+def started(*processes: ManagedProcess) -> Iterator[tuple[ManagedProcess, ...]]:
+    """Start the processes in order; stop every one of them on leaving, whatever happens
+    (a later one failing to start, the test failing, Ctrl-C)."""
+    with ExitStack() as stack:
+        for process in processes:
+            stack.callback(process.stop)
+            process.start()
+        yield processes

@@ -10,6 +10,8 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from koboldcluster import views_health
+
 horde_v2 = [
     path("", include("generations.urls_v2")),
     path("", include("servers.urls_v2")),
@@ -19,6 +21,8 @@ horde_v2 = [
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("healthz", views_health.HealthView.as_view()),
+    path("readyz", views_health.ReadyView.as_view()),
     path("", include("generations.urls")),
     path("", include("servers.urls")),
     path("", include("accounts.urls")),

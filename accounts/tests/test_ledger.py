@@ -31,13 +31,16 @@ def record(user_a, user_b, tokens, created, job_id=None):
 
 @pytest.mark.django_db
 def test_fold_moves_settled_entries_and_totals_stay_exact(alice, bob):
-    long_ago = timezone.now() - timedelta(hours=1)
+    # One reading of the clock: a fold that read it again could come more than the fold lag
+    # (30 s) later on a loaded machine and find the fresh entry settled.
+    now = timezone.now()
+    long_ago = now - timedelta(hours=1)
     record(alice, bob, 10, long_ago)
     record(alice, bob, 5, long_ago)
-    record(bob, alice, 3, timezone.now())  # too fresh to fold
+    record(bob, alice, 3, now)  # too fresh to fold
     before = user_totals()
 
-    folded = ledger_fold()
+    folded = ledger_fold(now=now)
 
     assert folded == 4
     assert Balance.objects.get(user=alice).tokens_used == 15

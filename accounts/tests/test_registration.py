@@ -153,3 +153,13 @@ def test_createapikey_refuses_bad_names(name):
     with pytest.raises(CommandError):
         call_command("createapikey", name, stdout=StringIO(), stderr=StringIO())
     assert not ApiKey.objects.exists()
+
+
+def test_the_key_page_says_only_what_is_true_of_each_client(client):
+    """Lite and SillyTavern have no setting for the Horde's address: the page must not say so."""
+    page = client.post("/register", {"username": "dora"}).content.decode()
+
+    assert "set the Horde URL" not in page
+    assert "AI_HORDE_URL=http://testserver/api/" in page
+    assert 'new AIHorde({api_route: "http://testserver/api/v2"})' in page
+    assert "KoboldAI Lite and SillyTavern have the AI Horde's address written into" in page

@@ -151,7 +151,11 @@ class KaiDoubleProcess:
             cwd=self.cwd,
             env=bridge_env(),
         )
-        self.process.wait_for("FakeKoboldAI listening on", timeout=15)
+        try:
+            self.process.wait_for("FakeKoboldAI listening on", timeout=60)
+        except BaseException:
+            self.process.stop()  # a failed start must not outlive the test
+            raise
         return self
 
     def control(self, **changes: Any) -> dict[str, Any]:

@@ -186,7 +186,7 @@ def test_death_mid_generation_and_revival(kai):
     started = time.monotonic()
     with pytest.raises(KoboldUnreachable, match="connection lost"):
         client.generate(JOB)
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started < 4  # not the 5 s the generation would take
     with pytest.raises(KoboldUnreachable, match="connection refused"):
         client.model_info()
     kai.delay = 0.0

@@ -229,7 +229,7 @@ def test_second_ctrl_c_quits_at_once(run_bridge, scripted_cluster, kai):
     started = time.monotonic()
     bridge.interrupt()
     assert bridge.wait() == 130
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 20  # not the 30 s the generation would take
     assert "quit at once: 0 jobs done" in bridge.lines[-1]
     assert scripted_cluster.submitted == {}
 
@@ -266,18 +266,19 @@ def test_log_prompts_shows_prompt_and_text(run_bridge, scripted_cluster):
 
 
 def test_threads_serve_jobs_concurrently(run_bridge, scripted_cluster, kai):
-    kai.delay = 0.4
+    kai.delay = 1.0
+    for number in range(6):
+        scripted_cluster.add_job(f"{number:08d}-0000-4000-8000-000000000000", f"prompt {number}")
     bridge = run_bridge("--threads", "3")
     bridge.wait_for("ready; Ctrl-C to stop")  # start-up (backend detection) is not timed
     started = time.monotonic()
-    for number in range(6):
-        scripted_cluster.add_job(f"{number:08d}-0000-4000-8000-000000000000", f"prompt {number}")
     bridge.wait_until(lambda: len(scripted_cluster.submitted) == 6, "six submits")
     elapsed = time.monotonic() - started
     bridge.interrupt()
     assert bridge.wait() == 0
-    # Six 0.4 s jobs one at a time would take 2.4 s.
-    assert elapsed < 2.0
+    # Six 1 s jobs one at a time take at least 6 s; three at a time about 2 s, plus whatever
+    # a loaded machine adds.
+    assert elapsed < 5.0
     assert all(body["threads"] == 3 for path, _, body in scripted_cluster.requests if "pop" in path)
     assert "[worker-" in bridge.output
 

@@ -551,19 +551,24 @@ def test_submit_for_another_accounts_server_is_403(horde, carol, dave, register)
 
 
 def test_status_needs_no_key_and_counts_as_activity(api, horde, carol, time_machine):
-    prompt_id = horde.ask(carol[1])
     start = timezone.now()
+    time_machine.move_to(start, tick=False)  # the prompt is born on the fake clock too
+    prompt_id = horde.ask(carol[1])
 
     for minute in (8, 16, 24):
-        time_machine.move_to(start + timedelta(minutes=minute))
+        time_machine.move_to(start + timedelta(minutes=minute), tick=False)
         assert api.get(status_url(prompt_id)).status_code == 200
-    time_machine.move_to(start + timedelta(minutes=35))
+    time_machine.move_to(start + timedelta(minutes=35), tick=False)
 
     gone = api.get(status_url(prompt_id))
     assert (gone.status_code, gone.json()["rc"]) == (404, "RequestNotFound")
 
 
-@pytest.mark.parametrize("prompt_id", [str(uuid.uuid4()), "not-a-uuid"])
+@pytest.mark.parametrize(
+    "prompt_id",
+    ["00000000-0000-4000-8000-000000000000", "not-a-uuid"],
+    ids=["unknown", "malformed"],
+)
 def test_status_of_an_unknown_request_is_404(api, prompt_id):
     for response in (api.get(status_url(prompt_id)), api.delete(status_url(prompt_id))):
         assert (response.status_code, response.json()["rc"]) == (404, "RequestNotFound")

@@ -6,11 +6,12 @@ while the SDK's worker-side request models pop and submit the job; then it reads
 workers and status and sends kudos. Every answer must parse in the SDK's pydantic models.
 
 The suite's interpreter gets the horde-sdk its Python allows (0.18.0 on 3.11); the newest
-release (0.33.3) needs Python 3.12 and runs from a venv made once under var/.
+release (0.33.3) needs Python 3.12 and runs from a venv made once in ~/.cache/koboldcluster/.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -19,7 +20,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from django.conf import settings
 
 from accounts.models import LedgerEntry
 from generations.models import Prompt
@@ -46,9 +46,27 @@ def python312() -> str | None:
     return None
 
 
+def sdk_cache() -> Path:
+    """Where the newest SDK's venv is kept: the user's cache, shared by every checkout (a
+    fresh clone need not spend a minute or two installing it again)."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "koboldcluster"
+
+
 def newest_sdk_python(interpreter: str) -> str:
-    """A venv with the newest horde-sdk, made once under var/ and reused."""
-    venv = Path(settings.VAR_DIR) / "horde-sdk-0.33.3-venv"
+    """A venv with the newest horde-sdk, made once in the user's cache and reused.
+
+    A lock file keeps two test runs (parallel workers, two checkouts) from building it at
+    the same time.
+    """
+    cache = sdk_cache()
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / "horde-sdk.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _newest_sdk_venv(interpreter, cache / "horde-sdk-0.33.3-venv")
+
+
+def _newest_sdk_venv(interpreter: str, venv: Path) -> str:
     python = venv / "bin" / "python"
     stamp = venv / ".installed"
     if not stamp.exists():
@@ -165,11 +183,16 @@ def test_horde_sdk_of_this_python_is_served(cluster, register, tmp_path):
     assert_the_sdk_was_served(report, users)
 
 
-def test_the_newest_horde_sdk_is_served(cluster, register, tmp_path):
+@pytest.fixture
+def newest_sdk() -> str:
+    """The newest SDK's interpreter, built before the cluster starts (not while it idles)."""
     interpreter = python312()
     if interpreter is None:
         pytest.skip("horde-sdk 0.33.3 needs Python >= 3.12: none found (set KOBOLDCLUSTER_PY312)")
+    return newest_sdk_python(interpreter)
 
-    report, users = run_sdk(newest_sdk_python(interpreter), cluster, register, tmp_path)
+
+def test_the_newest_horde_sdk_is_served(newest_sdk, cluster, register, tmp_path):
+    report, users = run_sdk(newest_sdk, cluster, register, tmp_path)
 
     assert_the_sdk_was_served(report, users)

@@ -149,6 +149,14 @@ def test_the_schema_describes_both_apis(client):
     assert "params" in schema["components"]["schemas"][component]["properties"]
 
 
+def test_the_docs_do_not_promise_that_lite_and_sillytavern_can_be_pointed_here(client):
+    description = client.get("/api/schema?format=json").json()["info"]["description"]
+
+    assert "work unchanged" not in description
+    assert "`@zeldafan0225/ai_horde` (`api_route: <this address>/api/v2`)" in description
+    assert "KoboldAI Lite and SillyTavern have the AI Horde's address written into" in description
+
+
 def test_the_schema_generates_without_warnings(tmp_path):
     call_command("spectacular", "--fail-on-warn", "--file", str(tmp_path / "schema.yaml"))
 

@@ -211,7 +211,7 @@ def test_bad_rates_stop_the_cluster_from_starting(monkeypatch, text):
 @pytest.mark.e2e
 def test_processes_sharing_redis_share_the_count(transactional_db):
     """Two web servers with one REDIS_URL count each address once, as a cluster of machines."""
-    from koboldcluster.testing import ClusterProcess
+    from koboldcluster.testing import ClusterProcess, started
 
     env = {
         "REDIS_URL": "redis://127.0.0.1:6379/15",
@@ -222,18 +222,12 @@ def test_processes_sharing_redis_share_the_count(transactional_db):
     # An address of its own (as a proxy would forward it), so that no other test run on this
     # machine adds to its count in Redis.
     headers = {"X-Forwarded-For": f"test-{uuid.uuid4()}"}
-    first, second = ClusterProcess(env), ClusterProcess(env)
-    first.start()
-    second.start()
-    try:
+    with started(ClusterProcess(env), ClusterProcess(env)) as (first, second):
         statuses = [
             requests.post(
                 f"{process.url}/generate/prompt", json=PROMPT, headers=headers, timeout=10
             ).status_code
             for process in (first, second, first, second)
         ]
-    finally:
-        first.stop()
-        second.stop()
 
     assert statuses == [200, 200, 200, 429]
