@@ -136,7 +136,7 @@ def cluster_env() -> dict[str, str]:
 
 @pytest.fixture
 def cluster(transactional_db: None, cluster_env: dict[str, str]):
-    """The cluster served by a real gunicorn process on a free port, on the test database.
+    """The cluster served by a real web server process (as run.sh) on a free port, on the test DB.
 
     Call `cluster.restart()` to restart it mid-test; it is stopped at teardown.
     """

@@ -30,6 +30,7 @@ from generations.models import (
     PromptWorker,
     count_tokens,
 )
+from koboldcluster import wakeups
 from koboldcluster.errors import BadRequest, Forbidden, NotFound, TooManyRequests
 from servers.models import Server
 
@@ -134,6 +135,7 @@ def prompt_create(*, user: User, request: GenerationRequest, now: datetime | Non
         PromptWorker.objects.bulk_create(
             PromptWorker(prompt=prompt, server_id=i) for i in server_ids
         )
+        wakeups.notify_on_commit(wakeups.QUEUE)
     logger.info(
         "prompt %s queued: user=%s n=%s max_length=%s max_context_length=%s models=%s",
         prompt.id,
@@ -412,6 +414,7 @@ def job_submit(
         Prompt.objects.filter(id=job.prompt_id).update(
             last_activity=now, expires_at=now + _expiry()
         )
+        wakeups.notify_on_commit(wakeups.topic_for_prompt(job.prompt_id))
     logger.info("job %s done by server %s: %s tokens", job.id, job.server_id, tokens)
     return tokens
 
@@ -477,6 +480,8 @@ def job_fault(*, job: Job, now: datetime | None = None) -> None:
 
 def slot_return(*, prompt_id: object, now: datetime) -> None:
     """Give a failed job's slot back; the MAX_JOB_FAILURES-th failure faults the prompt."""
+    wakeups.notify_on_commit(wakeups.QUEUE)
+    wakeups.notify_on_commit(wakeups.topic_for_prompt(prompt_id))
     Prompt.objects.filter(id=prompt_id, state=Prompt.State.LIVE).update(
         waiting=F("waiting") + 1, faulted_jobs=F("faulted_jobs") + 1, last_activity=now
     )
@@ -665,6 +670,7 @@ def prompt_cancel(
         state=Prompt.State.CANCELLED, waiting=0, last_activity=now, expires_at=now + _expiry()
     )
     prompt.refresh_from_db()
+    wakeups.notify_on_commit(wakeups.topic_for_prompt(prompt.id))
     logger.info("prompt %s cancelled", prompt.id)
     status = _status(prompt)
     if outlook:

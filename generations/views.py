@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from drf_spectacular.utils import extend_schema
@@ -17,6 +18,7 @@ from accounts.services import (
     user_for_server,
     verify_owner,
 )
+from generations.long_poll import PopAttempt, WaitField, respond
 from generations.serializers import GenerationParamsSerializer, PromptTextField, split_params
 from generations.services import (
     GenerationRequest,
@@ -36,6 +38,7 @@ from koboldcluster.fields import (
     optional_text,
 )
 from koboldcluster.openapi import KUDOS_ARE_TOKENS, error, shape
+from servers.models import Server
 from servers.services import CheckIn, server_check_in
 
 ORIGINAL = ["Original cluster API"]
@@ -158,6 +161,7 @@ class PopView(APIView):
         max_context_length = StrictIntegerField(min_value=1, required=False, allow_null=True)
         bridge_agent = optional_text(max_length=1000)
         threads = StrictIntegerField(min_value=1, max_value=50, default=1)
+        wait = WaitField()
         # Users served first: `alias#id` (the AI Horde's form) or plain usernames.
         priority_usernames = StringListField(
             required=False,
@@ -175,7 +179,8 @@ class PopView(APIView):
         tags=ORIGINAL,
         summary="A server asks for work",
         description="The first pop with a new `username` creates that account with the "
-        "password; an `apikey` header replaces both. Without work: `{id: null, skipped}`.",
+        "password; an `apikey` header replaces both. Without work: `{id: null, skipped}`; "
+        "with `wait`, only once no job arrived within that many seconds.",
         request=Input,
         responses={
             200: shape(
@@ -208,7 +213,13 @@ class PopView(APIView):
         )
         first = priority_user_ids(data.get("priority_usernames") or [])
         server = server_check_in(owner=owner, check_in=check_in)
-        result = job_pop(server=server, priority_user_ids=first)
+        attempt = partial(self.pop, server=server, priority_user_ids=first)
+        return respond(attempt(), wait=data["wait"], attempt=attempt)
+
+    @staticmethod
+    def pop(*, server: Server, priority_user_ids: list[int]) -> PopAttempt:
+        """One try: a job for `server`, or why there is none (long_poll may repeat it)."""
+        result = job_pop(server=server, priority_user_ids=priority_user_ids)
         if result.job is None:
             # The original API's three reasons, in its spelling ({} for a paused server).
             names = {"model": "models", "max_content_length": "max_context_length"}
@@ -217,10 +228,9 @@ class PopView(APIView):
                 for name in ("model", "max_content_length", "max_length")
                 if result.skipped
             }
-            return Response({"id": None, "skipped": skipped})
-        return Response(
-            {"id": str(result.job.id), "payload": result.job.payload(), "ttl": result.ttl}
-        )
+            return PopAttempt.of(result, {"id": None, "skipped": skipped})
+        body = {"id": str(result.job.id), "payload": result.job.payload(), "ttl": result.ttl}
+        return PopAttempt.of(result, body)
 
 
 class GenerationField(StrictCharField):

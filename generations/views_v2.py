@@ -6,6 +6,7 @@ the original pop, and the other way round. What differs is only the wire format.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from drf_spectacular.utils import OpenApiResponse, extend_schema
@@ -22,6 +23,7 @@ from accounts.services import (
     user_for_server,
     verify_owner,
 )
+from generations.long_poll import PopAttempt, WaitField, respond
 from generations.models import Job
 from generations.selectors import queue_load
 from generations.serializers import HordeParamsSerializer, PromptTextField, split_params
@@ -55,6 +57,7 @@ from koboldcluster.openapi import (
     error,
     shape,
 )
+from servers.models import Server
 from servers.services import CheckIn, server_check_in
 
 # The most servers a request may name (the AI Horde uses the first five).
@@ -439,13 +442,15 @@ class TextPopView(APIView):
             min_value=1, max_value=20, default=1, help_text="The most jobs to take at once."
         )
         nsfw = OptionField(True)
+        wait = WaitField()
 
     @extend_schema(
         operation_id="horde_text_pop",
         tags=["AI Horde v2: servers"],
         summary="A server asks for work",
         description="Checks the server in (creating it for the key's account on its first pop) "
-        "and hands out up to `amount` jobs of one request. Every key is always present.",
+        "and hands out up to `amount` jobs of one request. Every key is always present. With "
+        "`wait`, a pop without work is held up to that many seconds until a job arrives.",
         parameters=[APIKEY_HEADER_REQUIRED],
         request=Input,
         responses={
@@ -471,7 +476,13 @@ class TextPopView(APIView):
         )
         first = priority_user_ids(data.get("priority_usernames") or [])
         server = server_check_in(owner=owner, check_in=check_in)
-        result = job_pop(server=server, priority_user_ids=first, amount=data["amount"])
+        attempt = partial(self.pop, server=server, priority_user_ids=first, amount=data["amount"])
+        return respond(attempt(), wait=data["wait"], attempt=attempt)
+
+    @staticmethod
+    def pop(*, server: Server, priority_user_ids: list[int], amount: int) -> PopAttempt:
+        """One try: jobs for `server`, or why there are none (long_poll may repeat it)."""
+        result = job_pop(server=server, priority_user_ids=priority_user_ids, amount=amount)
         body: dict[str, Any] = {
             "id": None,
             "ids": [],
@@ -495,7 +506,7 @@ class TextPopView(APIView):
                 softprompt=job.prompt.softprompt,
                 ttl=result.ttl,
             )
-        return Response(body)
+        return PopAttempt.of(result, body)
 
 
 class GenMetadataInput(serializers.Serializer):

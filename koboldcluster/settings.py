@@ -120,7 +120,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
-    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "koboldcluster.middleware.StaticFilesMiddleware",
     "koboldcluster.middleware.ApiMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -132,6 +132,7 @@ MIDDLEWARE = [
 
 ROOT_URLCONF = "koboldcluster.urls"
 WSGI_APPLICATION = "koboldcluster.wsgi.application"
+ASGI_APPLICATION = "koboldcluster.asgi.application"
 # API clients POST to exact paths; a redirect to a slashed URL would turn their POST into a GET.
 APPEND_SLASH = False
 
@@ -288,6 +289,10 @@ KOBOLDCLUSTER = {
     "MAX_LENGTH": env_int("KOBOLDCLUSTER_MAX_LENGTH", 4096, minimum=1),
     "MAX_CONTEXT_LENGTH": env_int("KOBOLDCLUSTER_MAX_CONTEXT_LENGTH", 1048576, minimum=1),
     "MAX_PROMPT_CHARS": env_int("KOBOLDCLUSTER_MAX_PROMPT_CHARS", 100_000, minimum=1),
+    # The longest a pop may wait for work (`wait`, seconds; the API accepts 0–30).
+    "POP_WAIT_MAX_SECONDS": min(env_int("KOBOLDCLUSTER_POP_WAIT_MAX_SECONDS", 30), 30),
+    # Waiting requests re-check this often (seconds) whether they missed a wake-up.
+    "WAKEUP_RECHECK_SECONDS": env_float("KOBOLDCLUSTER_WAKEUP_RECHECK_SECONDS", 3.0),
     # Failed or abandoned jobs after which a prompt is given up as faulted.
     "MAX_JOB_FAILURES": env_int("KOBOLDCLUSTER_MAX_JOB_FAILURES", 3, minimum=1),
     # A server slower than this (tokens per second, measured; 0 until its first job) does not
