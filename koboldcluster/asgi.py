@@ -9,5 +9,7 @@ import os
 from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "koboldcluster.settings")
+# Tells settings.py to give each web process a database connection pool (PostgreSQL).
+os.environ["KOBOLDCLUSTER_SERVING"] = "asgi"
 
 application = get_asgi_application()

@@ -171,6 +171,14 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["TEST"] = {
         "NAME": os.environ.get("KOBOLDCLUSTER_TEST_SQLITE") or str(VAR_DIR / "test-db.sqlite3")
     }
+elif os.environ.get("KOBOLDCLUSTER_SERVING") == "asgi":  # set by koboldcluster/asgi.py
+    # Under ASGI every request runs its synchronous part in a thread of its own, so a
+    # persistent connection per thread would never be reused: each web process keeps a pool,
+    # and a request takes a connection from it and gives it back when it ends (or starts to
+    # wait). Only the web processes: qcluster forks its workers, and a pool must not be forked.
+    DATABASES["default"]["OPTIONS"] = {
+        "pool": {"min_size": 1, "max_size": env_int("DB_POOL_SIZE", 20, minimum=1), "timeout": 10}
+    }
 else:
     DATABASES["default"]["CONN_MAX_AGE"] = env_int("CONN_MAX_AGE", 60)
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True

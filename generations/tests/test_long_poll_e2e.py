@@ -76,4 +76,3 @@ def test_a_prompt_posted_to_one_node_wakes_a_pop_waiting_on_the_other(two_nodes)
     assert created.status_code == 200, created.text
     assert answer["body"]["id"] is not None, answer
     assert answer["at"] - posted < DISPATCH_BOUND, node_b.output()
-
