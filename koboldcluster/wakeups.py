@@ -176,7 +176,11 @@ class _Hub:
             for listener in waiting:
                 listener.event.set()
             return
-        # A new round: every waiter not busy with an earlier wake-up, oldest first.
+        # A waiter busy with an earlier wake-up may have read the queue before this change:
+        # it tries again. Then a new round: the others, oldest first.
+        for listener in waiting:
+            if listener.holding:
+                listener.event.set()
         self.rounds[topic] = deque(w for w in waiting if not w.holding and not w.pending)
         self._wake_next(topic)
 
