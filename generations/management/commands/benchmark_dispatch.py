@@ -63,18 +63,42 @@ class Command(BaseCommand):
                     f"max {millis[-1]:.1f} ms ({prompts} prompts)"
                 )
             if idle_seconds:
-                time.sleep(POP_WAIT + 1)  # every server is back to an ordinary wait
-                before, started = process_group_cpu(web.process.pid), time.monotonic()
-                time.sleep(idle_seconds)
-                used = process_group_cpu(web.process.pid) - before
-                share = 100 * used / (time.monotonic() - started)
-                self.stdout.write(
-                    f"  {count:>4} servers waiting idle for {idle_seconds} s: web server CPU "
-                    f"{used:.2f} s = {share:.2f} % of a core"
-                )
+                self._idle(web, fleet, count, idle_seconds)
         finally:
             fleet.stop()
             web.stop()
+
+    def _idle(self, web: Any, fleet: Fleet, count: int, seconds: int) -> None:
+        """CPU of the web server while the servers wait with nothing to do, and how much of
+        it their re-pops (one per server every POP_WAIT seconds) explain."""
+        time.sleep(POP_WAIT + 1)  # the dispatch rounds' pops have all come back
+        pops_before, cpu_before = fleet.answers, process_group_cpu(web.process.pid)
+        started = time.monotonic()
+        time.sleep(seconds)
+        used = process_group_cpu(web.process.pid) - cpu_before
+        elapsed = time.monotonic() - started
+        pops = fleet.answers - pops_before
+        per_pop = empty_pop_cpu(web)
+        waiting = max(used - pops * per_pop, 0)
+        self.stdout.write(
+            f"  {count:>4} servers waiting idle for {seconds} s: web server CPU {used:.2f} s = "
+            f"{100 * used / elapsed:.2f} % of a core; {pops} re-pops (wait {POP_WAIT} s) at "
+            f"{1000 * per_pop:.1f} ms each (an empty pop, measured alone) explain "
+            f"{used - waiting:.2f} s; the waiting itself {waiting:.2f} s = "
+            f"{100 * waiting / elapsed:.2f} % of a core"
+        )
+
+
+def empty_pop_cpu(web: Any, rounds: int = 100) -> float:
+    """CPU seconds of the web server per empty pop without `wait`, one at a time."""
+    session = requests.Session()
+    body = {"username": "bench-owner", "password": "bench-pass", "model": "bench"}
+    body["name"] = "bench-alone"
+    session.post(f"{web.url}/generate/pop", json=body, timeout=10)
+    before = process_group_cpu(web.process.pid)
+    for _ in range(rounds):
+        session.post(f"{web.url}/generate/pop", json=body, timeout=10)
+    return (process_group_cpu(web.process.pid) - before) / rounds
 
 
 class Fleet:
@@ -84,6 +108,7 @@ class Fleet:
         self.url = url
         self.count = count
         self.stopping = threading.Event()
+        self.answers = 0  # pops answered, with or without a job
         self.received: dict[str, float] = {}  # prompt text → when a server got its job
         self.arrived = threading.Condition()
         self.threads: list[threading.Thread] = []
@@ -106,6 +131,7 @@ class Fleet:
                 answer = session.post(f"{self.url}/generate/pop", json=body, timeout=60).json()
             except requests.RequestException:
                 continue
+            self.answers += 1
             if answer.get("id"):
                 with self.arrived:
                     self.received[answer["payload"]["prompt"]] = time.monotonic()
