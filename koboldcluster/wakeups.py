@@ -50,8 +50,10 @@ _SENDER = uuid.uuid4().hex[:12]  # this process, so it ignores its own broadcast
 
 _UNKNOWN = object()
 _recheckers: dict[str, Callable[[], Hashable]] = {}
-_hub: _Hub | None = None
-_hub_lock = threading.Lock()
+# One hub per event loop: granian runs one loop per process; `manage.py runserver` (WSGI) runs
+# each async view in a loop of its own.
+_hubs: dict[asyncio.AbstractEventLoop, _Hub] = {}
+_hubs_lock = threading.Lock()
 
 
 def topic_for_prompt(prompt_id: object) -> str:
@@ -60,14 +62,15 @@ def topic_for_prompt(prompt_id: object) -> str:
 
 def notify(topic: str) -> None:
     """Wake the waiters of `topic` in this process and in every other one. Never raises."""
-    hub = _hub
-    if hub is not None:
+    with _hubs_lock:
+        hubs = list(_hubs.values())
+    for hub in hubs:
         hub.wake_threadsafe(topic)
     try:
         if settings.REDIS_URL:
             _redis_publish(topic)
         else:
-            _datagram_broadcast(topic, own=hub.socket_path if hub else None)
+            _datagram_broadcast(topic, own={hub.socket_path for hub in hubs})
     except Exception:  # a lost wake-up only delays a waiter until the re-check
         logger.warning("wake-up %s not sent to other processes", topic, exc_info=True)
 
@@ -275,16 +278,15 @@ class _Hub:
 
 
 def _running_hub() -> _Hub:
-    """The hub of the running event loop, made on first use (a new loop gets a new hub)."""
-    global _hub
+    """The hub of the running event loop, made on first use; hubs of closed loops go."""
     loop = asyncio.get_running_loop()
-    with _hub_lock:
-        if _hub is None or _hub.loop is not loop:
-            if _hub is not None:
-                _hub.close()
-            _hub = _Hub(loop)
-            _hub.start()
-        return _hub
+    with _hubs_lock:
+        for closed in [other for other in _hubs if other.is_closed()]:
+            _hubs.pop(closed).close()
+        if loop not in _hubs:
+            _hubs[loop] = _Hub(loop)
+            _hubs[loop].start()
+        return _hubs[loop]
 
 
 def _read_and_release(fingerprint: Callable[[], Hashable]) -> Hashable:
@@ -324,14 +326,14 @@ def _socket_dir() -> Path:
     return directory
 
 
-def _datagram_broadcast(topic: str, own: str | None) -> None:
+def _datagram_broadcast(topic: str, own: set[str | None]) -> None:
     global _sender_socket
     if _sender_socket is None:
         _sender_socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         _sender_socket.setblocking(False)
     data = topic.encode()[:MAX_DATAGRAM]
     for entry in os.scandir(_socket_dir()):
-        if entry.path == own or not entry.name.endswith(".sock"):
+        if entry.path in own or not entry.name.endswith(".sock"):
             continue
         try:
             _sender_socket.sendto(data, entry.path)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -17,6 +18,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.db import connections
 from django.test import AsyncClient
+from rest_framework.test import APIClient
 
 from accounts.models import User
 from conftest import SERVER_PASSWORD
@@ -216,3 +218,26 @@ def test_the_v2_pop_refuses_a_bad_wait(api, register):
     response = api.post("/api/v2/generate/text/pop", body, format="json", HTTP_APIKEY=key)
     assert response.status_code == 400
     assert "wait" in response.json()["message"]
+
+
+def test_a_waiting_pop_under_wsgi_is_woken_too(bob_and_alice):
+    """`manage.py runserver` serves WSGI: each async view runs in an event loop of its own."""
+    _, alice = bob_and_alice
+    answer: dict[str, Any] = {}
+
+    def waiting_pop() -> None:
+        try:
+            response = APIClient().post("/generate/pop", pop_body("bob-1", wait=20), format="json")
+            answer["at"], answer["body"] = time.monotonic(), response.json()
+        finally:
+            connections.close_all()
+
+    popper = threading.Thread(target=waiting_pop)
+    popper.start()
+    time.sleep(0.5)
+    assert popper.is_alive()
+    created = time.monotonic()
+    _create(alice)
+    popper.join(timeout=30)
+    assert answer["body"]["id"] is not None
+    assert answer["at"] - created < DISPATCH_BOUND

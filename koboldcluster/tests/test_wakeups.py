@@ -100,7 +100,7 @@ def test_another_process_wakes_a_waiter_through_its_datagram_socket():
     async def main() -> bool:
         async with wakeups.listening("prompt:e") as listener:
             # As another process would: a datagram to every socket in the directory.
-            threading.Timer(0.1, wakeups._datagram_broadcast, args=("prompt:e", None)).start()
+            threading.Timer(0.1, wakeups._datagram_broadcast, args=("prompt:e", set())).start()
             return await listener.wait(5)
 
     assert asyncio.run(main()) is True
