@@ -23,6 +23,8 @@ from django.db import connection
 from django.test.utils import setup_databases, teardown_databases
 
 POP_WAIT = 30
+# Seconds measured while every server waits, between its first pop and its first re-pop.
+WAITING_WINDOW = 15
 
 
 class Command(BaseCommand):
@@ -54,6 +56,8 @@ class Command(BaseCommand):
         fleet = Fleet(web.url, count)
         try:
             fleet.start()
+            if idle_seconds:
+                self._idle(web, fleet, count, idle_seconds)
             latencies = [fleet.dispatch(index) for index in range(prompts)]
             for name, column in (("from the prompt's POST", 0), ("after its answer", 1)):
                 millis = sorted(1000 * max(sample[column], 0) for sample in latencies)
@@ -62,31 +66,43 @@ class Command(BaseCommand):
                     f"ms, p50 {statistics.median(millis):.1f} ms, p99 {_p99(millis):.1f} ms, "
                     f"max {millis[-1]:.1f} ms ({prompts} prompts)"
                 )
-            if idle_seconds:
-                self._idle(web, fleet, count, idle_seconds)
         finally:
             fleet.stop()
             web.stop()
 
     def _idle(self, web: Any, fleet: Fleet, count: int, seconds: int) -> None:
-        """CPU of the web server while the servers wait with nothing to do, and how much of
-        it their re-pops (one per server every POP_WAIT seconds) explain."""
-        time.sleep(POP_WAIT + 1)  # the dispatch rounds' pops have all come back
+        """CPU of the web server while the servers wait with nothing to do: first between
+        their pops (every server has just made its first pop and waits POP_WAIT seconds),
+        then over `seconds` in all, which includes every server's re-pop(s)."""
+        settle(web)
         pops_before, cpu_before = fleet.answers, process_group_cpu(web.process.pid)
         started = time.monotonic()
-        time.sleep(seconds)
+        time.sleep(WAITING_WINDOW)
+        waiting = process_group_cpu(web.process.pid) - cpu_before
+        between = fleet.answers - pops_before
+        time.sleep(max(seconds - WAITING_WINDOW, 0))
         used = process_group_cpu(web.process.pid) - cpu_before
         elapsed = time.monotonic() - started
         pops = fleet.answers - pops_before
-        per_pop = empty_pop_cpu(web)
-        waiting = max(used - pops * per_pop, 0)
         self.stdout.write(
-            f"  {count:>4} servers waiting idle for {seconds} s: web server CPU {used:.2f} s = "
-            f"{100 * used / elapsed:.2f} % of a core; {pops} re-pops (wait {POP_WAIT} s) at "
-            f"{1000 * per_pop:.1f} ms each (an empty pop, measured alone) explain "
-            f"{used - waiting:.2f} s; the waiting itself {waiting:.2f} s = "
-            f"{100 * waiting / elapsed:.2f} % of a core"
+            f"  {count:>4} servers waiting, no pop answered ({between} in {WAITING_WINDOW} s): "
+            f"web server CPU {waiting:.2f} s = {100 * waiting / WAITING_WINDOW:.2f} % of a core"
         )
+        self.stdout.write(
+            f"  {count:>4} servers idle for {elapsed:.0f} s, each re-popping every {POP_WAIT} s "
+            f"({pops} pops, {1000 * empty_pop_cpu(web):.1f} ms CPU each alone): web server CPU "
+            f"{used:.2f} s = {100 * used / elapsed:.2f} % of a core"
+        )
+
+
+def settle(web: Any, quiet: float = 0.05, at_most: float = 12) -> None:
+    """Wait until the web server has answered the first pops (a second with little CPU)."""
+    deadline = time.monotonic() + at_most
+    while time.monotonic() < deadline:
+        before = process_group_cpu(web.process.pid)
+        time.sleep(1)
+        if process_group_cpu(web.process.pid) - before < quiet:
+            return
 
 
 def empty_pop_cpu(web: Any, rounds: int = 100) -> float:
