@@ -6,7 +6,9 @@ wait, the view attaches a retry (one synchronous callable: pop and shape the ans
 response. `long_poll(View)` is the async view in front of it: it listens for `"queue"`
 wake-ups from before the first try (so none is missed), and between tries holds no thread and
 no database connection. It answers with the first try that gets a job, or with the last one
-when the time is up, in the same shape as an immediate pop.
+when the time is up, in the same shape as an immediate pop. (No try at the end: without a
+wake-up, and without a change seen by the periodic re-check, the last answer still holds; a
+server asks again at once anyway.)
 """
 
 from __future__ import annotations
@@ -99,7 +101,8 @@ def long_poll(view_class: type[APIView]) -> Callable[..., Any]:
             while not attempt.taken and loop.time() < deadline:
                 if not wake.pending:  # a wake-up during the try may mean it missed the news
                     wake.done(pass_on=attempt.others_may_serve)
-                await wake.wait(deadline - loop.time())
+                if not await wake.wait(deadline - loop.time()):
+                    break  # time is up and nothing changed since the last try: its answer holds
                 attempt = await sync_to_async(_try_and_release)(retry.attempt)
             response.data = attempt.body
             return response

@@ -23,6 +23,7 @@ queue (`set_recheck`) and wakes the waiters when it moved, so a lost wake-up onl
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import hashlib
 import logging
@@ -211,6 +212,8 @@ class _Hub:
         sock.setblocking(False)
         sock.bind(str(path))
         self.socket, self.socket_path = sock, str(path)
+        # Removed at exit; one left by a killed process is removed by the next sender.
+        atexit.register(_unlink, str(path))
         self.loop.add_reader(sock.fileno(), self._read_datagrams)
 
     def _read_datagrams(self) -> None:
@@ -273,8 +276,7 @@ class _Hub:
             with contextlib.suppress(Exception):
                 self.loop.remove_reader(self.socket.fileno())
             self.socket.close()
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.socket_path or "")
+            _unlink(self.socket_path or "")
 
 
 def _running_hub() -> _Hub:
@@ -287,6 +289,11 @@ def _running_hub() -> _Hub:
             _hubs[loop] = _Hub(loop)
             _hubs[loop].start()
         return _hubs[loop]
+
+
+def _unlink(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
 
 
 def _read_and_release(fingerprint: Callable[[], Hashable]) -> Hashable:
