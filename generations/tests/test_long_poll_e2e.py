@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import redis
 import requests
+from django.db import connection
 
 from conftest import SERVER_PASSWORD
 from koboldcluster.testing import ClusterProcess
@@ -76,3 +77,47 @@ def test_a_prompt_posted_to_one_node_wakes_a_pop_waiting_on_the_other(two_nodes)
     assert created.status_code == 200, created.text
     assert answer["body"]["id"] is not None, answer
     assert answer["at"] - posted < DISPATCH_BOUND, node_b.output()
+
+
+def test_waiting_pops_hold_no_database_connection():
+    """30 pops wait on a web process whose pool has 2 connections; the rest still works."""
+    if connection.vendor != "postgresql":
+        pytest.skip("the web processes pool their connections on PostgreSQL only")
+    node = ClusterProcess({"DB_POOL_SIZE": "2"})
+    answers: list[dict] = []
+
+    def waiting_pop(index: int) -> None:
+        body = {"username": "bob", "password": SERVER_PASSWORD, "name": f"bob-{index}"}
+        response = requests.post(
+            f"{node.url}/generate/pop", json={**body, "model": "m", "wait": 8}, timeout=30
+        )
+        answers.append(response.json())
+
+    try:
+        node.start()
+        waiting_pop(0)  # creates bob's account (no wait: nothing there, answers after 8 s)
+        poppers = [threading.Thread(target=waiting_pop, args=(i,)) for i in range(1, 31)]
+        for popper in poppers:
+            popper.start()
+        time.sleep(2)
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND pid <> "
+                "pg_backend_pid()",
+                [connection.settings_dict["NAME"]],
+            )
+            (server_connections,) = cursor.fetchone()
+        started = time.monotonic()
+        created = requests.post(
+            f"{node.url}/generate/prompt",
+            json={"prompt": "Hello", "params": {"n": 1, "max_length": 16}, "username": "eve"},
+            timeout=30,
+        )
+        took = time.monotonic() - started
+        for popper in poppers:
+            popper.join(timeout=30)
+    finally:
+        node.stop()
+    assert server_connections <= 2
+    assert created.status_code == 200 and took < 5  # the pool's timeout is 10 s
+    assert sum(1 for answer in answers if answer.get("id")) == 1, answers
