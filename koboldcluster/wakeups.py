@@ -153,7 +153,10 @@ class _Hub:
         if settings.REDIS_URL:
             self.tasks.append(self.loop.create_task(self._redis_subscriber()))
         else:
-            self._bind_datagram_socket()
+            try:
+                self._bind_datagram_socket()
+            except OSError:  # waiters still get this process's wake-ups and the re-check
+                logger.warning("wake-ups: no socket for other processes' wake-ups", exc_info=True)
         self.tasks.append(self.loop.create_task(self._recheck_loop()))
 
     def add(self, topic: str) -> Listener:
@@ -207,7 +210,7 @@ class _Hub:
     # --- across processes -------------------------------------------------------------------
 
     def _bind_datagram_socket(self) -> None:
-        path = _socket_dir() / f"{os.getpid()}-{_SENDER}.sock"
+        path = _socket_dir() / f"{os.getpid()}-{uuid.uuid4().hex[:12]}.sock"  # one per hub
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         sock.setblocking(False)
         sock.bind(str(path))
