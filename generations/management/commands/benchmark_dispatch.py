@@ -50,10 +50,10 @@ class Command(BaseCommand):
         from koboldcluster.testing import ClusterProcess
 
         web = ClusterProcess({"WEB_WORKERS": opts["workers"], "LOG_LEVEL": "WARNING"})
-        web.start()
-        fleet = Fleet(web.url, count)
+        fleet = Fleet(count=count)
         try:
-            fleet.start()
+            web.start()
+            fleet.start(web.url)
             if idle_seconds:
                 self._idle(web, fleet, count, idle_seconds)
             latencies = [fleet.dispatch(index) for index in range(prompts)]
@@ -121,8 +121,8 @@ def empty_pop_cpu(web: Any, rounds: int = 100) -> float:
 class Fleet:
     """`count` servers long-polling the cluster from threads, each with its own connection."""
 
-    def __init__(self, url: str, count: int) -> None:
-        self.url = url
+    def __init__(self, count: int) -> None:
+        self.url = ""
         self.count = count
         self.stopping = threading.Event()
         self.started = 0.0
@@ -132,7 +132,8 @@ class Fleet:
         self.threads: list[threading.Thread] = []
         self.server = {"username": "bench-owner", "password": "bench-pass", "model": "bench"}
 
-    def start(self) -> None:
+    def start(self, url: str) -> None:
+        self.url = url
         self.started = time.monotonic()
         # Create the owner once: concurrent first pops would race to register the name.
         requests.post(f"{self.url}/generate/pop", json={**self.server, "name": "bench-0"})
