@@ -142,7 +142,8 @@ class _Hub:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self.listeners: dict[str, list[Listener]] = {}
+        # Per topic, in the order they came (a dict: ordered, and O(1) to leave).
+        self.listeners: dict[str, dict[Listener, None]] = {}
         self.rounds: dict[str, deque[Listener]] = {}
         self.socket: socket.socket | None = None
         self.socket_path: str | None = None
@@ -161,13 +162,12 @@ class _Hub:
 
     def add(self, topic: str) -> Listener:
         listener = Listener(self, topic)
-        self.listeners.setdefault(topic, []).append(listener)
+        self.listeners.setdefault(topic, {})[listener] = None
         return listener
 
     def remove(self, listener: Listener) -> None:
-        waiting = self.listeners.get(listener.topic, [])
-        if listener in waiting:
-            waiting.remove(listener)
+        waiting = self.listeners.get(listener.topic, {})
+        waiting.pop(listener, None)
         if not waiting:
             self.listeners.pop(listener.topic, None)
 
@@ -178,7 +178,7 @@ class _Hub:
             self.loop.call_soon_threadsafe(self.wake, topic)
 
     def wake(self, topic: str) -> None:
-        waiting = self.listeners.get(topic, [])
+        waiting = self.listeners.get(topic, {})
         if topic not in RELAYED_TOPICS:
             for listener in waiting:
                 listener.event.set()
@@ -199,7 +199,7 @@ class _Hub:
 
     def _wake_next(self, topic: str) -> None:
         round_ = self.rounds.get(topic)
-        current = self.listeners.get(topic, [])
+        current = self.listeners.get(topic, {})
         while round_:
             listener = round_.popleft()
             if listener in current and not listener.holding:

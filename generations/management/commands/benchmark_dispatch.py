@@ -80,6 +80,7 @@ class Command(BaseCommand):
         time.sleep(max(window, 0))
         waiting = process_group_cpu(web.process.pid) - cpu_before
         between = fleet.answers - pops_before
+        memory, threads = process_group_memory(web.process.pid)
         time.sleep(max(seconds - window, 0))
         used = process_group_cpu(web.process.pid) - cpu_before
         elapsed = time.monotonic() - started
@@ -87,7 +88,8 @@ class Command(BaseCommand):
         self.stdout.write(
             f"  {count:>4} servers waiting, between their pops ({between} answered in "
             f"{window:.1f} s): web server CPU {waiting:.2f} s = "
-            f"{100 * waiting / max(window, 0.001):.2f} % of a core"
+            f"{100 * waiting / max(window, 0.001):.2f} % of a core; {memory / 2**20:.0f} MB "
+            f"resident, {threads} threads"
         )
         self.stdout.write(
             f"  {count:>4} servers idle for {elapsed:.0f} s, each re-popping every {POP_WAIT} s "
@@ -193,6 +195,21 @@ def process_group_cpu(pgid: int) -> float:
         if int(fields[2]) == pgid:
             total += (int(fields[11]) + int(fields[12])) / ticks
     return total
+
+
+def process_group_memory(pgid: int) -> tuple[int, int]:
+    """Resident bytes and threads of the processes in the group."""
+    resident = threads = 0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:
+            threads += int(fields[17])
+            resident += int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+    return resident, threads
 
 
 def _p99(values: list[float]) -> float:
