@@ -241,3 +241,30 @@ def test_a_waiting_pop_under_wsgi_is_woken_too(bob_and_alice):
     popper.join(timeout=30)
     assert answer["body"]["id"] is not None
     assert answer["at"] - created < DISPATCH_BOUND
+
+
+def test_a_slot_given_back_wakes_a_waiting_pop(bob_and_alice, pop, submit_generation):
+    _, alice = bob_and_alice
+    _create(alice)
+    taken = pop("bob-1").json()
+    assert taken["id"] is not None
+
+    def give_back() -> None:
+        try:
+            response = submit_generation(taken["id"], "", state="faulted")
+            assert response.status_code == 200, response.json()
+        finally:
+            connections.close_all()
+
+    async def main() -> tuple:
+        waiting = asyncio.create_task(timed_pop("bob-2", wait=20))
+        await asyncio.sleep(0.5)
+        assert not waiting.done()
+        await sync_to_async(give_back, thread_sensitive=False)()
+        returned = time.monotonic()
+        answered, _, body = await waiting
+        return answered - returned, body
+
+    delay, body = run(main)
+    assert body["id"] is not None and body["id"] != taken["id"]
+    assert delay < DISPATCH_BOUND
