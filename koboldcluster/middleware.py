@@ -102,6 +102,10 @@ class StaticFilesMiddleware(WhiteNoiseMiddleware):
         return super().__call__(request)
 
     async def _acall(self, request: HttpRequest) -> HttpResponse:
-        if request.path_info.startswith(self.static_prefix):
-            return await sync_to_async(super().__call__)(request)
+        if self.autorefresh:  # DEBUG: looks on the disk
+            static_file = await sync_to_async(self.find_file)(request.path_info)
+        else:
+            static_file = self.files.get(request.path_info)
+        if static_file is not None:
+            return await sync_to_async(self.serve)(static_file, request)
         return await self.get_response(request)
