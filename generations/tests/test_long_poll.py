@@ -268,3 +268,22 @@ def test_a_slot_given_back_wakes_a_waiting_pop(bob_and_alice, pop, submit_genera
     delay, body = run(main)
     assert body["id"] is not None and body["id"] != taken["id"]
     assert delay < DISPATCH_BOUND
+
+
+def test_a_waiting_pop_counts_once_against_the_rate_limit(bob_and_alice, rate_limits):
+    """Its tries after a wake-up are not requests: authentication and limits ran once."""
+    _, alice = bob_and_alice
+    rate_limits(worker_ip="2/min", worker_account="2/min")
+
+    async def main() -> list[int]:
+        waiting = asyncio.create_task(timed_pop("bob-1", wait=2))
+        for _ in range(3):  # wake it three times with prompts it cannot serve
+            await asyncio.sleep(0.3)
+            await create_prompt(alice, max_length=200)
+        _, first, body = await waiting
+        assert body["skipped"]["max_length"] == 3
+        _, second, _ = await timed_pop("bob-1")
+        _, third, _ = await timed_pop("bob-1")
+        return [first, second, third]
+
+    assert run(main) == [200, 200, 429]
