@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections.abc import Callable
 from contextlib import ExitStack
 from datetime import timedelta
@@ -15,6 +17,19 @@ from rest_framework.test import APIClient
 from accounts.models import User
 
 SERVER_PASSWORD = "s3rver-pass"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def own_counters_file() -> None:
+    """Each test process (pytest-xdist worker, and the SQLite and PostgreSQL runs of
+    ./test.sh) counts rate limits in a file of its own: clearing the counts before a test must
+    not reset another process's test. Server processes a test starts use the same file."""
+    from django.conf import settings
+
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    database = hashlib.sha256(str(settings.DATABASES["default"]["NAME"]).encode()).hexdigest()
+    name = f"test-counters-{database[:8]}-{worker}"
+    settings.KOBOLDCLUSTER["COUNTERS_FILE"] = str(settings.VAR_DIR / f"{name}.sqlite3")
 
 
 @pytest.fixture(autouse=True)
@@ -187,7 +202,7 @@ def cluster_env() -> dict[str, str]:
 
 @pytest.fixture
 def cluster(request: pytest.FixtureRequest, transactional_db: None, cluster_env: dict[str, str]):
-    """The cluster served by a real gunicorn process on a free port, on the test database.
+    """The cluster served by a real web server process (as run.sh) on a free port, on the test DB.
 
     Call `cluster.restart()` to restart it mid-test; it is stopped at teardown.
     """

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up and run the cluster: the web server (port 5001) and the django-q2 scheduler together.
+# Set up and run the cluster: the web server (ASGI, port 5001; scripts/web.sh) and the django-q2 scheduler together.
 # Ctrl-C stops both. Settings come from the environment (README: "Configuration").
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -18,10 +18,7 @@ export PROMETHEUS_MULTIPROC_DIR="${PROMETHEUS_MULTIPROC_DIR:-$PWD/var/prometheus
 mkdir -p "$PROMETHEUS_MULTIPROC_DIR"
 rm -f "$PROMETHEUS_MULTIPROC_DIR"/*.db
 
-.venv/bin/gunicorn koboldcluster.wsgi \
-    --bind "${HOST:-0.0.0.0}:$PORT" \
-    --workers "${WEB_WORKERS:-2}" --threads "${WEB_THREADS:-4}" \
-    --access-logfile - --graceful-timeout 10 --no-control-socket &
+scripts/web.sh &
 web=$!
 .venv/bin/python manage.py qcluster &
 scheduler=$!

@@ -14,14 +14,17 @@ from typing import Any
 
 from django.db import transaction
 
+from koboldcluster import wakeups
+
 _epochs = itertools.count(1)
 _epoch = 0
-# Called with the facts of a new prompt (generations.matching.PromptFacts).
-_new_prompt_listeners: list[Callable[[Any], None]] = []
+# Called with the facts of a new prompt (generations.matching.PromptFacts), twice: when it
+# is inserted, and with `committed` when others can see it.
+_new_prompt_listeners: list[Callable[[Any, bool], None]] = []
 
 
-def on_new_prompt(listener: Callable[[Any], None]) -> None:
-    """Have `listener(facts)` called for each prompt created in this process."""
+def on_new_prompt(listener: Callable[[Any, bool], None]) -> None:
+    """Have `listener(facts, committed)` called for each prompt created in this process."""
     _new_prompt_listeners.append(listener)
 
 
@@ -45,16 +48,23 @@ def queue_changed(new_prompt: Any = None) -> None:
     concerns; any other change moves the epoch, which forgets everything.
     """
 
-    def tell() -> None:
+    def tell(committed: bool) -> None:
         if new_prompt is None:
             queue_changed_here()
         else:
             for listener in _new_prompt_listeners:
-                listener(new_prompt)
+                listener(new_prompt, committed)
 
-    tell()
-    transaction.on_commit(tell)
+    tell(committed=False)
+    transaction.on_commit(lambda: tell(committed=True))
+    wakeups.notify_on_commit(wakeups.QUEUE)
 
 
 def prompt_changed(prompt_id: object) -> None:
     """A job of `prompt_id` finished or failed, or the prompt was cancelled or faulted."""
+    wakeups.notify_on_commit(wakeups.topic_for_prompt(prompt_id))
+
+
+# News of the queue from another process (or found by the periodic re-check): this process
+# cannot tell what changed, so it forgets all its idle answers.
+wakeups.on_news_from_elsewhere(wakeups.QUEUE, queue_changed_here)

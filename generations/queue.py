@@ -67,7 +67,9 @@ class PopResult:
     jobs: list[Job] = field(default_factory=list)
     ttl: int | None = None
     skipped: dict[str, int] = field(default_factory=dict)
+    # Filled by job_pop, for a waiting pop's further tries (`jobs_claim`).
     server: Server | None = None
+    first_users: set[int] = field(default_factory=set)
 
     @property
     def job(self) -> Job | None:
@@ -87,7 +89,7 @@ def job_pop(
     server = server_for_pop(credentials=credentials, check_in=check_in, now=now)
     first = priority_user_ids(priority_usernames)
     result = jobs_claim(server=server, priority_user_ids=first, amount=amount, now=now)
-    result.server = server
+    result.server, result.first_users = server, first
     return result
 
 
@@ -140,14 +142,17 @@ def jobs_claim(
     return PopResult(skipped=dict(idle.skipped))
 
 
-def _forget_idle_answers(prompt: PromptFacts) -> None:
-    """Forget the idle answers of the server profiles that could serve a new prompt."""
-    for key in list(_idle):
+def _forget_idle_answers(prompt: PromptFacts, committed: bool) -> None:
+    """A new prompt: forget the idle answers of the server profiles that could serve it
+    (again once it is committed), and count it once in the others' skipped reasons."""
+    for key, answer in list(_idle.items()):
         profile, _, owner_only = key
-        if owner_only and prompt.user_id != profile.owner_id:
-            continue
-        if barring_reason(prompt, profile) is None:
+        reason = barring_reason(prompt, profile)
+        if reason is None and (not owner_only or prompt.user_id == profile.owner_id):
             _idle.pop(key, None)
+        elif reason is not None and answer.skipped and not committed:
+            skipped = {**answer.skipped, reason: answer.skipped[reason] + 1}
+            _idle[key] = _IdleAnswer(answer.epoch, answer.until, skipped)
 
 
 events.on_new_prompt(_forget_idle_answers)

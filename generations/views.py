@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from drf_spectacular.utils import extend_schema
@@ -14,7 +15,8 @@ from accounts.authentication import LenientApiKeyAuthentication, api_user
 from accounts.identity import user_for_request
 from generations.delivery import job_submit
 from generations.intake import GenerationRequest, prompt_create
-from generations.queue import job_pop
+from generations.long_poll import PopAttempt, WaitField, respond
+from generations.queue import PopResult, job_pop, jobs_claim
 from generations.serializers import GenerationParamsSerializer, PromptTextField, split_params
 from generations.status import PromptStatus, prompt_cancel, prompt_status
 from koboldcluster.api import parse_uuid, validated
@@ -26,6 +28,7 @@ from koboldcluster.fields import (
     optional_text,
 )
 from koboldcluster.openapi import KUDOS_ARE_TOKENS, error, shape
+from servers.models import Server
 from servers.services import CheckIn, Credentials
 
 ORIGINAL = ["Original cluster API"]
@@ -148,6 +151,7 @@ class PopView(APIView):
         max_context_length = StrictIntegerField(min_value=1, required=False, allow_null=True)
         bridge_agent = optional_text(max_length=1000)
         threads = StrictIntegerField(min_value=1, max_value=50, default=1)
+        wait = WaitField()
         # Users served first: `alias#id` (the AI Horde's form) or plain usernames.
         priority_usernames = StringListField(
             required=False,
@@ -165,7 +169,8 @@ class PopView(APIView):
         tags=ORIGINAL,
         summary="A server asks for work",
         description="The first pop with a new `username` creates that account with the "
-        "password; an `apikey` header replaces both. Without work: `{id: null, skipped}`.",
+        "password; an `apikey` header replaces both. Without work: `{id: null, skipped}`; "
+        "with `wait`, only once no job arrived within that many seconds.",
         request=Input,
         responses={
             200: shape(
@@ -198,6 +203,17 @@ class PopView(APIView):
             check_in=check_in,
             priority_usernames=data.get("priority_usernames") or [],
         )
+        attempt = partial(self.pop, server=result.server, priority_user_ids=result.first_users)
+        return respond(self.answer(result), wait=data["wait"], attempt=attempt)
+
+    @classmethod
+    def pop(cls, *, server: Server, priority_user_ids: set[int]) -> PopAttempt:
+        """One more try for a waiting pop (long_poll repeats it): the claim alone."""
+        return cls.answer(jobs_claim(server=server, priority_user_ids=priority_user_ids))
+
+    @staticmethod
+    def answer(result: PopResult) -> PopAttempt:
+        """The original API's answer to a pop."""
         if result.job is None:
             # The original API's three reasons, in its spelling ({} for a paused server).
             names = {"model": "models", "max_content_length": "max_context_length"}
@@ -206,10 +222,9 @@ class PopView(APIView):
                 for name in ("model", "max_content_length", "max_length")
                 if result.skipped
             }
-            return Response({"id": None, "skipped": skipped})
-        return Response(
-            {"id": str(result.job.id), "payload": result.job.payload(), "ttl": result.ttl}
-        )
+            return PopAttempt.of(result, {"id": None, "skipped": skipped})
+        body = {"id": str(result.job.id), "payload": result.job.payload(), "ttl": result.ttl}
+        return PopAttempt.of(result, body)
 
 
 def _credentials(request: Request, data: dict[str, Any]) -> Credentials:

@@ -6,6 +6,7 @@ the original pop, and the other way round. What differs is only the wire format.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from drf_spectacular.utils import OpenApiResponse, extend_schema
@@ -18,8 +19,9 @@ from accounts.authentication import HasApiKey, LenientApiKeyAuthentication, api_
 from accounts.identity import anonymous_user
 from generations.delivery import CSAM_METADATA, job_submit
 from generations.intake import GenerationRequest, prompt_create
+from generations.long_poll import PopAttempt, WaitField, respond
 from generations.models import Job
-from generations.queue import job_pop
+from generations.queue import PopResult, job_pop, jobs_claim
 from generations.serializers import HordeParamsSerializer, PromptTextField, split_params
 from generations.status import PromptStatus, able_servers, prompt_cancel, prompt_status
 from generations.views import GenerationField, prompt_uuid
@@ -41,6 +43,7 @@ from koboldcluster.openapi import (
     error,
     shape,
 )
+from servers.models import Server
 from servers.services import CheckIn, Credentials
 
 # The most servers a request may name (the AI Horde uses the first five).
@@ -417,13 +420,15 @@ class TextPopView(APIView):
             min_value=1, max_value=20, default=1, help_text="The most jobs to take at once."
         )
         nsfw = OptionField(True)
+        wait = WaitField()
 
     @extend_schema(
         operation_id="horde_text_pop",
         tags=["AI Horde v2: servers"],
         summary="A server asks for work",
         description="Checks the server in (creating it for the key's account on its first pop) "
-        "and hands out up to `amount` jobs of one request. Every key is always present.",
+        "and hands out up to `amount` jobs of one request. Every key is always present. With "
+        "`wait`, a pop without work is held up to that many seconds until a job arrives.",
         parameters=[APIKEY_HEADER_REQUIRED],
         request=Input,
         responses={
@@ -453,6 +458,23 @@ class TextPopView(APIView):
             priority_usernames=data.get("priority_usernames") or [],
             amount=data["amount"],
         )
+        attempt = partial(
+            self.pop,
+            server=result.server,
+            priority_user_ids=result.first_users,
+            amount=data["amount"],
+        )
+        return respond(self.answer(result), wait=data["wait"], attempt=attempt)
+
+    @classmethod
+    def pop(cls, *, server: Server, priority_user_ids: set[int], amount: int) -> PopAttempt:
+        """One more try for a waiting pop (long_poll repeats it): the claim alone."""
+        result = jobs_claim(server=server, priority_user_ids=priority_user_ids, amount=amount)
+        return cls.answer(result)
+
+    @staticmethod
+    def answer(result: PopResult) -> PopAttempt:
+        """The AI Horde's answer to a pop: every key always present."""
         body: dict[str, Any] = {
             "id": None,
             "ids": [],
@@ -476,7 +498,7 @@ class TextPopView(APIView):
                 softprompt=job.prompt.softprompt,
                 ttl=result.ttl,
             )
-        return Response(body)
+        return PopAttempt.of(result, body)
 
 
 class GenMetadataInput(InputSerializer):

@@ -12,10 +12,11 @@ import asyncio
 from asgiref.sync import sync_to_async
 
 from generations.status import PromptStatus, prompt_status
+from koboldcluster import wakeups
 
-# Seconds between two status checks. A wake-up (koboldcluster/wakeups.py, when merged)
-# replaces most of them; the re-check stays, so that a lost wake-up only delays an answer.
-POLL_SECONDS = 0.25
+# A wake-up (a job of the prompt finished or failed, or it was cancelled) ends each wait at
+# once; the status is read again at least this often, so a lost wake-up only delays.
+RECHECK_SECONDS = 5.0
 
 
 async def prompt_wait_done(prompt_id: object, timeout: float) -> PromptStatus | None:
@@ -23,13 +24,13 @@ async def prompt_wait_done(prompt_id: object, timeout: float) -> PromptStatus | 
     `timeout` seconds pass first. Every check keeps the prompt alive, as a poll does."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    while True:
-        status = await sync_to_async(prompt_status)(prompt_id=prompt_id)
-        if status.done:
-            return status
-        remaining = deadline - loop.time()
-        if remaining <= 0:
-            return None
-        # LEAD: swap this line for `await wakeups.wait(f"prompt:{prompt_id}",
-        # min(POLL_SECONDS * 20, remaining))` once koboldcluster/wakeups.py is merged.
-        await asyncio.sleep(min(POLL_SECONDS, remaining))
+    # Listening from before the first read: a change between the read and the wait wakes it.
+    async with wakeups.listening(wakeups.topic_for_prompt(prompt_id)) as wake:
+        while True:
+            status = await sync_to_async(prompt_status)(prompt_id=prompt_id)
+            if status.done:
+                return status
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return None
+            await wake.wait(min(RECHECK_SECONDS, remaining))

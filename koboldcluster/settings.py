@@ -136,7 +136,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "koboldcluster.metrics.LatencyMiddleware",
-    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "koboldcluster.middleware.StaticFilesMiddleware",
     "koboldcluster.middleware.ApiMiddleware",
     "koboldcluster.clients.ClientAddressMiddleware",
     "koboldcluster.outage.DatabaseOutageMiddleware",
@@ -150,6 +150,7 @@ MIDDLEWARE = [
 
 ROOT_URLCONF = "koboldcluster.urls"
 WSGI_APPLICATION = "koboldcluster.wsgi.application"
+ASGI_APPLICATION = "koboldcluster.asgi.application"
 # API clients POST to exact paths; a redirect to a slashed URL would turn their POST into a GET.
 APPEND_SLASH = False
 
@@ -188,10 +189,21 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["TEST"] = {
         "NAME": os.environ.get("KOBOLDCLUSTER_TEST_SQLITE") or str(VAR_DIR / "test-db.sqlite3")
     }
-# Connections are kept between requests (on SQLite too: opening one and applying its PRAGMAs
-# cost a tenth of a request's CPU); a broken one is noticed and replaced before it is used.
-DATABASES["default"]["CONN_MAX_AGE"] = env_int("CONN_MAX_AGE", 600)
-DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+    # Kept between requests where one thread serves many (runserver, WSGI, the benchmark):
+    # opening a connection and applying its PRAGMAs costs a tenth of a request's CPU.
+    DATABASES["default"]["CONN_MAX_AGE"] = env_int("CONN_MAX_AGE", 600)
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+elif os.environ.get("KOBOLDCLUSTER_SERVING") == "asgi":  # set by koboldcluster/asgi.py
+    # Under ASGI every request runs its synchronous part in a thread of its own, so a
+    # persistent connection per thread would never be reused: each web process keeps a pool,
+    # and a request takes a connection from it and gives it back when it ends (or starts to
+    # wait). Only the web processes: qcluster forks its workers, and a pool must not be forked.
+    DATABASES["default"]["OPTIONS"] = {
+        "pool": {"min_size": 1, "max_size": env_int("DB_POOL_SIZE", 20, minimum=1), "timeout": 10}
+    }
+else:
+    DATABASES["default"]["CONN_MAX_AGE"] = env_int("CONN_MAX_AGE", 60)
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTH_USER_MODEL = "accounts.User"
@@ -328,6 +340,10 @@ KOBOLDCLUSTER = {
     "MAX_LENGTH": env_int("KOBOLDCLUSTER_MAX_LENGTH", 4096, minimum=1),
     "MAX_CONTEXT_LENGTH": env_int("KOBOLDCLUSTER_MAX_CONTEXT_LENGTH", 1048576, minimum=1),
     "MAX_PROMPT_CHARS": env_int("KOBOLDCLUSTER_MAX_PROMPT_CHARS", 100_000, minimum=1),
+    # The longest a pop may wait for work (`wait`, seconds; the API accepts 0–30).
+    "POP_WAIT_MAX_SECONDS": min(env_int("KOBOLDCLUSTER_POP_WAIT_MAX_SECONDS", 30), 30),
+    # Waiting requests re-check this often (seconds) whether they missed a wake-up.
+    "WAKEUP_RECHECK_SECONDS": env_float("KOBOLDCLUSTER_WAKEUP_RECHECK_SECONDS", 3.0),
     # Failed or abandoned jobs after which a prompt is given up as faulted.
     "MAX_JOB_FAILURES": env_int("KOBOLDCLUSTER_MAX_JOB_FAILURES", 3, minimum=1),
     # A server slower than this (tokens per second, measured; 0 until its first job) does not

@@ -1,4 +1,4 @@
-"""Real processes for end-to-end tests: the cluster under gunicorn, and django-q2's qcluster.
+"""Real processes for end-to-end tests: the cluster served as run.sh serves it, and qcluster.
 
 They run against the test database pytest-django created, so a test must use the
 `transactional_db` fixture (rows committed, visible to other processes). Use the `cluster`
@@ -114,13 +114,17 @@ class ManagedProcess:
 
 
 def _child_env(extra: dict[str, str]) -> dict[str, str]:
+    from django.conf import settings
+
     env = {**os.environ, "DATABASE_URL": test_database_url(), "PYTHONUNBUFFERED": "1"}
+    # The test process's own rate-limit counts (see own_counters_file in conftest.py).
+    env["KOBOLDCLUSTER_COUNTERS_FILE"] = settings.KOBOLDCLUSTER["COUNTERS_FILE"]
     env.update(extra)
     return env
 
 
 class ClusterProcess(ManagedProcess):
-    """The cluster's web server (gunicorn) on a free port."""
+    """The cluster's web server (scripts/web.sh: granian, ASGI) on a free port."""
 
     # Seconds a start may take, however loaded the machine: past it the start fails, with the
     # process output in the message.
@@ -131,21 +135,17 @@ class ClusterProcess(ManagedProcess):
     def __init__(self, env: dict[str, str] | None = None, port: int | None = None) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        args = [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "koboldcluster.wsgi",
-            "--bind",
-            f"127.0.0.1:{self.port}",
-            "--workers",
-            "1",
-            "--threads",
-            "8",
-            "--graceful-timeout",
-            "5",
-            "--no-control-socket",
-        ]
+        # As run.sh starts it (scripts/web.sh), with this interpreter and one process unless
+        # the test asks for more (WEB_WORKERS in `env`).
+        args = ["bash", str(BASE_DIR / "scripts" / "web.sh")]
+        env = {
+            "KOBOLDCLUSTER_PYTHON": sys.executable,
+            "HOST": "127.0.0.1",
+            "PORT": str(self.port),
+            "WEB_WORKERS": "1",
+            "WEB_KILL_TIMEOUT": "5",
+            **(env or {}),
+        }
         # Rate limits would trip tests that hammer the cluster; a test may turn them on.
         super().__init__(args, _child_env({"KOBOLDCLUSTER_RATE_LIMITS": "off", **(env or {})}))
 

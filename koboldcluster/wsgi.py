@@ -1,4 +1,4 @@
-"""WSGI entry point: `gunicorn koboldcluster.wsgi`."""
+"""WSGI entry point: `manage.py runserver` and any WSGI server (run.sh serves ASGI)."""
 
 import os
 
