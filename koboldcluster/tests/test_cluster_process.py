@@ -115,7 +115,8 @@ def test_a_cluster_without_migrations_never_gets_ready(tmp_path):
 
     message = str(failure.value)
     assert "was not ready after 2 s" in message
-    assert '"failed":["migrations"]' in message.replace(" ", "")
+    # migrations fails, and the checks after it are skipped (failed too).
+    assert '"failed":["migrations"' in message.replace(" ", "")
     assert message.split("Its output:\n", 1)[1].strip()  # the server's own log
 
 
