@@ -1,9 +1,17 @@
 """ASGI entry point, what `./run.sh` serves (granian, `koboldcluster.asgi:application`).
 
-Ordinary views stay synchronous Django: Django's ASGI handler gives each request a thread of
-its own for them, kept until the request ends. The waiting requests (long-poll pops) must not
-keep one while they wait, so they do without that per-request thread: their short
-synchronous parts (one try at a time) take turns on the process's shared sync thread.
+Ordinary views stay synchronous Django. Django's own ASGI handler would give every request a
+thread of its own for them, created for the request and dropped after it: measured here, that
+costs 5-8 ms of CPU per request (a new thread, and on it a new database connection with its
+PRAGMAs), three to five times the request itself. So every request's synchronous part runs
+on the process's one shared sync thread instead, as `manage.py runserver` and a threaded WSGI
+server would run it on a pooled thread: its database connection is opened once and kept
+(CONN_MAX_AGE). The waiting requests (long-poll pops, the front-end APIs' generations) hold
+no thread at all while they wait: only their short synchronous steps take turns there. Within
+one web process requests then run one at a time, which the GIL mostly did anyway; run more
+processes (`WEB_WORKERS`) for more cores. `WAITING_PATHS` names the waiting endpoints, for
+the record and the tests: their requests take Django's async path, the others one step onto
+the sync thread for the whole request.
 """
 
 from __future__ import annotations
@@ -12,8 +20,13 @@ import os
 import re
 from typing import Any
 
+from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.core.asgi import get_asgi_application
 from django.core.handlers.asgi import ASGIHandler
+from django.core.handlers.base import BaseHandler
+from django.http import HttpRequest
+from django.http.response import HttpResponseBase
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "koboldcluster.settings")
 # Tells settings.py to give each web process a database connection pool (PostgreSQL).
@@ -34,13 +47,48 @@ WAITING_PATHS = frozenset(
 _SLASHES = re.compile(r"//+")
 
 
+# The waiting endpoints are API views: no sessions, CSRF, messages or pages. Only the
+# middleware they need, each able to run async, so that a pop makes no extra step onto the
+# sync thread for Django's session, CSRF or security middleware (two each, every request).
+WAITING_MIDDLEWARE = [
+    "koboldcluster.metrics.LatencyMiddleware",
+    "koboldcluster.middleware.ApiMiddleware",
+    "koboldcluster.clients.ClientAddressMiddleware",
+    "koboldcluster.outage.DatabaseOutageMiddleware",
+]
+
+
+def _handler_with(middleware: list[str]) -> BaseHandler:
+    """An async request handler with this middleware instead of settings.MIDDLEWARE."""
+    handler, everything = BaseHandler(), settings.MIDDLEWARE
+    settings.MIDDLEWARE = [m for m in everything if m in middleware]  # read once, at start
+    try:
+        handler.load_middleware(is_async=True)
+    finally:
+        settings.MIDDLEWARE = everything
+    return handler
+
+
 class ClusterASGIHandler(ASGIHandler):
+    def __init__(self) -> None:
+        super().__init__()
+        # The same middleware and views, run the synchronous way: one step onto the sync
+        # thread per request, where the async chain takes two per middleware.
+        self.sync_handler = BaseHandler()
+        self.sync_handler.load_middleware(is_async=False)
+        self.waiting_handler = _handler_with(WAITING_MIDDLEWARE)
+
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        path = scope.get("path", "")
-        if scope["type"] == "http" and _SLASHES.sub("/", path) in WAITING_PATHS:
-            await self.handle(scope, receive, send)
-        else:
-            await super().__call__(scope, receive, send)
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)  # Django's refusal of the rest
+            return
+        # Without ThreadSensitiveContext: no thread per request (see the module docstring).
+        await self.handle(scope, receive, send)
+
+    async def get_response_async(self, request: HttpRequest) -> HttpResponseBase:
+        if _SLASHES.sub("/", request.path_info) in WAITING_PATHS:
+            return await self.waiting_handler.get_response_async(request)  # they wait
+        return await sync_to_async(self.sync_handler.get_response)(request)
 
 
 get_asgi_application()  # django.setup(), as Django's own entry point does

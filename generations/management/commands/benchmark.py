@@ -8,6 +8,7 @@ time (not wall time) and the statements it sent. Rate limits are off, as for any
 
 from __future__ import annotations
 
+import asyncio
 import json
 import statistics
 import time
@@ -17,10 +18,8 @@ from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.core.handlers.base import BaseHandler
 from django.core.management.base import BaseCommand, CommandParser
 from django.db import connection
-from django.test import RequestFactory
 from django.test.utils import override_settings, setup_databases, teardown_databases
 from django.utils import timezone
 
@@ -166,29 +165,50 @@ class Command(BaseCommand):
 
 
 class _Driver:
-    """Requests straight into Django's request handler, as the web server hands them over.
-
-    Not the test client: it connects signals and keeps cookies on every request, work a
-    production server does not do.
-    """
+    """Requests straight into the ASGI application that `./run.sh` serves (granian hands it
+    the same scope and body), on one event loop: everything but the HTTP parsing."""
 
     def __init__(self) -> None:
-        self.factory = RequestFactory()
-        self.handler = BaseHandler()
-        self.handler.load_middleware()
+        from koboldcluster.asgi import application
+
+        self.application = application
+        self.loop = asyncio.new_event_loop()
 
     def post(self, path: str, body: dict[str, Any], apikey: str | None = None) -> Any:
-        headers = {"HTTP_APIKEY": apikey} if apikey else {}
-        request = self.factory.post(path, body, content_type="application/json", **headers)
-        return self._answer(request)
+        headers = [(b"content-type", b"application/json")]
+        if apikey:
+            headers.append((b"apikey", apikey.encode()))
+        return self._answer("POST", path, headers, json.dumps(body).encode())
 
     def get(self, path: str) -> Any:
-        return self._answer(self.factory.get(path))
+        return self._answer("GET", path, [], b"")
 
-    def _answer(self, request: Any) -> Any:
-        response = self.handler.get_response(request)
-        assert response.status_code in (200, 202), response.content
-        return json.loads(response.content)
+    def _answer(self, method: str, path: str, headers: list, body: bytes) -> Any:
+        scope = {
+            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+            "method": method, "scheme": "http", "path": path, "raw_path": path.encode(),
+            "query_string": b"", "root_path": "", "headers": headers,
+            "client": ("127.0.0.1", 40000), "server": ("127.0.0.1", 5001),
+        }  # fmt: skip
+        headers = [*headers, (b"content-length", str(len(body)).encode())]
+        scope["headers"] = headers
+        sent: list[dict[str, Any]] = []
+        bodies = [{"type": "http.request", "body": body, "more_body": False}]
+
+        async def receive() -> dict[str, Any]:
+            if bodies:
+                return bodies.pop()
+            await asyncio.Event().wait()  # the client stays connected until the answer
+            raise AssertionError("unreachable")
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        self.loop.run_until_complete(self.application(scope, receive, send))
+        status = sent[0]["status"]
+        content = b"".join(m.get("body", b"") for m in sent[1:])
+        assert status in (200, 202), content
+        return json.loads(content)
 
 
 def _timed(samples: list[Sample], call: Callable[..., Any], *args: Any) -> Any:
