@@ -22,11 +22,14 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.core import signals
 from django.core.asgi import get_asgi_application
-from django.core.handlers.asgi import ASGIHandler
+from django.core.exceptions import RequestAborted
+from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.core.handlers.base import BaseHandler
 from django.http import HttpRequest
 from django.http.response import HttpResponseBase
+from django.urls import set_script_prefix
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "koboldcluster.settings")
 # Tells settings.py to give each web process a database connection pool (PostgreSQL).
@@ -85,10 +88,33 @@ class ClusterASGIHandler(ASGIHandler):
         # Without ThreadSensitiveContext: no thread per request (see the module docstring).
         await self.handle(scope, receive, send)
 
+    async def handle(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if _SLASHES.sub("/", scope.get("path", "")) in WAITING_PATHS:
+            await super().handle(scope, receive, send)  # async views, disconnects watched
+            return
+        try:
+            body = await self.read_body(receive)
+        except RequestAborted:
+            return
+        set_script_prefix(get_script_prefix(scope))
+        response = await sync_to_async(self._respond)(scope, body)
+        await self.send_response(response, send)
+        if response.streaming:  # a file: closed once sent (request_finished goes with it)
+            await sync_to_async(response.close)()
+
+    def _respond(self, scope: dict[str, Any], body: Any) -> HttpResponseBase:
+        """The whole of an ordinary request in one step on the sync thread: request_started,
+        middleware and view, and (an answer already in memory) request_finished."""
+        signals.request_started.send(sender=self.__class__, scope=scope)
+        request, response = self.create_request(scope, body)
+        if request is not None:
+            response = self.sync_handler.get_response(request)
+        if not response.streaming:
+            response.close()
+        return response
+
     async def get_response_async(self, request: HttpRequest) -> HttpResponseBase:
-        if _SLASHES.sub("/", request.path_info) in WAITING_PATHS:
-            return await self.waiting_handler.get_response_async(request)  # they wait
-        return await sync_to_async(self.sync_handler.get_response)(request)
+        return await self.waiting_handler.get_response_async(request)  # the waiting paths
 
 
 get_asgi_application()  # django.setup(), as Django's own entry point does
