@@ -132,9 +132,9 @@ class ExtraVersionView(KoboldView):
         tags=KOBOLD,
         summary="What this server is (KoboldCpp's feature probe)",
         description="Claims no KoboldCpp version: KoboldAI Lite reads `version` and "
-        "SillyTavern reads `result` as one, and either would then stream through "
-        "`/api/extra/generate/stream`, which this cluster does not serve yet. So both use "
-        "`/api/v1/generate`.",
+        "SillyTavern reads `result` as one, and would then also probe KoboldCpp's other "
+        "features. `/api/extra/generate/stream` and `/api/extra/generate/check` are served "
+        "(`streaming: true`) for clients that call them.",
         responses={
             200: shape(
                 "KoboldExtraVersion",
@@ -153,7 +153,7 @@ class ExtraVersionView(KoboldView):
             {
                 "name": "KoboldAI Cluster",
                 "cluster_version": koboldcluster.__version__,
-                "streaming": False,
+                "streaming": True,
                 "tokencount": "estimate: a quarter of the characters, rounded up",
                 "abort": "by the genkey sent with /api/v1/generate",
             }
@@ -245,6 +245,12 @@ class StreamView(GenerateView):
         return event_stream(kobold_tokens(prompt_id=prompt_id))
 
 
+CHECK = shape(
+    "KoboldCheck",
+    {"results": shape("KoboldCheckText", {"text": serializers.CharField()}, many=True)},
+)
+
+
 class CheckView(KoboldView):
     class Input(serializers.Serializer):
         genkey = StrictCharField(required=False, allow_blank=True, max_length=100)
@@ -258,21 +264,28 @@ class CheckView(KoboldView):
         "done; empty without a genkey or when nothing is known.",
         parameters=[BEARER],
         request=Input,
-        responses={
-            200: shape(
-                "KoboldCheck",
-                {"results": shape("KoboldCheckText", {"text": serializers.CharField()}, many=True)},
-            )
-        },
+        responses={200: CHECK},
     )
     def post(self, request: Request) -> Response:
-        data = validated(self.Input, request.data if request.data else request.query_params)
+        return self.answer(request, request.data or {})
+
+    @extend_schema(
+        operation_id="kobold_generate_check_get",
+        tags=KOBOLD,
+        summary="The text generated so far (KoboldCpp's poll, by GET)",
+        description="As the POST, with `genkey` in the query.",
+        parameters=[BEARER, OpenApiParameter("genkey", str, OpenApiParameter.QUERY)],
+        responses={200: CHECK},
+    )
+    def get(self, request: Request) -> Response:
+        return self.answer(request, request.query_params)
+
+    def answer(self, request: Request, body: Any) -> Response:
+        data = validated(self.Input, body)
         user = api_user(request) or anonymous_user()
         genkey = data.get("genkey") or ""
         text = genkey_text_so_far(user=user, genkey=genkey) if genkey else ""
         return Response({"results": [{"text": text}]})
-
-    get = post
 
 
 class AbortView(KoboldView):
