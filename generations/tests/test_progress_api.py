@@ -16,6 +16,12 @@ pytestmark = pytest.mark.django_db
 V2 = "/api/v2/generate/text/progress"
 
 
+@pytest.fixture(autouse=True)
+def own_var_dir(settings, tmp_path):
+    """Progress files of this test's own (the var dir is shared by every test run)."""
+    settings.VAR_DIR = tmp_path
+
+
 @pytest.fixture
 def job_id(submit_prompt, pop):
     submit_prompt(params={"n": 1, "max_length": 16}, username="alice")
@@ -125,3 +131,65 @@ def test_a_missing_text_is_400(post_progress, job_id):
     response = post_progress(job_id, text=None)
 
     assert response.status_code == 400
+
+
+def test_reaping_a_job_drops_its_progress(post_progress, job_id):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from generations.lifecycle import jobs_reap
+
+    post_progress(job_id, "Once upon")
+    Job.objects.filter(id=job_id).update(deadline=timezone.now() - timedelta(seconds=1))
+
+    assert jobs_reap() == 1
+    assert progress_text(prompt_of(job_id)) is None
+
+
+def test_stale_progress_files_are_swept(settings, tmp_path):
+    import os
+    import time
+
+    from generations import progress_store
+
+    settings.VAR_DIR = tmp_path
+    settings.REDIS_URL = ""
+    prompt_id = uuid.uuid4()
+    progress_store.progress_store(prompt_id=prompt_id, job_id="j", text="old")
+    path = tmp_path / "progress" / str(prompt_id)
+    old = time.time() - progress_store.PROGRESS_TTL_SECONDS - 1
+    os.utime(path, (old, old))
+
+    assert progress_store.progress_sweep() == 1
+    assert progress_store.progress_text(prompt_id) is None
+
+
+class TestDeltas:
+    """What a stream sends of each text so far: pieces that add up to the final answer."""
+
+    def pieces(self, texts, final, **options):
+        from generations.streaming import Deltas
+
+        deltas = Deltas(**options)
+        sent = [deltas.delta(text) for text in texts]
+        return sent, deltas.delta(final, final=True)
+
+    def test_only_the_new_part_of_each_text(self):
+        sent, last = self.pieces(["Once", "Once upon", "Once upon a"], "Once upon a time")
+        assert sent == ["Once", " upon", " a"] and last == " time"
+
+    def test_a_stop_sequence_is_never_sent_even_in_part(self):
+        sent, last = self.pieces(
+            ["Hi there\nUs", "Hi there\nUser: x"], "Hi there\nUser: x", stops=["\nUser:"]
+        )
+        assert "".join(sent) + last == "Hi there"
+        assert "\n" not in "".join(sent)
+
+    def test_a_chat_message_is_stripped_as_the_answer_is(self):
+        sent, last = self.pieces(["  Hello ", "  Hello world  "], "  Hello world.  ", strip=True)
+        assert "".join(sent) + last == "Hello world."
+
+    def test_a_text_that_does_not_continue_waits_for_the_final(self):
+        sent, last = self.pieces(["Once upon", "Another"], "Once upon a time")
+        assert sent == ["Once upon", ""] and last == " a time"
