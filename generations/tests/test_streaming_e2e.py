@@ -158,3 +158,64 @@ def test_a_backend_that_cannot_stream_gives_one_chunk(cluster, bridge_process, k
     tokens = [data["token"] for _, data in kobold_stream(cluster, {"prompt": prompt})]
 
     assert [t for t in tokens if t] == [fake_text(prompt, min(TOKENS, 80))]
+
+
+def test_a_client_that_disconnects_cancels_its_prompt(cluster, kcpp):
+    from generations.models import Prompt
+
+    body = {"prompt": "A story nobody reads", "max_length": TOKENS}
+    with requests.post(
+        f"{cluster.url}/api/extra/generate/stream", json=body, stream=True, timeout=60
+    ) as response:
+        for line in response.iter_lines(decode_unicode=True):
+            if line.startswith("data:"):
+                break  # the first token came; the reader goes away
+    wait_until(
+        lambda: Prompt.objects.filter(state=Prompt.State.CANCELLED).exists(),
+        "the prompt to be cancelled",
+        timeout=20,
+    )
+
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def redis_reachable() -> bool:
+    import redis
+
+    try:
+        return bool(redis.Redis.from_url(REDIS_URL, socket_timeout=1).ping())
+    except redis.RedisError:
+        return False
+
+
+@pytest.fixture(params=["files", "redis"])
+def two_nodes(request: Any, transactional_db: None) -> Iterator[list[Any]]:
+    from koboldcluster.testing import ClusterProcess
+
+    env = {"KOBOLDCLUSTER_FRONTEND_WAIT_SECONDS": "60"}
+    if request.param == "redis":
+        if not redis_reachable():
+            pytest.skip("Redis is not running at 127.0.0.1:6379")
+        env["REDIS_URL"] = REDIS_URL
+    nodes = [ClusterProcess(env), ClusterProcess(env)]
+    try:
+        for node in nodes:
+            node.start()
+        yield nodes
+    finally:
+        for node in nodes:
+            node.stop()
+
+
+def test_progress_posted_to_one_node_reaches_a_stream_on_the_other(two_nodes, bridge_process):
+    node_a, node_b = two_nodes
+    with FakeKoboldCpp(model=MODEL, tokens=TOKENS) as backend:
+        serve(node_a, bridge_process, backend.url)  # the bridge posts its progress to A
+        prompt = "Across the nodes"
+        arrivals = list(kobold_stream(node_b, {"prompt": prompt, "max_length": TOKENS}))
+
+    pieces = [data["token"] for _, data in arrivals if data["token"]]
+    assert "".join(pieces) == fake_text(prompt, TOKENS)
+    assert len(pieces) > 3  # streamed, not one chunk at the end
+    assert arrivals[0][0] < arrivals[-1][0] - 0.8
