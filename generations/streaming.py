@@ -80,27 +80,28 @@ async def _updates(prompt_id: object, timeout: float) -> AsyncIterator[Update]:
     deadline = loop.time() + timeout
     read_progress = sync_to_async(progress_text, thread_sensitive=False)
     last_text: str | None = None
-    check_status, last_check = True, loop.time()
+    last_check = loop.time()
     async with wakeups.listening(wakeups.topic_for_prompt(prompt_id)) as wake:
         while True:
-            if check_status or loop.time() - last_check > RECHECK_SECONDS:
+            # The text so far first: it is what most wake-ups bring, and cheap to read.
+            entry = await read_progress(prompt_id)
+            text = entry[1] if entry else None
+            if text is not None and text != last_text:
+                last_text = text
+                yield Update(text)
+                check_status = loop.time() - last_check > RECHECK_SECONDS
+            else:  # no new text: maybe the submit (which removes it) woke us
+                check_status = True
+            if check_status:
                 status = await sync_to_async(prompt_status)(prompt_id=prompt_id)
                 last_check = loop.time()
                 if status.done:
                     yield _final(status)
                     return
-            entry = await read_progress(prompt_id)
-            text = entry[1] if entry else None
-            # New text: a progress woke us. None or the same: maybe the submit did.
-            check_status = text is None or text == last_text
-            if text is not None and text != last_text:
-                last_text = text
-                yield Update(text)
             remaining = deadline - loop.time()
             if remaining <= 0:
                 raise await sync_to_async(_give_up)(prompt_id, timeout)
-            if not await wake.wait(min(RECHECK_SECONDS, remaining)):
-                check_status = True
+            await wake.wait(min(RECHECK_SECONDS, remaining))
 
 
 def _final(status: PromptStatus) -> Update:
