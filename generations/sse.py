@@ -15,6 +15,7 @@ from typing import Any
 from django.http import StreamingHttpResponse
 
 from generations.openai_shapes import cut_at_stop, finish_reason, openai_error, usage
+from generations.status import PromptStatus
 from generations.streaming import Deltas, follow
 from koboldcluster.errors import ApiError
 
@@ -109,9 +110,15 @@ async def kobold_tokens(*, prompt_id: Any) -> AsyncIterator[bytes]:
             if piece:
                 yield _kobold_event({"token": piece})
             if update.status is not None:
-                yield _kobold_event({"token": "", "finish_reason": "stop"})
+                yield _kobold_event({"token": "", "finish_reason": _kobold_finish(update.status)})
     except ApiError as error:
         yield _kobold_event({"token": "", "finish_reason": "error", "error": error.message})
+
+
+def _kobold_finish(status: PromptStatus) -> str:
+    """ "length" when the generation used all of max_length, else "stop" (as KoboldCpp)."""
+    jobs = status.generations
+    return "length" if jobs and jobs[0].tokens >= status.prompt.max_length else "stop"
 
 
 def _kobold_event(body: dict[str, Any]) -> bytes:

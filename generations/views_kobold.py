@@ -42,6 +42,10 @@ KOBOLD = ["KoboldAI API"]
 # use_default_badwordsids: 1.2.4); KoboldCpp reports the same.
 KOBOLD_API_VERSION = "1.2.5"
 MODEL_NAMES_SHOWN = 5
+# KoboldAI Lite streams from a KoboldCpp of at least this version (its is_using_kcpp_with_sse:
+# 1.40; polling /api/extra/generate/check from 1.30, mirostat fields from 1.37, which
+# generate ignores). Higher versions unlock features this cluster does not serve.
+LITE_STREAMING_VERSION = "1.40"
 
 BEARER = OpenApiParameter(
     "Authorization",
@@ -131,15 +135,17 @@ class ExtraVersionView(KoboldView):
         operation_id="kobold_extra_version",
         tags=KOBOLD,
         summary="What this server is (KoboldCpp's feature probe)",
-        description="Claims no KoboldCpp version: KoboldAI Lite reads `version` and "
-        "SillyTavern reads `result` as one, and would then also probe KoboldCpp's other "
-        "features. `/api/extra/generate/stream` and `/api/extra/generate/check` are served "
-        "(`streaming: true`) for clients that call them.",
+        description=f"`version` {LITE_STREAMING_VERSION}: the KoboldCpp version from which "
+        "KoboldAI Lite streams through `/api/extra/generate/stream` (server-sent events) or "
+        "polls `/api/extra/generate/check`, both served here; the features Lite unlocks at "
+        "later versions are not claimed. No `result`: SillyTavern compares it as a KoboldCpp "
+        "version, where any word counts as newer than every number.",
         responses={
             200: shape(
                 "KoboldExtraVersion",
                 {
                     "name": serializers.CharField(),
+                    "version": serializers.CharField(),
                     "cluster_version": serializers.CharField(),
                     "streaming": serializers.BooleanField(),
                     "tokencount": serializers.CharField(),
@@ -152,6 +158,7 @@ class ExtraVersionView(KoboldView):
         return Response(
             {
                 "name": "KoboldAI Cluster",
+                "version": LITE_STREAMING_VERSION,
                 "cluster_version": koboldcluster.__version__,
                 "streaming": True,
                 "tokencount": "estimate: a quarter of the characters, rounded up",

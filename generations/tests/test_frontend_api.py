@@ -99,11 +99,12 @@ def test_with_no_server_the_model_is_still_a_name(api):
     assert api.get("/api/v1/config/max_context_length").json() == {"value": 0}
 
 
-def test_extra_version_claims_no_koboldcpp_version(client):
-    """Lite takes a non-empty `version` for KoboldCpp and SillyTavern compares `result` as
-    one ("KoboldCpp" sorts after every number): either would probe all of KoboldCpp."""
+def test_extra_version_claims_the_koboldcpp_version_that_makes_lite_stream(client):
+    """Lite streams through /api/extra/generate/stream from KoboldCpp 1.40 on (its
+    is_using_kcpp_with_sse) and unlocks more at later versions; SillyTavern compares `result`
+    as a version ("KoboldCpp" sorts after every number), so there is none."""
     body = client.get("/api/extra/version").json()
-    assert "version" not in body and "result" not in body
+    assert body["version"] == "1.40" and "result" not in body
     assert body["name"] == "KoboldAI Cluster" and body["streaming"] is True
 
 
