@@ -106,6 +106,17 @@ def test_the_openai_sdk_streams_a_chat(cluster, kcpp):
     assert len(finishes) > 3
 
 
+def streams_open(cluster: Any) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = requests.get(f"{cluster.url}/metrics", timeout=10).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "koboldcluster_streams_open":
+                return sample.value
+    raise AssertionError("no koboldcluster_streams_open in /metrics")
+
+
 def kobold_stream(cluster: Any, body: dict[str, Any]) -> Iterator[tuple[float, dict]]:
     started = time.monotonic()
     with requests.post(
@@ -141,11 +152,13 @@ def test_koboldcpp_sse_streams_and_the_database_never_holds_progress(cluster, kc
             ).json()
             assert marker in check["results"][0]["text"]
             assert not stored_generations(cluster)
+            assert streams_open(cluster) == 1
             for path in (database, Path(f"{database}-wal")):
                 if path.exists():
                     assert marker.encode() not in path.read_bytes(), path
     assert checked_mid_generation
     assert seen == full
+    wait_until(lambda: streams_open(cluster) == 0, "the stream to be counted closed")
     assert stored_generations(cluster) == [full]
     assert arrivals[0] < arrivals[-1] - 0.8
 
