@@ -23,6 +23,7 @@ from accounts.identity import USER_COLUMNS, user_from_row, verify_owner
 from generations import events
 from generations.lifecycle import slot_return
 from generations.models import Job, Prompt, reward_tokens
+from generations.progress_store import progress_drop
 from generations.sql import (
     as_dt,
     as_uuid,
@@ -139,6 +140,7 @@ def job_submit(
             if not _accept(job, done):
                 _accept_late(job, done)
             _pay(delivery, tokens, now)
+    progress_drop(job.prompt_id)  # the stored generation replaces the text so far
     events.prompt_changed(job.prompt_id)
     logger.info("job %s done by server %s: %s tokens", job.id, job.server_id, tokens)
     return tokens
@@ -292,4 +294,5 @@ def job_fault(*, job: Job, now: datetime | None = None) -> None:
             raise NotFound(f"Job {job.id} is no longer processing.", rc="AbortedGen")
         Server.objects.filter(pk=job.server_id).update(uncompleted_jobs=F("uncompleted_jobs") + 1)
         slot_return(prompt_id=job.prompt_id, now=now)
+    progress_drop(job.prompt_id)
     logger.info("job %s faulted by server %s", job.id, job.server_id)

@@ -22,7 +22,8 @@ from django.utils import timezone
 from accounts.models import User
 from generations.chat import family
 from generations.intake import GenerationRequest, prompt_create
-from generations.status import PromptStatus, able_servers, prompt_cancel
+from generations.progress_store import progress_text
+from generations.status import PromptStatus, able_servers, prompt_cancel, prompt_status
 from generations.waiting import prompt_wait_done
 from koboldcluster.errors import ApiError, NotFound
 from servers.models import Server
@@ -165,3 +166,19 @@ def genkey_abort(*, user: User, genkey: str) -> bool:
     except NotFound:
         return False
     return True
+
+
+def genkey_text_so_far(*, user: User, genkey: str) -> str:
+    """The text so far of the caller's generation sent with `genkey` (KoboldCpp's check):
+    its server's latest progress, the stored generation once done, else ""."""
+    prompt_id = cache.get(_genkey_cache_key(user, genkey))
+    if prompt_id is None:
+        return ""
+    progress = progress_text(prompt_id)
+    if progress is not None:
+        return progress[1]
+    try:
+        status = prompt_status(prompt_id=prompt_id)
+    except NotFound:
+        return ""
+    return status.generations[0].text if status.generations else ""

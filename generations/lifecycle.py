@@ -20,6 +20,7 @@ from django.utils import timezone
 
 from generations import events
 from generations.models import Job, Prompt
+from generations.progress_store import progress_drop
 from generations.vacuum import vacuum_after_purge
 from servers.models import Server
 
@@ -64,6 +65,7 @@ def jobs_reap(*, now: datetime | None = None) -> int:
                 continue
             Server.objects.filter(pk=server_id).update(uncompleted_jobs=F("uncompleted_jobs") + 1)
             slot_return(prompt_id=prompt_id, now=now)
+        progress_drop(prompt_id)
         reaped += 1
         logger.info("job %s of prompt %s abandoned by server %s", job_id, prompt_id, server_id)
     return reaped

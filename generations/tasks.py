@@ -11,6 +11,7 @@ import logging
 from django.utils import timezone
 
 from generations.lifecycle import jobs_reap, prompts_purge
+from generations.progress_store import progress_sweep
 
 logger = logging.getLogger(__name__)
 
@@ -26,5 +27,7 @@ def purge_expired_prompts() -> str:
 def reap_overdue_jobs() -> str:
     """Give the slots of jobs whose server missed the deadline back to the queue."""
     summary = f"reaped {jobs_reap(now=timezone.now())} overdue jobs"
+    # Progress of jobs that ended without a word (files without Redis; Redis expires its own).
+    progress_sweep()
     logger.info(summary)
     return summary

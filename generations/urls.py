@@ -1,6 +1,6 @@
 from django.urls import path
 
-from generations import views
+from generations import views, views_progress
 from generations.long_poll import long_poll
 
 urlpatterns = [
@@ -8,4 +8,5 @@ urlpatterns = [
     path("generate/prompt/<str:prompt_id>", views.PromptStatusView.as_view()),
     path("generate/pop", long_poll(views.PopView)),
     path("generate/submit", views.SubmitView.as_view()),
+    path("generate/progress", views_progress.ProgressView.as_view()),
 ]

@@ -22,5 +22,7 @@ urlpatterns = [
     path("latest/info/version", views_kobold.InfoVersionView.as_view(schema=None)),
     path("extra/version", views_kobold.ExtraVersionView.as_view()),
     path("extra/abort", views_kobold.AbortView.as_view()),
+    path("extra/generate/stream", views_kobold.StreamView.as_view()),
+    path("extra/generate/check", views_kobold.CheckView.as_view()),
     path("extra/tokencount", views_kobold.TokenCountView.as_view()),
 ]

@@ -14,6 +14,7 @@ from typing import Any
 
 from adrf.views import APIView as AsyncAPIView
 from asgiref.sync import sync_to_async
+from django.http.response import HttpResponseBase
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
 from rest_framework.request import Request
@@ -23,12 +24,15 @@ from rest_framework.views import APIView
 import koboldcluster
 from accounts.authentication import BearerApiKeyAuthentication, api_user
 from accounts.identity import anonymous_user
+from accounts.models import User
 from generations.chat import estimate_tokens
-from generations.frontend import generate, genkey_abort, served_models
+from generations.frontend import generate, genkey_abort, genkey_text_so_far, served_models
 from generations.intake import GenerationRequest
 from generations.serializers import GenerationParamsSerializer, PromptTextField, split_params
+from generations.sse import event_stream, kobold_tokens
+from generations.streaming import start
 from koboldcluster.api import validated
-from koboldcluster.errors import exception_handler
+from koboldcluster.errors import BadRequest, exception_handler
 from koboldcluster.fields import StrictCharField
 from koboldcluster.openapi import error, shape
 
@@ -38,6 +42,10 @@ KOBOLD = ["KoboldAI API"]
 # use_default_badwordsids: 1.2.4); KoboldCpp reports the same.
 KOBOLD_API_VERSION = "1.2.5"
 MODEL_NAMES_SHOWN = 5
+# KoboldAI Lite streams from a KoboldCpp of at least this version (its is_using_kcpp_with_sse:
+# 1.40; polling /api/extra/generate/check from 1.30, mirostat fields from 1.37, which
+# generate ignores). Higher versions unlock features this cluster does not serve.
+LITE_STREAMING_VERSION = "1.40"
 
 BEARER = OpenApiParameter(
     "Authorization",
@@ -127,15 +135,17 @@ class ExtraVersionView(KoboldView):
         operation_id="kobold_extra_version",
         tags=KOBOLD,
         summary="What this server is (KoboldCpp's feature probe)",
-        description="Claims no KoboldCpp version: KoboldAI Lite reads `version` and "
-        "SillyTavern reads `result` as one, and either would then stream through "
-        "`/api/extra/generate/stream`, which this cluster does not serve yet. So both use "
-        "`/api/v1/generate`.",
+        description=f"`version` {LITE_STREAMING_VERSION}: the KoboldCpp version from which "
+        "KoboldAI Lite streams through `/api/extra/generate/stream` (server-sent events) or "
+        "polls `/api/extra/generate/check`, both served here; the features Lite unlocks at "
+        "later versions are not claimed. No `result`: SillyTavern compares it as a KoboldCpp "
+        "version, where any word counts as newer than every number.",
         responses={
             200: shape(
                 "KoboldExtraVersion",
                 {
                     "name": serializers.CharField(),
+                    "version": serializers.CharField(),
                     "cluster_version": serializers.CharField(),
                     "streaming": serializers.BooleanField(),
                     "tokencount": serializers.CharField(),
@@ -148,8 +158,9 @@ class ExtraVersionView(KoboldView):
         return Response(
             {
                 "name": "KoboldAI Cluster",
+                "version": LITE_STREAMING_VERSION,
                 "cluster_version": koboldcluster.__version__,
-                "streaming": False,
+                "streaming": True,
                 "tokencount": "estimate: a quarter of the characters, rounded up",
                 "abort": "by the genkey sent with /api/v1/generate",
             }
@@ -195,6 +206,13 @@ class GenerateView(AsyncAPIView):
         },
     )
     async def post(self, request: Request) -> Response:
+        user, generation, genkey = await self.parse(request)
+        status = await generate(user=user, request=generation, genkey=genkey)
+        texts = [job.text for job in status.generations] or [""]
+        return Response({"results": [{"text": text} for text in texts]})
+
+    async def parse(self, request: Request) -> tuple[User, GenerationRequest, str]:
+        """The caller, the queue request of a KoboldAI generate body, and its genkey."""
         data = validated(self.Input, request.data)
         user = api_user(request) or await sync_to_async(anonymous_user)()
         genkey = data.pop("genkey", "")
@@ -204,9 +222,77 @@ class GenerateView(AsyncAPIView):
         generation = GenerationRequest(
             text=text, params=samplers, client_agent=agent, **shape_params
         )
-        status = await generate(user=user, request=generation, genkey=genkey)
-        texts = [job.text for job in status.generations] or [""]
-        return Response({"results": [{"text": text} for text in texts]})
+        return user, generation, genkey
+
+
+class StreamView(GenerateView):
+    @extend_schema(
+        operation_id="kobold_generate_stream",
+        tags=KOBOLD,
+        summary="Generate text, streaming it (KoboldCpp's server-sent events)",
+        description="The generate body (n = 1); the answer is `text/event-stream`: "
+        '`event: message` / `data: {"token": "..."}` with each new piece as the server '
+        'generates, then `data: {"token": "", "finish_reason": "stop"}`. The tokens add up '
+        "to the stored generation. A server whose backend does not stream sends it all at "
+        "the end. Disconnecting cancels the request.",
+        parameters=[BEARER],
+        request=GenerateView.Input,
+        responses={
+            (200, "text/event-stream"): {"type": "string"},
+            400: error("ValidationError"),
+            401: error("InvalidAPIKey"),
+            429: error("TooManyPrompts, TooManyRequests"),
+        },
+    )
+    async def post(self, request: Request) -> HttpResponseBase:
+        user, generation, genkey = await self.parse(request)
+        if generation.n > 1:
+            raise BadRequest("Streaming takes n = 1 only.", rc="ValidationError")
+        prompt_id = await start(user=user, request=generation, genkey=genkey)
+        return event_stream(kobold_tokens(prompt_id=prompt_id))
+
+
+CHECK = shape(
+    "KoboldCheck",
+    {"results": shape("KoboldCheckText", {"text": serializers.CharField()}, many=True)},
+)
+
+
+class CheckView(KoboldView):
+    class Input(serializers.Serializer):
+        genkey = StrictCharField(required=False, allow_blank=True, max_length=100)
+
+    @extend_schema(
+        operation_id="kobold_generate_check",
+        tags=KOBOLD,
+        summary="The text generated so far (KoboldCpp's poll)",
+        description="For your generation sent with this `genkey` (same API key, or "
+        "anonymous): the text its server has generated so far, or the whole generation once "
+        "done; empty without a genkey or when nothing is known.",
+        parameters=[BEARER],
+        request=Input,
+        responses={200: CHECK},
+    )
+    def post(self, request: Request) -> Response:
+        return self.answer(request, request.data or {})
+
+    @extend_schema(
+        operation_id="kobold_generate_check_get",
+        tags=KOBOLD,
+        summary="The text generated so far (KoboldCpp's poll, by GET)",
+        description="As the POST, with `genkey` in the query.",
+        parameters=[BEARER, OpenApiParameter("genkey", str, OpenApiParameter.QUERY)],
+        responses={200: CHECK},
+    )
+    def get(self, request: Request) -> Response:
+        return self.answer(request, request.query_params)
+
+    def answer(self, request: Request, body: Any) -> Response:
+        data = validated(self.Input, body)
+        user = api_user(request) or anonymous_user()
+        genkey = data.get("genkey") or ""
+        text = genkey_text_so_far(user=user, genkey=genkey) if genkey else ""
+        return Response({"results": [{"text": text}]})
 
 
 class AbortView(KoboldView):

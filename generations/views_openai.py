@@ -40,6 +40,8 @@ from generations.serializers import (
     split_params,
     validate_prompt_text,
 )
+from generations.sse import event_stream, openai_chunks
+from generations.streaming import start
 from koboldcluster.api import validated
 from koboldcluster.openapi import shape
 
@@ -67,7 +69,6 @@ KOBOLD_SAMPLERS = (
     "dynatemp_exponent",
 )
 REFUSED = {
-    "stream": "streaming is not served yet; send stream: false.",
     "logprobs": "servers report no token probabilities.",
     "tools": "servers run plain text generation, without tool calls.",
     "functions": "servers run plain text generation, without function calls.",
@@ -149,6 +150,18 @@ class CompletionInput(serializers.Serializer):
     n = serializers.IntegerField(required=False, allow_null=True, min_value=1)
     stop = StopField(required=False, default=list)
     truncation_length = serializers.IntegerField(required=False, allow_null=True, min_value=1)
+    stream = serializers.BooleanField(required=False, allow_null=True, default=False)
+    stream_options = serializers.DictField(required=False, allow_null=True, default=None)
+
+    def validate_stream(self, value: bool | None) -> bool:
+        return bool(value)
+
+    def validate(self, data: dict[str, Any]) -> dict[str, Any]:
+        options = data.pop("stream_options", None) or {}
+        data["include_usage"] = bool(options.get("include_usage"))
+        if data["stream"] and (data.get("n") or 1) > 1:
+            raise Unsupported("Streaming takes n = 1 only.", param="n")
+        return data
 
 
 class CompletionsInput(CompletionInput):
@@ -256,7 +269,9 @@ class CompletionsView(AsyncOpenAIView):
         summary="Complete a prompt, waiting for it",
         description="`model`, `prompt`, `max_tokens` (16), `temperature`, `top_p`, `n`, "
         "`stop`, and KoboldAI's samplers by their names; `seed`, penalties and `user` are "
-        "ignored; `stream`, `logprobs`, `echo`, `suffix`, `logit_bias` are refused. "
+        "ignored; `logprobs`, `echo`, `suffix`, `logit_bias` are refused. `stream: true` "
+        "answers server-sent events in OpenAI's chunk format as the server generates "
+        "(n = 1; `stream_options.include_usage` adds a last chunk with `usage`). "
         "`usage` is estimated by the cluster's token rule. " + BEARER_DOC,
         request=CompletionsInput,
         responses=COMPLETION_RESPONSES,
@@ -270,6 +285,19 @@ class CompletionsView(AsyncOpenAIView):
         generation, max_tokens = await _generation(
             request, data, data["prompt"], COMPLETIONS_DEFAULT_MAX_TOKENS, data["stop"]
         )
+        if data["stream"]:
+            prompt_id = await start(user=user, request=generation)
+            return event_stream(
+                openai_chunks(
+                    prompt_id=prompt_id,
+                    prompt=data["prompt"],
+                    model=data.get("model") or "",
+                    stops=data["stop"],
+                    max_tokens=max_tokens,
+                    chat=False,
+                    include_usage=data["include_usage"],
+                )
+            )
         status = await generate(user=user, request=generation)
         body = completion_body(
             status=status,
@@ -322,13 +350,25 @@ class ChatCompletionsView(AsyncOpenAIView):
         generation, max_tokens = await _generation(
             request, data, text, CHAT_DEFAULT_MAX_TOKENS, stops
         )
+        headers = {"X-Chat-Template": choice.template.key}
+        if choice.warning:
+            headers[WARNING_HEADER] = choice.warning
+        if data["stream"]:
+            prompt_id = await start(user=user, request=generation)
+            chunks = openai_chunks(
+                prompt_id=prompt_id,
+                prompt=text,
+                model=requested,
+                stops=stops,
+                max_tokens=max_tokens,
+                chat=True,
+                include_usage=data["include_usage"],
+            )
+            return event_stream(chunks, headers)
         status = await generate(user=user, request=generation)
         answer = completion_body(
             status=status, prompt=text, stops=stops, max_tokens=max_tokens, chat=True
         )
-        headers = {"X-Chat-Template": choice.template.key}
-        if choice.warning:
-            headers[WARNING_HEADER] = choice.warning
         return Response(answer, headers=headers)
 
 

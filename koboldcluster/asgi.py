@@ -45,6 +45,8 @@ WAITING_PATHS = frozenset(
         "/api/latest/generate",
         "/v1/completions",
         "/v1/chat/completions",
+        # Streams to clients (generations/sse.py).
+        "/api/extra/generate/stream",
     }
 )
 _SLASHES = re.compile(r"//+")

@@ -99,12 +99,13 @@ def test_with_no_server_the_model_is_still_a_name(api):
     assert api.get("/api/v1/config/max_context_length").json() == {"value": 0}
 
 
-def test_extra_version_claims_no_koboldcpp_version(client):
-    """Lite takes a non-empty `version` for KoboldCpp and SillyTavern compares `result` as
-    one ("KoboldCpp" sorts after every number): either would stream, which is not served."""
+def test_extra_version_claims_the_koboldcpp_version_that_makes_lite_stream(client):
+    """Lite streams through /api/extra/generate/stream from KoboldCpp 1.40 on (its
+    is_using_kcpp_with_sse) and unlocks more at later versions; SillyTavern compares `result`
+    as a version ("KoboldCpp" sorts after every number), so there is none."""
     body = client.get("/api/extra/version").json()
-    assert "version" not in body and "result" not in body
-    assert body["name"] == "KoboldAI Cluster" and body["streaming"] is False
+    assert body["version"] == "1.40" and "result" not in body
+    assert body["name"] == "KoboldAI Cluster" and body["streaming"] is True
 
 
 def test_tokencount_is_an_estimate(client):
@@ -168,10 +169,18 @@ def test_a_model_nobody_serves_times_out_in_openai_shape(api, pop, short_wait):
 @pytest.mark.django_db
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("stream", True), ("logprobs", True), ("tools", [{"type": "function"}]), ("n", "x")],
+    [
+        ("echo", True),
+        ("logprobs", True),
+        ("tools", [{"type": "function"}]),
+        ("n", "x"),
+        ("n", {"stream": True, "n": 2}),  # streams carry one choice
+    ],
 )
 def test_fields_that_would_change_the_meaning_are_refused(api, field, value):
     body = {"messages": [{"role": "user", "content": "Hi"}], field: value}
+    if isinstance(value, dict):
+        body = {"messages": body["messages"], **value}
     response = api.post("/v1/chat/completions", body, format="json")
     assert response.status_code == 400
     assert openai_error(response)["param"] == field

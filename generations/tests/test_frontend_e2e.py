@@ -139,7 +139,8 @@ def test_koboldai_lite_connects_and_generates(cluster, served):
     assert get(cluster, "/api/v1/info/version", **headers)["result"] == "1.2.5"
     assert get(cluster, "/api/v1/config/max_context_length", **headers)["value"] == 4096
     extra = get(cluster, "/api/extra/version", **headers)
-    assert not extra.get("version")  # so Lite stays on /api/v1/generate (no streaming)
+    # Lite streams (server-sent events) from KoboldCpp 1.40 on, its token polling from 1.30.
+    assert extra["version"] == "1.40"
 
     body = {**LITE_BODY, "prompt": "The kobold looked at the dragon and"}
     response = requests.post(
@@ -153,8 +154,8 @@ def test_koboldai_lite_connects_and_generates(cluster, served):
 
 
 def test_koboldai_lite_openai_compatible_connection(cluster, served):
-    """Lite's "OpenAI Compatible API" without a key (it then sends no Authorization), token
-    streaming off: the model list, then completions or, ticked, chat completions."""
+    """Lite's "OpenAI Compatible API" without a key (it then sends no Authorization): the
+    model list, then completions or, ticked, chat completions, and with token streaming on."""
     kai, _ = served
     origin = {"Origin": "https://lite.koboldai.net"}
     model = get(cluster, "/v1/models", **origin)["data"][0]["id"]
@@ -176,9 +177,13 @@ def test_koboldai_lite_openai_compatible_connection(cluster, served):
     assert received.endswith("<|start_header_id|>assistant<|end_header_id|>\n\nGreetings,")
     assert answer["choices"][0]["message"]["content"] == fake_text(received, 16).strip()
 
-    streamed = requests.post(f"{url}/completions", json={**body, "stream": True}, timeout=10)
-    assert streamed.status_code == 400
-    assert "stream: false" in streamed.json()["error"]["message"]
+    # Token streaming on: FakeKoboldAI cannot stream, so the text comes as one chunk.
+    streamed = requests.post(f"{url}/completions", json={**body, "stream": True}, timeout=40)
+    events = [line[6:] for line in streamed.text.splitlines() if line.startswith("data: ")]
+    assert streamed.headers["Content-Type"].startswith("text/event-stream")
+    assert events[-1] == "[DONE]"
+    pieces = [json.loads(event)["choices"][0]["text"] for event in events[:-1]]
+    assert [piece for piece in pieces if piece] == [fake_text(body["prompt"], 16)]
 
 
 def test_sillytavern_kobold_classic_connects_and_generates(cluster, served):
@@ -188,7 +193,7 @@ def test_sillytavern_kobold_classic_connects_and_generates(cluster, served):
     kcpp = requests.get(f"{api}/extra/version", timeout=10)
     model = requests.get(f"{api}/v1/model", timeout=10).json()["result"]
     assert united == "1.2.5" and model not in ("", "ReadOnly")
-    # SillyTavern reads `result` as the KoboldCpp version: absent means none, no streaming.
+    # SillyTavern reads `result` as the KoboldCpp version: absent means none.
     assert kcpp.ok and "result" not in kcpp.json()
 
     body = {

@@ -29,7 +29,7 @@ CHECKS = (
 # The KoboldAI and OpenAI generate endpoints wait for a server to generate; with none here
 # their designed answer is 504 Gateway Timeout (documented), which the "no server error"
 # check cannot tell from a crash. generations/tests/test_frontend_*.py cover them.
-WAITING_PATHS = r"^/(api/v1/generate|v1/completions|v1/chat/completions)$"
+WAITING_PATHS = r"^/(api/v1/generate|api/extra/generate/stream|v1/completions|v1/chat/completions)$"
 
 
 @pytest.fixture

@@ -1,0 +1,37 @@
+"""A job's text so far, posted by its server while the backend streams it (issue 12).
+
+Progress is transient: only the latest text of each prompt's job is kept, never in the
+database. With `REDIS_URL` it lives in Redis (Django's cache) for PROGRESS_TTL_SECONDS, so a
+stream on any node reads it; without, in a file per prompt in the var dir, so every web
+process of this machine reads it. Each progress wakes the prompt's waiters
+(`wakeups.topic_for_prompt`); the final submit (or a fault) removes it, and a stale entry
+expires by itself. The submit stays the only record of the generation.
+"""
+
+from __future__ import annotations
+
+from django.utils import timezone
+
+from generations.delivery import delivery_for
+from generations.models import Job
+from generations.progress_store import progress_store
+from koboldcluster import wakeups
+from koboldcluster.errors import NotFound
+from servers.services import Credentials
+
+# The most text kept per job: what a submit may carry.
+MAX_PROGRESS_CHARS = 1_000_000
+
+
+def job_progress(*, job_id: object, credentials: Credentials, text: str) -> None:
+    """Keep `text` as the job's text so far and wake its prompt's streams.
+
+    Only the owner of the server holding the job, while it is processing: 404 InvalidJobID
+    for an unknown or expired job, 404 AbortedGen once it is no longer processing.
+    """
+    delivery = delivery_for(job_id=job_id, credentials=credentials, now=timezone.now())
+    job = delivery.job
+    if not Job.objects.filter(id=job.id, state=Job.State.PROCESSING).exists():
+        raise NotFound(f"Job {job.id} is no longer processing.", rc="AbortedGen")
+    progress_store(prompt_id=job.prompt_id, job_id=job.id, text=text[:MAX_PROGRESS_CHARS])
+    wakeups.notify(wakeups.topic_for_prompt(job.prompt_id))

@@ -1,0 +1,151 @@
+"""Following a front-end prompt while it generates: its text so far, then its generation.
+
+`follow` yields the latest progress text of the prompt's job each time its server posts one
+(generations/progress.py wakes the prompt's topic), and at the end the prompt's status with
+the stored generation. A slow reader only ever sees the latest text: nothing is queued for
+it. `Deltas` turns successive texts into the pieces a client has not seen, holding back what
+a stop sequence or the final trim may still take away, so that the pieces always add up to
+the stored generation as the non-streaming answer shows it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+from asgiref.sync import sync_to_async
+
+from accounts.models import User
+from generations.frontend import (
+    RequestFaulted,
+    _cancel_gone,
+    _give_up,
+    genkey_remember,
+    wait_seconds,
+)
+from generations.intake import GenerationRequest, prompt_create
+from generations.openai_shapes import cut_at_stop
+from generations.progress_store import progress_text
+from generations.status import PromptStatus, prompt_status
+from koboldcluster import metrics, wakeups
+
+logger = logging.getLogger(__name__)
+
+# The status is read at least this often while progress flows (a lost wake-up, a reaped job).
+RECHECK_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class Update:
+    """The text so far; `status` is set on the last update, once the prompt is done."""
+
+    text: str
+    status: PromptStatus | None = None
+
+
+async def start(*, user: User, request: GenerationRequest, genkey: str = "") -> object:
+    """Queue a prompt to stream; its id. Errors (limits, validation) come before any byte."""
+    prompt = await sync_to_async(prompt_create)(user=user, request=request)
+    if genkey:
+        await sync_to_async(genkey_remember)(user=user, genkey=genkey, prompt_id=prompt.id)
+    return prompt.id
+
+
+async def follow(prompt_id: object) -> AsyncIterator[Update]:
+    """The prompt's text so far as it grows, then its final status.
+
+    Counted in STREAMS_OPEN. A reader that goes away (the task cancelled or the iterator
+    closed) cancels the prompt; so does waiting longer than KOBOLDCLUSTER_FRONTEND_WAIT_SECONDS
+    (then WaitedTooLong is raised, as RequestFaulted is when the servers failed it).
+    """
+    finished = False
+    metrics.STREAMS_OPEN.inc()
+    try:
+        async for update in _updates(prompt_id, wait_seconds()):
+            finished = update.status is not None
+            yield update
+    finally:
+        metrics.STREAMS_OPEN.dec()
+        if not finished:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(sync_to_async(_cancel_gone)(prompt_id))
+            logger.info("prompt %s cancelled: its stream ended early", prompt_id)
+
+
+async def _updates(prompt_id: object, timeout: float) -> AsyncIterator[Update]:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    read_progress = sync_to_async(progress_text, thread_sensitive=False)
+    last_text: str | None = None
+    last_check = loop.time()
+    async with wakeups.listening(wakeups.topic_for_prompt(prompt_id)) as wake:
+        while True:
+            # The text so far first: it is what most wake-ups bring, and cheap to read.
+            entry = await read_progress(prompt_id)
+            text = entry[1] if entry else None
+            if text is not None and text != last_text:
+                last_text = text
+                yield Update(text)
+                check_status = loop.time() - last_check > RECHECK_SECONDS
+            else:  # no new text: maybe the submit (which removes it) woke us
+                check_status = True
+            if check_status:
+                status = await sync_to_async(prompt_status)(prompt_id=prompt_id)
+                last_check = loop.time()
+                if status.done:
+                    yield _final(status)
+                    return
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise await sync_to_async(_give_up)(prompt_id, timeout)
+            await wake.wait(min(RECHECK_SECONDS, remaining))
+
+
+def _final(status: PromptStatus) -> Update:
+    if status.faulted and not status.generations:
+        raise RequestFaulted(
+            "The servers failed this request repeatedly; it was given up. Try again, or "
+            "with other settings."
+        )
+    text = status.generations[0].text if status.generations else ""
+    return Update(text, status)
+
+
+class Deltas:
+    """What to send of each new text: only what the client has not seen yet.
+
+    With `stops`, the text is cut at the first stop sequence (as OpenAI's answer is) and the
+    last characters that could begin one are held back until the text goes on; with `strip`
+    (a chat message) leading and trailing whitespace is held back likewise. If a text is not
+    a continuation of what was sent (a job restarted on another server), nothing more is
+    sent until it catches up or the final text comes.
+    """
+
+    def __init__(self, *, stops: Sequence[str] = (), strip: bool = False) -> None:
+        self.stops = [s for s in stops if s]
+        self.strip = strip
+        self.sent = ""
+
+    def visible(self, text: str, *, final: bool) -> str:
+        text, stopped = cut_at_stop(text, self.stops)
+        if self.strip:
+            text = text.strip() if final else text.lstrip().rstrip()
+        if not final and not stopped and self.stops:
+            hold = max(len(s) for s in self.stops) - 1
+            text = text[: max(len(text) - hold, 0)]
+        return text
+
+    def delta(self, text: str, *, final: bool = False) -> str:
+        shown = self.visible(text, final=final)
+        if shown.startswith(self.sent):
+            piece, self.sent = shown[len(self.sent) :], shown
+            return piece
+        if final:
+            logger.warning("a stream's final text does not continue what it sent")
+            piece = shown[len(self.sent) :]
+            self.sent = shown
+            return piece
+        return ""

@@ -1,0 +1,195 @@
+"""POST /generate/progress and /api/v2/generate/text/progress: a job's text so far.
+
+Only the owner of the server holding a processing job may post; the text is kept outside the
+database and dropped when the job ends.
+"""
+
+import uuid
+
+import pytest
+
+from conftest import SERVER_PASSWORD
+from generations.models import Job
+from generations.progress_store import progress_text
+
+pytestmark = pytest.mark.django_db
+V2 = "/api/v2/generate/text/progress"
+
+
+@pytest.fixture(autouse=True)
+def own_var_dir(settings, tmp_path):
+    """Progress files of this test's own (the var dir is shared by every test run)."""
+    settings.VAR_DIR = tmp_path
+
+
+@pytest.fixture
+def job_id(submit_prompt, pop):
+    submit_prompt(params={"n": 1, "max_length": 16}, username="alice")
+    return pop().json()["id"]
+
+
+@pytest.fixture
+def post_progress(api):
+    def post(job_id, text="Once", **body):
+        body = {"id": job_id, "password": SERVER_PASSWORD, "text": text, **body}
+        return api.post("/generate/progress", body, format="json")
+
+    return post
+
+
+def prompt_of(job_id):
+    return Job.objects.get(id=job_id).prompt_id
+
+
+def test_the_owner_posts_the_text_so_far_and_only_the_latest_is_kept(post_progress, job_id):
+    assert post_progress(job_id, "Once").status_code == 200
+    response = post_progress(job_id, "Once upon")
+
+    assert response.status_code == 200
+    assert response.json() == {"ok": True}
+    assert progress_text(prompt_of(job_id)) == (job_id, "Once upon")
+    job = Job.objects.get(id=job_id)
+    assert (job.state, job.text) == (Job.State.PROCESSING, "")
+
+
+def test_the_submit_drops_the_progress_and_later_progress_is_refused(
+    post_progress, submit_generation, job_id
+):
+    post_progress(job_id, "Once upon")
+    submit_generation(job_id, "Once upon a time")
+
+    assert progress_text(prompt_of(job_id)) is None
+    response = post_progress(job_id, "Once upon a time, more")
+    assert response.status_code == 404
+    assert response.json()["rc"] == "AbortedGen"
+    assert progress_text(prompt_of(job_id)) is None
+
+
+def test_a_fault_drops_the_progress(post_progress, submit_generation, job_id):
+    post_progress(job_id, "Once upon")
+    submit_generation(job_id, "", state="faulted")
+
+    assert progress_text(prompt_of(job_id)) is None
+    assert post_progress(job_id).json()["rc"] == "AbortedGen"
+
+
+def test_an_unknown_job_is_404(post_progress, bob):
+    response = post_progress(str(uuid.uuid4()))
+
+    assert response.status_code == 404
+    assert response.json()["rc"] == "InvalidJobID"
+
+
+def test_a_wrong_password_is_401_and_keeps_nothing(post_progress, job_id):
+    response = post_progress(job_id, password="not-bobs")
+
+    assert response.status_code == 401
+    assert progress_text(prompt_of(job_id)) is None
+
+
+def test_another_accounts_key_is_403_on_v2(api, register, job_id):
+    _, key = register("mallory")
+
+    response = api.post(V2, {"id": job_id, "text": "x"}, format="json", HTTP_APIKEY=key)
+
+    assert response.status_code == 403
+    assert progress_text(prompt_of(job_id)) is None
+
+
+def test_v2_needs_an_api_key(api, job_id):
+    response = api.post(V2, {"id": job_id, "text": "x"}, format="json")
+
+    assert response.status_code in (401, 403)
+    assert "rc" in response.json()
+
+
+def test_v2_owner_posts_and_unknown_job_is_404(api, register):
+    _, key = register("dave")
+    _, carol_key = register("carol")
+    headers = {"HTTP_APIKEY": key}
+    api.post(
+        "/api/v2/generate/text/async",
+        {"prompt": "Hi", "params": {"max_length": 16}},
+        format="json",
+        HTTP_APIKEY=carol_key,
+    )
+    popped = api.post(
+        "/api/v2/generate/text/pop",
+        {"name": "dave-1", "models": ["tiny-llm"]},
+        format="json",
+        **headers,
+    ).json()
+    job_id = popped["ids"][0]
+
+    assert api.post(V2, {"id": job_id, "text": "Hel"}, format="json", **headers).status_code == 200
+    assert progress_text(prompt_of(job_id)) == (job_id, "Hel")
+    unknown = api.post(V2, {"id": str(uuid.uuid4()), "text": "x"}, format="json", **headers)
+    assert (unknown.status_code, unknown.json()["rc"]) == (404, "InvalidJobID")
+
+
+def test_a_missing_text_is_400(post_progress, job_id):
+    response = post_progress(job_id, text=None)
+
+    assert response.status_code == 400
+
+
+def test_reaping_a_job_drops_its_progress(post_progress, job_id):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from generations.lifecycle import jobs_reap
+
+    post_progress(job_id, "Once upon")
+    Job.objects.filter(id=job_id).update(deadline=timezone.now() - timedelta(seconds=1))
+
+    assert jobs_reap() == 1
+    assert progress_text(prompt_of(job_id)) is None
+
+
+def test_stale_progress_files_are_swept(settings, tmp_path):
+    import os
+    import time
+
+    from generations import progress_store
+
+    settings.VAR_DIR = tmp_path
+    settings.REDIS_URL = ""
+    prompt_id = uuid.uuid4()
+    progress_store.progress_store(prompt_id=prompt_id, job_id="j", text="old")
+    path = tmp_path / "progress" / str(prompt_id)
+    old = time.time() - progress_store.PROGRESS_TTL_SECONDS - 1
+    os.utime(path, (old, old))
+
+    assert progress_store.progress_sweep() == 1
+    assert progress_store.progress_text(prompt_id) is None
+
+
+class TestDeltas:
+    """What a stream sends of each text so far: pieces that add up to the final answer."""
+
+    def pieces(self, texts, final, **options):
+        from generations.streaming import Deltas
+
+        deltas = Deltas(**options)
+        sent = [deltas.delta(text) for text in texts]
+        return sent, deltas.delta(final, final=True)
+
+    def test_only_the_new_part_of_each_text(self):
+        sent, last = self.pieces(["Once", "Once upon", "Once upon a"], "Once upon a time")
+        assert sent == ["Once", " upon", " a"] and last == " time"
+
+    def test_a_stop_sequence_is_never_sent_even_in_part(self):
+        sent, last = self.pieces(
+            ["Hi there\nUs", "Hi there\nUser: x"], "Hi there\nUser: x", stops=["\nUser:"]
+        )
+        assert "".join(sent) + last == "Hi there"
+        assert "\n" not in "".join(sent)
+
+    def test_a_chat_message_is_stripped_as_the_answer_is(self):
+        sent, last = self.pieces(["  Hello ", "  Hello world  "], "  Hello world.  ", strip=True)
+        assert "".join(sent) + last == "Hello world."
+
+    def test_a_text_that_does_not_continue_waits_for_the_final(self):
+        sent, last = self.pieces(["Once upon", "Another"], "Once upon a time")
+        assert sent == ["Once upon", ""] and last == " a time"

@@ -1,0 +1,80 @@
+"""Servers post a job's text so far while generating (both protocols): streams show it.
+
+Thin views over `generations.progress.job_progress`; authenticated like the submit.
+"""
+
+from __future__ import annotations
+
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from accounts.authentication import HasApiKey, api_user
+from generations.progress import job_progress
+from generations.views import ORIGINAL, GenerationField, _credentials
+from koboldcluster.api import validated
+from koboldcluster.fields import InputSerializer, optional_text
+from koboldcluster.openapi import APIKEY_HEADER_REQUIRED, error, shape
+from servers.services import Credentials
+
+DESCRIPTION = (
+    "The whole text generated so far (not a delta), at most every 0.1 s while generating; "
+    "the cluster keeps only the latest, never in the database, and streams it to the "
+    "requester. The submit stays the record of the generation. 404 InvalidJobID or "
+    "AbortedGen: the cluster no longer wants this job (stop generating it)."
+)
+RESPONSES = {
+    200: shape("ProgressTaken", {"ok": serializers.BooleanField()}),
+    400: error("ValidationError"),
+    401: error("CredentialsRequired, InvalidCredentials, InvalidAPIKey"),
+    403: error("WrongCredentials: the job is another account's server's"),
+    404: error("InvalidJobID (unknown or expired), AbortedGen (no longer processing)"),
+}
+
+
+class ProgressView(APIView):
+    throttle_scope = "worker"
+
+    class Input(InputSerializer):
+        id = serializers.UUIDField()
+        password = optional_text(max_length=1024, trim_whitespace=False)
+        text = GenerationField(max_length=1_000_000)
+
+    @extend_schema(
+        operation_id="server_progress",
+        tags=ORIGINAL,
+        summary="A server posts the text generated so far",
+        description=DESCRIPTION,
+        request=Input,
+        responses=RESPONSES,
+    )
+    def post(self, request: Request) -> Response:
+        data = validated(self.Input, request.data)
+        job_progress(job_id=data["id"], credentials=_credentials(request, data), text=data["text"])
+        return Response({"ok": True})
+
+
+class TextProgressView(APIView):
+    throttle_scope = "worker"
+    permission_classes = [HasApiKey]
+
+    class Input(InputSerializer):
+        id = serializers.UUIDField(help_text="A job id from the pop's `ids`.")
+        text = GenerationField(max_length=1_000_000)
+
+    @extend_schema(
+        operation_id="horde_text_progress",
+        tags=["AI Horde v2: servers"],
+        summary="A server posts the text generated so far (this cluster's extension)",
+        description=DESCRIPTION,
+        parameters=[APIKEY_HEADER_REQUIRED],
+        request=Input,
+        responses=RESPONSES,
+    )
+    def post(self, request: Request) -> Response:
+        data = validated(self.Input, request.data)
+        credentials = Credentials(api_user=api_user(request))
+        job_progress(job_id=data["id"], credentials=credentials, text=data["text"])
+        return Response({"ok": True})
