@@ -15,7 +15,7 @@ from generations.delivery import job_fault
 from generations.lifecycle import jobs_reap
 from generations.models import Job
 from koboldcluster import metrics
-from koboldcluster.testing import BASE_DIR, ManagedProcess, _child_env, free_port, wait_until
+from koboldcluster.testing import BASE_DIR, ClusterProcess, started
 
 pytestmark = pytest.mark.django_db
 
@@ -108,35 +108,18 @@ def test_gauges_of_exited_processes_are_forgotten(tmp_path):
 
 @pytest.mark.e2e
 def test_several_web_workers_answer_the_same_counts(transactional_db, tmp_path):
-    """Two gunicorn workers: whichever answers /metrics reports the pops both timed."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    args = [sys.executable, "-m", "gunicorn", "koboldcluster.wsgi", "--bind", f"127.0.0.1:{port}",
-            "--workers", "2", "--threads", "2", "--no-control-socket"]  # fmt: skip
-    env = _child_env(
-        {"KOBOLDCLUSTER_RATE_LIMITS": "off", "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
-    )
-    web = ManagedProcess(args, env)
-    web.start()
-    try:
-        wait_until(lambda: _answers(url), what=f"gunicorn at {url}\n{web.output()}")
+    """Two web processes (as run.sh starts them): whichever answers /metrics reports the pops
+    both timed."""
+    env = {"WEB_WORKERS": "2", "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    with started(ClusterProcess(env)) as (web,):
         body = {"username": "carol", "password": "pass-of-carol", "name": "carol-1", "model": "m"}
         for _ in range(20):
             with requests.Session() as session:  # new connections: both workers get some
-                assert session.post(f"{url}/generate/pop", json=body, timeout=10).ok
+                assert session.post(f"{web.url}/generate/pop", json=body, timeout=10).ok
         counts = set()
         for _ in range(6):
             with requests.Session() as session:
-                text = session.get(f"{url}/metrics", timeout=10).text
+                text = session.get(f"{web.url}/metrics", timeout=10).text
             counts.add(scrape(text)[("horde_pop_duration_seconds_count", (("api", "original"),))])
-        assert counts == {20.0}
-        assert len({p.name.rsplit("_", 1)[1] for p in tmp_path.glob("histogram_*.db")}) == 2
-    finally:
-        web.stop()
-
-
-def _answers(url: str) -> bool:
-    try:
-        return requests.get(f"{url}/metrics", timeout=5).status_code == 200
-    except requests.RequestException:  # not listening yet, or its workers still starting
-        return False
+    assert counts == {20.0}
+    assert len({p.name.rsplit("_", 1)[1] for p in tmp_path.glob("histogram_*.db")}) == 2
