@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 from collections.abc import Callable
 from contextlib import ExitStack
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,14 +24,18 @@ SERVER_PASSWORD = "s3rver-pass"
 @pytest.fixture(autouse=True, scope="session")
 def own_counters_file() -> None:
     """Each test process (pytest-xdist worker, and the SQLite and PostgreSQL runs of
-    ./test.sh) counts rate limits in a file of its own: clearing the counts before a test must
-    not reset another process's test. Server processes a test starts use the same file."""
+    ./test.sh) counts rate limits in a file of its own and has its own wake-up sockets:
+    clearing the counts before a test must not reset another process's test, nor another's
+    wake-ups wake its waiters. Server processes a test starts use the same ones."""
     from django.conf import settings
 
     worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
     database = hashlib.sha256(str(settings.DATABASES["default"]["NAME"]).encode()).hexdigest()
     name = f"test-counters-{database[:8]}-{worker}"
     settings.KOBOLDCLUSTER["COUNTERS_FILE"] = str(settings.VAR_DIR / f"{name}.sqlite3")
+    # Wake-ups too: another test process's broadcasts must not wake this one's waiters.
+    wakeups = Path(tempfile.gettempdir()) / f"kc-wakeups-{database[:8]}-{worker}"
+    settings.KOBOLDCLUSTER["WAKEUP_SOCKET_DIR"] = str(wakeups)
 
 
 @pytest.fixture(autouse=True)

@@ -32,6 +32,8 @@ from servers.models import Server
 from servers.services import CheckIn, Credentials
 
 ORIGINAL = ["Original cluster API"]
+# The most a server may declare as its max_length or context: what its columns hold.
+SERVER_LIMIT = 2**31 - 1
 
 
 class PromptCreateView(APIView):
@@ -146,9 +148,13 @@ class PopView(APIView):
         name = StrictCharField(max_length=100)
         model = StrictCharField(max_length=255, required=False, allow_null=True)
         models = StringListField(required=False, max_length=200)
-        max_length = StrictIntegerField(min_value=1, default=512)
-        max_content_length = StrictIntegerField(min_value=1, required=False, allow_null=True)
-        max_context_length = StrictIntegerField(min_value=1, required=False, allow_null=True)
+        max_length = StrictIntegerField(min_value=1, max_value=SERVER_LIMIT, default=512)
+        max_content_length = StrictIntegerField(
+            min_value=1, max_value=SERVER_LIMIT, required=False, allow_null=True
+        )
+        max_context_length = StrictIntegerField(
+            min_value=1, max_value=SERVER_LIMIT, required=False, allow_null=True
+        )
         bridge_agent = optional_text(max_length=1000)
         threads = StrictIntegerField(min_value=1, max_value=50, default=1)
         wait = WaitField()

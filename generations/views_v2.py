@@ -24,7 +24,7 @@ from generations.models import Job
 from generations.queue import PopResult, job_pop, jobs_claim
 from generations.serializers import HordeParamsSerializer, PromptTextField, split_params
 from generations.status import PromptStatus, able_servers, prompt_cancel, prompt_status
-from generations.views import GenerationField, prompt_uuid
+from generations.views import SERVER_LIMIT, GenerationField, prompt_uuid
 from koboldcluster.api import parse_uuid, validated
 from koboldcluster.errors import BadRequest, NotFound
 from koboldcluster.fields import (
@@ -401,8 +401,8 @@ class TextPopView(APIView):
     class Input(InputSerializer):
         name = StrictCharField(max_length=100, help_text="The server's unique name.")
         models = StringListField(min_length=1, max_length=200, help_text="Models it runs.")
-        max_length = StrictIntegerField(min_value=1, default=512)
-        max_context_length = StrictIntegerField(min_value=1, default=2048)
+        max_length = StrictIntegerField(min_value=1, max_value=SERVER_LIMIT, default=512)
+        max_context_length = StrictIntegerField(min_value=1, max_value=SERVER_LIMIT, default=2048)
         softprompts = StringListField(
             required=False, max_length=1000, item_max_length=1000, help_text="Its soft prompts."
         )

@@ -392,6 +392,8 @@ KOBOLDCLUSTER = {
     # Rate limits per client address and per account, fixed windows counted where every
     # process sees them (koboldcluster/counters.py: this file without REDIS_URL, else Redis).
     # "off" turns them all off: load tests.
+    # Where the web processes of one machine keep their wake-up sockets (default var/wakeups).
+    "WAKEUP_SOCKET_DIR": os.environ.get("KOBOLDCLUSTER_WAKEUP_SOCKET_DIR", ""),
     "COUNTERS_FILE": os.environ.get("KOBOLDCLUSTER_COUNTERS_FILE")
     or str(VAR_DIR / "counters.sqlite3"),
     "RATE_LIMITS_ENABLED": env_bool("KOBOLDCLUSTER_RATE_LIMITS", True),

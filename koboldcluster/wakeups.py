@@ -342,7 +342,9 @@ def _redis_publish(topic: str) -> None:
 
 def _socket_dir() -> Path:
     """Where listening processes keep their sockets (short: a socket path has ≤ 107 bytes)."""
-    directory = Path(settings.VAR_DIR) / "wakeups"
+    directory = Path(
+        settings.KOBOLDCLUSTER.get("WAKEUP_SOCKET_DIR") or settings.VAR_DIR / "wakeups"
+    )
     if len(str(directory)) > 60:
         digest = hashlib.sha256(str(directory).encode()).hexdigest()[:16]
         directory = Path(tempfile.gettempdir()) / f"koboldcluster-wakeups-{digest}"
