@@ -19,7 +19,7 @@ DATABASE_URL= .venv/bin/python manage.py makemigrations --check --dry-run
 # Tests run in PYTEST_WORKERS processes (pytest-xdist; 0: in this one). Each worker has its
 # own test database, free ports and processes; a worker that is free takes the next test.
 # Most end-to-end time is spent waiting for servers, so more workers than cores pays off.
-parallel=(-n "${PYTEST_WORKERS:-3}" --dist worksteal)
+parallel=(-n "${PYTEST_WORKERS:-4}" --dist worksteal)
 
 run_pytest() {
     # pytest exits 5 when it selected no test: fine for a developer's `./test.sh -k name` that

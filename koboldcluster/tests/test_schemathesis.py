@@ -34,7 +34,9 @@ WAITING_PATHS = r"^/(api/v1/generate|api/extra/generate/stream|v1/completions|v1
 
 @pytest.fixture
 def cluster_env() -> dict[str, str]:
-    return {"KOBOLDCLUSTER_FRONTEND_WAIT_SECONDS": "1"}
+    # A pop may ask to wait up to 30 s, the length of a request's timeout here: hold pops at
+    # most a second (the setting caps `wait`), and front-end requests too.
+    return {"KOBOLDCLUSTER_FRONTEND_WAIT_SECONDS": "1", "KOBOLDCLUSTER_POP_WAIT_MAX_SECONDS": "1"}
 
 
 def test_every_answer_matches_the_schema(cluster, tmp_path):
