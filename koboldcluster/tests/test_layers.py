@@ -1,4 +1,4 @@
-"""Imports run one way: koboldcluster (project glue) ← accounts ← servers ← generations.
+"""Imports run one way: koboldcluster (project glue) ← accounts ← servers ← generations ← stats.
 
 An app may import from the apps below it, never from one above: the rules of the lower apps
 must not depend on the higher ones. Tests and migrations are not checked.
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 BASE = Path(__file__).resolve().parents[2]
-LAYERS = ["koboldcluster", "accounts", "servers", "generations"]
+LAYERS = ["koboldcluster", "accounts", "servers", "generations", "stats"]
 
 
 def _modules(package: str) -> list[Path]:
