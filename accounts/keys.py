@@ -5,12 +5,11 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Iterable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from django.contrib.auth.hashers import make_password
 from django.db import connection, transaction
 from django.utils import timezone
-from django.utils.dateparse import parse_datetime
 
 from accounts.identity import (
     USER_COLUMNS,
@@ -21,7 +20,7 @@ from accounts.identity import (
 )
 from accounts.models import ApiKey, User
 from koboldcluster.errors import BadRequest, Forbidden, NotFound
-from koboldcluster.rows import instance
+from koboldcluster.rows import aware, instance
 
 logger = logging.getLogger(__name__)
 
@@ -62,20 +61,12 @@ def apikey_authenticate(
     if row is None:
         return None
     user = user_from_row(row[2:])
-    api_key = instance(ApiKey, id=row[0], user=user, last_used=_aware(row[1]))
+    api_key = instance(ApiKey, id=row[0], user=user, last_used=aware(row[1]))
     now = now or timezone.now()
     if api_key.last_used is None or api_key.last_used <= now - KEY_LAST_USED_WRITE:
         ApiKey.objects.filter(pk=api_key.pk).update(last_used=now)
         api_key.last_used = now
     return api_key.user, api_key
-
-
-def _aware(value: object) -> datetime | None:
-    """A timestamp as a raw SQLite read gives it (text) or PostgreSQL does (aware)."""
-    if value is None or isinstance(value, datetime) and value.tzinfo is not None:
-        return value
-    parsed = parse_datetime(value) if isinstance(value, str) else value
-    return parsed.replace(tzinfo=UTC)
 
 
 def apikey_revoke(*, user: User, key_id: int, now: datetime | None = None) -> ApiKey:

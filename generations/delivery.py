@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
-from django.conf import settings
 from django.db import transaction
 from django.db.models import F, Value
 from django.db.models.functions import Greatest
@@ -22,10 +21,9 @@ from django.utils import timezone
 from accounts.identity import USER_COLUMNS, user_from_row, verify_owner
 from generations import events
 from generations.lifecycle import slot_return
-from generations.models import Job, Prompt, reward_tokens
+from generations.models import Job, Prompt, prompt_lifetime, reward_tokens
 from generations.progress_store import progress_drop
 from generations.sql import (
-    as_dt,
     as_uuid,
     dt_param,
     execute,
@@ -35,7 +33,7 @@ from generations.sql import (
 )
 from generations.sql import uuid_param as uid
 from koboldcluster.errors import BadRequest, NotFound
-from koboldcluster.rows import instance
+from koboldcluster.rows import aware, instance
 from servers.models import Server
 from servers.services import Credentials
 
@@ -43,10 +41,6 @@ logger = logging.getLogger(__name__)
 
 # What a server may report about a generation (the AI Horde's text metadata: only this).
 CSAM_METADATA = {"type": "censorship", "value": "csam"}
-
-
-def _expiry() -> timedelta:
-    return timedelta(seconds=settings.KOBOLDCLUSTER["PROMPT_EXPIRY_SECONDS"])
 
 
 @dataclass(frozen=True)
@@ -83,14 +77,14 @@ def delivery_for(*, job_id: object, credentials: Credentials, now: datetime) -> 
         prompt_id=as_uuid(row[1]),
         server_id=as_uuid(row[2]),
         model=row[3],
-        started=as_dt(row[4]),
+        started=aware(row[4]),
     )
     return Delivery(
         job,
         requester_id=row[5],
         owner_id=owner.pk,
         max_length=row[6],
-        prompt_expires_at=as_dt(row[7]),
+        prompt_expires_at=aware(row[7]),
     )
 
 
@@ -216,12 +210,12 @@ def _credit_params(job: Job, tokens: int, now: datetime) -> list[object]:
 
 def _touch_due(delivery: Delivery, now: datetime) -> bool:
     """Whether the prompt's expiry should move (a write only when it moves noticeably)."""
-    expiry = _expiry()
+    expiry = prompt_lifetime()
     return delivery.prompt_expires_at < now + expiry - expiry / 20
 
 
 def _touch_params(delivery: Delivery, now: datetime) -> list[object]:
-    return [dt_param(now), dt_param(now + _expiry()), uid(delivery.job.prompt_id)]
+    return [dt_param(now), dt_param(now + prompt_lifetime()), uid(delivery.job.prompt_id)]
 
 
 _TOUCH = "UPDATE generations_prompt SET last_activity = %s, expires_at = %s WHERE id = %s"

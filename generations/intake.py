@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from django.conf import settings
 from django.db import transaction
@@ -22,7 +22,7 @@ from accounts.selectors import balance_sql
 from generations import events
 from generations import limits as client_limits
 from generations.matching import PromptFacts
-from generations.models import Prompt, PromptWorker
+from generations.models import Prompt, PromptWorker, prompt_lifetime
 from generations.sql import (
     dt_param,
     execute,
@@ -42,10 +42,6 @@ logger = logging.getLogger(__name__)
 
 # A slot frees when a server takes one, which we cannot foresee: ask for a short pause.
 TOO_MANY_PROMPTS_RETRY_AFTER = 10
-
-
-def _expiry() -> timedelta:
-    return timedelta(seconds=settings.KOBOLDCLUSTER["PROMPT_EXPIRY_SECONDS"])
 
 
 @dataclass(frozen=True)
@@ -126,7 +122,7 @@ def prompt_create(*, user: User, request: GenerationRequest, now: datetime | Non
         batching=request.batching,
         created=now,
         last_activity=now,
-        expires_at=now + _expiry(),
+        expires_at=now + prompt_lifetime(),
     )
     with transaction.atomic():
         if not user.is_anonymous_user:

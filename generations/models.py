@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import math
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import models
-from django.db.models import Exists, OuterRef, Q
+from django.db.models import Q
 from django.utils import timezone
 
 
@@ -20,23 +20,6 @@ class PromptQuerySet(models.QuerySet):
     def queued(self, now: datetime | None = None) -> PromptQuerySet:
         """Live prompts with slots waiting for a server."""
         return self.live(now).filter(state=Prompt.State.LIVE, waiting__gt=0)
-
-    def for_models(self, model_names: list[str]) -> PromptQuerySet:
-        return self.filter(Prompt.model_match(model_names))
-
-    def fitting(self, max_length: int, max_context_length: int) -> PromptQuerySet:
-        """Prompts that ask for no more than a server offers (note the direction)."""
-        return self.filter(max_length__lte=max_length, max_context_length__lte=max_context_length)
-
-    def ahead_of(self, prompt: Prompt) -> PromptQuerySet:
-        """Prompts at or before `prompt` in queue order (itself included).
-
-        `sort_key >= …` is a range on the queue index, so reading this prefix costs as much as
-        the prefix is long, not the queue. Equal keys (a tie to the microsecond) go by age.
-        """
-        return self.filter(sort_key__gte=prompt.sort_key).exclude(
-            sort_key=prompt.sort_key, created__gt=prompt.created
-        )
 
 
 class Prompt(models.Model):
@@ -111,30 +94,6 @@ class Prompt(models.Model):
 
     def __str__(self) -> str:
         return str(self.id)
-
-    @staticmethod
-    def model_match(model_names: list[str]) -> Q:
-        """Prompts that accept any model or name one of `model_names`.
-
-        A correlated EXISTS, probed per queue row with the (name, prompt) index: an IN over
-        every prompt naming the model would cost as much as the queue is long.
-        """
-        named = PromptModel.objects.filter(prompt_id=OuterRef("id"), name__in=model_names)
-        return Q(any_model=True) | Q(Exists(named))
-
-    @staticmethod
-    def server_match(server_id: object) -> Q:
-        """Prompts whose server list lets `server_id` serve them.
-
-        The listed prompts are one uncorrelated subquery (read once per statement): cheaper to
-        build and to run than an EXISTS per queue row, and almost always empty.
-        """
-        listed = PromptWorker.objects.filter(server_id=server_id).values("prompt_id")
-        return (
-            Q(workers=Prompt.Workers.ANY)
-            | (Q(workers=Prompt.Workers.ONLY) & Q(id__in=listed))
-            | (Q(workers=Prompt.Workers.EXCEPT) & ~Q(id__in=listed))
-        )
 
     def model_for(self, server_models: list[str]) -> str:
         """The model a job of this prompt runs on a server serving `server_models`."""
@@ -223,6 +182,11 @@ class Job(models.Model):
             "max_length": prompt.max_length,
             "max_context_length": prompt.max_context_length,
         }
+
+
+def prompt_lifetime() -> timedelta:
+    """How long a prompt lives after its last activity (PROMPT_EXPIRY_SECONDS)."""
+    return timedelta(seconds=settings.KOBOLDCLUSTER["PROMPT_EXPIRY_SECONDS"])
 
 
 def count_tokens(text: str, max_length: int) -> int:

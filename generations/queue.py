@@ -34,7 +34,7 @@ from generations.matching import (
     servable_sql,
     skipped_sql,
 )
-from generations.models import Job, Prompt
+from generations.models import Job, Prompt, prompt_lifetime
 from generations.sql import (
     as_json,
     as_uuid,
@@ -56,10 +56,6 @@ logger = logging.getLogger(__name__)
 # Claims retried when racing pops took every candidate first (PostgreSQL only: on SQLite a
 # claim runs under the database's write lock and cannot lose a race).
 POP_ROUNDS = 16
-
-
-def _expiry() -> timedelta:
-    return timedelta(seconds=settings.KOBOLDCLUSTER["PROMPT_EXPIRY_SECONDS"])
 
 
 @dataclass
@@ -197,7 +193,7 @@ def _claim(
         f"expires_at = %s WHERE id = {picks} AND state = 'live' AND waiting > 0 "
         f"AND expires_at > %s RETURNING {_CLAIM_RETURNS}"
     )
-    params = [now_p, dt_param(now + _expiry()), *pick_params, now_p]
+    params = [now_p, dt_param(now + prompt_lifetime()), *pick_params, now_p]
     for _ in range(POP_ROUNDS):
         with transaction.atomic():
             rows = fetch(claim, params)

@@ -12,11 +12,10 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from django.db import connection
-from django.utils.dateparse import parse_datetime
 
 
 def is_postgres() -> bool:
@@ -49,14 +48,6 @@ def as_uuid(value: Any) -> uuid.UUID | None:
     if value is None or isinstance(value, uuid.UUID):
         return value
     return uuid.UUID(str(value))
-
-
-def as_dt(value: Any) -> datetime | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = parse_datetime(value)
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def as_json(value: Any) -> Any:

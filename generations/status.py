@@ -14,17 +14,16 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 
-from django.conf import settings
 from django.utils import timezone
 
 from generations import events
 from generations.matching import PromptFacts, ServerProfile, could_serve
-from generations.models import Job, Prompt, PromptWorker
-from generations.sql import as_dt, as_json, as_uuid, dt_param, execute, fetch, uuid_param
+from generations.models import Job, Prompt, PromptWorker, prompt_lifetime
+from generations.sql import as_json, as_uuid, dt_param, execute, fetch, uuid_param
 from koboldcluster.errors import NotFound
-from koboldcluster.rows import instance
+from koboldcluster.rows import aware, instance
 from servers.models import Server
 from servers.services import servers_epoch
 
@@ -32,10 +31,6 @@ logger = logging.getLogger(__name__)
 
 # How far down the queue the status counts (see Outlook.queue_position).
 QUEUE_SCAN = 1000
-
-
-def _expiry() -> timedelta:
-    return timedelta(seconds=settings.KOBOLDCLUSTER["PROMPT_EXPIRY_SECONDS"])
 
 
 @dataclass(frozen=True)
@@ -153,7 +148,7 @@ def _status_from_rows(rows: list[tuple], *, outlook: bool) -> PromptStatus:
         user_id=first[1],
         waiting=first[2],
         state=first[3],
-        expires_at=as_dt(first[4]),
+        expires_at=aware(first[4]),
         max_length=first[5],
         max_context_length=first[6],
         any_model=bool(first[7]),
@@ -180,8 +175,8 @@ def _status_from_rows(rows: list[tuple], *, outlook: bool) -> PromptStatus:
             censored=bool(row[20]),
             gen_metadata=as_json(row[21]),
             server_id=as_uuid(row[22]),
-            started=as_dt(row[23]),
-            deadline=as_dt(row[24]),
+            started=aware(row[23]),
+            deadline=aware(row[24]),
         )
         status.jobs.append(job)
         if job.server_id is not None:
@@ -201,7 +196,7 @@ def prompt_status(
     """
     now = now or timezone.now()
     status = _read(prompt_id, now, outlook=outlook)
-    expiry = _expiry()
+    expiry = prompt_lifetime()
     # Write the new expiry only when it moves noticeably: a client polling every second
     # should not turn every poll into a write.
     if status.prompt.expires_at < now + expiry - expiry / 20:
@@ -222,7 +217,10 @@ def prompt_cancel(
     now = now or timezone.now()
     _read(prompt_id, now, outlook=False)  # 404 for an unknown or expired prompt
     Prompt.objects.filter(pk=prompt_id, state=Prompt.State.LIVE).update(
-        state=Prompt.State.CANCELLED, waiting=0, last_activity=now, expires_at=now + _expiry()
+        state=Prompt.State.CANCELLED,
+        waiting=0,
+        last_activity=now,
+        expires_at=now + prompt_lifetime(),
     )
     logger.info("prompt %s cancelled", prompt_id)
     events.prompt_changed(prompt_id)

@@ -1,11 +1,13 @@
-"""Model instances for rows that hot paths read with hand-written SQL."""
+"""Model instances, and their timestamps, for rows that hot paths read with hand-written SQL."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from django.db import DEFAULT_DB_ALIAS
 from django.db.models import DEFERRED, Model
+from django.utils.dateparse import parse_datetime
 
 M = TypeVar("M", bound=Model)
 
@@ -34,3 +36,12 @@ def instance(model_class: type[M], /, **values: Any) -> M:
     for name, value in related.items():
         setattr(obj, name, value)
     return obj
+
+
+def aware(value: Any) -> datetime | None:
+    """A timestamp as a raw read gives it (SQLite: text or naive UTC; PostgreSQL: aware)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = parse_datetime(value)
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)

@@ -6,18 +6,17 @@ import json
 import logging
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
-from django.utils.dateparse import parse_datetime
 
 from accounts.identity import USER_COLUMNS, check_password, user_for_server, user_from_row
 from accounts.models import User
 from koboldcluster.errors import BadRequest, Forbidden, NotFound
-from koboldcluster.rows import instance
+from koboldcluster.rows import aware, instance
 from servers.models import Server
 
 logger = logging.getLogger(__name__)
@@ -79,7 +78,6 @@ _SERVER_COLUMNS = (
 
 def _server_from_row(row: tuple, owner: User) -> Server:
     loads = lambda v: json.loads(v) if isinstance(v, str) else v  # noqa: E731
-    last = row[10] if not isinstance(row[10], str) else parse_datetime(row[10])
     values = {
         "id": row[0] if isinstance(row[0], uuid.UUID) else uuid.UUID(row[0]),
         "name": row[1],
@@ -90,7 +88,7 @@ def _server_from_row(row: tuple, owner: User) -> Server:
         "threads": row[7],
         "softprompts": loads(row[8]),
         "nsfw": bool(row[9]),
-        "last_check_in": last if last.tzinfo is not None else last.replace(tzinfo=UTC),
+        "last_check_in": aware(row[10]),
         "maintenance": bool(row[11]),
         "maintenance_msg": row[12],
         "paused": bool(row[13]),
