@@ -31,11 +31,20 @@ logger = logging.getLogger(__name__)
 KEY_LAST_USED_WRITE = timedelta(seconds=60)
 
 
+def new_key() -> str:
+    """22 random URL-safe characters (what AI Horde clients accept) that do not start with "-":
+    such a key breaks every command line that passes it as its own argument (`--apikey -x…`)."""
+    while True:
+        key = secrets.token_urlsafe(16)
+        if not key.startswith("-"):
+            return key
+
+
 def apikey_issue(*, user: User, name: str = "", now: datetime | None = None) -> tuple[ApiKey, str]:
     """Make a new key for `user`; return its row and the key, which is never shown again."""
     if user.is_anonymous_user:
         raise Forbidden("The anonymous user cannot have API keys: register.", rc="AnonForbidden")
-    key = secrets.token_urlsafe(16)  # 22 characters: what AI Horde clients accept
+    key = new_key()
     api_key = ApiKey.objects.create(
         user=user, digest=ApiKey.digest_of(key), name=name, created=now or timezone.now()
     )

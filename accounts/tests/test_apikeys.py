@@ -180,3 +180,13 @@ def test_the_admin_revokes_any_key(api, register):
     assert apikeys_revoke(key_ids=ApiKey.objects.values_list("pk", flat=True)) == 1
 
     assert api.get("/api/v2/find_user", HTTP_APIKEY=key).status_code == 404
+
+
+def test_a_new_key_never_starts_with_a_dash(monkeypatch):
+    """`--apikey -x…` is an option to argparse, not a value: a bridge could not take the key."""
+    from accounts import keys
+
+    drawn = iter(["-startswithadash00000a", "fine-key-with-dash-in0"])
+    monkeypatch.setattr(keys.secrets, "token_urlsafe", lambda size: next(drawn))
+
+    assert keys.new_key() == "fine-key-with-dash-in0"
