@@ -1,14 +1,13 @@
 """Long-poll pops: a pop with `wait` that finds nothing is held until work arrives.
 
-The DRF pop views stay synchronous: they parse, authenticate, rate-limit, check the server in
-and try once, exactly as without `wait`. When that finds nothing and the server asked to
-wait, the view attaches a retry (one synchronous callable: pop and shape the answer) to its
-response. `long_poll(View)` is the async view in front of it: it listens for `"queue"`
-wake-ups from before the first try (so none is missed), and between tries holds no thread and
-no database connection. It answers with the first try that gets a job, or with the last one
-when the time is up, in the same shape as an immediate pop. (No try at the end: without a
-wake-up, and without a change seen by the periodic re-check, the last answer still holds; a
-server asks again at once anyway.)
+The pop views are ordinary synchronous views: they parse, authenticate, rate-limit, check the
+server in and try once, exactly as without `wait`. When that finds nothing and the server
+asked to wait, `respond` attaches a hold to the response (`koboldcluster.holding`): between
+tries it holds no thread and no database connection, and each try after a `"queue"` wake-up
+is the claim alone (one synchronous callable: pop and shape the answer). The answer is the
+first try that gets a job, or the last one when the time is up, in the same shape as an
+immediate pop. (No try at the end: without a wake-up, and without a change seen by the
+periodic re-check, the last answer still holds; a server asks again at once anyway.)
 """
 
 from __future__ import annotations
@@ -16,21 +15,19 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import connections
 from django.db.models import Count, Max, Sum
-from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
-from django.views.decorators.csrf import csrf_exempt
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
 from generations.models import Prompt
 from generations.queue import PopResult
-from koboldcluster import wakeups
+from koboldcluster import metrics, wakeups
 from koboldcluster.fields import StrictFloatField
 
 WAIT_MAX = 30
@@ -75,56 +72,53 @@ class Retry:
 
 
 def respond(first: PopAttempt, *, wait: float, attempt: Callable[[], PopAttempt]) -> Response:
-    """The pop's answer; with `wait` and no job, marked for `long_poll` to try again."""
+    """The pop's answer; with `wait` and no job, held for more tries (`_hold`)."""
     response = Response(first.body)
     seconds = min(wait, settings.KOBOLDCLUSTER["POP_WAIT_MAX_SECONDS"])
     if not first.taken and seconds > 0:
-        response.long_poll = Retry(seconds=seconds, attempt=attempt)  # type: ignore[attr-defined]
-    response.pop_attempt = first  # type: ignore[attr-defined]
+        retry = Retry(seconds=seconds, attempt=attempt)
+        response.hold = partial(_hold, response, first, retry)  # type: ignore[attr-defined]
     return response
 
 
-def long_poll(view_class: type[APIView]) -> Callable[..., Any]:
-    """The async view serving `view_class`, holding its pops that asked to `wait`."""
-    drf_view = view_class.as_view()
-
-    async def view(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-        async with wakeups.listening(wakeups.QUEUE) as wake:
-            response = await sync_to_async(drf_view)(request, *args, **kwargs)
-            retry: Retry | None = getattr(response, "long_poll", None)
-            if retry is None:
-                return response
-            await sync_to_async(_release_connections)()
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + retry.seconds
-            attempt: PopAttempt = response.pop_attempt
-            while not attempt.taken and loop.time() < deadline:
-                if not wake.pending:  # a wake-up during the try may mean it missed the news
-                    wake.done(pass_on=attempt.others_may_serve)
-                if not await wake.wait(deadline - loop.time()):
-                    break  # time is up and nothing changed since the last try: its answer holds
-                attempt = await sync_to_async(_try_and_release)(retry.attempt)
-            response.data = attempt.body
-            return response
-
-    # What drf-spectacular and Django read from a DRF view.
-    view.cls = view_class  # type: ignore[attr-defined]
-    view.initkwargs = getattr(drf_view, "initkwargs", {})  # type: ignore[attr-defined]
-    return csrf_exempt(view)
+async def _hold(
+    response: Response, first: PopAttempt, retry: Retry, wake: wakeups.Listener
+) -> None:
+    """Try again at each wake-up until a job is taken or the time is up; answer the last try."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + retry.seconds
+    attempt = first
+    metrics.LONG_POLL_WAITERS.inc()
+    try:
+        while not attempt.taken and loop.time() < deadline:
+            if not wake.pending:  # a wake-up during the try may mean it missed the news
+                wake.done(pass_on=attempt.others_may_serve)
+            if not await wake.wait(deadline - loop.time()):
+                break  # time is up and nothing changed since the last try: its answer holds
+            attempt = await sync_to_async(_try_and_release)(retry.attempt)
+    finally:
+        metrics.LONG_POLL_WAITERS.dec()
+    if attempt is not first:
+        _render_again(response, attempt.body)
 
 
-def _release_connections() -> None:
-    """Give the database connections back while waiting (not inside a test's transaction)."""
-    for connection in connections.all(initialized_only=True):
-        if not connection.in_atomic_block:
-            connection.close()
+def _render_again(response: Response, body: dict[str, Any]) -> None:
+    """The response, already rendered and through the middleware, now with `body`."""
+    response.data = body
+    response.content = response.rendered_content
+    if response.has_header("Content-Length"):
+        response["Content-Length"] = str(len(response.content))
 
 
 def _try_and_release(attempt: Callable[[], PopAttempt]) -> PopAttempt:
+    """One try, outside any request: give the database connection back as a request's end
+    would (to the pool, or kept for the next request on a persistent connection)."""
     try:
         return attempt()
     finally:
-        _release_connections()
+        for connection in connections.all(initialized_only=True):
+            if not connection.in_atomic_block:  # a test's transaction
+                connection.close_if_unusable_or_obsolete()
 
 
 def queue_fingerprint() -> tuple[Any, ...]:

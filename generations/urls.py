@@ -1,12 +1,11 @@
 from django.urls import path
 
 from generations import views, views_progress
-from generations.long_poll import long_poll
 
 urlpatterns = [
     path("generate/prompt", views.PromptCreateView.as_view()),
     path("generate/prompt/<str:prompt_id>", views.PromptStatusView.as_view()),
-    path("generate/pop", long_poll(views.PopView)),
+    path("generate/pop", views.PopView.as_view()),
     path("generate/submit", views.SubmitView.as_view()),
     path("generate/progress", views_progress.ProgressView.as_view()),
 ]

@@ -3,12 +3,11 @@
 from django.urls import path
 
 from generations import views_progress, views_v2, views_v2_status
-from generations.long_poll import long_poll
 
 urlpatterns = [
     path("generate/text/async", views_v2.TextAsyncView.as_view()),
     path("generate/text/status/<str:prompt_id>", views_v2.TextStatusView.as_view()),
-    path("generate/text/pop", long_poll(views_v2.TextPopView)),
+    path("generate/text/pop", views_v2.TextPopView.as_view()),
     path("generate/text/submit", views_v2.TextSubmitView.as_view()),
     path("generate/text/progress", views_progress.TextProgressView.as_view()),
     path("status/heartbeat", views_v2_status.HeartbeatView.as_view()),

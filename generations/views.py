@@ -214,7 +214,7 @@ class PopView(APIView):
 
     @classmethod
     def pop(cls, *, server: Server, priority_user_ids: set[int]) -> PopAttempt:
-        """One more try for a waiting pop (long_poll repeats it): the claim alone."""
+        """One more try for a waiting pop (held, it repeats this): the claim alone."""
         return cls.answer(jobs_claim(server=server, priority_user_ids=priority_user_ids))
 
     @staticmethod

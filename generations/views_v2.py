@@ -468,7 +468,7 @@ class TextPopView(APIView):
 
     @classmethod
     def pop(cls, *, server: Server, priority_user_ids: set[int], amount: int) -> PopAttempt:
-        """One more try for a waiting pop (long_poll repeats it): the claim alone."""
+        """One more try for a waiting pop (held, it repeats this): the claim alone."""
         result = jobs_claim(server=server, priority_user_ids=priority_user_ids, amount=amount)
         return cls.answer(result)
 

@@ -11,13 +11,18 @@ no thread at all while they wait: only their short synchronous steps take turns 
 one web process requests then run one at a time, which the GIL mostly did anyway; run more
 processes (`WEB_WORKERS`) for more cores. `WAITING_PATHS` names the waiting endpoints, for
 the record and the tests: their requests take Django's async path, the others one step onto
-the sync thread for the whole request.
+the sync thread for the whole request. The long-poll pops (`koboldcluster.holding`) are
+ordinary requests, with one twist: when the view asks to hold the answer, the handler waits
+for a wake-up on the event loop after that step, watching for the client to leave.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -31,15 +36,17 @@ from django.http import HttpRequest
 from django.http.response import HttpResponseBase
 from django.urls import set_script_prefix
 
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "koboldcluster.settings")
-# Tells settings.py to give each web process a database connection pool (PostgreSQL).
-os.environ["KOBOLDCLUSTER_SERVING"] = "asgi"
+from koboldcluster import holding, metrics, wakeups
 
-# The waiting endpoints (`//` as the ApiMiddleware reads it, a single `/`).
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "koboldcluster.settings")
+if not settings.configured:  # a web process (not a test or a command driving the app)
+    # Tells settings.py to give each web process a database connection pool (PostgreSQL);
+    # processes it starts would inherit it, so never set once settings are read.
+    os.environ["KOBOLDCLUSTER_SERVING"] = "asgi"
+
+# The waiting endpoints (`//` as the ApiMiddleware reads it, a single `/`), async views.
 WAITING_PATHS = frozenset(
     {
-        "/generate/pop",
-        "/api/v2/generate/text/pop",
         # The front-end APIs wait for their generation (generations/waiting.py).
         "/api/v1/generate",
         "/api/latest/generate",
@@ -63,25 +70,28 @@ WAITING_MIDDLEWARE = [
 ]
 
 
-def _handler_with(middleware: list[str]) -> BaseHandler:
-    """An async request handler with this middleware instead of settings.MIDDLEWARE."""
+def _handler_with(keep: Callable[[str], bool], *, is_async: bool) -> BaseHandler:
+    """A request handler with the middleware of settings.MIDDLEWARE that `keep` keeps."""
     handler, everything = BaseHandler(), settings.MIDDLEWARE
-    settings.MIDDLEWARE = [m for m in everything if m in middleware]  # read once, at start
+    settings.MIDDLEWARE = [m for m in everything if keep(m)]  # read once, at start
     try:
-        handler.load_middleware(is_async=True)
+        handler.load_middleware(is_async=is_async)
     finally:
         settings.MIDDLEWARE = everything
     return handler
+
+
+_HOLDING_MIDDLEWARE = "koboldcluster.holding.HeldResponseMiddleware"
 
 
 class ClusterASGIHandler(ASGIHandler):
     def __init__(self) -> None:
         super().__init__()
         # The same middleware and views, run the synchronous way: one step onto the sync
-        # thread per request, where the async chain takes two per middleware.
-        self.sync_handler = BaseHandler()
-        self.sync_handler.load_middleware(is_async=False)
-        self.waiting_handler = _handler_with(WAITING_MIDDLEWARE)
+        # thread per request, where the async chain takes two per middleware. Held responses
+        # are held here, after that step (`_held`), never by a middleware on the sync thread.
+        self.sync_handler = _handler_with(lambda m: m != _HOLDING_MIDDLEWARE, is_async=False)
+        self.waiting_handler = _handler_with(WAITING_MIDDLEWARE.__contains__, is_async=True)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -91,7 +101,8 @@ class ClusterASGIHandler(ASGIHandler):
         await self.handle(scope, receive, send)
 
     async def handle(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if _SLASHES.sub("/", scope.get("path", "")) in WAITING_PATHS:
+        path = _SLASHES.sub("/", scope.get("path", ""))
+        if path in WAITING_PATHS:
             await super().handle(scope, receive, send)  # async views, disconnects watched
             return
         try:
@@ -99,10 +110,31 @@ class ClusterASGIHandler(ASGIHandler):
         except RequestAborted:
             return
         set_script_prefix(get_script_prefix(scope))
-        response = await sync_to_async(self._respond)(scope, body)
+        if path in holding.HELD_PATHS:
+            response = await self._held(scope, body, receive, route=path[1:])
+            if response is None:
+                return  # the client left while its answer was held
+        else:
+            response = await sync_to_async(self._respond)(scope, body)
         await self.send_response(response, send)
         if response.streaming:  # a file: closed once sent (request_finished goes with it)
             await sync_to_async(response.close)()
+
+    async def _held(
+        self, scope: dict[str, Any], body: Any, receive: Any, route: str
+    ) -> HttpResponseBase | None:
+        """A request whose view may ask to hold its answer: listening for wake-ups from before
+        the view runs, held after it on the event loop; None if the client left meanwhile."""
+        started = time.perf_counter()
+        async with wakeups.listening(wakeups.QUEUE) as listener:
+            response = await sync_to_async(self._respond)(scope, body)
+            if not holding.is_held(response):
+                return response
+            held = holding.finish(response, listener)
+            if not await _unless_client_leaves(held, self.listen_for_disconnect(receive)):
+                return None
+        metrics.observe_latency(route, started)
+        return response
 
     def _respond(self, scope: dict[str, Any], body: Any) -> HttpResponseBase:
         """The whole of an ordinary request in one step on the sync thread: request_started,
@@ -117,6 +149,23 @@ class ClusterASGIHandler(ASGIHandler):
 
     async def get_response_async(self, request: HttpRequest) -> HttpResponseBase:
         return await self.waiting_handler.get_response_async(request)  # the waiting paths
+
+
+async def _unless_client_leaves(work: Awaitable[None], disconnect: Awaitable[None]) -> bool:
+    """Run `work` unless `disconnect` (Django's `listen_for_disconnect`) ends first: then
+    cancel it and return False."""
+    task, watch = asyncio.ensure_future(work), asyncio.ensure_future(disconnect)
+    try:
+        await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for pending in (task, watch):
+            pending.cancel()
+        results = await asyncio.gather(task, watch, return_exceptions=True)
+    if task.cancelled():
+        return False
+    if isinstance(results[0], BaseException):
+        raise results[0]
+    return True
 
 
 get_asgi_application()  # django.setup(), as Django's own entry point does

@@ -100,12 +100,19 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _observe(request: HttpRequest, started: float) -> None:
-    match = getattr(request, "resolver_match", None)
-    timed = _TIMED.get(match.route) if match is not None else None
+def observe_latency(route: str, started: float) -> None:
+    """Time a request to `route` (a URL route, e.g. `generate/pop`) begun at `started`."""
+    timed = _TIMED.get(route)
     if timed is not None:
         histogram, api = timed
         histogram.labels(api=api).observe(time.perf_counter() - started)
+
+
+def _observe(request: HttpRequest, response: HttpResponse, started: float) -> None:
+    match = getattr(request, "resolver_match", None)
+    # A response still to be held (koboldcluster.holding) is timed by whoever holds it.
+    if match is not None and getattr(response, "hold", None) is None:
+        observe_latency(match.route, started)
 
 
 class LatencyMiddleware:
@@ -125,11 +132,11 @@ class LatencyMiddleware:
             return self._acall(request)
         started = time.perf_counter()
         response = self.get_response(request)
-        _observe(request, started)
+        _observe(request, response, started)
         return response
 
     async def _acall(self, request: HttpRequest) -> HttpResponse:
         started = time.perf_counter()
         response = await self.get_response(request)
-        _observe(request, started)
+        _observe(request, response, started)
         return response

@@ -138,6 +138,7 @@ MIDDLEWARE = [
     "koboldcluster.metrics.LatencyMiddleware",
     "koboldcluster.middleware.StaticFilesMiddleware",
     "koboldcluster.middleware.ApiMiddleware",
+    "koboldcluster.holding.HeldResponseMiddleware",
     "koboldcluster.clients.ClientAddressMiddleware",
     "koboldcluster.outage.DatabaseOutageMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",

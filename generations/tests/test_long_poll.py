@@ -1,8 +1,9 @@
 """Long-poll pops (`wait`): held until work arrives, then answered exactly like a pop.
 
-The waiting pops run through Django's ASGI handler in this process (AsyncClient) while a
-prompt is created from another thread, as a client's request would be. Timing bounds are
-generous (a loaded machine); the real figures are `manage.py benchmark_dispatch`'s.
+The waiting pops run through the cluster's ASGI application in this process (what ./run.sh
+serves; httpx speaks ASGI to it) while a prompt is created from another thread, as a
+client's request would be; two tests take Django's own handlers (AsyncClient, WSGI). Timing
+bounds are generous (a loaded machine); the real figures are `manage.py benchmark_dispatch`'s.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+import httpx
 import pytest
 from asgiref.sync import sync_to_async
 from django.db import connections
@@ -24,6 +26,8 @@ from accounts.models import User
 from conftest import SERVER_PASSWORD
 from generations.intake import GenerationRequest, prompt_create
 from generations.models import Job
+from koboldcluster import metrics
+from koboldcluster.asgi import application
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -56,14 +60,23 @@ def pop_body(name: str, **fields: Any) -> dict[str, Any]:
 
 
 async def timed_pop(
-    name: str, path: str = "/generate/pop", headers: dict | None = None, **fields: Any
+    name: str,
+    path: str = "/generate/pop",
+    headers: dict | None = None,
+    django_handler: bool = False,
+    **fields: Any,
 ) -> tuple[float, int, dict]:
     """POST a pop; return when it was answered (monotonic), its status and its body."""
     body = pop_body(name, **fields) if path == "/generate/pop" else {"name": name, **fields}
-    response = await AsyncClient().post(
-        path, json.dumps(body), content_type="application/json", headers=headers or {}
-    )
-    return time.monotonic(), response.status_code, json.loads(response.content)
+    if django_handler:
+        response = await AsyncClient().post(
+            path, json.dumps(body), content_type="application/json", headers=headers or {}
+        )
+        return time.monotonic(), response.status_code, json.loads(response.content)
+    transport = httpx.ASGITransport(app=application)
+    async with httpx.AsyncClient(transport=transport, base_url="http://cluster") as client:
+        answer = await client.post(path, json=body, headers=headers or {}, timeout=60)
+    return time.monotonic(), answer.status_code, answer.json()
 
 
 def _create(user: User, **shape: Any) -> object:
@@ -105,6 +118,24 @@ def test_a_waiting_pop_gets_a_new_prompt_at_once(bob_and_alice):
     assert status == 200, body
     assert body["id"] is not None and body["payload"]["prompt"] == "Once upon a time"
     assert Job.objects.get(id=body["id"]).prompt_id == prompt_id
+    assert delay < DISPATCH_BOUND
+
+
+def test_a_waiting_pop_under_djangos_asgi_handler_is_woken_too(bob_and_alice):
+    """Django's own handler (AsyncClient) holds it in HeldResponseMiddleware."""
+    _, alice = bob_and_alice
+
+    async def main() -> tuple:
+        waiting = asyncio.create_task(timed_pop("bob-1", django_handler=True, wait=20))
+        await asyncio.sleep(0.5)
+        assert not waiting.done()
+        created, _ = await create_prompt(alice)
+        answered, status, body = await waiting
+        return answered - created, status, body
+
+    delay, status, body = run(main)
+    assert status == 200, body
+    assert body["id"] is not None
     assert delay < DISPATCH_BOUND
 
 
@@ -287,3 +318,71 @@ def test_a_waiting_pop_counts_once_against_the_rate_limit(bob_and_alice, rate_li
         return [first, second, third]
 
     assert run(main) == [200, 200, 429]
+
+
+def test_a_pop_whose_client_leaves_stops_waiting_and_claims_nothing(bob_and_alice):
+    _, alice = bob_and_alice
+    body = json.dumps(pop_body("bob-1", wait=20)).encode()
+    sent: list[dict] = []
+
+    async def main() -> float:
+        left = asyncio.Event()
+
+        async def receive() -> dict:
+            if body_messages:
+                return body_messages.pop()
+            await asyncio.sleep(0.5)  # the pop has found nothing and waits; the client leaves
+            left.set()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        body_messages = [{"type": "http.request", "body": body, "more_body": False}]
+        scope = {
+            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+            "method": "POST", "path": "/generate/pop", "raw_path": b"/generate/pop",
+            "query_string": b"", "root_path": "", "client": ("127.0.0.1", 40000),
+            "server": ("127.0.0.1", 5001),
+            "headers": [(b"content-type", b"application/json"),
+                        (b"content-length", str(len(body)).encode())],
+        }  # fmt: skip
+        waiters = metrics.LONG_POLL_WAITERS._value.get()
+        held = asyncio.create_task(application(scope, receive, send))
+        await left.wait()
+        await asyncio.wait_for(held, 5)  # the request ends with the client
+        assert metrics.LONG_POLL_WAITERS._value.get() == waiters
+        await create_prompt(alice)
+        await asyncio.sleep(0.3)
+        return waiters
+
+    run(main)
+    assert sent == []  # nobody to answer
+    assert not Job.objects.exists()  # the prompt waits for a server that is still there
+
+
+def test_a_held_pop_is_timed_with_its_wait_and_counted_while_it_waits(bob_and_alice):
+    def observed() -> tuple[float, float]:
+        def value(name: str) -> float:
+            found = metrics.registry().get_sample_value(name, {"api": "original"})
+            return found or 0.0
+
+        return value("horde_pop_duration_seconds_count"), value("horde_pop_duration_seconds_sum")
+
+    async def main() -> float:
+        waiting = asyncio.create_task(timed_pop("bob-1", wait=2))
+        during = metrics.LONG_POLL_WAITERS._value.get()
+        while during == waiters and not waiting.done():  # until the pop waits
+            await asyncio.sleep(0.02)
+            during = metrics.LONG_POLL_WAITERS._value.get()
+        await waiting
+        return during
+
+    before = observed()
+    waiters = metrics.LONG_POLL_WAITERS._value.get()
+    during = run(main)
+    count, total = observed()
+    assert during == waiters + 1
+    assert metrics.LONG_POLL_WAITERS._value.get() == waiters
+    assert count == before[0] + 1
+    assert total - before[1] >= 1.9  # the wait is in the pop's time
