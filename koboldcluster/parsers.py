@@ -1,11 +1,13 @@
-"""Request parsing for the API."""
+"""Request parsing and answer format for the API."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from rest_framework.exceptions import ParseError
+from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.parsers import JSONParser
+from rest_framework.renderers import BaseRenderer
 
 # No request of any API here nests deeper than a handful of levels; a body nested deeper is
 # refused before anything walks it (serializers, JSON columns and logs all recurse).
@@ -51,3 +53,19 @@ class LenientJSONParser(JSONParser):
         if too_deep:
             raise ParseError(f"JSON parse error - nested more than {MAX_JSON_DEPTH} levels deep.")
         return data
+
+
+class JSONOnlyNegotiation(DefaultContentNegotiation):
+    """Every API view renders JSON alone: answer it without reading the `Accept` header.
+
+    Clients of these APIs send `application/json`, `*/*` or nothing; one asking for
+    something else gets JSON rather than a 406, as from the AI Horde. Parsing the header
+    was a twentieth of a status poll's CPU. A view with several renderers still negotiates.
+    """
+
+    def select_renderer(
+        self, request: Any, renderers: list[BaseRenderer], format_suffix: str | None = None
+    ) -> tuple[BaseRenderer, str]:
+        if len(renderers) == 1:
+            return renderers[0], renderers[0].media_type
+        return super().select_renderer(request, renderers, format_suffix)

@@ -251,6 +251,7 @@ WHITENOISE_USE_FINDERS = True
 REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["koboldcluster.parsers.LenientJSONParser"],
+    "DEFAULT_CONTENT_NEGOTIATION_CLASS": "koboldcluster.parsers.JSONOnlyNegotiation",
     # Only the `apikey` header: no session authentication, so the API needs no CSRF token
     # (the admin keeps Django's own session login and CSRF protection).
     "DEFAULT_AUTHENTICATION_CLASSES": ["accounts.authentication.ApiKeyAuthentication"],

@@ -92,3 +92,12 @@ def _chain(handler: Any) -> list[Any]:
         found.append(current)
         current = current.get_response
     return found
+
+
+@pytest.mark.parametrize("accept", ["text/html", "application/xml", "*/*", ""])
+def test_the_api_answers_json_whatever_the_client_accepts(api, accept):
+    response = api.get("/api/v2/status/heartbeat", HTTP_ACCEPT=accept)
+
+    assert response.status_code == 200
+    assert response["Content-Type"] == "application/json"
+    assert response.json() == {"message": "OK", "version": response.json()["version"]}
