@@ -67,7 +67,8 @@ def notify(topic: str) -> None:
     with _hubs_lock:
         hubs = list(_hubs.values())
     for hub in hubs:
-        hub.wake_threadsafe(topic)
+        if hub.listeners.get(topic):  # one registering later reads the state after this change
+            hub.wake_threadsafe(topic)
     try:
         if settings.REDIS_URL:
             _redis_publish(topic)
@@ -340,15 +341,23 @@ def _redis_publish(topic: str) -> None:
     _redis_client.publish(_redis_channel(), f"{_SENDER} {topic}")
 
 
+_socket_dirs: dict[str, Path] = {}
+
+
 def _socket_dir() -> Path:
-    """Where listening processes keep their sockets (short: a socket path has ≤ 107 bytes)."""
-    directory = Path(
+    """Where listening processes keep their sockets (short: a socket path has ≤ 107 bytes).
+    Made once per process and setting: every notification reads it."""
+    configured = str(
         settings.KOBOLDCLUSTER.get("WAKEUP_SOCKET_DIR") or settings.VAR_DIR / "wakeups"
     )
-    if len(str(directory)) > 60:
-        digest = hashlib.sha256(str(directory).encode()).hexdigest()[:16]
-        directory = Path(tempfile.gettempdir()) / f"koboldcluster-wakeups-{digest}"
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    directory = _socket_dirs.get(configured)
+    if directory is None:
+        directory = Path(configured)
+        if len(configured) > 60:
+            digest = hashlib.sha256(configured.encode()).hexdigest()[:16]
+            directory = Path(tempfile.gettempdir()) / f"koboldcluster-wakeups-{digest}"
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _socket_dirs[configured] = directory
     return directory
 
 
@@ -358,7 +367,12 @@ def _datagram_broadcast(topic: str, own: set[str | None]) -> None:
         _sender_socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         _sender_socket.setblocking(False)
     data = topic.encode()[:MAX_DATAGRAM]
-    for entry in os.scandir(_socket_dir()):
+    try:
+        entries = list(os.scandir(_socket_dir()))
+    except FileNotFoundError:  # removed meanwhile, with every socket in it: nobody to tell
+        _socket_dirs.clear()
+        return
+    for entry in entries:
         if entry.path in own or not entry.name.endswith(".sock"):
             continue
         try:

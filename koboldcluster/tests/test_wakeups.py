@@ -114,3 +114,19 @@ def test_a_socket_left_by_a_dead_process_is_removed():
     sock.close()  # the file stays, nobody reads it
     wakeups.notify("prompt:f")
     assert not os.path.exists(stale)
+
+
+def test_a_socket_directory_removed_meanwhile_is_made_again(tmp_path, settings):
+    settings.KOBOLDCLUSTER = {**settings.KOBOLDCLUSTER, "WAKEUP_SOCKET_DIR": str(tmp_path / "w")}
+    directory = wakeups._socket_dir()
+    directory.rmdir()
+
+    wakeups.notify("prompt:g")  # nobody to tell, and no error
+
+    async def main() -> bool:
+        async with wakeups.listening("prompt:h") as listener:  # a new hub binds its socket
+            threading.Timer(0.1, wakeups._datagram_broadcast, args=("prompt:h", set())).start()
+            return await listener.wait(5)
+
+    assert asyncio.run(main()) is True
+    assert wakeups._socket_dir().is_dir()
