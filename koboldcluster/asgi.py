@@ -40,8 +40,8 @@ from koboldcluster import holding, metrics, wakeups
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "koboldcluster.settings")
 if not settings.configured:  # a web process (not a test or a command driving the app)
-    # Tells settings.py to give each web process a database connection pool (PostgreSQL);
-    # processes it starts would inherit it, so never set once settings are read.
+    # Tells settings.py this is a web process (its database connection); processes it
+    # starts would inherit it, so never set once settings are read.
     os.environ["KOBOLDCLUSTER_SERVING"] = "asgi"
 
 # The waiting endpoints (`//` as the ApiMiddleware reads it, a single `/`), async views.

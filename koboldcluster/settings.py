@@ -195,13 +195,12 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["CONN_MAX_AGE"] = env_int("CONN_MAX_AGE", 600)
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 elif os.environ.get("KOBOLDCLUSTER_SERVING") == "asgi":  # set by koboldcluster/asgi.py
-    # Under ASGI every request runs its synchronous part in a thread of its own, so a
-    # persistent connection per thread would never be reused: each web process keeps a pool,
-    # and a request takes a connection from it and gives it back when it ends (or starts to
-    # wait). Only the web processes: qcluster forks its workers, and a pool must not be forked.
-    DATABASES["default"]["OPTIONS"] = {
-        "pool": {"min_size": 1, "max_size": env_int("DB_POOL_SIZE", 20, minimum=1), "timeout": 10}
-    }
+    # A web process runs the synchronous part of every request on its one sync thread
+    # (koboldcluster/asgi.py), so one persistent connection serves all of them, kept between
+    # requests and while pops wait. No health check before each request (a round trip, a
+    # tenth of a status poll's CPU): after a database restart the first request of each web
+    # process gets a 503, and its broken connection is dropped at the end of that request.
+    DATABASES["default"]["CONN_MAX_AGE"] = env_int("CONN_MAX_AGE", 600)
 else:
     DATABASES["default"]["CONN_MAX_AGE"] = env_int("CONN_MAX_AGE", 60)
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 
 import psycopg
 import pytest
@@ -154,4 +155,25 @@ def test_a_postgresql_connection_killed_mid_request_is_a_503_then_reconnects(clu
         f"{url}/generate/prompt", json={"prompt": "hi"}, headers={"apikey": key}, timeout=30
     )
     assert again.status_code == 200
+    assert "Traceback" not in cluster.output()
+
+
+@pytest.mark.e2e
+def test_a_postgresql_connection_lost_between_requests_costs_one_503(cluster):
+    """Web processes keep their connection without a health check before each request."""
+    if connection.vendor != "postgresql":
+        pytest.skip("a PostgreSQL connection")
+    unknown = f"{cluster.url}/generate/prompt/{uuid.uuid4()}"  # read from the database
+    assert requests.get(unknown, timeout=10).status_code == 404
+    with connection.cursor() as cursor:  # as a database restart would: every other session
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s "
+            "AND pid <> pg_backend_pid()",
+            [connection.settings_dict["NAME"]],
+        )
+
+    answers = [requests.get(unknown, timeout=10) for _ in range(2)]
+
+    assert [a.status_code for a in answers] == [503, 404], answers[0].text
+    assert answers[0].json()["rc"] == "DatabaseUnavailable"
     assert "Traceback" not in cluster.output()

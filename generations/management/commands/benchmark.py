@@ -54,6 +54,9 @@ class Command(BaseCommand):
         queue_sizes = [int(size) for size in sizes.split(",")]
         self.stdout.write(f"Benchmark on {connection.vendor}: {rounds} rounds per queue size")
         old_config = setup_databases(verbosity=0, interactive=False)
+        # Connections as a web process keeps them (settings.py): persistent, without a health
+        # check before each request. The same settings serve the sync thread's connection.
+        connection.settings_dict["CONN_HEALTH_CHECKS"] = False
         limits_off = {**settings.KOBOLDCLUSTER, "RATE_LIMITS_ENABLED": False}
         try:
             with override_settings(KOBOLDCLUSTER=limits_off, DEBUG=False):
