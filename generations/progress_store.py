@@ -28,7 +28,12 @@ def progress_store(*, prompt_id: object, job_id: object, text: str) -> None:
         return
     path = _file(prompt_id)
     spare = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
-    spare.write_text(value, encoding="utf-8")
+    try:
+        spare.write_text(value, encoding="utf-8")
+    except FileNotFoundError:  # the directory was removed meanwhile: make it again
+        _directories.clear()
+        spare = _file(prompt_id).with_name(spare.name)
+        spare.write_text(value, encoding="utf-8")
     os.replace(spare, path)  # readers see the old text or the new one, never half of it
 
 
@@ -55,9 +60,17 @@ def _cache_key(prompt_id: object) -> str:
     return f"progress:{prompt_id}"
 
 
+_directories: dict[str, Path] = {}
+
+
 def _directory() -> Path:
-    directory = Path(settings.VAR_DIR) / "progress"
-    directory.mkdir(exist_ok=True, mode=0o700)
+    """The progress files' directory, made once per process (every submit reads it)."""
+    configured = str(settings.VAR_DIR)
+    directory = _directories.get(configured)
+    if directory is None:
+        directory = Path(configured) / "progress"
+        directory.mkdir(exist_ok=True, mode=0o700)
+        _directories[configured] = directory
     return directory
 
 
@@ -81,6 +94,7 @@ def progress_sweep() -> int:
     if settings.REDIS_URL:
         return 0  # Redis expires them
     removed = 0
+    _directories.clear()  # made again if it was removed
     for entry in _directory().iterdir():
         with contextlib.suppress(FileNotFoundError):
             if time.time() - entry.stat().st_mtime > PROGRESS_TTL_SECONDS:

@@ -165,6 +165,21 @@ def test_stale_progress_files_are_swept(settings, tmp_path):
     assert progress_store.progress_text(prompt_id) is None
 
 
+def test_progress_survives_its_directory_being_removed(settings, tmp_path):
+    from generations import progress_store
+
+    settings.VAR_DIR = tmp_path
+    settings.REDIS_URL = ""
+    prompt_id = uuid.uuid4()
+    progress_store.progress_store(prompt_id=prompt_id, job_id="j", text="before")
+    progress_store.progress_drop(prompt_id)
+    (tmp_path / "progress").rmdir()  # e.g. a cleanup of the var dir
+
+    progress_store.progress_store(prompt_id=prompt_id, job_id="j", text="after")
+
+    assert progress_store.progress_text(prompt_id) == ("j", "after")
+
+
 class TestDeltas:
     """What a stream sends of each text so far: pieces that add up to the final answer."""
 
