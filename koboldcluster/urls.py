@@ -23,11 +23,12 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("healthz", views_health.HealthView.as_view()),
     path("readyz", views_health.ReadyView.as_view()),
+    # The busiest first: every pop, submit and status poll walks the list up to its match.
+    path("api/v2/", include(horde_v2)),
     path("", include("generations.urls")),
     path("", include("servers.urls")),
     path("", include("accounts.urls")),
     path("", include("stats.urls")),
-    path("api/v2/", include(horde_v2)),
     path("api/", include("generations.urls_kobold")),
     path("v1/", include("generations.urls_openai")),
     path("api/schema", SpectacularAPIView.as_view(), name="schema"),
