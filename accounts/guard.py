@@ -132,6 +132,13 @@ def _check(user: User, password: str, digest: str, subjects: list[str], lockout:
     return False
 
 
+def remember_verified(user: User, password: str) -> None:
+    """`password` is known to match `user`'s hash (it was just hashed into it): every process
+    passes it at once for PASSWORD_CACHE_SECONDS, as after a check."""
+    remember = settings.KOBOLDCLUSTER["PASSWORD_CACHE_SECONDS"]
+    counters.hit(f"pw-verified:{_digest(user, password)}", remember)
+
+
 def count_new_account() -> None:
     """Count an account a pop is about to create or claim (and hash a password for)."""
     client_rate_check("new_account", "new accounts")

@@ -10,6 +10,7 @@ import uuid
 
 import pytest
 import requests
+from django.core.cache import cache
 from django.utils import timezone
 
 from accounts.identity import password_matches
@@ -121,6 +122,21 @@ def test_claiming_an_unclaimed_name_by_pop_counts_as_a_new_account(api, alice, r
 
     assert pop_as(api, "pw", username="alice").status_code == 429
     assert User.objects.get(username="alice").kind == User.Kind.UNCLAIMED
+
+
+@pytest.mark.parametrize("username", ["dora", "alice"])
+def test_a_pop_that_makes_or_claims_the_account_is_its_only_hash(api, alice, hashes, username):
+    """The password was just hashed into the account: the server's next requests (its first
+    progress post, in any process) pass without hashing it again; a wrong one is still checked."""
+    assert pop_as(api, "new-pass", username=username).status_code == 200
+    account = User.objects.get(username=username)
+    assert account.kind == User.Kind.REGISTERED
+    cache.clear()  # another process: only the shared counters know
+
+    assert password_matches(account, "new-pass")
+    assert pop_as(api, "new-pass", username=username).status_code == 200
+    assert not password_matches(account, "wrong")
+    assert hashes == ["wrong"]
 
 
 def test_counters_are_atomic_across_threads(transactional_db):
