@@ -16,13 +16,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
-from collections.abc import Callable
 from contextvars import ContextVar
 from functools import lru_cache
 
-from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
+
+from koboldcluster.middleware import SyncAndAsyncMiddleware
 
 # IPv6 clients are counted by the block their provider gives one site.
 IPV6_BLOCK_PREFIX = 64
@@ -102,22 +102,14 @@ def request_client(request: HttpRequest) -> str:
     return block_digest(address_block(client_address(request)))
 
 
-class ClientAddressMiddleware:
+class ClientAddressMiddleware(SyncAndAsyncMiddleware):
     """Remember the request's client block for the services (`current_client`).
 
     Sync and async alike, so that an async stack does not pay a thread hop for it.
     """
 
-    sync_capable = True
-    async_capable = True
-
-    def __init__(self, get_response: Callable) -> None:
-        self.get_response = get_response
-        if iscoroutinefunction(get_response):
-            markcoroutinefunction(self)
-
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        if iscoroutinefunction(self):
+        if self.is_async:
             return self._acall(request)
         token = _current_block.set(request_client(request))
         try:

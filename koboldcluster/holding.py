@@ -16,14 +16,14 @@ wait is missed:
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
-from asgiref.sync import async_to_sync, iscoroutinefunction, markcoroutinefunction, sync_to_async
+from asgiref.sync import async_to_sync, sync_to_async
 from django.http import HttpRequest
 from django.http.response import HttpResponseBase
 
 from koboldcluster import wakeups
+from koboldcluster.middleware import SyncAndAsyncMiddleware
 
 # The paths (`//` merged) whose views may ask to be held: the two pops.
 HELD_PATHS = frozenset({"/generate/pop", "/api/v2/generate/text/pop"})
@@ -42,20 +42,11 @@ async def finish(response: HttpResponseBase, listener: wakeups.Listener) -> None
         await hold(listener)
 
 
-class HeldResponseMiddleware:
+class HeldResponseMiddleware(SyncAndAsyncMiddleware):
     """Holds the responses of HELD_PATHS under Django's handlers (the cluster's ASGI handler
     holds them itself, and leaves this middleware out of its synchronous chain). Under WSGI
     the wait runs in an event loop of its own, in the request's thread, as Django runs an
     async view there."""
-
-    sync_capable = True
-    async_capable = True
-
-    def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
-        self.get_response = get_response
-        self.is_async = iscoroutinefunction(get_response)
-        if self.is_async:
-            markcoroutinefunction(self)
 
     def __call__(self, request: HttpRequest) -> Any:
         if self.is_async:

@@ -20,11 +20,11 @@ import glob
 import os
 import re
 import time
-from collections.abc import Callable
 
-from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.http import HttpRequest, HttpResponse
 from prometheus_client import CollectorRegistry, Gauge, Histogram, multiprocess
+
+from koboldcluster.middleware import SyncAndAsyncMiddleware
 
 # Seconds; a pop that long-polls may wait up to 30 s.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -115,17 +115,8 @@ def _observe(request: HttpRequest, response: HttpResponse, started: float) -> No
         observe_latency(match.route, started)
 
 
-class LatencyMiddleware:
+class LatencyMiddleware(SyncAndAsyncMiddleware):
     """Time the pop and submit requests, for sync and async views alike (no thread is added)."""
-
-    sync_capable = True
-    async_capable = True
-
-    def __init__(self, get_response: Callable) -> None:
-        self.get_response = get_response
-        self.is_async = iscoroutinefunction(get_response)
-        if self.is_async:
-            markcoroutinefunction(self)
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         if self.is_async:

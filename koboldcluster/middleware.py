@@ -27,18 +27,10 @@ _NOT_API = ("/admin/", "/register", "/static/")
 _SLASHES = re.compile(r"//+")
 
 
-def is_api_path(path: str) -> bool:
-    return not path.startswith(_NOT_API)
-
-
-class ApiMiddleware:
-    """CORS on every API response, preflights answered here, and `//` read as `/`.
-
-    A bridge configured with `cluster_url=http://host:5001/` asks for `//api/v2/…`; merging
-    the slashes serves it instead of a 404, without a redirect (which would turn a POST into
-    a GET for many clients). Sync and async: under ASGI a waiting view must not be run behind
-    a sync-only middleware, which would hold a thread for it.
-    """
+class SyncAndAsyncMiddleware:
+    """A middleware that runs the way of the chain it is in, sync or async: under ASGI a
+    waiting view must not be run behind a sync-only middleware, which would hold a thread for
+    it, and a sync request must not pay a step onto the event loop for it."""
 
     sync_capable = True
     async_capable = True
@@ -48,6 +40,19 @@ class ApiMiddleware:
         self.is_async = iscoroutinefunction(get_response)
         if self.is_async:
             markcoroutinefunction(self)
+
+
+def is_api_path(path: str) -> bool:
+    return not path.startswith(_NOT_API)
+
+
+class ApiMiddleware(SyncAndAsyncMiddleware):
+    """CORS on every API response, preflights answered here, and `//` read as `/`.
+
+    A bridge configured with `cluster_url=http://host:5001/` asks for `//api/v2/…`; merging
+    the slashes serves it instead of a 404, without a redirect (which would turn a POST into
+    a GET for many clients).
+    """
 
     def __call__(self, request: HttpRequest) -> Any:
         if self.is_async:

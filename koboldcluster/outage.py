@@ -11,13 +11,12 @@ locked" after its busy timeout is the same kind of trouble and gets the same ans
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 
-from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
 from koboldcluster.errors import error_body
+from koboldcluster.middleware import SyncAndAsyncMiddleware
 
 logger = logging.getLogger(__name__)
 
@@ -40,19 +39,11 @@ def database_unavailable(request: HttpRequest, exc: Exception) -> JsonResponse:
     return response
 
 
-class DatabaseOutageMiddleware:
+class DatabaseOutageMiddleware(SyncAndAsyncMiddleware):
     """Answer a request whose database connection failed with 503 (process_exception).
 
     Sync and async alike: Django calls process_exception the same way in both stacks.
     """
-
-    sync_capable = True
-    async_capable = True
-
-    def __init__(self, get_response: Callable) -> None:
-        self.get_response = get_response
-        if iscoroutinefunction(get_response):
-            markcoroutinefunction(self)
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         return self.get_response(request)  # in an async stack: the coroutine, awaited above

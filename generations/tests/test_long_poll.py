@@ -121,39 +121,37 @@ def test_a_waiting_pop_gets_a_new_prompt_at_once(bob_and_alice):
     assert delay < DISPATCH_BOUND
 
 
-def test_a_waiting_pop_under_djangos_asgi_handler_is_woken_too(bob_and_alice):
-    """Django's own handler (AsyncClient) holds it in HeldResponseMiddleware."""
-    _, alice = bob_and_alice
+def woken_pop(requester: User, *args: Any, **fields: Any) -> tuple[float, int, dict]:
+    """A pop that waits (20 s at most) while `requester` posts a prompt: how long after the
+    prompt it was answered, its status and its body."""
 
     async def main() -> tuple:
-        waiting = asyncio.create_task(timed_pop("bob-1", django_handler=True, wait=20))
-        await asyncio.sleep(0.5)
+        waiting = asyncio.create_task(timed_pop(*args, wait=20, **fields))
+        await asyncio.sleep(0.5)  # the pop has found nothing and waits
         assert not waiting.done()
-        created, _ = await create_prompt(alice)
+        created, _ = await create_prompt(requester)
         answered, status, body = await waiting
         return answered - created, status, body
 
-    delay, status, body = run(main)
+    return run(main)
+
+
+def test_a_waiting_pop_under_djangos_asgi_handler_is_woken_too(bob_and_alice):
+    """Django's own handler (AsyncClient) holds it in HeldResponseMiddleware."""
+    delay, status, body = woken_pop(bob_and_alice[1], "bob-1", django_handler=True)
+
     assert status == 200, body
     assert body["id"] is not None
     assert delay < DISPATCH_BOUND
 
 
 def test_the_v2_pop_waits_too(register, bob_and_alice):
-    _, alice = bob_and_alice
     _, key = register("carol")
     v2 = {"models": ["tiny-llm"], "max_length": 80, "max_context_length": 2048}
 
-    async def main() -> tuple:
-        path = "/api/v2/generate/text/pop"
-        waiting = asyncio.create_task(timed_pop("carol-1", path, {"apikey": key}, wait=20, **v2))
-        await asyncio.sleep(0.5)
-        assert not waiting.done()
-        created, _ = await create_prompt(alice)
-        answered, status, body = await waiting
-        return answered - created, status, body
+    path = "/api/v2/generate/text/pop"
+    delay, status, body = woken_pop(bob_and_alice[1], "carol-1", path, {"apikey": key}, **v2)
 
-    delay, status, body = run(main)
     assert status == 200, body
     assert body["id"] is not None and body["ids"] == [body["id"]]
     assert delay < DISPATCH_BOUND
