@@ -129,8 +129,9 @@ def job_submit(
         "censored": state in ("censored", "csam"),
         "gen_metadata": metadata,
     }
-    with transaction.atomic():
-        if not (is_postgres() and _accept_and_pay_in_one(delivery, done, now)):
+    # PostgreSQL: one statement, a transaction of its own (no BEGIN and COMMIT round trips).
+    if not (is_postgres() and _accept_and_pay_in_one(delivery, done, now)):
+        with transaction.atomic():
             if not _accept(job, done):
                 _accept_late(job, done)
             _pay(delivery, tokens, now)
