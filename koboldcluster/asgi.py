@@ -34,7 +34,7 @@ from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.core.handlers.base import BaseHandler
 from django.http import HttpRequest
 from django.http.response import HttpResponseBase
-from django.urls import set_script_prefix
+from django.urls import get_resolver, set_script_prefix
 
 from koboldcluster import holding, metrics, wakeups
 
@@ -188,3 +188,8 @@ async def _unless_client_leaves(work: Awaitable[None], disconnect: Awaitable[Non
 
 get_asgi_application()  # django.setup(), as Django's own entry point does
 application = ClusterASGIHandler()
+# Every view, now: Django imports the URLconf (and with it every view, DRF, the schema
+# machinery) in a process's first request, which took 0.3-1 s of CPU on a loaded machine. Each
+# web worker would make its first client wait for that (a `/readyz` warms only the worker
+# that answers it); imported here, a worker takes no request before it is ready.
+get_resolver().url_patterns  # noqa: B018
