@@ -20,7 +20,6 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import connections
 from django.db.models import Count, Max, Sum
 from django.utils import timezone
 from rest_framework.response import Response
@@ -111,14 +110,11 @@ def _render_again(response: Response, body: dict[str, Any]) -> None:
 
 
 def _try_and_release(attempt: Callable[[], PopAttempt]) -> PopAttempt:
-    """One try, outside any request: give the database connection back as a request's end
-    would (to the pool, or kept for the next request on a persistent connection)."""
+    """One try, outside any request: the connection is given back as at a request's end."""
     try:
         return attempt()
     finally:
-        for connection in connections.all(initialized_only=True):
-            if not connection.in_atomic_block:  # a test's transaction
-                connection.close_if_unusable_or_obsolete()
+        wakeups.release_connections()
 
 
 def queue_fingerprint() -> tuple[Any, ...]:

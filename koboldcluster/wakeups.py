@@ -276,9 +276,9 @@ class _Hub:
                     self.fingerprints.pop(topic, None)
                     continue
                 try:
-                    value = await sync_to_async(_read_and_release, thread_sensitive=False)(
-                        fingerprint
-                    )
+                    # On the sync thread, with its persistent connection: opening one per
+                    # re-check cost more than all the waiting pops together.
+                    value = await sync_to_async(_read_and_release)(fingerprint)
                 except Exception:
                     logger.warning("wake-ups: re-check of %s failed", topic, exc_info=True)
                     continue
@@ -318,7 +318,16 @@ def _read_and_release(fingerprint: Callable[[], Hashable]) -> Hashable:
     try:
         return fingerprint()
     finally:
-        connections.close_all()
+        release_connections()
+
+
+def release_connections() -> None:
+    """After database work outside a request (a re-check, a waiting pop's try): give the
+    connections back as a request's end does: a persistent one stays open for the next
+    request, an old or broken one is closed (not inside a test's transaction)."""
+    for connection in connections.all(initialized_only=True):
+        if not connection.in_atomic_block:
+            connection.close_if_unusable_or_obsolete()
 
 
 # --- sending --------------------------------------------------------------------------------
