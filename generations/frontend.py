@@ -103,11 +103,11 @@ async def generate(*, user: User, request: GenerationRequest, genkey: str = "") 
     try:
         status = await prompt_wait_done(prompt.id, timeout)
     except asyncio.CancelledError:
-        await sync_to_async(_cancel_gone)(prompt.id)
+        await sync_to_async(cancel_gone)(prompt.id)
         logger.info("prompt %s cancelled: the caller went away", prompt.id)
         raise
     if status is None:
-        raise await sync_to_async(_give_up)(prompt.id, timeout)
+        raise await sync_to_async(give_up)(prompt.id, timeout)
     if status.faulted and not status.generations:
         raise RequestFaulted(
             "The servers failed this request repeatedly; it was given up. Try again, or "
@@ -116,12 +116,13 @@ async def generate(*, user: User, request: GenerationRequest, genkey: str = "") 
     return status
 
 
-def _cancel_gone(prompt_id: object) -> None:
+def cancel_gone(prompt_id: object) -> None:
+    """Cancel the prompt of a client that left (its slots go to nobody)."""
     with contextlib.suppress(NotFound):  # expired meanwhile: nothing left to cancel
         prompt_cancel(prompt_id=prompt_id)
 
 
-def _give_up(prompt_id: object, timeout: float) -> WaitedTooLong:
+def give_up(prompt_id: object, timeout: float) -> WaitedTooLong:
     """Cancel a prompt that waited too long; the error that says why it was not served."""
     status = prompt_cancel(prompt_id=prompt_id)
     if not able_servers(prompt=status.prompt):

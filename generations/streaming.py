@@ -21,9 +21,9 @@ from asgiref.sync import sync_to_async
 from accounts.models import User
 from generations.frontend import (
     RequestFaulted,
-    _cancel_gone,
-    _give_up,
+    cancel_gone,
     genkey_remember,
+    give_up,
     wait_seconds,
 )
 from generations.intake import GenerationRequest, prompt_create
@@ -71,7 +71,7 @@ async def follow(prompt_id: object) -> AsyncIterator[Update]:
         metrics.STREAMS_OPEN.dec()
         if not finished:
             with contextlib.suppress(Exception):
-                await asyncio.shield(sync_to_async(_cancel_gone)(prompt_id))
+                await asyncio.shield(sync_to_async(cancel_gone)(prompt_id))
             logger.info("prompt %s cancelled: its stream ended early", prompt_id)
 
 
@@ -100,7 +100,7 @@ async def _updates(prompt_id: object, timeout: float) -> AsyncIterator[Update]:
                     return
             remaining = deadline - loop.time()
             if remaining <= 0:
-                raise await sync_to_async(_give_up)(prompt_id, timeout)
+                raise await sync_to_async(give_up)(prompt_id, timeout)
             await wake.wait(min(RECHECK_SECONDS, remaining))
 
 

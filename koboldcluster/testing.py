@@ -228,3 +228,21 @@ def started(*processes: ManagedProcess) -> Iterator[tuple[ManagedProcess, ...]]:
             stack.callback(process.stop)
             process.start()
         yield processes
+
+
+# The Redis that ./test.sh and CI start; tests of several nodes share it.
+TEST_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def redis_env() -> dict[str, str]:
+    """`REDIS_URL` for processes that share the test Redis. Fails, never skips, when it is not
+    running: ./test.sh starts it, so a missing Redis is a broken setup."""
+    import redis
+
+    try:
+        redis.Redis.from_url(TEST_REDIS_URL, socket_timeout=1).ping()
+    except redis.RedisError as error:
+        raise AssertionError(
+            f"Redis is not running at {TEST_REDIS_URL} (./test.sh starts it): {error}"
+        ) from None
+    return {"REDIS_URL": TEST_REDIS_URL}

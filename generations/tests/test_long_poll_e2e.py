@@ -9,41 +9,22 @@ import time
 from typing import Any
 
 import pytest
-import redis
 import requests
 from django.db import connection
 
 from conftest import SERVER_PASSWORD
-from koboldcluster.testing import ClusterProcess
+from koboldcluster.testing import ClusterProcess, redis_env, started
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
 DISPATCH_BOUND = 2.0  # generous: measured a few milliseconds (manage.py benchmark_dispatch)
-
-
-def redis_reachable() -> bool:
-    try:
-        return bool(redis.Redis.from_url(REDIS_URL, socket_timeout=1).ping())
-    except redis.RedisError:
-        return False
 
 
 @pytest.fixture(params=["datagrams", "redis"])
 def two_nodes(request: Any):
-    env = {}
-    if request.param == "redis":
-        if not redis_reachable():
-            pytest.skip("Redis is not running at 127.0.0.1:6379")
-        env["REDIS_URL"] = REDIS_URL
-    nodes = [ClusterProcess(env), ClusterProcess(env)]
-    try:
-        for node in nodes:
-            node.start()
+    env = redis_env() if request.param == "redis" else {}
+    with started(ClusterProcess(env), ClusterProcess(env)) as nodes:
         yield nodes
-    finally:
-        for node in nodes:
-            node.stop()
 
 
 def test_a_prompt_posted_to_one_node_wakes_a_pop_waiting_on_the_other(two_nodes):

@@ -190,35 +190,15 @@ def test_a_client_that_disconnects_cancels_its_prompt(cluster, kcpp):
     )
 
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
-
-
-def redis_reachable() -> bool:
-    import redis
-
-    try:
-        return bool(redis.Redis.from_url(REDIS_URL, socket_timeout=1).ping())
-    except redis.RedisError:
-        return False
-
-
 @pytest.fixture(params=["files", "redis"])
-def two_nodes(request: Any, transactional_db: None) -> Iterator[list[Any]]:
-    from koboldcluster.testing import ClusterProcess
+def two_nodes(request: Any, transactional_db: None) -> Iterator[tuple[Any, ...]]:
+    from koboldcluster.testing import ClusterProcess, redis_env, started
 
     env = {"KOBOLDCLUSTER_FRONTEND_WAIT_SECONDS": "60"}
     if request.param == "redis":
-        if not redis_reachable():
-            pytest.skip("Redis is not running at 127.0.0.1:6379")
-        env["REDIS_URL"] = REDIS_URL
-    nodes = [ClusterProcess(env), ClusterProcess(env)]
-    try:
-        for node in nodes:
-            node.start()
+        env |= redis_env()
+    with started(ClusterProcess(env), ClusterProcess(env)) as nodes:
         yield nodes
-    finally:
-        for node in nodes:
-            node.stop()
 
 
 def test_progress_posted_to_one_node_reaches_a_stream_on_the_other(two_nodes, bridge_process):

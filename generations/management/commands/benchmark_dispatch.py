@@ -15,6 +15,7 @@ import random
 import statistics
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import requests
@@ -182,10 +183,8 @@ class Fleet:
         self.stopping.set()
 
 
-def process_group_cpu(pgid: int) -> float:
-    """User + system CPU seconds of every process in the group (the web server's workers)."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    total = 0.0
+def _group_stats(pgid: int) -> Iterator[list[str]]:
+    """The /proc/<pid>/stat fields (after the command name) of every process in the group."""
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             with open(f"/proc/{pid}/stat") as stat:
@@ -193,23 +192,20 @@ def process_group_cpu(pgid: int) -> float:
         except OSError:
             continue
         if int(fields[2]) == pgid:
-            total += (int(fields[11]) + int(fields[12])) / ticks
-    return total
+            yield fields
+
+
+def process_group_cpu(pgid: int) -> float:
+    """User + system CPU seconds of every process in the group (the web server's workers)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    return sum((int(f[11]) + int(f[12])) / ticks for f in _group_stats(pgid))
 
 
 def process_group_memory(pgid: int) -> tuple[int, int]:
     """Resident bytes and threads of the processes in the group."""
-    resident = threads = 0
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/stat") as stat:
-                fields = stat.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid:
-            threads += int(fields[17])
-            resident += int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
-    return resident, threads
+    stats = list(_group_stats(pgid))
+    threads = sum(int(f[17]) for f in stats)
+    return sum(int(f[21]) for f in stats) * os.sysconf("SC_PAGE_SIZE"), threads
 
 
 def _p99(values: list[float]) -> float:
