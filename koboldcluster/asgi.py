@@ -60,8 +60,8 @@ _SLASHES = re.compile(r"//+")
 
 
 # The waiting endpoints are API views: no sessions, CSRF, messages or pages. Only the
-# middleware they need, each able to run async, so that a pop makes no extra step onto the
-# sync thread for Django's session, CSRF or security middleware (two each, every request).
+# middleware they need, each able to run async, so that a waiting front-end request makes no
+# extra step onto the sync thread for Django's session, CSRF or security middleware.
 WAITING_MIDDLEWARE = [
     "koboldcluster.metrics.LatencyMiddleware",
     "koboldcluster.middleware.ApiMiddleware",
@@ -81,7 +81,7 @@ def _handler_with(keep: Callable[[str], bool], *, is_async: bool) -> BaseHandler
     return handler
 
 
-_HOLDING_MIDDLEWARE = "koboldcluster.holding.HeldResponseMiddleware"
+_HOLDING_MIDDLEWARE = f"{holding.__name__}.{holding.HeldResponseMiddleware.__name__}"
 
 # The API's paths (authenticated by the `apikey` header alone) skip the middleware of the
 # pages for people: sessions, CSRF, logins, messages and static files. Each reads nothing
