@@ -104,15 +104,20 @@ _JOB_COLUMNS = (
     "j.id, j.state, j.text, j.tokens, j.model, j.seed, j.censored, j.gen_metadata, "
     "j.server_id, j.started, j.deadline, s.name, s.speed"
 )
-# The queue up to and including the prompt (when it still waits), as one bounded read.
+# The queue up to and including the prompt (when it still waits), as one bounded read. The
+# prompt's key is a scalar subquery, so that both databases bound the walk of the queue index
+# by it (a join with the prompt's row let PostgreSQL walk the whole queue).
 _AHEAD = f"""
-WITH t AS (SELECT sort_key, created, waiting, state FROM generations_prompt WHERE id = %s),
+WITH t AS (
+    SELECT sort_key, created FROM generations_prompt
+    WHERE id = %s AND waiting > 0 AND state = 'live'
+),
 ahead AS (
     SELECT q.max_length * q.waiting AS tokens, q.waiting AS slots
-    FROM generations_prompt q, t
-    WHERE t.waiting > 0 AND t.state = 'live'
-      AND q.state = 'live' AND q.waiting > 0 AND q.expires_at > %s
-      AND (q.sort_key > t.sort_key OR (q.sort_key = t.sort_key AND q.created <= t.created))
+    FROM generations_prompt q
+    WHERE q.state = 'live' AND q.waiting > 0 AND q.expires_at > %s
+      AND q.sort_key >= (SELECT sort_key FROM t)
+      AND (q.sort_key > (SELECT sort_key FROM t) OR q.created <= (SELECT created FROM t))
     ORDER BY q.sort_key DESC, q.created LIMIT {QUEUE_SCAN + 1}
 )"""
 
