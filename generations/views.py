@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from functools import partial
 from typing import Any
 
@@ -13,12 +14,14 @@ from rest_framework.views import APIView
 
 from accounts.authentication import LenientApiKeyAuthentication, api_user
 from accounts.identity import user_for_request
+from accounts.models import User
 from generations.delivery import job_submit
 from generations.intake import GenerationRequest, prompt_create
 from generations.long_poll import PopAttempt, WaitField, respond
 from generations.queue import PopResult, job_pop, jobs_claim
 from generations.serializers import GenerationParamsSerializer, PromptTextField, split_params
 from generations.status import PromptStatus, prompt_cancel, prompt_status
+from koboldcluster import direct
 from koboldcluster.api import parse_uuid, validated
 from koboldcluster.fields import (
     InputSerializer,
@@ -69,16 +72,20 @@ class PromptCreateView(APIView):
         },
     )
     def post(self, request: Request) -> Response:
-        data = validated(self.Input, request.data)
+        return Response(self.reply(validated(self.Input, request.data), api_user(request)))
+
+    @staticmethod
+    def reply(data: dict[str, Any], key_user: User | None) -> dict[str, Any]:
+        """The answer to a valid request (this view's, and the direct lane's)."""
         user = user_for_request(
-            username=data.get("username"), password=data.get("password"), api_user=api_user(request)
+            username=data.get("username"), password=data.get("password"), api_user=key_user
         )
         shape, samplers = split_params(data["params"])
         generation = GenerationRequest(
             text=data["prompt"], params=samplers, models=data.get("models") or [], **shape
         )
         prompt = prompt_create(user=user, request=generation)
-        return Response({"id": str(prompt.id)})
+        return {"id": str(prompt.id)}
 
 
 def _status_body(status: PromptStatus) -> dict[str, Any]:
@@ -120,8 +127,11 @@ class PromptStatusView(APIView):
         responses={200: ORIGINAL_STATUS, 404: error("RequestNotFound")},
     )
     def get(self, request: Request, prompt_id: str) -> Response:
-        status = prompt_status(prompt_id=prompt_uuid(prompt_id))
-        return Response(_status_body(status))
+        return Response(self.reply(prompt_uuid(prompt_id)))
+
+    @staticmethod
+    def reply(prompt_id: uuid.UUID) -> dict[str, Any]:
+        return _status_body(prompt_status(prompt_id=prompt_id))
 
     @extend_schema(
         operation_id="prompt_cancel",
@@ -194,6 +204,18 @@ class PopView(APIView):
     )
     def post(self, request: Request) -> Response:
         data = validated(self.Input, request.data)
+        result = self.pop_once(data, api_user(request))
+        attempt = partial(self.pop, server=result.server, priority_user_ids=result.first_users)
+        return respond(self.answer(result), wait=data["wait"], attempt=attempt)
+
+    @classmethod
+    def reply(cls, data: dict[str, Any], key_user: User | None) -> dict[str, Any]:
+        """The answer to a valid pop that does not wait (also the direct lane's)."""
+        return cls.answer(cls.pop_once(data, key_user)).body
+
+    @staticmethod
+    def pop_once(data: dict[str, Any], key_user: User | None) -> PopResult:
+        """Check the server in and try once."""
         check_in = CheckIn(
             name=data["name"],
             models=data.get("models") or [data["model"]],
@@ -204,13 +226,11 @@ class PopView(APIView):
             bridge_agent=data.get("bridge_agent") or "",
             threads=data["threads"],
         )
-        result = job_pop(
-            credentials=_credentials(request, data),
+        return job_pop(
+            credentials=_credentials(key_user, data),
             check_in=check_in,
             priority_usernames=data.get("priority_usernames") or [],
         )
-        attempt = partial(self.pop, server=result.server, priority_user_ids=result.first_users)
-        return respond(self.answer(result), wait=data["wait"], attempt=attempt)
 
     @classmethod
     def pop(cls, *, server: Server, priority_user_ids: set[int]) -> PopAttempt:
@@ -233,9 +253,9 @@ class PopView(APIView):
         return PopAttempt.of(result, body)
 
 
-def _credentials(request: Request, data: dict[str, Any]) -> Credentials:
+def _credentials(key_user: User | None, data: dict[str, Any]) -> Credentials:
     return Credentials(
-        username=data.get("username"), password=data.get("password"), api_user=api_user(request)
+        username=data.get("username"), password=data.get("password"), api_user=key_user
     )
 
 
@@ -281,13 +301,43 @@ class SubmitView(APIView):
         },
     )
     def post(self, request: Request) -> Response:
-        data = validated(self.Input, request.data)
+        return Response(self.reply(validated(self.Input, request.data), api_user(request)))
+
+    @staticmethod
+    def reply(data: dict[str, Any], key_user: User | None) -> dict[str, Any]:
         reward = job_submit(
             job_id=data["id"],
-            credentials=_credentials(request, data),
+            credentials=_credentials(key_user, data),
             text=data["generation"],
             state=data["state"],
             seed=data.get("seed"),
             token_count=data.get("token_count"),
         )
-        return Response({"reward": reward})
+        return {"reward": reward}
+
+
+# The direct lane answers these without Django's request stack (koboldcluster/direct.py).
+direct.add(
+    "POST",
+    "/generate/prompt",
+    direct.Route(PromptCreateView, PromptCreateView.reply, "generate/prompt"),
+)
+direct.add(
+    "GET",
+    "/generate/prompt/",
+    direct.Route(
+        PromptStatusView,
+        PromptStatusView.reply,
+        "generate/prompt/<str:prompt_id>",
+        parse=prompt_uuid,
+    ),
+)
+# A pop that asks to wait may be held: Django's way (koboldcluster.holding).
+direct.add(
+    "POST",
+    "/generate/pop",
+    direct.Route(PopView, PopView.reply, "generate/pop", takes=lambda body: not body.get("wait")),
+)
+direct.add(
+    "POST", "/generate/submit", direct.Route(SubmitView, SubmitView.reply, "generate/submit")
+)

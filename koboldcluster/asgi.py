@@ -105,8 +105,14 @@ class ClusterASGIHandler(ASGIHandler):
         # thread per request, where the async chain takes two per middleware. Held responses
         # are held here, after that step (`_held`), never by a middleware on the sync thread.
         self.sync_handler = _handler_with(lambda m: m != _HOLDING_MIDDLEWARE, is_async=False)
-        self.api_handler = _handler_with(
-            lambda m: m != _HOLDING_MIDDLEWARE and m not in PAGE_MIDDLEWARE, is_async=False
+        is_api = lambda m: m != _HOLDING_MIDDLEWARE and m not in PAGE_MIDDLEWARE  # noqa: E731
+        self.api_handler = _handler_with(is_api, is_async=False)
+        # The hottest API requests skip Django's request stack (koboldcluster.direct, which
+        # needs the apps loaded: imported here).
+        from koboldcluster import direct
+
+        self.lane = (
+            direct if direct.is_enabled([m for m in settings.MIDDLEWARE if is_api(m)]) else None
         )
         self.waiting_handler = _handler_with(WAITING_MIDDLEWARE.__contains__, is_async=True)
 
@@ -127,6 +133,8 @@ class ClusterASGIHandler(ASGIHandler):
         except RequestAborted:
             return
         set_script_prefix(get_script_prefix(scope))
+        if self.lane and not scope.get("root_path") and await self._direct(scope, path, body, send):
+            return
         handler = self.api_handler if path.startswith(API_PREFIXES) else self.sync_handler
         if path in holding.HELD_PATHS:
             response = await self._held(scope, body, receive, route=path[1:])
@@ -137,6 +145,19 @@ class ClusterASGIHandler(ASGIHandler):
         await self.send_response(response, send)
         if response.streaming:  # a file: closed once sent (request_finished goes with it)
             await sync_to_async(response.close)()
+
+    async def _direct(self, scope: dict[str, Any], path: str, body: Any, send: Any) -> bool:
+        """Answer a request of the direct lane, if it is one the lane takes."""
+        found = self.lane.find(scope["method"], path)
+        if found is None or not settings.KOBOLDCLUSTER["DIRECT_LANE"]:
+            return False
+        content = body.read()
+        body.seek(0)
+        answer = await sync_to_async(self.lane.answer)(*found, scope, content)
+        if answer is None:
+            return False
+        await self.lane.send(answer, send)
+        return True
 
     async def _held(
         self, scope: dict[str, Any], body: Any, receive: Any, route: str

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from functools import lru_cache
 
 from django.conf import settings
@@ -102,6 +102,15 @@ def request_client(request: HttpRequest) -> str:
     return block_digest(address_block(client_address(request)))
 
 
+def remember(request: HttpRequest) -> Token[str | None]:
+    """Make `request`'s client the current one (`current_client`) until `forget`."""
+    return _current_block.set(request_client(request))
+
+
+def forget(token: Token[str | None]) -> None:
+    _current_block.reset(token)
+
+
 class ClientAddressMiddleware(SyncAndAsyncMiddleware):
     """Remember the request's client block for the services (`current_client`).
 
@@ -111,15 +120,15 @@ class ClientAddressMiddleware(SyncAndAsyncMiddleware):
     def __call__(self, request: HttpRequest) -> HttpResponse:
         if self.is_async:
             return self._acall(request)
-        token = _current_block.set(request_client(request))
+        token = remember(request)
         try:
             return self.get_response(request)
         finally:
-            _current_block.reset(token)
+            forget(token)
 
     async def _acall(self, request: HttpRequest) -> HttpResponse:
-        token = _current_block.set(request_client(request))
+        token = remember(request)
         try:
             return await self.get_response(request)
         finally:
-            _current_block.reset(token)
+            forget(token)

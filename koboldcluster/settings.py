@@ -354,6 +354,9 @@ KOBOLDCLUSTER = {
     # profile, or until this process hears that the queue changed: idle servers asking every
     # second cost next to nothing. 0 turns it off.
     "IDLE_POP_CACHE_SECONDS": env_float("KOBOLDCLUSTER_IDLE_POP_CACHE_SECONDS", 2.0),
+    # The original API's create, pop, submit and status skip Django's request stack under
+    # ASGI (koboldcluster/direct.py), with the same answers; off: every request takes it.
+    "DIRECT_LANE": env_bool("KOBOLDCLUSTER_DIRECT_LANE", True),
     # How long a verified server password is remembered (as a keyed digest, never in clear).
     "PASSWORD_CACHE_SECONDS": env_int("KOBOLDCLUSTER_PASSWORD_CACHE_SECONDS", 300),
     # The ledger fold leaves the newest entries alone this long, so that a transaction that
