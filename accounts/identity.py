@@ -95,6 +95,14 @@ def password_matches(user: User, password: str) -> bool:
     return True
 
 
+def password_check_is_quick(user: User, password: str | None) -> bool:
+    """Whether `check_password(user, password)` answers without hashing: no password, or one
+    verified a moment ago. A check inside a write transaction must not hold it for a hash."""
+    if not password or not user.has_usable_password():
+        return True
+    return bool(cache.get(_password_cache_key(user, password)))
+
+
 def _remember_password(user: User, password: str) -> None:
     """`password` was just hashed into `user`'s account (a pop that created or claimed it):
     remember it as verified, as a check would. Otherwise the server's next authenticated

@@ -9,6 +9,7 @@ the writes are one statement (data-modifying CTEs), on SQLite a few in one trans
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime
@@ -18,10 +19,15 @@ from django.db.models import F, Value
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
-from accounts.identity import USER_COLUMNS, user_from_row, verify_owner
+from accounts.identity import (
+    USER_COLUMNS,
+    password_check_is_quick,
+    user_from_row,
+    verify_owner,
+)
 from generations import events
 from generations.lifecycle import slot_return
-from generations.models import Job, Prompt, prompt_lifetime, reward_tokens
+from generations.models import Job, Prompt, prompt_lifetime, reward_tokens, reward_tokens_sql
 from generations.progress_store import progress_drop
 from generations.sql import (
     as_uuid,
@@ -109,36 +115,63 @@ def job_submit(
     equal contributed tokens); the status shows them as such.
     """
     now = now or timezone.now()
-    delivery = delivery_for(job_id=job_id, credentials=credentials, now=now)
-    job = delivery.job
-    if state == Job.State.FAULTED:
-        job_fault(job=job, now=now)
-        return 0
     metadata = list(gen_metadata or [])
     if state == "csam" and CSAM_METADATA not in [_bare(m) for m in metadata]:
         metadata.append(dict(CSAM_METADATA))
-    tokens, distrust = reward_tokens(text, delivery.max_length, token_count)
-    if distrust:
-        logger.info("job %s: token_count not used (%s); counted %s", job.id, distrust, tokens)
     done = {
         "state": Job.State.DONE,
         "text": text,
-        "tokens": tokens,
         "finished": now,
         "seed": seed,
         "censored": state in ("censored", "csam"),
         "gen_metadata": metadata,
     }
+    delivery = None
+    if state != Job.State.FAULTED and not is_postgres():
+        try:
+            with transaction.atomic():
+                delivery = accept_first(job_id, credentials, done, token_count, now)
+                if delivery is not None:
+                    _pay(delivery, delivery.job.tokens, now)
+        except _SlowOwnerCheck:
+            delivery = None  # rolled back: checked first, outside the write transaction
+    if delivery is None:
+        delivery = _deliver(job_id, credentials, state, done, token_count, now)
+        if delivery is None:
+            return 0
+    job = delivery.job
+    progress_drop(job.prompt_id)  # the stored generation replaces the text so far
+    events.prompt_changed(job.prompt_id)
+    logger.info("job %s done by server %s: %s tokens", job.id, job.server_id, job.tokens)
+    return job.tokens
+
+
+def _deliver(
+    job_id: object,
+    credentials: Credentials,
+    state: str,
+    done: dict,
+    token_count: int | None,
+    now: datetime,
+) -> Delivery | None:
+    """Look the job up and check its owner, then give it back (`faulted`: None) or accept
+    it, on time or late, and pay."""
+    delivery = delivery_for(job_id=job_id, credentials=credentials, now=now)
+    job = delivery.job
+    if state == Job.State.FAULTED:
+        job_fault(job=job, now=now)
+        return None
+    tokens, distrust = reward_tokens(done["text"], delivery.max_length, token_count)
+    if distrust:
+        logger.info("job %s: token_count not used (%s); counted %s", job.id, distrust, tokens)
+    job.tokens = done["tokens"] = tokens
     # PostgreSQL: one statement, a transaction of its own (no BEGIN and COMMIT round trips).
     if not (is_postgres() and _accept_and_pay_in_one(delivery, done, now)):
         with transaction.atomic():
             if not _accept(job, done):
                 _accept_late(job, done)
             _pay(delivery, tokens, now)
-    progress_drop(job.prompt_id)  # the stored generation replaces the text so far
-    events.prompt_changed(job.prompt_id)
-    logger.info("job %s done by server %s: %s tokens", job.id, job.server_id, tokens)
-    return tokens
+    return delivery
 
 
 def _bare(entry: dict) -> dict:
@@ -151,15 +184,72 @@ _DONE_SET = (
 )
 
 
-def _done_params(done: dict) -> list[object]:
+def _done_params(done: dict, tokens_params: list[object] | None = None) -> list[object]:
+    """The values of _DONE_SET (`tokens_params`: those of an expression put for tokens)."""
     return [
         done["text"],
-        done["tokens"],
+        *([done["tokens"]] if tokens_params is None else tokens_params),
         dt_param(done["finished"]),
         done["seed"],
         done["censored"],
         json_param(done["gen_metadata"]),
     ]
+
+
+def accept_first(
+    job_id: object, credentials: Credentials, done: dict, token_count: int | None, now: datetime
+) -> Delivery | None:
+    """SQLite: accept a processing job of a live prompt in the statement that reads what
+    paying for it needs, then check the caller owns its server (raising: the caller's
+    transaction rolls the acceptance back; `_SlowOwnerCheck` when that check would hash a
+    password). None when the job was not processing, or is unknown or expired: then the
+    lookup tells which (`_deliver`).
+
+    The reward depends on the prompt's max_length, so the statement works it out itself
+    (`reward_tokens_sql`); SQLite has no data-modifying CTEs, and a lookup first would be
+    one statement more per submit.
+    """
+    reward, reward_params = reward_tokens_sql(done["text"], token_count, _PROMPT_OF_JOB)
+    rows = fetch(
+        f"UPDATE generations_job SET {_DONE_SET.replace('tokens = %s', f'tokens = {reward}')} "
+        "WHERE id = %s AND state = 'processing' AND EXISTS (SELECT 1 FROM generations_prompt p "
+        "WHERE p.id = generations_job.prompt_id AND p.expires_at > %s) "
+        f"RETURNING prompt_id, server_id, model, started, tokens, {_RETURNED_PROMPT}, "
+        f"(SELECT json_array({USER_COLUMNS}) FROM servers_server s JOIN accounts_user u "
+        "ON u.id = s.owner_id WHERE s.id = generations_job.server_id)",
+        [*_done_params({**done, "tokens": 0}, reward_params), uid(job_id), dt_param(now)],
+    )
+    if not rows:
+        return None
+    prompt_id, server_id, model, started, tokens, requester, max_length, expires, user = rows[0]
+    owner = user_from_row(json.loads(user))
+    if credentials.api_user is None and not password_check_is_quick(owner, credentials.password):
+        raise _SlowOwnerCheck
+    verify_owner(owner=owner, password=credentials.password, api_user=credentials.api_user)
+    expected, distrust = reward_tokens(done["text"], max_length, token_count)
+    if distrust:
+        logger.info("job %s: token_count not used (%s); counted %s", job_id, distrust, tokens)
+    assert tokens == expected, (tokens, expected)  # the SQL and the rule agree (tested)
+    job = instance(
+        Job,
+        id=as_uuid(job_id),
+        prompt_id=as_uuid(prompt_id),
+        server_id=as_uuid(server_id),
+        model=model,
+        started=aware(started),
+        tokens=tokens,
+    )
+    return Delivery(job, requester, owner.pk, max_length, aware(expires))
+
+
+class _SlowOwnerCheck(Exception):
+    """The owner's password would be hashed: not while holding SQLite's write lock."""
+
+
+_PROMPT_OF_JOB = "(SELECT {} FROM generations_prompt p WHERE p.id = generations_job.prompt_id)"
+_RETURNED_PROMPT = ", ".join(
+    _PROMPT_OF_JOB.format(c) for c in ("user_id", "max_length", "expires_at")
+)
 
 
 def _accept(job: Job, done: dict) -> bool:

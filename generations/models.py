@@ -191,9 +191,7 @@ def prompt_lifetime() -> timedelta:
 
 def count_tokens(text: str, max_length: int) -> int:
     """Tokens a generation is worth: ceil(len/4), at least 1 for any text, at most max_length."""
-    if not text:
-        return 0
-    return min(max(math.ceil(len(text) / 4), 1), max_length)
+    return min(_unbounded_count(text), max_length)
 
 
 class ChatTemplateOverride(models.Model):
@@ -224,6 +222,21 @@ class ChatTemplateOverride(models.Model):
         from generations.chat import check_override
 
         check_override(self.pattern, self.template)
+
+
+def reward_tokens_sql(text: str, reported: int | None, max_length_sql: str) -> tuple[str, list]:
+    """`reward_tokens` as an SQLite expression, for a statement that reads max_length itself
+    (`max_length_sql`, e.g. a subquery; `{}` in it is replaced by the column name)."""
+    limit = max_length_sql.format("max_length")
+    counted = _unbounded_count(text)
+    plausible = f"%s IS NOT NULL AND %s >= %s AND %s <= MIN(%s, {limit})"
+    sql = f"CASE WHEN {plausible} THEN %s ELSE MIN(%s, {limit}) END"
+    low = math.ceil(len(text) / 8)
+    return sql, [reported, reported, low, reported, len(text), reported, counted]
+
+
+def _unbounded_count(text: str) -> int:
+    return max(math.ceil(len(text) / 4), 1) if text else 0
 
 
 def reward_tokens(text: str, max_length: int, reported: int | None) -> tuple[int, str | None]:

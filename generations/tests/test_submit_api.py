@@ -136,3 +136,33 @@ def test_the_third_failure_faults_the_prompt(api, submit_generation, job_id, pop
 def test_submit_costs_a_few_queries(submit_generation, job_id, django_assert_max_num_queries):
     with django_assert_max_num_queries(12):
         assert submit_generation(job_id).status_code == 200
+
+
+@pytest.mark.django_db(transaction=True)  # the test's own transaction would hide the point
+def test_a_password_to_hash_is_checked_before_anything_is_written(
+    submit_generation, job_id, monkeypatch
+):
+    """SQLite accepts a job and reads its owner in one statement, then checks the password:
+    one that must be hashed (not verified a moment ago) is checked outside that transaction,
+    which would otherwise hold the database's write lock for the length of a hash."""
+    from django.core.cache import cache
+    from django.db import connection
+
+    from accounts import identity
+
+    hashed_in_a_transaction = []
+    verified = identity.guard.password_verified
+
+    def watched(*args):
+        hashed_in_a_transaction.append(connection.in_atomic_block)
+        return verified(*args)
+
+    monkeypatch.setattr(identity.guard, "password_verified", watched)
+    cache.clear()  # the pop's verification is forgotten
+
+    response = submit_generation(job_id)
+
+    assert response.status_code == 200
+    assert hashed_in_a_transaction == [False]
+    assert Job.objects.get(id=job_id).state == Job.State.DONE
+    assert LedgerEntry.objects.filter(job_id=job_id).count() == 2

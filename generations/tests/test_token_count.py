@@ -97,3 +97,27 @@ def test_v2_submit_pays_a_plausible_token_count_and_not_an_implausible_one(
     assert api.post(V2_SUBMIT, implausible, format="json", **headers).json() == {"reward": 10.0}
     assert _ledger(ids[0]) == [("contribution", 6), ("usage", 6)]
     assert _ledger(ids[1]) == [("contribution", 10), ("usage", 10)]
+
+
+def test_the_sqlite_expression_of_the_reward_agrees_with_the_rule():
+    """SQLite's submit works the reward out in its one statement (delivery.accept_first)."""
+    import sqlite3
+
+    from generations.models import reward_tokens_sql
+
+    database = sqlite3.connect(":memory:")
+    database.execute("CREATE TABLE prompt (max_length INTEGER)")
+    cases = [
+        (chars, max_length, reported)
+        for chars in (0, 1, 3, 4, 5, 7, 8, 9, 63, 64, 65, 400, 1000)
+        for max_length in (1, 2, 16, 80, 512)
+        for reported in (None, 0, 1, 2, 5, 8, 9, 15, 16, 17, 79, 80, 81, 200, 10**6)
+    ]
+    for chars, max_length, reported in cases:
+        database.execute("DELETE FROM prompt")
+        database.execute("INSERT INTO prompt VALUES (?)", [max_length])
+        text = "x" * chars
+        expression, params = reward_tokens_sql(text, reported, "(SELECT {} FROM prompt)")
+        sql = f"SELECT {expression.replace('%s', '?')}"
+        (paid,) = database.execute(sql, params).fetchone()
+        assert paid == reward_tokens(text, max_length, reported)[0], (chars, max_length, reported)
