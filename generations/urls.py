@@ -1,6 +1,7 @@
 from django.urls import path
 
 from generations import views, views_progress
+from koboldcluster import direct
 
 urlpatterns = [
     path("generate/prompt", views.PromptCreateView.as_view()),
@@ -9,3 +10,34 @@ urlpatterns = [
     path("generate/submit", views.SubmitView.as_view()),
     path("generate/progress", views_progress.ProgressView.as_view()),
 ]
+
+
+# The direct lane answers these without Django's request stack (koboldcluster/direct.py).
+direct.add(
+    "POST",
+    "/generate/prompt",
+    direct.Route(views.PromptCreateView, views.PromptCreateView.reply, "generate/prompt"),
+)
+direct.add(
+    "GET",
+    "/generate/prompt/",
+    direct.Route(
+        views.PromptStatusView,
+        views.PromptStatusView.reply,
+        "generate/prompt/<str:prompt_id>",
+        parse=views.prompt_uuid,
+    ),
+)
+# A pop that asks to wait may be held: Django's way (koboldcluster.holding).
+direct.add(
+    "POST",
+    "/generate/pop",
+    direct.Route(
+        views.PopView, views.PopView.reply, "generate/pop", takes=lambda body: not body.get("wait")
+    ),
+)
+direct.add(
+    "POST",
+    "/generate/submit",
+    direct.Route(views.SubmitView, views.SubmitView.reply, "generate/submit"),
+)

@@ -3,6 +3,8 @@
 from django.urls import path
 
 from generations import views_progress, views_v2, views_v2_status
+from generations.views import prompt_uuid
+from koboldcluster import direct
 
 urlpatterns = [
     path("generate/text/async", views_v2.TextAsyncView.as_view()),
@@ -17,3 +19,43 @@ urlpatterns = [
     path("status/models", views_v2_status.ModelListView.as_view()),
     path("status/models/<path:name>", views_v2_status.ModelDetailView.as_view()),
 ]
+
+# The direct lane answers these without Django's request stack (koboldcluster/direct.py);
+# a pop that asks to wait may be held: Django's way (koboldcluster.holding).
+direct.add(
+    "POST",
+    "/api/v2/generate/text/async",
+    direct.Route(
+        views_v2.TextAsyncView,
+        views_v2.TextAsyncView.reply,
+        "api/v2/generate/text/async",
+        status=views_v2.TextAsyncView.status_for,
+    ),
+)
+direct.add(
+    "POST",
+    "/api/v2/generate/text/pop",
+    direct.Route(
+        views_v2.TextPopView,
+        views_v2.TextPopView.reply,
+        "api/v2/generate/text/pop",
+        takes=lambda body: not body.get("wait"),
+    ),
+)
+direct.add(
+    "POST",
+    "/api/v2/generate/text/submit",
+    direct.Route(
+        views_v2.TextSubmitView, views_v2.TextSubmitView.reply, "api/v2/generate/text/submit"
+    ),
+)
+direct.add(
+    "GET",
+    "/api/v2/generate/text/status/",
+    direct.Route(
+        views_v2.TextStatusView,
+        views_v2.TextStatusView.reply,
+        "api/v2/generate/text/status/<str:prompt_id>",
+        parse=prompt_uuid,
+    ),
+)

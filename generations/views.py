@@ -14,14 +14,12 @@ from rest_framework.views import APIView
 
 from accounts.authentication import LenientApiKeyAuthentication, api_user
 from accounts.identity import user_for_request
-from accounts.models import User
 from generations.delivery import job_submit
 from generations.intake import GenerationRequest, prompt_create
 from generations.long_poll import PopAttempt, WaitField, respond
 from generations.queue import PopResult, job_pop, jobs_claim
 from generations.serializers import GenerationParamsSerializer, PromptTextField, split_params
 from generations.status import PromptStatus, prompt_cancel, prompt_status
-from koboldcluster import direct
 from koboldcluster.api import parse_uuid, validated
 from koboldcluster.fields import (
     InputSerializer,
@@ -72,13 +70,15 @@ class PromptCreateView(APIView):
         },
     )
     def post(self, request: Request) -> Response:
-        return Response(self.reply(validated(self.Input, request.data), api_user(request)))
+        return Response(self.reply(validated(self.Input, request.data), request))
 
     @staticmethod
-    def reply(data: dict[str, Any], key_user: User | None) -> dict[str, Any]:
+    def reply(data: dict[str, Any], request: Any) -> dict[str, Any]:
         """The answer to a valid request (this view's, and the direct lane's)."""
         user = user_for_request(
-            username=data.get("username"), password=data.get("password"), api_user=key_user
+            username=data.get("username"),
+            password=data.get("password"),
+            api_user=api_user(request),
         )
         shape, samplers = split_params(data["params"])
         generation = GenerationRequest(
@@ -204,17 +204,17 @@ class PopView(APIView):
     )
     def post(self, request: Request) -> Response:
         data = validated(self.Input, request.data)
-        result = self.pop_once(data, api_user(request))
+        result = self.pop_once(data, request)
         attempt = partial(self.pop, server=result.server, priority_user_ids=result.first_users)
         return respond(self.answer(result), wait=data["wait"], attempt=attempt)
 
     @classmethod
-    def reply(cls, data: dict[str, Any], key_user: User | None) -> dict[str, Any]:
+    def reply(cls, data: dict[str, Any], request: Any) -> dict[str, Any]:
         """The answer to a valid pop that does not wait (also the direct lane's)."""
-        return cls.answer(cls.pop_once(data, key_user)).body
+        return cls.answer(cls.pop_once(data, request)).body
 
     @staticmethod
-    def pop_once(data: dict[str, Any], key_user: User | None) -> PopResult:
+    def pop_once(data: dict[str, Any], request: Any) -> PopResult:
         """Check the server in and try once."""
         check_in = CheckIn(
             name=data["name"],
@@ -227,7 +227,7 @@ class PopView(APIView):
             threads=data["threads"],
         )
         return job_pop(
-            credentials=_credentials(key_user, data),
+            credentials=_credentials(request, data),
             check_in=check_in,
             priority_usernames=data.get("priority_usernames") or [],
         )
@@ -253,9 +253,10 @@ class PopView(APIView):
         return PopAttempt.of(result, body)
 
 
-def _credentials(key_user: User | None, data: dict[str, Any]) -> Credentials:
+def _credentials(request: Any, data: dict[str, Any]) -> Credentials:
+    """From the body, or the API key's user (`request.user`, a DRF or a direct request's)."""
     return Credentials(
-        username=data.get("username"), password=data.get("password"), api_user=key_user
+        username=data.get("username"), password=data.get("password"), api_user=api_user(request)
     )
 
 
@@ -301,43 +302,16 @@ class SubmitView(APIView):
         },
     )
     def post(self, request: Request) -> Response:
-        return Response(self.reply(validated(self.Input, request.data), api_user(request)))
+        return Response(self.reply(validated(self.Input, request.data), request))
 
     @staticmethod
-    def reply(data: dict[str, Any], key_user: User | None) -> dict[str, Any]:
+    def reply(data: dict[str, Any], request: Any) -> dict[str, Any]:
         reward = job_submit(
             job_id=data["id"],
-            credentials=_credentials(key_user, data),
+            credentials=_credentials(request, data),
             text=data["generation"],
             state=data["state"],
             seed=data.get("seed"),
             token_count=data.get("token_count"),
         )
         return {"reward": reward}
-
-
-# The direct lane answers these without Django's request stack (koboldcluster/direct.py).
-direct.add(
-    "POST",
-    "/generate/prompt",
-    direct.Route(PromptCreateView, PromptCreateView.reply, "generate/prompt"),
-)
-direct.add(
-    "GET",
-    "/generate/prompt/",
-    direct.Route(
-        PromptStatusView,
-        PromptStatusView.reply,
-        "generate/prompt/<str:prompt_id>",
-        parse=prompt_uuid,
-    ),
-)
-# A pop that asks to wait may be held: Django's way (koboldcluster.holding).
-direct.add(
-    "POST",
-    "/generate/pop",
-    direct.Route(PopView, PopView.reply, "generate/pop", takes=lambda body: not body.get("wait")),
-)
-direct.add(
-    "POST", "/generate/submit", direct.Route(SubmitView, SubmitView.reply, "generate/submit")
-)

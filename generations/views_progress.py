@@ -52,9 +52,7 @@ class ProgressView(APIView):
     )
     def post(self, request: Request) -> Response:
         data = validated(self.Input, request.data)
-        job_progress(
-            job_id=data["id"], credentials=_credentials(api_user(request), data), text=data["text"]
-        )
+        job_progress(job_id=data["id"], credentials=_credentials(request, data), text=data["text"])
         return Response({"ok": True})
 
 

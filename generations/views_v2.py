@@ -52,7 +52,7 @@ MAX_GEN_METADATA = 50
 UNKNOWN_CLIENT = "unknown:0:unknown"
 
 
-def client_agent(request: Request) -> str:
+def client_agent(request: Any) -> str:
     """`Client-Agent`, which horde-sdk spells `client_agent`: both reach us as one WSGI key
     when the web server passes them (gunicorn and nginx drop underscored names by default)."""
     return request.META.get("HTTP_CLIENT_AGENT") or UNKNOWN_CLIENT
@@ -165,10 +165,19 @@ class TextAsyncView(APIView):
     )
     def post(self, request: Request) -> Response:
         data = validated(self.Input, request.data)
+        return Response(self.reply(data, request), status=self.status_for(data))
+
+    @staticmethod
+    def status_for(data: dict[str, Any]) -> int:
+        return 200 if data["dry_run"] else 202
+
+    @staticmethod
+    def reply(data: dict[str, Any], request: Any) -> dict[str, Any]:
+        """The answer to a valid request (this view's, and the direct lane's)."""
         user = api_user(request) or anonymous_user()
         generation = _generation_request(data, client_agent(request))
         if data["dry_run"]:
-            return Response({"kudos": float(generation.tokens_at_most())})
+            return {"kudos": float(generation.tokens_at_most())}
         prompt = prompt_create(user=user, request=generation)
         body: dict[str, Any] = {"id": str(prompt.id), "kudos": float(generation.tokens_at_most())}
         warnings = []
@@ -185,7 +194,7 @@ class TextAsyncView(APIView):
             )
         if warnings:
             body["warnings"] = warnings
-        return Response(body, status=202)
+        return body
 
 
 def _generation_request(data: dict[str, Any], agent: str) -> GenerationRequest:
@@ -325,8 +334,11 @@ class TextStatusView(APIView):
         responses={200: STATUS, 404: error("RequestNotFound: unknown or expired.")},
     )
     def get(self, request: Request, prompt_id: str) -> Response:
-        status = prompt_status(prompt_id=prompt_uuid(prompt_id), outlook=True)
-        return Response(status_body(status))
+        return Response(self.reply(prompt_uuid(prompt_id)))
+
+    @staticmethod
+    def reply(prompt_id: object) -> dict[str, Any]:
+        return status_body(prompt_status(prompt_id=prompt_id, outlook=True))
 
     @extend_schema(
         operation_id="horde_text_cancel",
@@ -440,7 +452,23 @@ class TextPopView(APIView):
     )
     def post(self, request: Request) -> Response:
         data = validated(self.Input, request.data)
-        credentials = Credentials(api_user=api_user(request))
+        result = self.pop_once(data, request)
+        attempt = partial(
+            self.pop,
+            server=result.server,
+            priority_user_ids=result.first_users,
+            amount=data["amount"],
+        )
+        return respond(self.answer(result), wait=data["wait"], attempt=attempt)
+
+    @classmethod
+    def reply(cls, data: dict[str, Any], request: Any) -> dict[str, Any]:
+        """The answer to a valid pop that does not wait (also the direct lane's)."""
+        return cls.answer(cls.pop_once(data, request)).body
+
+    @staticmethod
+    def pop_once(data: dict[str, Any], request: Any) -> PopResult:
+        """Check the server in and try once."""
         check_in = CheckIn(
             name=data["name"],
             models=data["models"],
@@ -452,19 +480,12 @@ class TextPopView(APIView):
             softprompts=tuple(name[:100] for name in (data.get("softprompts") or [])[:200]),
             nsfw=data["nsfw"],
         )
-        result = job_pop(
-            credentials=credentials,
+        return job_pop(
+            credentials=Credentials(api_user=api_user(request)),
             check_in=check_in,
             priority_usernames=data.get("priority_usernames") or [],
             amount=data["amount"],
         )
-        attempt = partial(
-            self.pop,
-            server=result.server,
-            priority_user_ids=result.first_users,
-            amount=data["amount"],
-        )
-        return respond(self.answer(result), wait=data["wait"], attempt=attempt)
 
     @classmethod
     def pop(cls, *, server: Server, priority_user_ids: set[int], amount: int) -> PopAttempt:
@@ -549,7 +570,11 @@ class TextSubmitView(APIView):
         },
     )
     def post(self, request: Request) -> Response:
-        data = validated(self.Input, request.data)
+        return Response(self.reply(validated(self.Input, request.data), request))
+
+    @staticmethod
+    def reply(data: dict[str, Any], request: Any) -> dict[str, Any]:
+        """The answer to a valid submit (this view's, and the direct lane's)."""
         user = api_user(request)
         metadata = data.get("gen_metadata") or []
         if len(metadata) > MAX_GEN_METADATA:
@@ -563,4 +588,4 @@ class TextSubmitView(APIView):
             gen_metadata=[dict(entry) for entry in metadata],
             token_count=data.get("token_count"),
         )
-        return Response({"reward": float(reward)})
+        return {"reward": float(reward)}

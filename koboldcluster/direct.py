@@ -37,6 +37,7 @@ from django.middleware.clickjacking import XFrameOptionsMiddleware
 from django.middleware.common import CommonMiddleware
 from django.middleware.security import SecurityMiddleware
 from django.utils.log import log_response
+from rest_framework.exceptions import NotAuthenticated, PermissionDenied
 from rest_framework.permissions import AllowAny
 from rest_framework.renderers import JSONRenderer
 from rest_framework.views import APIView
@@ -69,10 +70,11 @@ _RENDERER = JSONRenderer()
 class Route:
     """A request the lane answers: `view`'s checks and serializer, then `reply`.
 
-    A POST's `reply(data, key_user)` gets the validated body and the API key's user; a GET's
-    `reply(arg)` gets `parse(<the rest of the path>)`. `takes(body)`, asked before anything
-    else, may leave a body to Django (a pop that asks to wait). `route` is its URL route
-    (the latency metrics' name for it).
+    A POST's `reply(data, request)` gets the validated body and the request (its `user`: the
+    API key's, or None; its headers in `META`), as the view's DRF request would give them,
+    and answers with `status(data)`; a GET's `reply(arg)` gets `parse(<the rest of the
+    path>)`. `takes(body)`, asked before anything else, may leave a body to Django (a pop
+    that asks to wait). `route` is its URL route (the latency metrics' name for it).
     """
 
     view: type[APIView]
@@ -80,6 +82,7 @@ class Route:
     route: str
     parse: Callable[[str], Any] | None = None
     takes: Callable[[dict[str, Any]], bool] = lambda data: True
+    status: Callable[[dict[str, Any]], int] = lambda data: 200
     allow: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -159,14 +162,18 @@ def _respond(
     view.setup(request)
     request.user = None  # type: ignore[attr-defined]
     try:
-        request.user, _ = _authenticate(view, request)  # type: ignore[attr-defined]
-        _check(view, request)
+        identified = _authenticate(view, request)
+        if identified is not None:
+            request.user = identified[0]  # type: ignore[attr-defined]
+        _check(view, request, identified is not None)
+        status = 200
         if rest is not None:
             body = route.reply(route.parse(rest) if route.parse else rest)
         else:
-            body = route.reply(validated(view.Input, data), request.user)
+            data = validated(view.Input, data)
+            body, status = route.reply(data, request), route.status(data)
         content = _RENDERER.render(body)
-        result = Answer(200, _headers(route, content), content)
+        result = Answer(status, _headers(route, content), content)
     except Exception as exc:  # noqa: BLE001 - answered as DRF, the middleware and Django do
         result = _from_response(_error_response(view, request, exc), request)
     metrics.observe_latency(route.route, started)
@@ -202,20 +209,27 @@ def _refuse(name: str) -> None:
     raise ValueError(name)  # NaN and Infinity: DRF's strict parser refuses them
 
 
-def _authenticate(view: APIView, request: HttpRequest) -> tuple[Any, Any]:
-    """DRF's Request._authenticate: the first authenticator that identifies the request."""
+def _authenticate(view: APIView, request: HttpRequest) -> tuple[Any, Any] | None:
+    """DRF's Request._authenticate: what the first authenticator that identifies the request
+    found (user, auth), or None."""
     for authenticator in view.get_authenticators():
         found = authenticator.authenticate(request)
         if found is not None:
             return found
-    return None, None
+    return None
 
 
-def _check(view: APIView, request: HttpRequest) -> None:
-    """DRF's permissions, then throttles (each counted once, as DRF counts them)."""
+def _check(view: APIView, request: HttpRequest, identified: bool) -> None:
+    """DRF's permissions (APIView.check_permissions), then its throttles (each counted once,
+    as DRF counts them)."""
     for permission in view.get_permissions():
         if not isinstance(permission, AllowAny) and not permission.has_permission(request, view):
-            view.permission_denied(request, getattr(permission, "message", None))
+            # APIView.permission_denied, which asks the DRF request whether anyone was identified.
+            if view.get_authenticators() and not identified:
+                raise NotAuthenticated()
+            raise PermissionDenied(
+                detail=getattr(permission, "message", None), code=getattr(permission, "code", None)
+            )
     view.check_throttles(request)
 
 
