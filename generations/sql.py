@@ -12,14 +12,17 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
+from functools import cache
 from typing import Any
 
-from django.db import connection
+from django.db import DEFAULT_DB_ALIAS, connection, connections
 
 
+@cache
 def is_postgres() -> bool:
-    return connection.vendor == "postgresql"
+    """Asked a dozen times per request: the database of a process never changes."""
+    return connections[DEFAULT_DB_ALIAS].vendor == "postgresql"
 
 
 def uuid_param(value: uuid.UUID | str) -> Any:
@@ -28,7 +31,11 @@ def uuid_param(value: uuid.UUID | str) -> Any:
 
 
 def dt_param(value: datetime) -> Any:
-    return value if is_postgres() else connection.ops.adapt_datetimefield_value(value)
+    """As the DateTimeField writes it: aware on PostgreSQL; on SQLite the text of the naive
+    UTC time (Django's adapt_datetimefield_value, without its per-call lookups)."""
+    if is_postgres():
+        return value
+    return str(value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo else value)
 
 
 def json_param(value: Any) -> Any:

@@ -49,9 +49,7 @@ class PromptCreateView(APIView):
         models = StringListField(required=False, max_length=200)
 
         def validate_params(self, value: dict) -> dict:
-            params = GenerationParamsSerializer(data=value)
-            params.is_valid(raise_exception=True)
-            return params.validated_data
+            return validated(GenerationParamsSerializer, value)
 
     @extend_schema(
         operation_id="prompt_create",

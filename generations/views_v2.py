@@ -138,9 +138,7 @@ class TextAsyncView(APIView):
         )
 
         def validate_params(self, value: dict) -> dict:
-            params = HordeParamsSerializer(data=value)
-            params.is_valid(raise_exception=True)
-            return params.validated_data
+            return validated(HordeParamsSerializer, value)
 
     @extend_schema(
         operation_id="horde_text_async",

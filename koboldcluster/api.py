@@ -8,12 +8,18 @@ from typing import Any
 from rest_framework import serializers
 
 from koboldcluster.errors import NotFound
+from koboldcluster.fields import InputSerializer
 
 
 def validated(serializer_class: type[serializers.Serializer], data: Any) -> dict[str, Any]:
     """Validate a request body; a bad one becomes a 400 naming each field at fault."""
     if not isinstance(data, dict):
         raise serializers.ValidationError({"body": "Expected a JSON object."})
+    if issubclass(serializer_class, InputSerializer):
+        try:
+            return serializer_class.validate_at_once(data)
+        except serializers.ValidationError:
+            pass  # worded below, exactly as always
     serializer = serializer_class(data=data)
     serializer.is_valid(raise_exception=True)
     return serializer.validated_data

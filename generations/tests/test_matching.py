@@ -116,3 +116,15 @@ def test_sql_and_python_agree_on_every_pair(db, seed):
             counted = dict(zip(REASONS, fetch(sql, [*params, dt_param(now)])[0], strict=True))
             reasons = Counter(barring_reason(f, profile) for f in stored.values())
             assert counted == {reason: reasons[reason] for reason in REASONS}, profile
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("microsecond", [0, 1, 999999])
+def test_datetime_parameters_are_written_as_the_model_fields_write_them(microsecond):
+    from datetime import datetime, timedelta, timezone
+
+    from django.db import connection
+
+    moment = datetime(2026, 3, 1, 23, 30, 5, microsecond, tzinfo=timezone(timedelta(hours=5)))
+    expected = connection.ops.adapt_datetimefield_value(moment)
+    assert dt_param(moment) == (moment if connection.vendor == "postgresql" else expected)
