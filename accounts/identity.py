@@ -245,9 +245,11 @@ def lock_account(user: User) -> None:
     """
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT id FROM accounts_user WHERE id = %s FOR NO KEY UPDATE", [user.pk]
-            )
+            cursor.execute(LOCK_ACCOUNT_SQL, [user.pk])
+
+
+# PostgreSQL's lock of lock_account, for a statement list that sends it with what it guards.
+LOCK_ACCOUNT_SQL = "SELECT id FROM accounts_user WHERE id = %s FOR NO KEY UPDATE"
 
 
 # --- Priority users --------------------------------------------------------------------------

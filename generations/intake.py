@@ -16,7 +16,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from accounts.identity import lock_account
+from accounts.identity import LOCK_ACCOUNT_SQL, lock_account
 from accounts.models import User
 from accounts.selectors import balance_sql
 from generations import events
@@ -26,12 +26,14 @@ from generations.models import Prompt, PromptWorker, prompt_lifetime
 from generations.sql import (
     dt_param,
     execute,
+    execute_after,
     fetch,
     greatest,
     is_postgres,
     json_cast,
     json_param,
     least,
+    one_round_trip,
     uuid_param,
 )
 from koboldcluster.errors import BadRequest, NotFound, TooManyRequests
@@ -124,21 +126,29 @@ def prompt_create(*, user: User, request: GenerationRequest, now: datetime | Non
         last_activity=now,
         expires_at=now + prompt_lifetime(),
     )
-    with transaction.atomic():
-        if not user.is_anonymous_user:
-            # Two submits of one user at once must not both see room for one more. Not the
-            # anonymous user's: every caller without a key shares it, and making all of them
-            # wait for each other is the lock convoy the AI Horde suffered. (SQLite's
-            # transaction already holds its only write lock.)
-            lock_account(user)
-        if not _insert_within_limit(prompt, user, now):
-            client_limits.refuse_over_client_limit(prompt.client, request.n, now)
-            _refuse_over_limit(user, request.n, now)
-        if server_ids:
-            PromptWorker.objects.bulk_create(
-                PromptWorker(prompt=prompt, server_id=i) for i in server_ids
-            )
-        events.queue_changed(PromptFacts.of(prompt, frozenset(server_ids)))
+    # Two submits of one user at once must not both see room for one more: the account's
+    # row is locked first. Not the anonymous user's: every caller without a key shares it, and
+    # making all of them wait for each other is the lock convoy the AI Horde suffered.
+    # (SQLite's transaction already holds its only write lock.)
+    lock = not user.is_anonymous_user
+    if not server_ids and one_round_trip():
+        # PostgreSQL, in one round trip without BEGIN and COMMIT: the lock and the INSERT are
+        # sent together, one implicit transaction in which the INSERT, a statement of its
+        # own, reads the user's waiting slots after the lock is held.
+        if not _insert_within_limit(prompt, user, now, lock=lock):
+            _refuse(prompt, user, request.n, now)
+        events.queue_changed(PromptFacts.of(prompt, frozenset()))
+    else:
+        with transaction.atomic():
+            if lock:
+                lock_account(user)
+            if not _insert_within_limit(prompt, user, now):
+                _refuse(prompt, user, request.n, now)
+            if server_ids:
+                PromptWorker.objects.bulk_create(
+                    PromptWorker(prompt=prompt, server_id=i) for i in server_ids
+                )
+            events.queue_changed(PromptFacts.of(prompt, frozenset(server_ids)))
     logger.info(
         "prompt %s queued: user=%s n=%s max_length=%s max_context_length=%s models=%s",
         prompt.id,
@@ -149,6 +159,12 @@ def prompt_create(*, user: User, request: GenerationRequest, now: datetime | Non
         len(prompt.models),
     )
     return prompt
+
+
+def _refuse(prompt: Prompt, user: User, n: int, now: datetime) -> None:
+    """429: over the client's limit, or else over the user's (the INSERT found no room)."""
+    client_limits.refuse_over_client_limit(prompt.client, n, now)
+    _refuse_over_limit(user, n, now)
 
 
 def _known_servers(server_ids: list[object]) -> list[object]:
@@ -172,11 +188,12 @@ _WAITING_OF_USER = (
 )
 
 
-def _insert_within_limit(prompt: Prompt, user: User, now: datetime) -> bool:
+def _insert_within_limit(prompt: Prompt, user: User, now: datetime, *, lock: bool = False) -> bool:
     """INSERT the prompt (and its model names) if the user's waiting slots leave room.
 
     One statement reads the user's waiting slots and balance and writes the row; on
-    PostgreSQL the model names go in the same statement. False when over the limit.
+    PostgreSQL the model names go in the same statement, and with `lock` the account's lock
+    goes first in the same round trip (`one_round_trip`). False when over the limit.
     """
     key_sql, key_params = _sort_key_sql(user, now)
     values = [
@@ -200,14 +217,16 @@ def _insert_within_limit(prompt: Prompt, user: User, now: datetime) -> bool:
         )
         insert += f" AND {within}"
         params += within_params
-    if not prompt.models:
-        return execute(insert, params) == 1
-    if is_postgres():
-        with_models = (
+    if is_postgres() and prompt.models:
+        insert = (
             f"WITH p AS ({insert} RETURNING id) INSERT INTO generations_promptmodel "
             "(prompt_id, name) SELECT p.id, m.name FROM p, unnest(%s::text[]) AS m(name)"
         )
-        return execute(with_models, [*params, prompt.models]) > 0
+        params.append(prompt.models)
+    if lock:
+        return execute_after(LOCK_ACCOUNT_SQL, [user.pk], insert, params) > 0
+    if not prompt.models or is_postgres():
+        return execute(insert, params) > 0
     if execute(insert, params) != 1:
         return False
     rows = ", ".join(["(%s, %s)"] * len(prompt.models))

@@ -1,8 +1,12 @@
 """At most `concurrency` waiting slots per user: 429 TooManyPrompts beyond it."""
 
+import threading
+
 import pytest
+from django.db import connection, transaction
 from rest_framework.test import APIClient
 
+from accounts.identity import lock_account
 from generations.models import Prompt
 from generations.tests.test_concurrency import run_together
 
@@ -100,3 +104,45 @@ def test_concurrent_submits_of_one_user_never_exceed_the_limit(register):
 
     assert sorted(statuses) == [200] * 5 + [429] * 11
     assert Prompt.objects.filter(user=carol).count() == 5
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="SQLite has one writer at a time")
+@pytest.mark.django_db(transaction=True)
+def test_a_create_waits_for_the_account_and_counts_what_committed_meanwhile(register):
+    """PostgreSQL sends the account's lock and the INSERT in one round trip: the INSERT must
+    still wait for a writer holding the account, and then see what it committed."""
+    carol, key = register("carol", concurrency=1)
+    assert submit(APIClient(), 1, HTTP_APIKEY=key).status_code == 200
+    taken = Prompt.objects.get(user=carol)
+    Prompt.objects.filter(id=taken.id).update(waiting=0)  # a server took it: room for one
+    locked, go, answers = threading.Event(), threading.Event(), []
+
+    def writer() -> None:
+        # Another request of carol's holds her account and gives the slot back.
+        try:
+            with transaction.atomic():
+                lock_account(carol)
+                Prompt.objects.filter(id=taken.id).update(waiting=1)
+                locked.set()
+                go.wait(10)
+        finally:
+            connection.close()
+
+    def create() -> None:
+        try:
+            answers.append(submit(APIClient(), 1, HTTP_APIKEY=key).status_code)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=writer), threading.Thread(target=create)]
+    threads[0].start()
+    assert locked.wait(10)
+    threads[1].start()
+    threads[1].join(0.5)
+    waited = threads[1].is_alive()
+    go.set()
+    for thread in threads:
+        thread.join(10)
+
+    assert waited  # held by the lock until the writer committed
+    assert answers == [429]  # and then it counted the slot given back
