@@ -3,7 +3,8 @@
 `job_pop` is a
 server's whole pop: who it is, its check-in, its priority users and the claim of the best
 prompt it may serve (`generations.matching`). A claim is one conditional UPDATE
-(`waiting = waiting - 1 … AND waiting > 0`) and the job's INSERT in the same transaction, so
+(`waiting = waiting - 1 … AND waiting > 0`) and the job's INSERT in the same transaction (on
+PostgreSQL, for one job, a single statement: a data-modifying CTE), so
 under any interleaving a slot goes to exactly one server, on SQLite (writers serialised by
 BEGIN IMMEDIATE) and PostgreSQL (row locks; READ COMMITTED re-checks the WHERE clause).
 An idle pop's answer is remembered briefly per server profile until the queue changes.
@@ -194,12 +195,19 @@ def _claim(
         f"AND expires_at > %s RETURNING {_CLAIM_RETURNS}"
     )
     params = [now_p, dt_param(now + prompt_lifetime()), *pick_params, now_p]
+    one_job = is_postgres() and amount == 1
     for _ in range(POP_ROUNDS):
-        with transaction.atomic():
-            rows = fetch(claim, params)
+        if one_job:  # the claim and the job's INSERT in one statement (no BEGIN and COMMIT)
+            rows = fetch(*_with_job_sql(claim, params, server, now))
             if rows:
-                jobs = _create_jobs(rows[0], server, amount, now)
+                jobs = [_job_from(rows[0], server, now)]
                 break
+        else:
+            with transaction.atomic():
+                rows = fetch(claim, params)
+                if rows:
+                    jobs = _create_jobs(rows[0], server, amount, now)
+                    break
         # Nothing claimed: nothing to serve, or (PostgreSQL) a racing pop took the slot of
         # the prompt we picked between our pick and our update. Only the latter tries again.
         if not is_postgres() or not fetch(f"SELECT {picks}", pick_params)[0][0]:
@@ -216,9 +224,51 @@ def _claim(
     return jobs
 
 
-def _create_jobs(row: tuple, server: Server, amount: int, now: datetime) -> list[Job]:
-    """The claimed prompt's job(s), inserted in the claim's transaction."""
-    prompt = instance(
+def _with_job_sql(
+    claim: str, params: list[object], server: Server, now: datetime
+) -> tuple[str, list[object]]:
+    """PostgreSQL: `claim` and its job's INSERT as one statement, which works out the job's
+    model (Prompt.model_for) and deadline (Server.job_ttl) from the claimed row itself."""
+    first = server.models[0] if server.models else ""
+    model = (
+        "CASE WHEN c.any_model THEN %s ELSE COALESCE((SELECT m.name FROM unnest(%s::text[]) "
+        "WITH ORDINALITY AS m(name, i) WHERE c.models ? m.name ORDER BY m.i LIMIT 1), %s) END"
+    )
+    limits = settings.KOBOLDCLUSTER
+    floor, ceiling = limits["JOB_TTL_FLOOR_SECONDS"], limits["JOB_TTL_MAX_SECONDS"]
+    if server.speed <= 0:
+        ttl, ttl_params = "%s", [floor]
+    else:
+        ttl = "trunc(LEAST(GREATEST(%s::float8, 2 * c.max_length / %s::float8), %s::float8))"
+        ttl_params = [floor, server.speed, max(ceiling, floor)]
+    sql = (
+        f"WITH c AS ({claim}), j AS (INSERT INTO generations_job (id, prompt_id, server_id, "
+        "model, state, started, deadline, text, tokens, censored, gen_metadata) "
+        f"SELECT %s, c.id, %s, {model}, 'processing', %s, "
+        f"%s + make_interval(secs => ({ttl})::float8), '', 0, false, '[]'::jsonb FROM c "
+        f"RETURNING id, model, deadline) SELECT c.*, j.id, j.model, j.deadline FROM c, j"
+    )
+    values = [uuid.uuid4(), server.id, first, list(server.models), first, now, now, *ttl_params]
+    return sql, [*params, *values]
+
+
+def _job_from(row: tuple, server: Server, now: datetime) -> Job:
+    """The job `_with_job_sql` inserted, with its claimed prompt."""
+    *claimed, job_id, model, deadline = row
+    return instance(
+        Job,
+        id=job_id,
+        prompt=_claimed_prompt(claimed),
+        server=server,
+        model=model,
+        started=now,
+        deadline=deadline,
+    )
+
+
+def _claimed_prompt(row: tuple | list) -> Prompt:
+    """The prompt a claim returned (_CLAIM_RETURNS)."""
+    return instance(
         Prompt,
         id=as_uuid(row[0]),
         user_id=row[1],
@@ -232,6 +282,11 @@ def _create_jobs(row: tuple, server: Server, amount: int, now: datetime) -> list
         batching=bool(row[9]),
         waiting=row[10],
     )
+
+
+def _create_jobs(row: tuple, server: Server, amount: int, now: datetime) -> list[Job]:
+    """The claimed prompt's job(s), inserted in the claim's transaction."""
+    prompt = _claimed_prompt(row)
     # The UPDATE holds the row (PostgreSQL) or the database (SQLite) until commit, so the
     # slots read here are still there to take.
     more = min(amount - 1, prompt.waiting) if prompt.batching else 0
