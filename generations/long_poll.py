@@ -64,6 +64,15 @@ class PopAttempt:
         )
 
 
+class PopReply:
+    """Both APIs' pop views: a pop that does not wait answers their `answer` to `pop_once`
+    (the direct lane's reply, koboldcluster.direct)."""
+
+    @classmethod
+    def reply(cls, data: dict[str, Any], request: Any) -> dict[str, Any]:
+        return cls.answer(cls.pop_once(data, request)).body  # type: ignore[attr-defined]
+
+
 @dataclass(frozen=True)
 class Retry:
     seconds: float

@@ -16,7 +16,7 @@ from accounts.authentication import LenientApiKeyAuthentication, api_user
 from accounts.identity import user_for_request
 from generations.delivery import job_submit
 from generations.intake import GenerationRequest, prompt_create
-from generations.long_poll import PopAttempt, WaitField, respond
+from generations.long_poll import PopAttempt, PopReply, WaitField, respond
 from generations.queue import PopResult, job_pop, jobs_claim
 from generations.serializers import GenerationParamsSerializer, PromptTextField, split_params
 from generations.status import PromptStatus, prompt_cancel, prompt_status
@@ -147,7 +147,7 @@ def prompt_uuid(value: str) -> object:
     return parse_uuid(value, rc="RequestNotFound", what="Request")
 
 
-class PopView(APIView):
+class PopView(PopReply, APIView):
     throttle_scope = "worker"
 
     class Input(InputSerializer):
@@ -205,11 +205,6 @@ class PopView(APIView):
         result = self.pop_once(data, request)
         attempt = partial(self.pop, server=result.server, priority_user_ids=result.first_users)
         return respond(self.answer(result), wait=data["wait"], attempt=attempt)
-
-    @classmethod
-    def reply(cls, data: dict[str, Any], request: Any) -> dict[str, Any]:
-        """The answer to a valid pop that does not wait (also the direct lane's)."""
-        return cls.answer(cls.pop_once(data, request)).body
 
     @staticmethod
     def pop_once(data: dict[str, Any], request: Any) -> PopResult:

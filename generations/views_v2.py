@@ -19,7 +19,7 @@ from accounts.authentication import HasApiKey, LenientApiKeyAuthentication, api_
 from accounts.identity import anonymous_user
 from generations.delivery import CSAM_METADATA, job_submit
 from generations.intake import GenerationRequest, prompt_create
-from generations.long_poll import PopAttempt, WaitField, respond
+from generations.long_poll import PopAttempt, PopReply, WaitField, respond
 from generations.models import Job
 from generations.queue import PopResult, job_pop, jobs_claim
 from generations.serializers import HordeParamsSerializer, PromptTextField, split_params
@@ -404,7 +404,7 @@ def worker_payload(job: Job) -> dict[str, Any]:
     return payload
 
 
-class TextPopView(APIView):
+class TextPopView(PopReply, APIView):
     throttle_scope = "worker"
     permission_classes = [HasApiKey]
 
@@ -458,11 +458,6 @@ class TextPopView(APIView):
             amount=data["amount"],
         )
         return respond(self.answer(result), wait=data["wait"], attempt=attempt)
-
-    @classmethod
-    def reply(cls, data: dict[str, Any], request: Any) -> dict[str, Any]:
-        """The answer to a valid pop that does not wait (also the direct lane's)."""
-        return cls.answer(cls.pop_once(data, request)).body
 
     @staticmethod
     def pop_once(data: dict[str, Any], request: Any) -> PopResult:
