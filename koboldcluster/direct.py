@@ -197,7 +197,8 @@ def _json_object(body: bytes, scope: dict[str, Any]) -> dict[str, Any] | None:
         if name == b"content-type" and b"charset" in value.lower():
             return None  # DRF would decode another charset: Django's way
     try:
-        data = json.loads(body, parse_constant=_refuse)
+        # UTF-8, as DRF decodes it (json.loads would guess UTF-16 and UTF-32 from bytes).
+        data = json.loads(body.decode("utf-8"), parse_constant=_refuse)
     except ValueError:
         return None
     if not isinstance(data, dict) or json_depth_exceeds(data):

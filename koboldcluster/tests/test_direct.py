@@ -142,6 +142,8 @@ def test_create_and_its_refusals(both, bob, register):
         (b"[1, 2]", {}),
         (b"", {}),
         (b'{"prompt": NaN}', {}),
+        ('{"prompt": "x"}'.encode("utf-16"), {}),
+        (b'\xef\xbb\xbf{"prompt": "x"}', {}),  # a UTF-8 byte order mark
         (b'{"prompt": "x"}', {"content-type": "application/json; charset=latin-1"}),
     ],
 )
