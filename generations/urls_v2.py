@@ -2,15 +2,15 @@
 
 from django.urls import path
 
-from generations import views_progress, views_v2, views_v2_status
+from generations import views_progress, views_v2, views_v2_serve, views_v2_status
 from generations.views import prompt_uuid
 from koboldcluster import direct
 
 urlpatterns = [
     path("generate/text/async", views_v2.TextAsyncView.as_view()),
     path("generate/text/status/<str:prompt_id>", views_v2.TextStatusView.as_view()),
-    path("generate/text/pop", views_v2.TextPopView.as_view()),
-    path("generate/text/submit", views_v2.TextSubmitView.as_view()),
+    path("generate/text/pop", views_v2_serve.TextPopView.as_view()),
+    path("generate/text/submit", views_v2_serve.TextSubmitView.as_view()),
     path("generate/text/progress", views_progress.TextProgressView.as_view()),
     path("status/heartbeat", views_v2_status.HeartbeatView.as_view()),
     path("status/modes", views_v2_status.ModesView.as_view()),
@@ -36,8 +36,8 @@ direct.add(
     "POST",
     "/api/v2/generate/text/pop",
     direct.Route(
-        views_v2.TextPopView,
-        views_v2.TextPopView.reply,
+        views_v2_serve.TextPopView,
+        views_v2_serve.TextPopView.reply,
         "api/v2/generate/text/pop",
         takes=lambda body: not body.get("wait"),
     ),
@@ -46,7 +46,9 @@ direct.add(
     "POST",
     "/api/v2/generate/text/submit",
     direct.Route(
-        views_v2.TextSubmitView, views_v2.TextSubmitView.reply, "api/v2/generate/text/submit"
+        views_v2_serve.TextSubmitView,
+        views_v2_serve.TextSubmitView.reply,
+        "api/v2/generate/text/submit",
     ),
 )
 direct.add(
