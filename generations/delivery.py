@@ -130,7 +130,7 @@ def job_submit(
     if state != Job.State.FAULTED and not is_postgres():
         try:
             with transaction.atomic():
-                delivery = accept_first(job_id, credentials, done, token_count, now)
+                delivery = _accept_first(job_id, credentials, done, token_count, now)
                 if delivery is not None:
                     _pay(delivery, delivery.job.tokens, now)
         except _SlowOwnerCheck:
@@ -178,14 +178,16 @@ def _bare(entry: dict) -> dict:
     return {"type": entry.get("type"), "value": entry.get("value")}
 
 
-_DONE_SET = (
-    "state = 'done', text = %s, tokens = %s, finished = %s, seed = %s, censored = %s, "
-    "gen_metadata = %s"
-)
+def _done_set(tokens: str = "%s") -> str:
+    """The SET list of an accepted job (`tokens`: the SQL of its reward, a parameter by default)."""
+    return (
+        f"state = 'done', text = %s, tokens = {tokens}, finished = %s, seed = %s, "
+        "censored = %s, gen_metadata = %s"
+    )
 
 
 def _done_params(done: dict, tokens_params: list[object] | None = None) -> list[object]:
-    """The values of _DONE_SET (`tokens_params`: those of an expression put for tokens)."""
+    """The values of `_done_set` (`tokens_params`: those of its `tokens` expression)."""
     return [
         done["text"],
         *([done["tokens"]] if tokens_params is None else tokens_params),
@@ -196,7 +198,7 @@ def _done_params(done: dict, tokens_params: list[object] | None = None) -> list[
     ]
 
 
-def accept_first(
+def _accept_first(
     job_id: object, credentials: Credentials, done: dict, token_count: int | None, now: datetime
 ) -> Delivery | None:
     """SQLite: accept a processing job of a live prompt in the statement that reads what
@@ -211,13 +213,13 @@ def accept_first(
     """
     reward, reward_params = reward_tokens_sql(done["text"], token_count, _PROMPT_OF_JOB)
     rows = fetch(
-        f"UPDATE generations_job SET {_DONE_SET.replace('tokens = %s', f'tokens = {reward}')} "
+        f"UPDATE generations_job SET {_done_set(reward)} "
         "WHERE id = %s AND state = 'processing' AND EXISTS (SELECT 1 FROM generations_prompt p "
         "WHERE p.id = generations_job.prompt_id AND p.expires_at > %s) "
         f"RETURNING prompt_id, server_id, model, started, tokens, {_RETURNED_PROMPT}, "
         f"(SELECT json_array({USER_COLUMNS}) FROM servers_server s JOIN accounts_user u "
         "ON u.id = s.owner_id WHERE s.id = generations_job.server_id)",
-        [*_done_params({**done, "tokens": 0}, reward_params), uid(job_id), dt_param(now)],
+        [*_done_params(done, reward_params), uid(job_id), dt_param(now)],
     )
     if not rows:
         return None
@@ -256,7 +258,7 @@ def _accept(job: Job, done: dict) -> bool:
     """The exactly-once step: only a processing job becomes done."""
     return (
         execute(
-            f"UPDATE generations_job SET {_DONE_SET} WHERE id = %s AND state = 'processing'",
+            f"UPDATE generations_job SET {_done_set()} WHERE id = %s AND state = 'processing'",
             [*_done_params(done), uid(job.id)],
         )
         == 1
@@ -328,7 +330,7 @@ def _accept_and_pay_in_one(delivery: Delivery, done: dict, now: datetime) -> boo
     """
     job, tokens = delivery.job, done["tokens"]
     parts = [
-        f"done AS (UPDATE generations_job SET {_DONE_SET} WHERE id = %s "
+        f"done AS (UPDATE generations_job SET {_done_set()} WHERE id = %s "
         "AND state = 'processing' RETURNING id)",
         f"paid AS ({_ledger_sql('done')})",
         f"credit AS ({_credit_sql(' AND EXISTS (SELECT 1 FROM done)')})",

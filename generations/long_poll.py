@@ -64,6 +64,12 @@ class PopAttempt:
         )
 
 
+def does_not_wait(body: dict[str, Any]) -> bool:
+    """Whether a pop's raw body leaves out `wait` (or sets it 0): such a pop is never held,
+    so the direct lane may answer it (koboldcluster.direct)."""
+    return not body.get("wait")
+
+
 class PopReply:
     """Both APIs' pop views: a pop that does not wait answers their `answer` to `pop_once`
     (the direct lane's reply, koboldcluster.direct)."""

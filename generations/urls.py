@@ -1,6 +1,7 @@
 from django.urls import path
 
 from generations import views, views_progress
+from generations.long_poll import does_not_wait
 from koboldcluster import direct
 
 urlpatterns = [
@@ -32,9 +33,7 @@ direct.add(
 direct.add(
     "POST",
     "/generate/pop",
-    direct.Route(
-        views.PopView, views.PopView.reply, "generate/pop", takes=lambda body: not body.get("wait")
-    ),
+    direct.Route(views.PopView, views.PopView.reply, "generate/pop", takes=does_not_wait),
 )
 direct.add(
     "POST",

@@ -3,6 +3,7 @@
 from django.urls import path
 
 from generations import views_progress, views_v2, views_v2_serve, views_v2_status
+from generations.long_poll import does_not_wait
 from generations.views import prompt_uuid
 from koboldcluster import direct
 
@@ -39,7 +40,7 @@ direct.add(
         views_v2_serve.TextPopView,
         views_v2_serve.TextPopView.reply,
         "api/v2/generate/text/pop",
-        takes=lambda body: not body.get("wait"),
+        takes=does_not_wait,
     ),
 )
 direct.add(

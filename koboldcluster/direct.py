@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -47,8 +46,6 @@ from koboldcluster.api import validated
 from koboldcluster.middleware import ApiMiddleware
 from koboldcluster.outage import database_unavailable
 from koboldcluster.parsers import json_depth_exceeds
-
-logger = logging.getLogger(__name__)
 
 # The API's middleware (settings.MIDDLEWARE without the pages' and the holding one, see
 # koboldcluster.asgi), whose work the lane does itself. With any other list it stays off.
