@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -46,6 +47,8 @@ from koboldcluster.api import validated
 from koboldcluster.middleware import ApiMiddleware
 from koboldcluster.outage import database_unavailable
 from koboldcluster.parsers import json_depth_exceeds
+
+logger = logging.getLogger(__name__)
 
 # The API's middleware (settings.MIDDLEWARE without the pages' and the holding one, see
 # koboldcluster.asgi), whose work the lane does itself. With any other list it stays off.
@@ -118,14 +121,21 @@ def find(method: str, path: str) -> tuple[Route, str | None] | None:
 
 def is_enabled(api_middleware: list[str]) -> bool:
     """Whether the lane may answer: the API's middleware is the one it stands in for, and no
-    setting asks that middleware for more than headers (redirects, HSTS, agent bans)."""
-    return (
-        tuple(api_middleware) == API_MIDDLEWARE
-        and not settings.SECURE_SSL_REDIRECT
-        and not settings.SECURE_HSTS_SECONDS
-        and not settings.DISALLOWED_USER_AGENTS
-        and not settings.PREPEND_WWW
-    )
+    setting asks that middleware for more than headers (redirects, HSTS, agent bans). When
+    not, the operator is told why (the API then costs more CPU, with the same answers)."""
+    if tuple(api_middleware) != API_MIDDLEWARE:
+        reason = "settings.MIDDLEWARE is not the one it stands in for"
+    else:
+        asked = (
+            "SECURE_SSL_REDIRECT",
+            "SECURE_HSTS_SECONDS",
+            "DISALLOWED_USER_AGENTS",
+            "PREPEND_WWW",
+        )
+        reason = next((f"{name} is set" for name in asked if getattr(settings, name)), None)
+    if reason is not None:
+        logger.warning("The direct lane is off (%s): every API request takes Django's way.", reason)
+    return reason is None
 
 
 def answer(route: Route, rest: str | None, scope: dict[str, Any], body: bytes) -> Answer | None:

@@ -17,6 +17,7 @@ import httpx
 import pytest
 from asgiref.sync import sync_to_async
 from django.db import OperationalError, connections
+from django.utils import timezone
 
 from conftest import SERVER_PASSWORD
 from generations.models import Job, Prompt
@@ -154,7 +155,7 @@ def test_bodies_that_are_not_plainly_a_json_object_are_left_to_django(both, body
     )
 
 
-def test_pop_submit_and_status(both, bob, submit_prompt):
+def test_pop_submit_and_status(both, bob, submit_prompt, time_machine):
     prompt_id = submit_prompt(params={"n": 4, "max_length": 16})
 
     popped = both("POST", "/generate/pop", server(), direct=True).json()
@@ -181,6 +182,8 @@ def test_pop_submit_and_status(both, bob, submit_prompt):
     assert both("GET", f"/generate/prompt/{uuid.uuid4()}", direct=True).status_code == 404
     assert both("GET", "/generate/prompt/not-an-id", direct=True).status_code == 404
 
+    # The AI Horde's wait_time counts down with the clock: one instant for both ways.
+    time_machine.move_to(timezone.now(), tick=False)
     v2 = f"/api/v2/generate/text/status/{prompt_id}"
     assert both("GET", v2, direct=True).json()["generations"]
     assert both("GET", v2, direct=True, apikey="bad").json()["finished"] == 2
@@ -277,3 +280,14 @@ def test_the_ai_horde_endpoints(both, register):
     assert both("POST", submit, {**done, "id": str(first.id)}, direct=True).status_code == 401
     theirs = both("POST", submit, {**done, "id": str(first.id)}, direct=True, apikey=key)
     assert theirs.status_code == 403
+
+
+def test_settings_the_lane_cannot_honour_turn_it_off_and_say_so(settings, caplog):
+    from koboldcluster.asgi import ClusterASGIHandler
+
+    assert ClusterASGIHandler().lane is direct
+    settings.SECURE_HSTS_SECONDS = 3600  # a header that depends on the request: Django's way
+
+    with caplog.at_level("WARNING", logger="koboldcluster.direct"):
+        assert ClusterASGIHandler().lane is None
+    assert "SECURE_HSTS_SECONDS is set" in caplog.text
