@@ -151,6 +151,10 @@ class Job(models.Model):
     finished = models.DateTimeField(null=True, blank=True)
     text = models.TextField(blank=True)
     tokens = models.PositiveIntegerField(default=0)
+    # The prompt as the server's backend counted it, after cutting what did not fit its
+    # context (`prompt_trimmed` tokens from the front); None when the bridge did not say.
+    prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
+    prompt_trimmed = models.PositiveIntegerField(default=0, db_default=0)
     seed = models.BigIntegerField(null=True, blank=True)
     censored = models.BooleanField(default=False, help_text="The server censored the text.")
     gen_metadata = models.JSONField(
