@@ -370,7 +370,9 @@ class Worker:
         first_failure = stop_seen = None
         while True:
             try:
-                result = self.cluster.submit(job, generation.text, generation.tokens)
+                result = self.cluster.submit(
+                    job, generation.text, generation.tokens, generation.prompt
+                )
                 break
             except ClusterUnavailable as error:
                 failures += 1
@@ -491,6 +493,13 @@ class Bridge:
             if self.fatal is None:
                 self.fatal = error
             self.stop.set()
+
+    def leave(self) -> None:
+        """Tell the cluster this server stops (after a clean stop), so that it is shown as
+        inactive now and requests stop waiting for it."""
+        capabilities = self.watcher.last
+        if capabilities is not None and self.cluster.leave(capabilities):
+            log.info("told the cluster this server is leaving")
 
     def join(self, poll: float = 0.2) -> None:
         """Wait for every worker to end, logging the summary every `summary_interval`.
