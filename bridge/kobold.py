@@ -10,6 +10,8 @@ HTTP. The OpenAI-compatible backends (`bridge.openai_backend`) raise the same ex
 from __future__ import annotations
 
 import json
+import logging
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +20,8 @@ import requests
 
 from bridge.fitting import PromptFit, cut_at_stop, fit_payload
 from bridge.net import ThreadSessions, describe_network_error, json_body, sse_events
+
+log = logging.getLogger("bridge")
 
 # Called with the whole text generated so far while a backend streams; returning False stops
 # reading the stream (the cluster no longer wants the job).
@@ -205,6 +209,8 @@ class KoboldClient:
         payload, fit = fit_payload(payload, self.context, self.count_tokens)
         # quiet: KoboldAI would otherwise print every prompt and result to its own console.
         body = {**payload, "quiet": True}
+        if self.koboldcpp:  # its name for this generation, to abort it (`_abort`)
+            body["genkey"] = f"KCLUSTER_{uuid.uuid4().hex[:16]}"
         read = max(self.generate_timeout, timeout or 0.0)
         stops = payload.get("stop_sequence")
         if on_text is not None and self.streams:
@@ -213,7 +219,8 @@ class KoboldClient:
                 body, read, lambda text: on_text(cut_at_stop(text, stops))
             )
             if streamed is not None:
-                return Generation(cut_at_stop(streamed.text, stops), streamed.tokens, fit)
+                text = cut_at_stop(streamed.text, stops)
+                return Generation(text, self._last_token_count(), fit)
         try:
             response = self._session.post(
                 f"{self.url}/api/latest/generate",
@@ -232,7 +239,39 @@ class KoboldClient:
         if not isinstance(text, str):
             raise GenerationFailed(f"{self.label}'s answer to generate has no results[0].text")
         # Newer KoboldCpp versions report the tokens they generated; KoboldAI United does not.
-        return Generation(cut_at_stop(text, stops), whole(result.get("completion_tokens")), fit)
+        tokens = whole(result.get("completion_tokens"))
+        if tokens is None:
+            tokens = self._last_token_count()
+        return Generation(cut_at_stop(text, stops), tokens, fit)
+
+    def _last_token_count(self) -> int | None:
+        """KoboldCpp's count of the tokens of the generation that just ended, from
+        `/api/extra/perf` (1.76 reports none with its results, and its stream never does).
+        KoboldCpp generates one text at a time, so the last one is ours unless another
+        ended in the moment since, which is not worth a second request to rule out."""
+        if not self.koboldcpp:
+            return None
+        try:
+            response = self._session.get(
+                f"{self.url}/api/extra/perf", timeout=(self.connect_timeout, self.info_timeout)
+            )
+        except requests.RequestException:
+            return None  # the text is what matters; the cluster counts it instead
+        data = json_body(response)
+        if response.status_code != 200 or not isinstance(data, dict):
+            return None
+        return whole(data.get("last_token_count"))
+
+    def _abort(self, genkey: str) -> None:
+        """Stop KoboldCpp's generation `genkey`: it goes on after its stream's reader left."""
+        try:
+            self._session.post(
+                f"{self.url}/api/extra/abort",
+                json={"genkey": genkey},
+                timeout=(self.connect_timeout, self.info_timeout),
+            )
+        except requests.RequestException as error:
+            log.debug("could not abort KoboldCpp's generation: %s", describe_network_error(error))
 
     def count_tokens(self, text: str) -> int | None:
         """KoboldCpp's count of `text` in its model's tokens; None from KoboldAI United (no
@@ -276,6 +315,7 @@ class KoboldClient:
                     if isinstance(token, str) and token:
                         text += token
                         if not on_text(text):
+                            self._abort(body["genkey"])
                             break
                 return Generation(text)
         except requests.RequestException as error:

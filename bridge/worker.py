@@ -323,9 +323,14 @@ class Worker:
                 else:
                     generation = self.kobold.generate(job.payload, patience, on_text=sender.update)
                 if sender is not None and sender.gone:
-                    log.warning("job %s: the cluster no longer wants it; moving on", _short(job))
-                    self.stats.add(dropped=1)
-                    return None
+                    # Cancelled by its client (or its slot went elsewhere): the backend was
+                    # stopped; the text so far is delivered, and paid if the cluster takes it.
+                    log.info(
+                        "job %s: the cluster no longer wants it; stopped %s, delivering the "
+                        "text so far",
+                        _short(job),
+                        self.kobold.label,
+                    )
                 return generation, self._clock() - started
             except KoboldBusy:
                 busy += 1

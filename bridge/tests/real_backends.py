@@ -7,7 +7,7 @@ build, or builds it if a developer runs pytest alone). KoboldCpp is on no packag
 its tests read `KOBOLDCPP_DIR`, a KoboldCpp checkout the developer built with KoboldCpp's own
 `make`, and run only with `-m external` (./test_external.sh).
 
-Both run on one thread with a 2048-token context (the default a request asks for).
+Both run on one thread with a 4096-token context.
 """
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ import requests
 
 from bridge.tests.processes import REPO, Process, free_port
 
-# The AI Horde's default context: requests that do not ask for more are served here.
-CONTEXT = 2048
+# Above the AI Horde's default context (2048): requests that do not ask for more are served
+# here, and the bridge advertises a max_length of 2048 (half), long enough to abort.
+CONTEXT = 4096
 # The file's name is the model's name: KoboldCpp and the bridge advertise koboldcpp/<stem>.
 MODEL_FILE = "tiny-random-llama.gguf"
 MODEL_NAME = "koboldcpp/tiny-random-llama"
@@ -69,7 +70,9 @@ class RealBackend:
     def __init__(self, args: list[str], cwd: Path) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.process = Process([*args, "--port", str(self.port)], cwd=cwd, env=os.environ)
+        # Unbuffered: KoboldCpp's console lines are read as they come.
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.process = Process([*args, "--port", str(self.port)], cwd=cwd, env=env)
 
     def wait_ready(self, path: str, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
@@ -97,6 +100,11 @@ class RealBackend:
 
     def last_generated(self) -> int:
         """The tokens the backend says it generated for its latest generation."""
+        raise NotImplementedError
+
+    def cancelled(self) -> int:
+        """How many generations the backend stopped because it was told to or its reader
+        left (by its own log)."""
         raise NotImplementedError
 
 
@@ -189,6 +197,10 @@ class KoboldCpp(RealBackend):
 
     def generations(self) -> int:
         return self._perf()["total_gens"]
+
+    def cancelled(self) -> int:
+        """Generations aborted ("Generation Aborted" on its console)."""
+        return sum("Generation Aborted" in line for line in list(self.process.lines))
 
     def last_generated(self) -> int:
         return self._perf()["last_token_count"]

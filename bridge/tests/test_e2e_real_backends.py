@@ -243,7 +243,7 @@ def test_stop_sequences_end_the_text_where_the_backend_stopped(cluster, bridge_p
 
 @pytest.mark.parametrize("backend", KINDS, indirect=True)
 def test_a_prompt_longer_than_the_backends_context_is_cut_to_fit(cluster, bridge_process, backend):
-    prompt = " ".join(f"word{i}" for i in range(2000)) + " The end:"
+    prompt = " ".join(f"word{i}" for i in range(3000)) + " The end:"
     full = backend.count(prompt)
     assert full > CONTEXT
     bridge = serve(cluster, bridge_process, backend, *original())
@@ -255,4 +255,39 @@ def test_a_prompt_longer_than_the_backends_context_is_cut_to_fit(cluster, bridge
     # What was cut and what was sent make the whole prompt (give or take the token where
     # the cut fell, and the beginning-of-sequence token).
     assert abs(job.prompt_trimmed + job.prompt_tokens - full) <= 2
+    stop(bridge)
+
+
+@pytest.mark.parametrize("backend", KINDS, indirect=True)
+def test_an_abort_stops_the_backend_and_the_text_so_far_is_delivered(
+    cluster, bridge_process, backend
+):
+    # The longest generation the context allows (KoboldCpp's own default is 400 tokens): the
+    # abort has seconds to arrive.
+    bridge = serve(cluster, bridge_process, backend, *original(("--max-length", "2048")))
+    [server] = get(cluster, "/servers")
+    longest = server["max_length"]
+    assert longest == CONTEXT // 2
+    cancelled = backend.cancelled()
+    body = {"prompt": "A very long story:", "max_length": longest, "genkey": "KCPP1234"}
+    body["max_context_length"] = CONTEXT
+    pieces = []
+    with requests.post(
+        f"{cluster.url}/api/extra/generate/stream", json=body, stream=True, timeout=60
+    ) as response:
+        assert response.status_code == 200, response.text
+        for line in response.iter_lines():
+            if line.startswith(b"data:"):
+                pieces.append(json.loads(line[5:])["token"])
+                if len(pieces) == 1:  # it is generating: abort, as KoboldAI Lite does
+                    abort = {"genkey": "KCPP1234"}
+                    requests.post(f"{cluster.url}/api/extra/abort", json=abort, timeout=10)
+
+    [job] = wait_until(jobs, "the text so far", watch=[bridge, backend.process])
+    assert 0 < job.tokens < longest
+    assert "".join(pieces) == job.text
+    # The backend itself stopped: llama.cpp cancels the task whose reader left; KoboldCpp
+    # is told to abort its generation.
+    wait_until(lambda: backend.cancelled() > cancelled, "the backend to stop", watch=[bridge])
+    assert "the cluster no longer wants it; stopped" in bridge.output
     stop(bridge)
