@@ -582,9 +582,7 @@ def _counts(tokens: int | None, prompt: PromptFit | None) -> dict[str, int]:
     the AI Horde ignores fields it does not know)."""
     counts = {} if tokens is None else {"token_count": tokens}
     if prompt is not None:
-        if prompt.tokens is not None:
-            counts["prompt_tokens"] = prompt.tokens
-        counts["prompt_trimmed"] = prompt.trimmed
+        counts.update(prompt_tokens=prompt.tokens, prompt_trimmed=prompt.trimmed)
     return counts
 
 

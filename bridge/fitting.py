@@ -6,8 +6,9 @@ makes llama.cpp's server refuse the request ("exceeds the available context size
 would fault the job on every server. So the bridge counts the prompt with the backend's own
 tokenizer and, when it does not fit in `min(job's max_context_length, backend's context) -
 max_length` tokens, cuts it from the front (the end of a prompt is what the text continues).
-A backend without a tokenizer endpoint gets an estimate: one token per `CHARS_PER_TOKEN`
-characters, cautious for English (about four per token) so that a cut prompt fits.
+A backend without a tokenizer endpoint (KoboldAI United, Ollama, text-generation-webui) cuts
+the prompt itself, with its real tokenizer, to the context it is given (KoboldAI backends get
+the fitted `max_context_length`): the bridge does not guess.
 
 Stop sequences: llama.cpp and vLLM remove the stop string from the text (OpenAI's rule),
 KoboldCpp keeps it and the rest of the token it ended in. The cluster's rule is KoboldAI's:
@@ -17,7 +18,6 @@ OpenAI face removes the stop itself.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,56 +25,46 @@ from typing import Any
 # Counts a text's tokens as the backend would, or None when it cannot say.
 Counter = Callable[[str], int | None]
 
-CHARS_PER_TOKEN = 3
-# Tokens kept free beyond max_length: the beginning-of-sequence token the backend adds, and
-# a token of slack for tokenizers that count a cut text one token differently.
-MARGIN = 2
-
 
 @dataclass(frozen=True)
 class PromptFit:
-    """The prompt as sent: its tokens (the backend's count; None if it has no tokenizer) and
-    the tokens cut from its front (0 when it fitted; estimated without a tokenizer)."""
+    """The prompt as sent: its tokens (the backend's count) and the tokens cut from its
+    front (0 when it fitted)."""
 
-    tokens: int | None
+    tokens: int
     trimmed: int
-
-
-def estimate(text: str) -> int:
-    return math.ceil(len(text) / CHARS_PER_TOKEN)
 
 
 def fit_payload(
     payload: dict[str, Any], context: int | None, count: Counter
-) -> tuple[dict[str, Any], PromptFit]:
+) -> tuple[dict[str, Any], PromptFit | None]:
     """`payload` with its prompt cut to fit, its max_context_length capped at the backend's
-    `context`, and what was sent. A prompt that fits is sent unchanged."""
+    `context`, and what was sent (None: not counted). A prompt that fits is sent unchanged."""
     prompt = payload.get("prompt")
     if not isinstance(prompt, str):
-        return payload, PromptFit(None, 0)
+        return payload, None
     limits = [whole for whole in (_whole(payload.get("max_context_length")), context) if whole]
     window = min(limits) if limits else None
     payload = {**payload, "max_context_length": window} if window else dict(payload)
     counted = count(prompt)
+    if counted is None:  # no tokenizer: the backend fits the prompt itself
+        return payload, None
     if window is None:
         return payload, PromptFit(counted, 0)
-    budget = max(window - (_whole(payload.get("max_length")) or 0) - MARGIN, 1)
-    size = counted if counted is not None else estimate(prompt)
-    if size <= budget:
+    # Counted as the backend counts a prompt it is sent (with its beginning-of-sequence
+    # token: llama.cpp's add_special, vLLM's and TabbyAPI's defaults), so nothing more is kept.
+    budget = max(window - (_whole(payload.get("max_length")) or 0), 1)
+    if counted <= budget:
         return payload, PromptFit(counted, 0)
-    kept, kept_tokens = _keep_end(prompt, budget, count if counted is not None else None)
-    trimmed = max(size - (kept_tokens if kept_tokens is not None else estimate(kept)), 1)
-    return {**payload, "prompt": kept}, PromptFit(kept_tokens, trimmed)
+    kept, kept_tokens = _keep_end(prompt, budget, count)
+    return {**payload, "prompt": kept}, PromptFit(kept_tokens, max(counted - kept_tokens, 1))
 
 
-def _keep_end(text: str, budget: int, count: Counter | None) -> tuple[str, int | None]:
-    """The longest end of `text` that fits in `budget` tokens, and its count.
-
-    With a tokenizer: a binary search on where to cut, counting each candidate (a dozen
-    calls for a long prompt, each a few milliseconds); tokenizers are nearly but not exactly
-    monotonic, so the result is checked and cut further if needed."""
-    if count is None:
-        return text[len(text) - budget * CHARS_PER_TOKEN :], None
+def _keep_end(text: str, budget: int, count: Counter) -> tuple[str, int]:
+    """The longest end of `text` that fits in `budget` tokens, and its count: a binary
+    search on where to cut, counting each candidate (a dozen calls for a long prompt, each a
+    few milliseconds); tokenizers are nearly but not exactly monotonic, so the result is
+    checked and cut further if needed."""
     low, high = 0, len(text)  # cutting `high` characters surely fits (nothing is left)
     while high - low > 1:
         middle = (low + high) // 2

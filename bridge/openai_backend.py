@@ -244,8 +244,8 @@ class OpenAIClient:
         text, tokens, stopped_on, prompt_tokens = answer
         if not self.flavour.trusts_usage:
             tokens = prompt_tokens = None
-        # The server's own count of what it read beats ours (it is the same when both exist).
-        fit = PromptFit(prompt_tokens or fit.tokens, fit.trimmed)
+        if fit is not None and prompt_tokens:  # what it read, by its own account
+            fit = PromptFit(prompt_tokens, fit.trimmed)
         return Generation(cut_at_stop(text, stops, stopped_on), tokens, fit)
 
     def _generate_once(self, body: dict[str, Any], timeout: float | None) -> _Answer:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bridge.fitting import MARGIN, PromptFit, cut_at_stop, estimate, fit_payload
+from bridge.fitting import PromptFit, cut_at_stop, fit_payload
 
 
 def words(text: str) -> int:
@@ -25,7 +25,7 @@ def test_a_prompt_that_fits_is_sent_as_it_is():
 def test_a_long_prompt_keeps_its_end_within_the_smaller_context():
     payload = {"prompt": PROMPT, "max_length": 20, "max_context_length": 1000, "top_k": 3}
     sent, fit = fit_payload(payload, 80, words)  # the backend's context is the smaller
-    budget = 80 - 20 - MARGIN
+    budget = 80 - 20
     assert fit.tokens == words(sent["prompt"]) == budget
     assert PROMPT.endswith(sent["prompt"]) and sent["prompt"].endswith("w99")
     assert fit.trimmed == 101 - budget
@@ -33,12 +33,10 @@ def test_a_long_prompt_keeps_its_end_within_the_smaller_context():
     assert sent["max_context_length"] == 80 and sent["top_k"] == 3
 
 
-def test_without_a_tokenizer_the_cut_uses_the_stated_estimate():
+def test_without_a_tokenizer_the_backend_fits_the_prompt_itself():
     payload = {"prompt": "x" * 3000, "max_length": 100, "max_context_length": 600}
-    sent, fit = fit_payload(payload, None, lambda text: None)
-    budget = 600 - 100 - MARGIN
-    assert len(sent["prompt"]) == budget * 3 and estimate(sent["prompt"]) == budget
-    assert fit == PromptFit(None, 1000 - budget)
+    sent, fit = fit_payload(payload, 500, lambda text: None)
+    assert sent == {**payload, "max_context_length": 500} and fit is None
 
 
 def test_a_job_without_a_context_is_not_cut():

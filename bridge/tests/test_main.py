@@ -326,7 +326,6 @@ def test_horde_protocol_serves_jobs_and_gives_a_refused_one_back(run_bridge, scr
         "id": ID1,
         "generation": fake_text("Once upon a time"),
         "state": "ok",
-        "prompt_trimmed": 0,  # KoboldAI United has no tokenizer endpoint: no prompt_tokens
     }
     kai.refuse_next = 1
     scripted_cluster.add_job(ID2, "refused by KoboldAI")
