@@ -216,6 +216,8 @@ class FakeKoboldAI:
         elif method == "GET":
             self._info(request, path)
         else:
+            if method == "POST":  # read the body: the connection is kept alive
+                request.rfile.read(int(request.headers.get("Content-Length") or 0))
             request.send_json(405, {"detail": "Method Not Allowed"})
 
     def _info(self, request: _Handler, path: str) -> None:
