@@ -146,6 +146,11 @@ class FakeKoboldCpp(FakeKoboldAI):
         else:
             super()._handle(request, method)
 
+    def context_limit(self) -> int | None:
+        # The real KoboldCpp (1.76, koboldcpp.py generate) clamps a larger max_context_length
+        # to its own context instead of refusing it.
+        return None
+
     def _validated(self, request: _Handler) -> dict[str, Any] | None:
         length = int(request.headers.get("Content-Length") or 0)
         body = json.loads(request.rfile.read(length) or b"null")
