@@ -172,11 +172,6 @@ def test_every_face_is_served_and_paid_by_the_backends_own_count(cluster, bridge
     assert f"found {backend.label} {backend.version}" in bridge.output
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 21: the OpenAI faces send max_context_length = their estimate of the prompt "
-    "x 1.25 + max_tokens, too little for a chat template's tokens; the bridge obeys it",
-)
 @pytest.mark.parametrize("backend", ["llamacpp"], indirect=True)
 def test_a_chat_reaches_the_backend_whole(cluster, bridge_process, backend):
     bridge = serve(cluster, bridge_process, backend, *original())
