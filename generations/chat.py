@@ -24,6 +24,15 @@ from generations.models import ChatTemplateOverride
 
 CATALOGUE_PATH = Path(__file__).with_name("catalogue.json")
 DEFAULT_TEMPLATE = "chatml"
+# The longest model name the cluster takes anywhere (a server's models, a prompt's models,
+# the OpenAI `model`): the Job.model column's size. Longer names have no template.
+MODEL_NAME_MAX = 255
+# A file type or quantisation suffix is never longer than this, and a name carries only a
+# few of them (`-imat-Q4_K_M.gguf`): `family` looks at no more, so its cost is linear in
+# the name whatever the name is (the patterns are anchored at the end, and Python's `re`
+# tries them from every position of what it is given).
+SUFFIX_TAIL = 64
+SUFFIXES_MAX = 6
 ROLES = ("system", "user", "assistant")
 
 
@@ -82,14 +91,22 @@ def family(model: str) -> str:
     """
     prefix, suffixes = _family_rules()
     name = prefix.sub("", model.strip(), count=1)
-    stripped = True
-    while stripped:
-        stripped = False
-        for suffix in suffixes:
-            shorter = suffix.sub("", name, count=1)
-            if shorter != name and shorter:
-                name, stripped = shorter, True
+    for _ in range(SUFFIXES_MAX):
+        shorter = _strip_suffix(name, suffixes)
+        if shorter == name:
+            break
+        name = shorter
     return name.lower()
+
+
+def _strip_suffix(name: str, suffixes: list[re.Pattern[str]]) -> str:
+    """`name` without the first of `suffixes` that ends it (never down to nothing)."""
+    head, tail = name[:-SUFFIX_TAIL], name[-SUFFIX_TAIL:]
+    for suffix in suffixes:
+        shorter = head + suffix.sub("", tail, count=1)
+        if shorter != name and shorter:
+            return shorter
+    return name
 
 
 def check_override(pattern: str, template: str) -> None:
@@ -116,7 +133,10 @@ def _rules() -> list[tuple[str, str]]:
 
 
 def template_for(model: str, rules: list[tuple[str, str]] | None = None) -> Template | None:
-    """The template of a model, or None when no rule knows it."""
+    """The template of a model, or None when no rule knows it (nor one longer than any name
+    the cluster stores, which bounds what an administrator's pattern is run on)."""
+    if len(model) > MODEL_NAME_MAX:
+        return None
     name = family(model)
     for pattern, key in rules if rules is not None else _rules():
         try:

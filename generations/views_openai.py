@@ -26,6 +26,7 @@ from accounts.authentication import BearerApiKeyAuthentication, api_user
 from accounts.identity import anonymous_user
 from accounts.models import User
 from generations import chat
+from generations.chat import MODEL_NAME_MAX
 from generations.frontend import ServedModel, generate, models_for, served_models
 from generations.intake import GenerationRequest
 from generations.openai_shapes import (
@@ -143,7 +144,9 @@ class StopField(serializers.Field):
 
 
 class CompletionInput(serializers.Serializer):
-    model = serializers.CharField(required=False, allow_blank=True, allow_null=True, default="")
+    model = serializers.CharField(
+        required=False, allow_blank=True, allow_null=True, default="", max_length=MODEL_NAME_MAX
+    )
     max_tokens = serializers.IntegerField(required=False, allow_null=True, min_value=1)
     temperature = serializers.FloatField(required=False, allow_null=True, min_value=0)
     top_p = serializers.FloatField(required=False, allow_null=True, min_value=0, max_value=1)
