@@ -20,6 +20,7 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.db import InterfaceError, OperationalError
 from django.db.models import Count, Max, Sum
 from django.utils import timezone
 from rest_framework.response import Response
@@ -27,7 +28,10 @@ from rest_framework.response import Response
 from generations.models import Prompt
 from generations.queue import PopResult
 from koboldcluster import metrics, wakeups
+from koboldcluster.errors import error_body
 from koboldcluster.fields import StrictFloatField
+from koboldcluster.outage import RETRY_AFTER_SECONDS
+from koboldcluster.outage import logger as outage_logger
 
 WAIT_MAX = 30
 
@@ -110,6 +114,15 @@ async def _hold(
             if not await wake.wait(deadline - loop.time()):
                 break  # time is up and nothing changed since the last try: its answer holds
             attempt = await sync_to_async(_try_and_release)(retry.attempt)
+    except (OperationalError, InterfaceError) as lost:
+        # The held tries run after the middleware: answered here as DatabaseOutageMiddleware
+        # answers any other request whose connection failed.
+        outage_logger.warning("database unavailable during a held pop: %s", type(lost).__name__)
+        response.status_code = 503
+        response["Retry-After"] = str(RETRY_AFTER_SECONDS)
+        message = "The database is unavailable for a moment: try again."
+        _render_again(response, error_body(message, "DatabaseUnavailable"))
+        return
     finally:
         metrics.LONG_POLL_WAITERS.dec()
     if attempt is not first:

@@ -135,9 +135,17 @@ def _at_most(value: int, cap: int) -> int:
 
 
 def validate_prompt_text(value: str) -> str:
+    """Within the size cap, and text every database stores: no NUL (PostgreSQL refuses it)
+    and no lone surrogate (not encodable: JSON may carry `\\ud800`, no column can)."""
     cap = settings.KOBOLDCLUSTER["MAX_PROMPT_CHARS"]
     if len(value) > cap:
         raise serializers.ValidationError(f"The prompt is longer than {cap} characters.")
+    if "\x00" in value:
+        raise serializers.ValidationError("Null characters are not allowed.")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise serializers.ValidationError("Must be valid Unicode (no lone surrogates).") from None
     return value
 
 
