@@ -13,14 +13,17 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from django.apps import apps
 from django.conf import settings
 from django.contrib.auth.hashers import make_password
 from django.core.cache import cache
 from django.db import IntegrityError, connection, transaction
+from django.db.models import Exists
+from django.utils import timezone
 
 from accounts import guard
 from accounts.models import User
-from koboldcluster.errors import BadRequest, Forbidden, Unauthorized
+from koboldcluster.errors import BadRequest, Conflict, Forbidden, Unauthorized
 from koboldcluster.rows import instance
 
 logger = logging.getLogger(__name__)
@@ -206,9 +209,7 @@ def _server_account(username: str, password: str) -> User:
     if user.kind == User.Kind.UNCLAIMED:
         # A name used by prompts so far: the first server to pop with it claims it.
         guard.count_new_account()
-        claimed = User.objects.filter(pk=user.pk, kind=User.Kind.UNCLAIMED).update(
-            kind=User.Kind.REGISTERED, password=make_password(password)
-        )
+        claimed = claim_unclaimed(user, password=make_password(password))
         user.refresh_from_db()
         if claimed:
             logger.info("account %s claimed by a server's first pop", user.pk)
@@ -216,6 +217,27 @@ def _server_account(username: str, password: str) -> User:
             return user
     check_password(user, password)
     return user
+
+
+def claim_unclaimed(user: User, **fields: object) -> bool:
+    """Make the unclaimed name `user` a registered account (with `fields`); False if it was
+    claimed meanwhile. Refused (409) while the name has live prompts: they are someone's who
+    sent the bare name, and an account sees its prompts' text and generations, cancels them
+    and serves them first. Once they expire, nothing of theirs is left to hand over.
+    """
+    prompts = apps.get_model("generations", "Prompt").objects  # a layer above: not imported
+    live = prompts.filter(user_id=user.pk, expires_at__gt=timezone.now())
+    unclaimed = User.objects.filter(pk=user.pk, kind=User.Kind.UNCLAIMED)
+    if unclaimed.exclude(Exists(live)).update(kind=User.Kind.REGISTERED, **fields):
+        return True
+    if unclaimed.exists():
+        raise Conflict(
+            f"The name '{user.username}' has requests in progress, sent without credentials; "
+            "it can be claimed once they are over (a few minutes). Try again then, or choose "
+            "another name.",
+            rc="NameInUse",
+        )
+    return False
 
 
 def verify_owner(*, owner: User, password: str | None, api_user: User | None = None) -> None:

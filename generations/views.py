@@ -198,6 +198,7 @@ class PopView(PopReply, APIView):
             ),
             401: error("CredentialsRequired, InvalidCredentials"),
             403: error("WrongCredentials, AnonForbiddenWorker, WorkerMaintenance"),
+            409: error("NameInUse: an unclaimed name's prompts are not over yet"),
         },
     )
     def post(self, request: Request) -> Response:
