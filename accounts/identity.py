@@ -10,6 +10,7 @@ import hashlib
 import hmac
 import logging
 import re
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -90,12 +91,25 @@ def password_matches(user: User, password: str) -> bool:
     if not password or not user.has_usable_password():
         return False
     key = _password_cache_key(user, password)
-    if cache.get(key):
+    verified_at = cache.get(key)
+    if verified_at:
+        _refresh_when_old(user, password, key, verified_at)
         return True
     if not guard.password_verified(user, password):
         return False
-    cache.set(key, True, settings.KOBOLDCLUSTER["PASSWORD_CACHE_SECONDS"])
+    cache.set(key, time.time(), settings.KOBOLDCLUSTER["PASSWORD_CACHE_SECONDS"])
     return True
+
+
+def _refresh_when_old(user: User, password: str, key: str, verified_at: float) -> None:
+    """Keep a password in use remembered: past half its time, remembered anew (here and in
+    every process). Otherwise a running server's password would be hashed again every few
+    minutes, and a wrong guess by anyone just before that would lock the server out."""
+    remember = settings.KOBOLDCLUSTER["PASSWORD_CACHE_SECONDS"]
+    now = time.time()
+    if now - float(verified_at) > remember / 2:
+        cache.set(key, now, remember)
+        guard.remember_verified(user, password)
 
 
 def password_check_is_quick(user: User, password: str | None) -> bool:
@@ -113,7 +127,9 @@ def _remember_password(user: User, password: str) -> None:
     process's one sync thread: 0.3 s of CPU, over a second on a loaded machine, while the
     generation's first text waits for it."""
     cache.set(
-        _password_cache_key(user, password), True, settings.KOBOLDCLUSTER["PASSWORD_CACHE_SECONDS"]
+        _password_cache_key(user, password),
+        time.time(),
+        settings.KOBOLDCLUSTER["PASSWORD_CACHE_SECONDS"],
     )
     guard.remember_verified(user, password)
 
