@@ -27,7 +27,8 @@ from koboldcluster.middleware import SyncAndAsyncMiddleware
 # IPv6 clients are counted by the block their provider gives one site.
 IPV6_BLOCK_PREFIX = 64
 
-_current_block: ContextVar[str | None] = ContextVar("client_block", default=None)
+# The digest of the current client's block, and whether that block is a public one.
+_current_block: ContextVar[tuple[str, bool] | None] = ContextVar("client_block", default=None)
 
 
 def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -94,7 +95,22 @@ def block_digest(block: str) -> str:
 
 def current_client() -> str | None:
     """The digest of the address block of the request being served (None outside one)."""
-    return _current_block.get()
+    current = _current_block.get()
+    return current[0] if current is not None else None
+
+
+def current_public_client() -> str | None:
+    """`current_client` when its block is a public (global) one: one household or server.
+    A private, loopback or unparseable one may be a whole LAN, or every client behind a
+    proxy the cluster was not told of (KOBOLDCLUSTER_TRUSTED_PROXIES): not one party."""
+    current = _current_block.get()
+    return current[0] if current is not None and current[1] else None
+
+
+@lru_cache(maxsize=4096)
+def _is_public(block: str) -> bool:
+    address = _address(block.split("/")[0])
+    return address is not None and address.is_global
 
 
 def request_client(request: HttpRequest) -> str:
@@ -102,12 +118,13 @@ def request_client(request: HttpRequest) -> str:
     return block_digest(address_block(client_address(request)))
 
 
-def remember(request: HttpRequest) -> Token[str | None]:
+def remember(request: HttpRequest) -> Token[tuple[str, bool] | None]:
     """Make `request`'s client the current one (`current_client`) until `forget`."""
-    return _current_block.set(request_client(request))
+    block = address_block(client_address(request))
+    return _current_block.set((block_digest(block), _is_public(block)))
 
 
-def forget(token: Token[str | None]) -> None:
+def forget(token: Token[tuple[str, bool] | None]) -> None:
     _current_block.reset(token)
 
 
