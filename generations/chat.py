@@ -14,7 +14,7 @@ import json
 import math
 import re
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +83,7 @@ def _family_rules() -> tuple[re.Pattern[str], list[re.Pattern[str]]]:
     return prefix, suffixes
 
 
+@lru_cache(maxsize=4096)  # every served name, at every request that names a model
 def family(model: str) -> str:
     """The model's family: without backend prefix, publisher, file type or quantisation.
 
@@ -122,26 +123,37 @@ def check_override(pattern: str, template: str) -> None:
         raise ValidationError(errors)
 
 
-def _rules() -> list[tuple[str, str]]:
+Rules = tuple[tuple[str, str], ...]
+
+
+def _rules() -> Rules:
     """(pattern, template key) in the order they are tried: overrides, then the catalogue."""
     overrides = [
         (rule.pattern, rule.template)
         for rule in ChatTemplateOverride.objects.all()
         if rule.template in templates()
     ]
-    return overrides + [(rule["pattern"], rule["template"]) for rule in catalogue()["models"]]
+    return tuple(
+        overrides + [(rule["pattern"], rule["template"]) for rule in catalogue()["models"]]
+    )
 
 
-def template_for(model: str, rules: list[tuple[str, str]] | None = None) -> Template | None:
+def template_for(model: str, rules: Rules | None = None) -> Template | None:
     """The template of a model, or None when no rule knows it (nor one longer than any name
     the cluster stores, which bounds what an administrator's pattern is run on)."""
     if len(model) > MODEL_NAME_MAX:
         return None
+    key = _template_key(model, rules if rules is not None else _rules())
+    return templates()[key] if key is not None else None
+
+
+@lru_cache(maxsize=4096)  # a chat for any model asks it of every served name
+def _template_key(model: str, rules: Rules) -> str | None:
     name = family(model)
-    for pattern, key in rules if rules is not None else _rules():
+    for pattern, key in rules:
         try:
             if re.search(pattern, name, re.IGNORECASE):
-                return templates()[key]
+                return key
         except re.error:
             continue  # an override saved before validation existed: skip it
     return None

@@ -13,6 +13,7 @@ periodic re-check, the last answer still holds; a server asks again at once anyw
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -87,14 +88,22 @@ class PopReply:
 class Retry:
     seconds: float
     attempt: Callable[[], PopAttempt]
+    account: int = 0
 
 
-def respond(first: PopAttempt, *, wait: float, attempt: Callable[[], PopAttempt]) -> Response:
+# Pops held now in this process, per account (the event loop's and the sync thread's: the
+# GIL keeps a dict's item updates whole).
+_held_pops: Counter[int] = Counter()
+
+
+def respond(
+    first: PopAttempt, *, wait: float, attempt: Callable[[], PopAttempt], account: int = 0
+) -> Response:
     """The pop's answer; with `wait` and no job, held for more tries (`_hold`)."""
     response = Response(first.body)
     seconds = min(wait, settings.KOBOLDCLUSTER["POP_WAIT_MAX_SECONDS"])
     if not first.taken and seconds > 0:
-        retry = Retry(seconds=seconds, attempt=attempt)
+        retry = Retry(seconds=seconds, attempt=attempt, account=account)
         response.hold = partial(_hold, response, first, retry)  # type: ignore[attr-defined]
     return response
 
@@ -102,11 +111,17 @@ def respond(first: PopAttempt, *, wait: float, attempt: Callable[[], PopAttempt]
 async def _hold(
     response: Response, first: PopAttempt, retry: Retry, wake: wakeups.Listener
 ) -> None:
-    """Try again at each wake-up until a job is taken or the time is up; answer the last try."""
+    """Try again at each wake-up until a job is taken or the time is up; answer the last try.
+
+    An account with HELD_POPS_PER_ACCOUNT pops held here already gets the first answer at
+    once: every wake-up tries each held pop again, so none may hold them without end."""
+    if _held_pops[retry.account] >= settings.KOBOLDCLUSTER["HELD_POPS_PER_ACCOUNT"]:
+        return
     loop = asyncio.get_running_loop()
     deadline = loop.time() + retry.seconds
     attempt = first
     metrics.LONG_POLL_WAITERS.inc()
+    _held_pops[retry.account] += 1
     try:
         while not attempt.taken and loop.time() < deadline:
             if not wake.pending:  # a wake-up during the try may mean it missed the news
@@ -125,6 +140,9 @@ async def _hold(
         return
     finally:
         metrics.LONG_POLL_WAITERS.dec()
+        _held_pops[retry.account] -= 1
+        if _held_pops[retry.account] <= 0:
+            del _held_pops[retry.account]
     if attempt is not first:
         _render_again(response, attempt.body)
 

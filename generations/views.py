@@ -197,7 +197,7 @@ class PopView(PopReply, APIView):
                 },
             ),
             401: error("CredentialsRequired, InvalidCredentials"),
-            403: error("WrongCredentials, AnonForbiddenWorker, WorkerMaintenance"),
+            403: error("WrongCredentials, AnonForbiddenWorker, WorkerMaintenance, TooManyWorkers"),
             409: error("NameInUse: an unclaimed name's prompts are not over yet"),
         },
     )
@@ -205,7 +205,9 @@ class PopView(PopReply, APIView):
         data = validated(self.Input, request.data)
         result = self.pop_once(data, request)
         attempt = partial(self.pop, server=result.server, priority_user_ids=result.first_users)
-        return respond(self.answer(result), wait=data["wait"], attempt=attempt)
+        return respond(
+            self.answer(result), wait=data["wait"], attempt=attempt, account=result.server.owner_id
+        )
 
     @staticmethod
     def pop_once(data: dict[str, Any], request: Any) -> PopResult:

@@ -98,6 +98,7 @@ OPENAI_ERROR = shape(
 
 class OpenAIView(APIView):
     authentication_classes = [BearerApiKeyAuthentication]
+    throttle_scope = "info"
     error_schema = OPENAI_ERROR  # the errors every operation may answer, in OpenAI's shape
 
     def get_exception_handler(self) -> ExceptionHandler:

@@ -130,7 +130,7 @@ class TextPopView(PopReply, APIView):
             200: POP_ANSWER,
             400: error("Invalid input, InvalidPriorityUsername"),
             401: error("InvalidAPIKey"),
-            403: error("AnonForbiddenWorker, WrongCredentials, WorkerMaintenance"),
+            403: error("AnonForbiddenWorker, WrongCredentials, WorkerMaintenance, TooManyWorkers"),
         },
     )
     def post(self, request: Request) -> Response:
@@ -142,7 +142,9 @@ class TextPopView(PopReply, APIView):
             priority_user_ids=result.first_users,
             amount=data["amount"],
         )
-        return respond(self.answer(result), wait=data["wait"], attempt=attempt)
+        return respond(
+            self.answer(result), wait=data["wait"], attempt=attempt, account=result.server.owner_id
+        )
 
     @staticmethod
     def pop_once(data: dict[str, Any], request: Any) -> PopResult:

@@ -26,6 +26,7 @@ from prometheus_client.registry import Collector
 from generations.models import Job, Prompt, PromptModel
 from generations.selectors import model_stats, queue_load
 from koboldcluster import metrics
+from koboldcluster.throttling import throttled
 from stats.selectors import StatsReader
 from stats.tally import total
 
@@ -157,6 +158,7 @@ def _authorized(request: HttpRequest) -> bool:
 
 
 @require_safe
+@throttled("info")
 def metrics_view(request: HttpRequest) -> HttpResponse:
     """The Prometheus text format; with KOBOLDCLUSTER_METRICS_TOKEN, only for its bearer."""
     if not _authorized(request):
