@@ -22,6 +22,8 @@ from generations.serializers import GenerationParamsSerializer, PromptTextField,
 from generations.status import PromptStatus, prompt_cancel, prompt_status
 from koboldcluster.api import parse_uuid, validated
 from koboldcluster.fields import (
+    BIGINT_RANGE,
+    INT_MAX,
     InputSerializer,
     StrictCharField,
     StrictIntegerField,
@@ -276,9 +278,10 @@ class SubmitView(APIView):
         password = optional_text(max_length=1024, trim_whitespace=False)
         generation = GenerationField(max_length=1_000_000)
         state = serializers.ChoiceField(["ok", "faulted", "censored"], default="ok")
-        seed = StrictIntegerField(required=False, allow_null=True)
+        seed = StrictIntegerField(required=False, allow_null=True, **BIGINT_RANGE)
         token_count = StrictIntegerField(
             min_value=0,
+            max_value=INT_MAX,
             required=False,
             help_text="The backend's count of generated tokens; paid when plausible.",
         )

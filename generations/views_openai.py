@@ -44,6 +44,7 @@ from generations.serializers import (
 from generations.sse import event_stream, openai_chunks
 from generations.streaming import start
 from koboldcluster.api import validated
+from koboldcluster.fields import INT_MAX
 from koboldcluster.openapi import shape
 
 ExceptionHandler = Callable[[Exception, dict[str, Any]], Response | None]
@@ -148,12 +149,16 @@ class CompletionInput(serializers.Serializer):
     model = serializers.CharField(
         required=False, allow_blank=True, allow_null=True, default="", max_length=MODEL_NAME_MAX
     )
-    max_tokens = serializers.IntegerField(required=False, allow_null=True, min_value=1)
+    max_tokens = serializers.IntegerField(
+        required=False, allow_null=True, min_value=1, max_value=INT_MAX
+    )
     temperature = serializers.FloatField(required=False, allow_null=True, min_value=0)
     top_p = serializers.FloatField(required=False, allow_null=True, min_value=0, max_value=1)
     n = serializers.IntegerField(required=False, allow_null=True, min_value=1)
     stop = StopField(required=False, default=list)
-    truncation_length = serializers.IntegerField(required=False, allow_null=True, min_value=1)
+    truncation_length = serializers.IntegerField(
+        required=False, allow_null=True, min_value=1, max_value=INT_MAX
+    )
     stream = serializers.BooleanField(required=False, allow_null=True, default=False)
     stream_options = serializers.DictField(required=False, allow_null=True, default=None)
 
@@ -200,7 +205,9 @@ class Message(serializers.Serializer):
 
 class ChatInput(CompletionInput):
     messages = Message(many=True, allow_empty=False)
-    max_completion_tokens = serializers.IntegerField(required=False, allow_null=True, min_value=1)
+    max_completion_tokens = serializers.IntegerField(
+        required=False, allow_null=True, min_value=1, max_value=INT_MAX
+    )
 
 
 async def _generation(

@@ -22,6 +22,8 @@ from generations.views_v2 import UNKNOWN_CLIENT
 from koboldcluster.api import validated
 from koboldcluster.errors import BadRequest
 from koboldcluster.fields import (
+    BIGINT_RANGE,
+    INT_MAX,
     InputSerializer,
     OptionField,
     StrictCharField,
@@ -217,9 +219,10 @@ class TextSubmitView(APIView):
         id = serializers.UUIDField(help_text="A job id from the pop's `ids`.")
         generation = GenerationField(max_length=1_000_000, required=False, default="")
         state = serializers.ChoiceField(["ok", "censored", "faulted", "csam"], default="ok")
-        seed = StrictIntegerField(required=False, allow_null=True)
+        seed = StrictIntegerField(required=False, allow_null=True, **BIGINT_RANGE)
         token_count = StrictIntegerField(
             min_value=0,
+            max_value=INT_MAX,
             required=False,
             help_text="This cluster's extension: the backend's count of generated tokens, "
             "paid when plausible.",

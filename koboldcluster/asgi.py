@@ -39,6 +39,7 @@ from django.http.response import HttpResponseBase
 from django.urls import get_resolver, set_script_prefix
 
 from koboldcluster import holding, metrics, wakeups
+from koboldcluster.middleware import INLINE_MIDDLEWARE
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "koboldcluster.settings")
 if not settings.configured:  # a web process (not a test or a command driving the app)
@@ -63,8 +64,10 @@ _SLASHES = re.compile(r"//+")
 
 # The waiting endpoints are API views: no sessions, CSRF, messages or pages. Only the
 # middleware they need, each able to run async, so that a waiting front-end request makes no
-# extra step onto the sync thread for Django's session, CSRF or security middleware.
+# extra step onto the sync thread for Django's session or CSRF middleware; Django's security,
+# common and frame middleware run inline (koboldcluster.middleware.INLINE_MIDDLEWARE).
 WAITING_MIDDLEWARE = [
+    *INLINE_MIDDLEWARE,  # Django's security, common and frame middleware, run inline
     "koboldcluster.metrics.LatencyMiddleware",
     "koboldcluster.middleware.ApiMiddleware",
     "koboldcluster.clients.ClientAddressMiddleware",
@@ -72,10 +75,14 @@ WAITING_MIDDLEWARE = [
 ]
 
 
-def _handler_with(keep: Callable[[str], bool], *, is_async: bool) -> BaseHandler:
-    """A request handler with the middleware of settings.MIDDLEWARE that `keep` keeps."""
+def _handler_with(
+    keep: Callable[[str], bool], *, is_async: bool, stand_ins: dict[str, str] | None = None
+) -> BaseHandler:
+    """A request handler with the middleware of settings.MIDDLEWARE that `keep` keeps, each
+    replaced by its stand-in if it has one."""
     handler, everything = BaseHandler(), settings.MIDDLEWARE
-    settings.MIDDLEWARE = [m for m in everything if keep(m)]  # read once, at start
+    stand_ins = stand_ins or {}
+    settings.MIDDLEWARE = [stand_ins.get(m, m) for m in everything if keep(m)]  # read at start
     try:
         handler.load_middleware(is_async=is_async)
     finally:
@@ -134,7 +141,9 @@ class ClusterASGIHandler(ASGIHandler):
         self.lane = (
             direct if direct.is_enabled([m for m in settings.MIDDLEWARE if is_api(m)]) else None
         )
-        self.waiting_handler = _handler_with(WAITING_MIDDLEWARE.__contains__, is_async=True)
+        self.waiting_handler = _handler_with(
+            WAITING_MIDDLEWARE.__contains__, is_async=True, stand_ins=INLINE_MIDDLEWARE
+        )
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":

@@ -55,7 +55,10 @@ def client_address(request: HttpRequest) -> str:
 
     Without trusted proxies the peer is the client, whatever headers it sends. The legacy
     `KOBOLDCLUSTER_NUM_PROXIES=N` (no address list) believes the N-th address from the end of
-    `X-Forwarded-For`, from any peer, as before.
+    `X-Forwarded-For`, but only from a peer on a private or loopback address (a proxy of this
+    machine or its network: a client on the internet reaching the cluster directly cannot pick
+    its address). A hop that is not an address is never an identity: the last address
+    believed counts instead.
     """
     peer = request.META.get("REMOTE_ADDR", "") or ""
     forwarded = [
@@ -64,17 +67,18 @@ def client_address(request: HttpRequest) -> str:
         if part.strip()
     ]
     proxies = settings.KOBOLDCLUSTER["TRUSTED_PROXIES"]
+    current = _address(peer)
     if not proxies:
         count = settings.REST_FRAMEWORK.get("NUM_PROXIES") or 0
-        if count and forwarded:
-            return forwarded[-min(count, len(forwarded))]
+        if count and forwarded and current is not None and not current.is_global:
+            hop = _address(forwarded[-min(count, len(forwarded))])
+            return str(hop) if hop is not None else peer
         return peer
-    current = _address(peer)
     while current is not None and _trusted(current, proxies) and forwarded:
-        hop = forwarded.pop()
-        current = _address(hop)
-        if current is None:  # garbage a client wrote into the header: stop believing it
-            return hop
+        hop = _address(forwarded.pop())
+        if hop is None:  # garbage written into the header: the proxy's word is all we have
+            return str(current)
+        current = hop
     return str(current) if current is not None else peer
 
 

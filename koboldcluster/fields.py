@@ -13,6 +13,10 @@ from typing import Any
 from rest_framework import serializers
 from rest_framework.utils.serializer_helpers import BindingDict
 
+# What a database integer column holds: a number beyond it is a 400, never an overflow.
+BIGINT_RANGE = {"min_value": -(2**63), "max_value": 2**63 - 1}
+INT_MAX = 2**31 - 1
+
 
 class StrictCharField(serializers.CharField):
     default_error_messages = {
