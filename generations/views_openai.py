@@ -44,7 +44,7 @@ from generations.serializers import (
 from generations.sse import event_stream, openai_chunks
 from generations.streaming import start
 from koboldcluster.api import validated
-from koboldcluster.fields import INT_MAX
+from koboldcluster.fields import INT_MAX, StrictCharField
 from koboldcluster.openapi import shape
 
 ExceptionHandler = Callable[[Exception, dict[str, Any]], Response | None]
@@ -146,7 +146,7 @@ class StopField(serializers.Field):
 
 
 class CompletionInput(serializers.Serializer):
-    model = serializers.CharField(
+    model = StrictCharField(
         required=False, allow_blank=True, allow_null=True, default="", max_length=MODEL_NAME_MAX
     )
     max_tokens = serializers.IntegerField(
@@ -203,8 +203,12 @@ class Message(serializers.Serializer):
         raise serializers.ValidationError("Must be text (images and audio are not taken).")
 
 
+# A chat longer than this is refused before any message is read (each costs ~40 µs to check).
+MAX_MESSAGES = 1000
+
+
 class ChatInput(CompletionInput):
-    messages = Message(many=True, allow_empty=False)
+    messages = Message(many=True, allow_empty=False, max_length=MAX_MESSAGES)
     max_completion_tokens = serializers.IntegerField(
         required=False, allow_null=True, min_value=1, max_value=INT_MAX
     )

@@ -24,6 +24,7 @@ from koboldcluster.errors import BadRequest
 from koboldcluster.fields import (
     BIGINT_RANGE,
     INT_MAX,
+    BoundedListField,
     InputSerializer,
     OptionField,
     StrictCharField,
@@ -227,8 +228,11 @@ class TextSubmitView(APIView):
             help_text="This cluster's extension: the backend's count of generated tokens, "
             "paid when plausible.",
         )
-        gen_metadata = serializers.ListField(
-            child=GenMetadataInput(), required=False, allow_null=True
+        gen_metadata = BoundedListField(
+            child=GenMetadataInput(),
+            required=False,
+            allow_null=True,
+            max_length=4 * MAX_GEN_METADATA,  # refused unread; past MAX_GEN_METADATA: the 400 below
         )
 
     @extend_schema(
