@@ -7,16 +7,15 @@ cd "$(dirname "$0")"
 
 ensure_venv requirements.txt
 export PORT="${PORT:-5001}"
-.venv/bin/python manage.py migrate --noinput
-if [ -f generations/management/commands/ensure_schedules.py ]; then
-    .venv/bin/python manage.py ensure_schedules
-fi
-
 # /metrics adds up the metrics of every web worker process through files here; a new start
 # begins from zero (README: "Watch the cluster").
 export PROMETHEUS_MULTIPROC_DIR="${PROMETHEUS_MULTIPROC_DIR:-$PWD/var/prometheus}"
 mkdir -p "$PROMETHEUS_MULTIPROC_DIR"
 rm -f "$PROMETHEUS_MULTIPROC_DIR"/*.db
+.venv/bin/python manage.py migrate --noinput
+if [ -f generations/management/commands/ensure_schedules.py ]; then
+    .venv/bin/python manage.py ensure_schedules
+fi
 
 scripts/web.sh &
 web=$!

@@ -12,8 +12,9 @@ minutes (`services.password_matches`); this module makes failures cheap too:
   without hashing. At most one password of an account, and of a client, is hashed at a time:
   requests with the same password (a bridge's threads starting together) wait for that check's
   answer, a different one meanwhile is refused (429). A password verified in the last
-  PASSWORD_CACHE_SECONDS passes at once, in every process, so someone guessing an account's
-  password does not stop its running servers;
+  PASSWORD_CACHE_SECONDS passes at once, in every process, and one in use is remembered anew
+  (`identity.password_matches`), so someone guessing an account's password does not stop its
+  running servers;
 - a pop that creates (or claims) an account hashes its password once: that is limited per
   client (`KOBOLDCLUSTER_RATE_NEW_ACCOUNT_IP`), apart from the pops themselves.
 
@@ -133,10 +134,12 @@ def _check(user: User, password: str, digest: str, subjects: list[str], lockout:
 
 
 def remember_verified(user: User, password: str) -> None:
-    """`password` is known to match `user`'s hash (it was just hashed into it): every process
-    passes it at once for PASSWORD_CACHE_SECONDS, as after a check."""
+    """`password` is known to match `user`'s hash (it was just hashed into it, or is in use):
+    every process passes it at once for PASSWORD_CACHE_SECONDS from now, as after a check."""
     remember = settings.KOBOLDCLUSTER["PASSWORD_CACHE_SECONDS"]
-    counters.hit(f"pw-verified:{_digest(user, password)}", remember)
+    key = f"pw-verified:{_digest(user, password)}"
+    counters.reset(key)  # a counter's life is set when it is made: made anew
+    counters.hit(key, remember)
 
 
 def count_new_account() -> None:

@@ -10,17 +10,21 @@ import hashlib
 import hmac
 import logging
 import re
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from django.apps import apps
 from django.conf import settings
 from django.contrib.auth.hashers import make_password
 from django.core.cache import cache
 from django.db import IntegrityError, connection, transaction
+from django.db.models import Exists
+from django.utils import timezone
 
 from accounts import guard
 from accounts.models import User
-from koboldcluster.errors import BadRequest, Forbidden, Unauthorized
+from koboldcluster.errors import BadRequest, Conflict, Forbidden, Unauthorized
 from koboldcluster.rows import instance
 
 logger = logging.getLogger(__name__)
@@ -87,12 +91,25 @@ def password_matches(user: User, password: str) -> bool:
     if not password or not user.has_usable_password():
         return False
     key = _password_cache_key(user, password)
-    if cache.get(key):
+    verified_at = cache.get(key)
+    if verified_at:
+        _refresh_when_old(user, password, key, verified_at)
         return True
     if not guard.password_verified(user, password):
         return False
-    cache.set(key, True, settings.KOBOLDCLUSTER["PASSWORD_CACHE_SECONDS"])
+    cache.set(key, time.time(), settings.KOBOLDCLUSTER["PASSWORD_CACHE_SECONDS"])
     return True
+
+
+def _refresh_when_old(user: User, password: str, key: str, verified_at: float) -> None:
+    """Keep a password in use remembered: past half its time, remembered anew (here and in
+    every process). Otherwise a running server's password would be hashed again every few
+    minutes, and a wrong guess by anyone just before that would lock the server out."""
+    remember = settings.KOBOLDCLUSTER["PASSWORD_CACHE_SECONDS"]
+    now = time.time()
+    if now - float(verified_at) > remember / 2:
+        cache.set(key, now, remember)
+        guard.remember_verified(user, password)
 
 
 def password_check_is_quick(user: User, password: str | None) -> bool:
@@ -110,7 +127,9 @@ def _remember_password(user: User, password: str) -> None:
     process's one sync thread: 0.3 s of CPU, over a second on a loaded machine, while the
     generation's first text waits for it."""
     cache.set(
-        _password_cache_key(user, password), True, settings.KOBOLDCLUSTER["PASSWORD_CACHE_SECONDS"]
+        _password_cache_key(user, password),
+        time.time(),
+        settings.KOBOLDCLUSTER["PASSWORD_CACHE_SECONDS"],
     )
     guard.remember_verified(user, password)
 
@@ -206,9 +225,7 @@ def _server_account(username: str, password: str) -> User:
     if user.kind == User.Kind.UNCLAIMED:
         # A name used by prompts so far: the first server to pop with it claims it.
         guard.count_new_account()
-        claimed = User.objects.filter(pk=user.pk, kind=User.Kind.UNCLAIMED).update(
-            kind=User.Kind.REGISTERED, password=make_password(password)
-        )
+        claimed = claim_unclaimed(user, password=make_password(password))
         user.refresh_from_db()
         if claimed:
             logger.info("account %s claimed by a server's first pop", user.pk)
@@ -216,6 +233,27 @@ def _server_account(username: str, password: str) -> User:
             return user
     check_password(user, password)
     return user
+
+
+def claim_unclaimed(user: User, **fields: object) -> bool:
+    """Make the unclaimed name `user` a registered account (with `fields`); False if it was
+    claimed meanwhile. Refused (409) while the name has live prompts: they are someone's who
+    sent the bare name, and an account sees its prompts' text and generations, cancels them
+    and serves them first. Once they expire, nothing of theirs is left to hand over.
+    """
+    prompts = apps.get_model("generations", "Prompt").objects  # a layer above: not imported
+    live = prompts.filter(user_id=user.pk, expires_at__gt=timezone.now())
+    unclaimed = User.objects.filter(pk=user.pk, kind=User.Kind.UNCLAIMED)
+    if unclaimed.exclude(Exists(live)).update(kind=User.Kind.REGISTERED, **fields):
+        return True
+    if unclaimed.exists():
+        raise Conflict(
+            f"The name '{user.username}' has requests in progress, sent without credentials; "
+            "it can be claimed once they are over (a few minutes). Try again then, or choose "
+            "another name.",
+            rc="NameInUse",
+        )
+    return False
 
 
 def verify_owner(*, owner: User, password: str | None, api_user: User | None = None) -> None:

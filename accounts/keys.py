@@ -15,6 +15,7 @@ from accounts.identity import (
     USER_COLUMNS,
     _get_or_create_user,
     anonymous_user,
+    claim_unclaimed,
     lock_account,
     user_from_row,
 )
@@ -128,7 +129,7 @@ def _registered_account(username: str) -> tuple[User, bool]:
     )
     if created:
         return user, False
-    if User.objects.filter(pk=user.pk, kind=User.Kind.UNCLAIMED).update(kind=User.Kind.REGISTERED):
+    if claim_unclaimed(user):
         user.kind = User.Kind.REGISTERED
         logger.info("account %s claimed by registration", user.pk)
         return user, False

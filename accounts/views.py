@@ -18,6 +18,8 @@ TOKENS_BY_USER = OpenApiResponse(OpenApiTypes.OBJECT, description="{username: to
 
 
 class UsageView(APIView):
+    throttle_scope = "read"
+
     @extend_schema(
         operation_id="usage",
         tags=ORIGINAL,
@@ -30,6 +32,8 @@ class UsageView(APIView):
 
 
 class ContributionsView(APIView):
+    throttle_scope = "read"
+
     @extend_schema(
         operation_id="contributions",
         tags=ORIGINAL,

@@ -68,6 +68,7 @@ class RegisterView(APIView):
                 },
             ),
             400: error("UsernameTaken, ValidationError"),
+            409: error("NameInUse: an unclaimed name's prompts are not over yet"),
         },
     )
     def post(self, request: Request) -> Response:

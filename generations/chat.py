@@ -14,7 +14,7 @@ import json
 import math
 import re
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,15 @@ from generations.models import ChatTemplateOverride
 
 CATALOGUE_PATH = Path(__file__).with_name("catalogue.json")
 DEFAULT_TEMPLATE = "chatml"
+# The longest model name the cluster takes anywhere (a server's models, a prompt's models,
+# the OpenAI `model`): the Job.model column's size. Longer names have no template.
+MODEL_NAME_MAX = 255
+# A file type or quantisation suffix is never longer than this, and a name carries only a
+# few of them (`-imat-Q4_K_M.gguf`): `family` looks at no more, so its cost is linear in
+# the name whatever the name is (the patterns are anchored at the end, and Python's `re`
+# tries them from every position of what it is given).
+SUFFIX_TAIL = 64
+SUFFIXES_MAX = 6
 ROLES = ("system", "user", "assistant")
 
 
@@ -74,6 +83,7 @@ def _family_rules() -> tuple[re.Pattern[str], list[re.Pattern[str]]]:
     return prefix, suffixes
 
 
+@lru_cache(maxsize=4096)  # every served name, at every request that names a model
 def family(model: str) -> str:
     """The model's family: without backend prefix, publisher, file type or quantisation.
 
@@ -82,14 +92,22 @@ def family(model: str) -> str:
     """
     prefix, suffixes = _family_rules()
     name = prefix.sub("", model.strip(), count=1)
-    stripped = True
-    while stripped:
-        stripped = False
-        for suffix in suffixes:
-            shorter = suffix.sub("", name, count=1)
-            if shorter != name and shorter:
-                name, stripped = shorter, True
+    for _ in range(SUFFIXES_MAX):
+        shorter = _strip_suffix(name, suffixes)
+        if shorter == name:
+            break
+        name = shorter
     return name.lower()
+
+
+def _strip_suffix(name: str, suffixes: list[re.Pattern[str]]) -> str:
+    """`name` without the first of `suffixes` that ends it (never down to nothing)."""
+    head, tail = name[:-SUFFIX_TAIL], name[-SUFFIX_TAIL:]
+    for suffix in suffixes:
+        shorter = head + suffix.sub("", tail, count=1)
+        if shorter != name and shorter:
+            return shorter
+    return name
 
 
 def check_override(pattern: str, template: str) -> None:
@@ -105,23 +123,37 @@ def check_override(pattern: str, template: str) -> None:
         raise ValidationError(errors)
 
 
-def _rules() -> list[tuple[str, str]]:
+Rules = tuple[tuple[str, str], ...]
+
+
+def _rules() -> Rules:
     """(pattern, template key) in the order they are tried: overrides, then the catalogue."""
     overrides = [
         (rule.pattern, rule.template)
         for rule in ChatTemplateOverride.objects.all()
         if rule.template in templates()
     ]
-    return overrides + [(rule["pattern"], rule["template"]) for rule in catalogue()["models"]]
+    return tuple(
+        overrides + [(rule["pattern"], rule["template"]) for rule in catalogue()["models"]]
+    )
 
 
-def template_for(model: str, rules: list[tuple[str, str]] | None = None) -> Template | None:
-    """The template of a model, or None when no rule knows it."""
+def template_for(model: str, rules: Rules | None = None) -> Template | None:
+    """The template of a model, or None when no rule knows it (nor one longer than any name
+    the cluster stores, which bounds what an administrator's pattern is run on)."""
+    if len(model) > MODEL_NAME_MAX:
+        return None
+    key = _template_key(model, rules if rules is not None else _rules())
+    return templates()[key] if key is not None else None
+
+
+@lru_cache(maxsize=4096)  # a chat for any model asks it of every served name
+def _template_key(model: str, rules: Rules) -> str | None:
     name = family(model)
-    for pattern, key in rules if rules is not None else _rules():
+    for pattern, key in rules:
         try:
             if re.search(pattern, name, re.IGNORECASE):
-                return templates()[key]
+                return key
         except re.error:
             continue  # an override saved before validation existed: skip it
     return None

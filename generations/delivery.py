@@ -38,6 +38,7 @@ from generations.sql import (
     json_param,
 )
 from generations.sql import uuid_param as uid
+from koboldcluster.clients import current_client
 from koboldcluster.errors import BadRequest, NotFound
 from koboldcluster.rows import aware, instance
 from servers.models import Server
@@ -58,11 +59,22 @@ class Delivery:
     owner_id: int  # of the server, when the job was looked up
     max_length: int
     prompt_expires_at: datetime
+    # Whether kudos move for it (the owner earns them, the requester pays them): not for its
+    # own prompts, nor for prompts sent from the submitting server's address block.
+    earns: bool = True
+
+
+def earns(requester_id: int, owner_id: int, origin: str) -> bool:
+    """A server serving its owner, or requests from its own address (another account, the
+    anonymous one), makes priority out of nothing: such a job moves no kudos either way
+    (its tokens are still counted as used and contributed). As the AI Horde pays no kudos
+    to a worker for its owner's own requests."""
+    return requester_id != owner_id and not (origin and origin == current_client())
 
 
 _LOOKUP = (
     "SELECT j.id, j.prompt_id, j.server_id, j.model, j.started, p.user_id, p.max_length, "
-    f"p.expires_at, {USER_COLUMNS} FROM generations_job j "
+    f"p.expires_at, p.origin, {USER_COLUMNS} FROM generations_job j "
     "JOIN generations_prompt p ON p.id = j.prompt_id "
     "JOIN servers_server s ON s.id = j.server_id JOIN accounts_user u ON u.id = s.owner_id "
     "WHERE j.id = %s AND p.expires_at > %s"
@@ -75,7 +87,7 @@ def delivery_for(*, job_id: object, credentials: Credentials, now: datetime) -> 
     if not rows:
         raise NotFound(f"Job {job_id} is unknown or has expired.", rc="InvalidJobID")
     row = rows[0]
-    owner = user_from_row(row[8:])
+    owner = user_from_row(row[9:])
     verify_owner(owner=owner, password=credentials.password, api_user=credentials.api_user)
     job = instance(
         Job,
@@ -91,6 +103,7 @@ def delivery_for(*, job_id: object, credentials: Credentials, now: datetime) -> 
         owner_id=owner.pk,
         max_length=row[6],
         prompt_expires_at=aware(row[7]),
+        earns=earns(row[5], owner.pk, row[8]),
     )
 
 
@@ -231,7 +244,9 @@ def _accept_first(
     )
     if not rows:
         return None
-    prompt_id, server_id, model, started, tokens, requester, max_length, expires, user = rows[0]
+    prompt_id, server_id, model, started, tokens, requester, max_length, expires, origin, user = (
+        rows[0]
+    )
     owner = user_from_row(json.loads(user))
     if credentials.api_user is None and not password_check_is_quick(owner, credentials.password):
         raise _SlowOwnerCheck
@@ -249,7 +264,8 @@ def _accept_first(
         started=aware(started),
         tokens=tokens,
     )
-    return Delivery(job, requester, owner.pk, max_length, aware(expires))
+    paid = earns(requester, owner.pk, origin)
+    return Delivery(job, requester, owner.pk, max_length, aware(expires), paid)
 
 
 class _SlowOwnerCheck(Exception):
@@ -258,7 +274,7 @@ class _SlowOwnerCheck(Exception):
 
 _PROMPT_OF_JOB = "(SELECT {} FROM generations_prompt p WHERE p.id = generations_job.prompt_id)"
 _RETURNED_PROMPT = ", ".join(
-    _PROMPT_OF_JOB.format(c) for c in ("user_id", "max_length", "expires_at")
+    _PROMPT_OF_JOB.format(c) for c in ("user_id", "max_length", "expires_at", "origin")
 )
 
 
@@ -284,9 +300,9 @@ def _ledger_sql(source: str) -> str:
 
 
 def _ledger_params(delivery: Delivery, tokens: int, now: datetime) -> list[object]:
-    job = delivery.job
-    usage = [dt_param(now), delivery.requester_id, tokens, -tokens]
-    contribution = [dt_param(now), delivery.owner_id, tokens, tokens]
+    job, kudos = delivery.job, tokens if delivery.earns else 0
+    usage = [dt_param(now), delivery.requester_id, tokens, -kudos]
+    contribution = [dt_param(now), delivery.owner_id, tokens, kudos]
     tail = [uid(job.server_id), uid(job.id), job.model]
     return [*usage, *tail, *contribution, *tail]
 

@@ -36,6 +36,7 @@ from generations.sql import (
     one_round_trip,
     uuid_param,
 )
+from koboldcluster.clients import current_public_client
 from koboldcluster.errors import BadRequest, NotFound, TooManyRequests
 from koboldcluster.rows import instance
 from servers.models import Server
@@ -119,6 +120,7 @@ def prompt_create(*, user: User, request: GenerationRequest, now: datetime | Non
         max_context_length=request.max_context_length,
         client_agent=request.client_agent[:255],
         client=client_limits.prompt_client(user),
+        origin=current_public_client() or "",
         softprompt=request.softprompt,
         trusted_workers=request.trusted_workers,
         slow_workers=request.slow_workers,
@@ -185,8 +187,8 @@ def _known_servers(server_ids: list[object]) -> list[object]:
 _PROMPT_COLUMNS = (
     "id, user_id, text, params, any_model, n, waiting, max_length, max_context_length, state, "
     "faulted_jobs, client_agent, softprompt, trusted_workers, slow_workers, workers, nsfw, "
-    "batching, created, last_activity, expires_at, models, client, whole_context, genkey, "
-    "sort_key"
+    "batching, created, last_activity, expires_at, models, client, origin, whole_context, "
+    "genkey, sort_key"
 )
 _WAITING_OF_USER = (
     "SELECT COALESCE(SUM(q.waiting), 0) FROM generations_prompt q WHERE q.user_id = %s "
@@ -208,11 +210,11 @@ def _insert_within_limit(prompt: Prompt, user: User, now: datetime, *, lock: boo
         prompt.max_context_length, Prompt.State.LIVE, 0, prompt.client_agent,
         prompt.softprompt, prompt.trusted_workers, prompt.slow_workers, prompt.workers,
         prompt.nsfw, prompt.batching, dt_param(now), dt_param(now),
-        dt_param(prompt.expires_at), json_param(prompt.models), prompt.client,
+        dt_param(prompt.expires_at), json_param(prompt.models), prompt.client, prompt.origin,
         prompt.whole_context, prompt.genkey,
     ]  # fmt: skip
     json = json_cast()
-    row = ", ".join(["%s"] * 3 + [json] + ["%s"] * 17 + [json] + ["%s"] * 3)
+    row = ", ".join(["%s"] * 3 + [json] + ["%s"] * 17 + [json] + ["%s"] * 4)
     insert = (
         f"INSERT INTO generations_prompt ({_PROMPT_COLUMNS}) SELECT {row}, {key_sql} "
         f"WHERE ({_WAITING_OF_USER}) + %s <= %s"

@@ -13,6 +13,7 @@ periodic re-check, the last answer still holds; a server asks again at once anyw
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -20,6 +21,7 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.db import InterfaceError, OperationalError
 from django.db.models import Count, Max, Sum
 from django.utils import timezone
 from rest_framework.response import Response
@@ -27,7 +29,10 @@ from rest_framework.response import Response
 from generations.models import Prompt
 from generations.queue import PopResult
 from koboldcluster import metrics, shutdown, wakeups
+from koboldcluster.errors import error_body
 from koboldcluster.fields import StrictFloatField
+from koboldcluster.outage import RETRY_AFTER_SECONDS
+from koboldcluster.outage import logger as outage_logger
 
 WAIT_MAX = 30
 
@@ -83,14 +88,22 @@ class PopReply:
 class Retry:
     seconds: float
     attempt: Callable[[], PopAttempt]
+    account: int = 0
 
 
-def respond(first: PopAttempt, *, wait: float, attempt: Callable[[], PopAttempt]) -> Response:
+# Pops held now in this process, per account (the event loop's and the sync thread's: the
+# GIL keeps a dict's item updates whole).
+_held_pops: Counter[int] = Counter()
+
+
+def respond(
+    first: PopAttempt, *, wait: float, attempt: Callable[[], PopAttempt], account: int = 0
+) -> Response:
     """The pop's answer; with `wait` and no job, held for more tries (`_hold`)."""
     response = Response(first.body)
     seconds = min(wait, settings.KOBOLDCLUSTER["POP_WAIT_MAX_SECONDS"])
     if not first.taken and seconds > 0:
-        retry = Retry(seconds=seconds, attempt=attempt)
+        retry = Retry(seconds=seconds, attempt=attempt, account=account)
         response.hold = partial(_hold, response, first, retry)  # type: ignore[attr-defined]
     return response
 
@@ -98,11 +111,17 @@ def respond(first: PopAttempt, *, wait: float, attempt: Callable[[], PopAttempt]
 async def _hold(
     response: Response, first: PopAttempt, retry: Retry, wake: wakeups.Listener
 ) -> None:
-    """Try again at each wake-up until a job is taken or the time is up; answer the last try."""
+    """Try again at each wake-up until a job is taken or the time is up; answer the last try.
+
+    An account with HELD_POPS_PER_ACCOUNT pops held here already gets the first answer at
+    once: every wake-up tries each held pop again, so none may hold them without end."""
+    if _held_pops[retry.account] >= settings.KOBOLDCLUSTER["HELD_POPS_PER_ACCOUNT"]:
+        return
     loop = asyncio.get_running_loop()
     deadline = loop.time() + retry.seconds
     attempt = first
     metrics.LONG_POLL_WAITERS.inc()
+    _held_pops[retry.account] += 1
     try:
         while not attempt.taken and loop.time() < deadline:
             if not wake.pending:  # a wake-up during the try may mean it missed the news
@@ -110,8 +129,20 @@ async def _hold(
             if not await wake.wait(deadline - loop.time()) or shutdown.is_stopping():
                 break  # time is up and nothing changed since the last try: its answer holds
             attempt = await sync_to_async(_try_and_release)(retry.attempt)
+    except (OperationalError, InterfaceError) as lost:
+        # The held tries run after the middleware: answered here as DatabaseOutageMiddleware
+        # answers any other request whose connection failed.
+        outage_logger.warning("database unavailable during a held pop: %s", type(lost).__name__)
+        response.status_code = 503
+        response["Retry-After"] = str(RETRY_AFTER_SECONDS)
+        message = "The database is unavailable for a moment: try again."
+        _render_again(response, error_body(message, "DatabaseUnavailable"))
+        return
     finally:
         metrics.LONG_POLL_WAITERS.dec()
+        _held_pops[retry.account] -= 1
+        if _held_pops[retry.account] <= 0:
+            del _held_pops[retry.account]
     if attempt is not first:
         _render_again(response, attempt.body)
 

@@ -50,6 +50,9 @@ class Prompt(models.Model):
     client_agent = models.CharField(max_length=255, blank=True)
     # Without credentials: a keyed digest of the client's address block (generations/limits.py).
     client = models.CharField(max_length=32, blank=True, default="")
+    # The same digest for every prompt sent from a public address block, credentials or not:
+    # a server that serves a prompt from its own block earns nothing (generations/delivery.py).
+    origin = models.CharField(max_length=32, blank=True, default="")
     # Which servers may serve it (the AI Horde's request options; the defaults match anyone).
     softprompt = models.CharField(
         max_length=255, blank=True, help_text="Only servers offering this soft prompt."

@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from generations.delivery import delivery_for
 from generations.models import Job, Prompt
-from generations.progress_store import progress_store
+from generations.progress_store import progress_drop, progress_store
 from koboldcluster import wakeups
 from koboldcluster.errors import NotFound
 from servers.services import Credentials
@@ -33,10 +33,14 @@ def job_progress(*, job_id: object, credentials: Credentials, text: str) -> None
     """
     delivery = delivery_for(job_id=job_id, credentials=credentials, now=timezone.now())
     job = delivery.job
+    # Stored first, then checked: a submit that lands between a check and the store would
+    # find nothing to drop, and the text would outlive the job (and the prompt's wipe).
+    # The submit commits before it drops the progress, so one of the two removes it.
+    progress_store(prompt_id=job.prompt_id, job_id=job.id, text=text[:MAX_PROGRESS_CHARS])
     wanted = Job.objects.filter(
         id=job.id, state=Job.State.PROCESSING, prompt__state=Prompt.State.LIVE
     )
     if not wanted.exists():
+        progress_drop(job.prompt_id)
         raise NotFound(f"Job {job.id} is no longer wanted.", rc="AbortedGen")
-    progress_store(prompt_id=job.prompt_id, job_id=job.id, text=text[:MAX_PROGRESS_CHARS])
     wakeups.notify(wakeups.topic_for_prompt(job.prompt_id))

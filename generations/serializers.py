@@ -13,6 +13,7 @@ from rest_framework import serializers
 
 from koboldcluster.errors import BadRequest
 from koboldcluster.fields import (
+    BoundedListField,
     InputSerializer,
     StrictBooleanField,
     StrictCharField,
@@ -42,10 +43,10 @@ class GenerationParamsSerializer(InputSerializer):
     smoothing_factor = StrictFloatField(min_value=0, max_value=10, required=False)
     dynatemp_range = StrictFloatField(min_value=0, max_value=5, required=False)
     dynatemp_exponent = StrictFloatField(min_value=0, max_value=5, required=False)
-    sampler_order = serializers.ListField(
+    sampler_order = BoundedListField(
         child=StrictIntegerField(min_value=0, max_value=100), max_length=32, required=False
     )
-    stop_sequence = StringListField(item_max_length=2000, required=False)
+    stop_sequence = StringListField(item_max_length=2000, max_length=1000, required=False)
     use_default_badwordsids = StrictBooleanField(required=False)
     singleline = StrictBooleanField(required=False)
     frmtadsnsp = StrictBooleanField(required=False)
@@ -135,9 +136,17 @@ def _at_most(value: int, cap: int) -> int:
 
 
 def validate_prompt_text(value: str) -> str:
+    """Within the size cap, and text every database stores: no NUL (PostgreSQL refuses it)
+    and no lone surrogate (not encodable: JSON may carry `\\ud800`, no column can)."""
     cap = settings.KOBOLDCLUSTER["MAX_PROMPT_CHARS"]
     if len(value) > cap:
         raise serializers.ValidationError(f"The prompt is longer than {cap} characters.")
+    if "\x00" in value:
+        raise serializers.ValidationError("Null characters are not allowed.")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise serializers.ValidationError("Must be valid Unicode (no lone surrogates).") from None
     return value
 
 

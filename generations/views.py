@@ -22,6 +22,8 @@ from generations.serializers import GenerationParamsSerializer, PromptTextField,
 from generations.status import PromptStatus, prompt_cancel, prompt_status
 from koboldcluster.api import parse_uuid, validated
 from koboldcluster.fields import (
+    BIGINT_RANGE,
+    INT_MAX,
     InputSerializer,
     OptionField,
     StrictCharField,
@@ -203,7 +205,8 @@ class PopView(PopReply, APIView):
                 },
             ),
             401: error("CredentialsRequired, InvalidCredentials"),
-            403: error("WrongCredentials, AnonForbiddenWorker, WorkerMaintenance"),
+            403: error("WrongCredentials, AnonForbiddenWorker, WorkerMaintenance, TooManyWorkers"),
+            409: error("NameInUse: an unclaimed name's prompts are not over yet"),
         },
     )
     def post(self, request: Request) -> Response:
@@ -211,7 +214,9 @@ class PopView(PopReply, APIView):
         result = self.pop_once(data, request)
         attempt = partial(self.pop, server=result.server, priority_user_ids=result.first_users)
         wait = 0 if data["leaving"] else data["wait"]
-        return respond(self.answer(result), wait=wait, attempt=attempt)
+        return respond(
+            self.answer(result), wait=wait, attempt=attempt, account=result.server.owner_id
+        )
 
     @staticmethod
     def pop_once(data: dict[str, Any], request: Any) -> PopResult:
@@ -281,9 +286,10 @@ class SubmitView(APIView):
         password = optional_text(max_length=1024, trim_whitespace=False)
         generation = GenerationField(max_length=1_000_000)
         state = serializers.ChoiceField(["ok", "faulted", "censored"], default="ok")
-        seed = StrictIntegerField(required=False, allow_null=True)
+        seed = StrictIntegerField(required=False, allow_null=True, **BIGINT_RANGE)
         token_count = StrictIntegerField(
             min_value=0,
+            max_value=INT_MAX,
             required=False,
             help_text="The backend's count of generated tokens; paid when plausible.",
         )

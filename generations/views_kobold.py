@@ -67,6 +67,7 @@ def kobold_exception_handler(exc: Exception, context: dict[str, Any]) -> Respons
 
 class KoboldView(APIView):
     authentication_classes = [BearerApiKeyAuthentication]
+    throttle_scope = "info"
 
     def get_exception_handler(self) -> ExceptionHandler:
         return kobold_exception_handler

@@ -26,6 +26,7 @@ from accounts.authentication import BearerApiKeyAuthentication, api_user
 from accounts.identity import anonymous_user
 from accounts.models import User
 from generations import chat
+from generations.chat import MODEL_NAME_MAX
 from generations.fitting import LIMITS_HEADER, Fit, fitted
 from generations.frontend import ServedModel, generate, models_for, served_models
 from generations.intake import GenerationRequest
@@ -44,6 +45,7 @@ from generations.serializers import (
 from generations.sse import event_stream, openai_chunks
 from generations.streaming import start
 from koboldcluster.api import validated
+from koboldcluster.fields import INT_MAX, StrictCharField
 from koboldcluster.openapi import shape
 
 ExceptionHandler = Callable[[Exception, dict[str, Any]], Response | None]
@@ -98,6 +100,7 @@ OPENAI_ERROR = shape(
 
 class OpenAIView(APIView):
     authentication_classes = [BearerApiKeyAuthentication]
+    throttle_scope = "info"
     error_schema = OPENAI_ERROR  # the errors every operation may answer, in OpenAI's shape
 
     def get_exception_handler(self) -> ExceptionHandler:
@@ -144,13 +147,19 @@ class StopField(serializers.Field):
 
 
 class CompletionInput(serializers.Serializer):
-    model = serializers.CharField(required=False, allow_blank=True, allow_null=True, default="")
-    max_tokens = serializers.IntegerField(required=False, allow_null=True, min_value=1)
+    model = StrictCharField(
+        required=False, allow_blank=True, allow_null=True, default="", max_length=MODEL_NAME_MAX
+    )
+    max_tokens = serializers.IntegerField(
+        required=False, allow_null=True, min_value=1, max_value=INT_MAX
+    )
     temperature = serializers.FloatField(required=False, allow_null=True, min_value=0)
     top_p = serializers.FloatField(required=False, allow_null=True, min_value=0, max_value=1)
     n = serializers.IntegerField(required=False, allow_null=True, min_value=1)
     stop = StopField(required=False, default=list)
-    truncation_length = serializers.IntegerField(required=False, allow_null=True, min_value=1)
+    truncation_length = serializers.IntegerField(
+        required=False, allow_null=True, min_value=1, max_value=INT_MAX
+    )
     stream = serializers.BooleanField(required=False, allow_null=True, default=False)
     stream_options = serializers.DictField(required=False, allow_null=True, default=None)
 
@@ -195,9 +204,15 @@ class Message(serializers.Serializer):
         raise serializers.ValidationError("Must be text (images and audio are not taken).")
 
 
+# A chat longer than this is refused before any message is read (each costs ~40 µs to check).
+MAX_MESSAGES = 1000
+
+
 class ChatInput(CompletionInput):
-    messages = Message(many=True, allow_empty=False)
-    max_completion_tokens = serializers.IntegerField(required=False, allow_null=True, min_value=1)
+    messages = Message(many=True, allow_empty=False, max_length=MAX_MESSAGES)
+    max_completion_tokens = serializers.IntegerField(
+        required=False, allow_null=True, min_value=1, max_value=INT_MAX
+    )
 
 
 async def _generation(

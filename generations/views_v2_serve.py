@@ -22,6 +22,9 @@ from generations.views_v2 import UNKNOWN_CLIENT
 from koboldcluster.api import validated
 from koboldcluster.errors import BadRequest
 from koboldcluster.fields import (
+    BIGINT_RANGE,
+    INT_MAX,
+    BoundedListField,
     InputSerializer,
     OptionField,
     StrictCharField,
@@ -135,7 +138,7 @@ class TextPopView(PopReply, APIView):
             200: POP_ANSWER,
             400: error("Invalid input, InvalidPriorityUsername"),
             401: error("InvalidAPIKey"),
-            403: error("AnonForbiddenWorker, WrongCredentials, WorkerMaintenance"),
+            403: error("AnonForbiddenWorker, WrongCredentials, WorkerMaintenance, TooManyWorkers"),
         },
     )
     def post(self, request: Request) -> Response:
@@ -148,7 +151,9 @@ class TextPopView(PopReply, APIView):
             amount=data["amount"],
         )
         wait = 0 if data["leaving"] else data["wait"]
-        return respond(self.answer(result), wait=wait, attempt=attempt)
+        return respond(
+            self.answer(result), wait=wait, attempt=attempt, account=result.server.owner_id
+        )
 
     @staticmethod
     def pop_once(data: dict[str, Any], request: Any) -> PopResult:
@@ -222,9 +227,10 @@ class TextSubmitView(APIView):
         id = serializers.UUIDField(help_text="A job id from the pop's `ids`.")
         generation = GenerationField(max_length=1_000_000, required=False, default="")
         state = serializers.ChoiceField(["ok", "censored", "faulted", "csam"], default="ok")
-        seed = StrictIntegerField(required=False, allow_null=True)
+        seed = StrictIntegerField(required=False, allow_null=True, **BIGINT_RANGE)
         token_count = StrictIntegerField(
             min_value=0,
+            max_value=INT_MAX,
             required=False,
             help_text="This cluster's extension: the backend's count of generated tokens, "
             "paid when plausible.",
@@ -243,8 +249,11 @@ class TextSubmitView(APIView):
             help_text="This cluster's extension: the tokens the bridge cut from the front of "
             "the prompt to fit the backend's context (0: none).",
         )
-        gen_metadata = serializers.ListField(
-            child=GenMetadataInput(), required=False, allow_null=True
+        gen_metadata = BoundedListField(
+            child=GenMetadataInput(),
+            required=False,
+            allow_null=True,
+            max_length=4 * MAX_GEN_METADATA,  # refused unread; past MAX_GEN_METADATA: the 400 below
         )
 
     @extend_schema(

@@ -19,8 +19,10 @@ for a wake-up on the event loop after that step, watching for the client to leav
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import re
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -29,7 +31,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core import signals
 from django.core.asgi import get_asgi_application
-from django.core.exceptions import RequestAborted
+from django.core.exceptions import RequestAborted, RequestDataTooBig
 from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.core.handlers.base import BaseHandler
 from django.http import HttpRequest
@@ -37,6 +39,7 @@ from django.http.response import HttpResponseBase
 from django.urls import get_resolver, set_script_prefix
 
 from koboldcluster import holding, metrics, shutdown, wakeups
+from koboldcluster.middleware import INLINE_MIDDLEWARE
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "koboldcluster.settings")
 if not settings.configured:  # a web process (not a test or a command driving the app)
@@ -61,8 +64,10 @@ _SLASHES = re.compile(r"//+")
 
 # The waiting endpoints are API views: no sessions, CSRF, messages or pages. Only the
 # middleware they need, each able to run async, so that a waiting front-end request makes no
-# extra step onto the sync thread for Django's session, CSRF or security middleware.
+# extra step onto the sync thread for Django's session or CSRF middleware; Django's security,
+# common and frame middleware run inline (koboldcluster.middleware.INLINE_MIDDLEWARE).
 WAITING_MIDDLEWARE = [
+    *INLINE_MIDDLEWARE,  # Django's security, common and frame middleware, run inline
     "koboldcluster.metrics.LatencyMiddleware",
     "koboldcluster.middleware.ApiMiddleware",
     "koboldcluster.clients.ClientAddressMiddleware",
@@ -70,10 +75,14 @@ WAITING_MIDDLEWARE = [
 ]
 
 
-def _handler_with(keep: Callable[[str], bool], *, is_async: bool) -> BaseHandler:
-    """A request handler with the middleware of settings.MIDDLEWARE that `keep` keeps."""
+def _handler_with(
+    keep: Callable[[str], bool], *, is_async: bool, stand_ins: dict[str, str] | None = None
+) -> BaseHandler:
+    """A request handler with the middleware of settings.MIDDLEWARE that `keep` keeps, each
+    replaced by its stand-in if it has one."""
     handler, everything = BaseHandler(), settings.MIDDLEWARE
-    settings.MIDDLEWARE = [m for m in everything if keep(m)]  # read once, at start
+    stand_ins = stand_ins or {}
+    settings.MIDDLEWARE = [stand_ins.get(m, m) for m in everything if keep(m)]  # read at start
     try:
         handler.load_middleware(is_async=is_async)
     finally:
@@ -98,6 +107,24 @@ PAGE_MIDDLEWARE = frozenset(
 )
 
 
+class OversizedBody(io.BytesIO):
+    """What is kept of a body larger than DATA_UPLOAD_MAX_MEMORY_SIZE: nothing. Reading it
+    raises RequestDataTooBig, which every API view answers with its 413 (Django's own check
+    is in `request.body`, which neither DRF nor the direct lane reads)."""
+
+    def read(self, *args: Any) -> bytes:
+        raise RequestDataTooBig("Request body exceeded settings.DATA_UPLOAD_MAX_MEMORY_SIZE.")
+
+    readline = read
+
+
+def _declared_length(scope: dict[str, Any]) -> int:
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            return int(value) if value.isdigit() else 0
+    return 0
+
+
 class ClusterASGIHandler(ASGIHandler):
     def __init__(self) -> None:
         super().__init__()
@@ -114,7 +141,9 @@ class ClusterASGIHandler(ASGIHandler):
         self.lane = (
             direct if direct.is_enabled([m for m in settings.MIDDLEWARE if is_api(m)]) else None
         )
-        self.waiting_handler = _handler_with(WAITING_MIDDLEWARE.__contains__, is_async=True)
+        self.waiting_handler = _handler_with(
+            WAITING_MIDDLEWARE.__contains__, is_async=True, stand_ins=INLINE_MIDDLEWARE
+        )
         self.drain_installed = False
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -137,7 +166,7 @@ class ClusterASGIHandler(ASGIHandler):
             await super().handle(scope, receive, send)  # async views, disconnects watched
             return
         try:
-            body = await self.read_body(receive)
+            body = await self.read_body(receive, scope)
         except RequestAborted:
             return
         set_script_prefix(get_script_prefix(scope))
@@ -152,10 +181,38 @@ class ClusterASGIHandler(ASGIHandler):
         if response.streaming:  # a file: closed once sent (request_finished goes with it)
             await sync_to_async(response.close)()
 
+    async def read_body(self, receive: Any, scope: dict[str, Any] | None = None) -> Any:
+        """The body, as Django's handler reads it (spooled to disk past
+        FILE_UPLOAD_MAX_MEMORY_SIZE), but no more than DATA_UPLOAD_MAX_MEMORY_SIZE of it: a
+        larger one is not kept (an OversizedBody), and one declared larger is not read."""
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        if limit is not None and scope is not None and _declared_length(scope) > limit:
+            return OversizedBody()
+        body = tempfile.SpooledTemporaryFile(max_size=settings.FILE_UPLOAD_MAX_MEMORY_SIZE)  # noqa: SIM115 - closed by the caller
+        size, more = 0, True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                body.close()
+                raise RequestAborted()
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if limit is None or size <= limit:
+                body.write(chunk)
+            more = message.get("more_body", False)
+        if limit is not None and size > limit:
+            body.close()
+            return OversizedBody()
+        body.seek(0)
+        return body
+
     async def _direct(self, scope: dict[str, Any], path: str, body: Any, send: Any) -> bool:
-        """Answer a request of the direct lane, if it is one the lane takes."""
+        """Answer a request of the direct lane, if it is one the lane takes (an oversized
+        body goes Django's way, where the view answers 413 in its own shape)."""
         found = self.lane.find(scope["method"], path)
         if found is None or not settings.KOBOLDCLUSTER["DIRECT_LANE"]:
+            return False
+        if isinstance(body, OversizedBody):
             return False
         content = body.read()
         body.seek(0)

@@ -27,7 +27,8 @@ from koboldcluster.middleware import SyncAndAsyncMiddleware
 # IPv6 clients are counted by the block their provider gives one site.
 IPV6_BLOCK_PREFIX = 64
 
-_current_block: ContextVar[str | None] = ContextVar("client_block", default=None)
+# The digest of the current client's block, and whether that block is a public one.
+_current_block: ContextVar[tuple[str, bool] | None] = ContextVar("client_block", default=None)
 
 
 def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -54,7 +55,10 @@ def client_address(request: HttpRequest) -> str:
 
     Without trusted proxies the peer is the client, whatever headers it sends. The legacy
     `KOBOLDCLUSTER_NUM_PROXIES=N` (no address list) believes the N-th address from the end of
-    `X-Forwarded-For`, from any peer, as before.
+    `X-Forwarded-For`, but only from a peer on a private or loopback address (a proxy of this
+    machine or its network: a client on the internet reaching the cluster directly cannot pick
+    its address). A hop that is not an address is never an identity: the last address
+    believed counts instead.
     """
     peer = request.META.get("REMOTE_ADDR", "") or ""
     forwarded = [
@@ -63,17 +67,18 @@ def client_address(request: HttpRequest) -> str:
         if part.strip()
     ]
     proxies = settings.KOBOLDCLUSTER["TRUSTED_PROXIES"]
+    current = _address(peer)
     if not proxies:
         count = settings.REST_FRAMEWORK.get("NUM_PROXIES") or 0
-        if count and forwarded:
-            return forwarded[-min(count, len(forwarded))]
+        if count and forwarded and current is not None and not current.is_global:
+            hop = _address(forwarded[-min(count, len(forwarded))])
+            return str(hop) if hop is not None else peer
         return peer
-    current = _address(peer)
     while current is not None and _trusted(current, proxies) and forwarded:
-        hop = forwarded.pop()
-        current = _address(hop)
-        if current is None:  # garbage a client wrote into the header: stop believing it
-            return hop
+        hop = _address(forwarded.pop())
+        if hop is None:  # garbage written into the header: the proxy's word is all we have
+            return str(current)
+        current = hop
     return str(current) if current is not None else peer
 
 
@@ -94,7 +99,22 @@ def block_digest(block: str) -> str:
 
 def current_client() -> str | None:
     """The digest of the address block of the request being served (None outside one)."""
-    return _current_block.get()
+    current = _current_block.get()
+    return current[0] if current is not None else None
+
+
+def current_public_client() -> str | None:
+    """`current_client` when its block is a public (global) one: one household or server.
+    A private, loopback or unparseable one may be a whole LAN, or every client behind a
+    proxy the cluster was not told of (KOBOLDCLUSTER_TRUSTED_PROXIES): not one party."""
+    current = _current_block.get()
+    return current[0] if current is not None and current[1] else None
+
+
+@lru_cache(maxsize=4096)
+def _is_public(block: str) -> bool:
+    address = _address(block.split("/")[0])
+    return address is not None and address.is_global
 
 
 def request_client(request: HttpRequest) -> str:
@@ -102,12 +122,13 @@ def request_client(request: HttpRequest) -> str:
     return block_digest(address_block(client_address(request)))
 
 
-def remember(request: HttpRequest) -> Token[str | None]:
+def remember(request: HttpRequest) -> Token[tuple[str, bool] | None]:
     """Make `request`'s client the current one (`current_client`) until `forget`."""
-    return _current_block.set(request_client(request))
+    block = address_block(client_address(request))
+    return _current_block.set((block_digest(block), _is_public(block)))
 
 
-def forget(token: Token[str | None]) -> None:
+def forget(token: Token[tuple[str, bool] | None]) -> None:
     _current_block.reset(token)
 
 

@@ -206,7 +206,7 @@ def _json_object(body: bytes, scope: dict[str, Any]) -> dict[str, Any] | None:
     try:
         # UTF-8, as DRF decodes it (json.loads would guess UTF-16 and UTF-32 from bytes).
         data = json.loads(body.decode("utf-8"), parse_constant=_refuse)
-    except ValueError:
+    except (ValueError, RecursionError):  # Django's way answers both with a 400
         return None
     if not isinstance(data, dict) or json_depth_exceeds(data):
         return None

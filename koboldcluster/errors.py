@@ -53,6 +53,11 @@ class NotFound(ApiError):
     default_rc = "NotFound"
 
 
+class Conflict(ApiError):
+    status_code = 409
+    default_rc = "Conflict"
+
+
 class TooManyRequests(ApiError):
     status_code = 429
     default_rc = "TooManyRequests"

@@ -26,6 +26,11 @@ from prometheus_client import CollectorRegistry, Gauge, Histogram, multiprocess
 
 from koboldcluster.middleware import SyncAndAsyncMiddleware
 
+# In multiprocess mode every metric opens its file there as it is made: a folder named but not
+# made yet (a first `manage.py migrate` under ./run.sh's settings) is made, not a crash.
+if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
+
 # Seconds; a pop that long-polls may wait up to 30 s.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 

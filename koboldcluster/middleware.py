@@ -8,6 +8,10 @@ from typing import Any
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.http import HttpRequest, HttpResponse
+from django.http.response import HttpResponseBase
+from django.middleware.clickjacking import XFrameOptionsMiddleware
+from django.middleware.common import CommonMiddleware
+from django.middleware.security import SecurityMiddleware
 from whitenoise.middleware import WhiteNoiseMiddleware
 
 # The AI Horde's CORS headers (research §1.1): KoboldAI Lite calls the API from the browser.
@@ -114,3 +118,53 @@ class StaticFilesMiddleware(WhiteNoiseMiddleware):
         if static_file is not None:
             return await sync_to_async(self.serve)(static_file, request)
         return await self.get_response(request)
+
+
+class _Inline(SyncAndAsyncMiddleware):
+    """One of Django's header-and-check middleware (`wrapped`), run inline in either chain:
+    its process_request and process_response read no database and never wait, so an async
+    chain need not take the step onto the sync thread Django's adapter would make for it."""
+
+    wrapped: type
+
+    def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
+        super().__init__(get_response)
+        self.inner = self.wrapped(lambda request: None)  # only its process_* are called
+
+    def _before(self, request: HttpRequest) -> HttpResponseBase | None:
+        process = getattr(self.inner, "process_request", None)
+        return process(request) if process is not None else None
+
+    def _after(self, request: HttpRequest, response: HttpResponseBase) -> HttpResponseBase:
+        process = getattr(self.inner, "process_response", None)
+        return process(request, response) if process is not None else response
+
+    def __call__(self, request: HttpRequest) -> Any:
+        if self.is_async:
+            return self._acall(request)
+        response = self._before(request)
+        return self._after(request, response or self.get_response(request))
+
+    async def _acall(self, request: HttpRequest) -> HttpResponseBase:
+        response = self._before(request)
+        return self._after(request, response or await self.get_response(request))
+
+
+class InlineSecurityMiddleware(_Inline):
+    wrapped = SecurityMiddleware
+
+
+class InlineCommonMiddleware(_Inline):
+    wrapped = CommonMiddleware
+
+
+class InlineXFrameOptionsMiddleware(_Inline):
+    wrapped = XFrameOptionsMiddleware
+
+
+# Django's middleware of settings.MIDDLEWARE -> its inline stand-in (koboldcluster.asgi's
+# waiting paths: ALLOWED_HOSTS, HTTPS redirects, HSTS, `nosniff` there too).
+INLINE_MIDDLEWARE = {
+    f"{cls.wrapped.__module__}.{cls.wrapped.__name__}": f"{__name__}.{cls.__name__}"
+    for cls in (InlineSecurityMiddleware, InlineCommonMiddleware, InlineXFrameOptionsMiddleware)
+}

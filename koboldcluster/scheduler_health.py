@@ -39,9 +39,7 @@ def purge_on_time(now: datetime | None = None) -> SchedulerCheck:
     next_runs = Schedule.objects.filter(func=PURGE_FUNC).exclude(repeats=0)
     due = next_runs.order_by("next_run").values_list("next_run", flat=True).first()
     if due is None:
-        return SchedulerCheck(
-            True, "no purge schedule (manage.py ensure_schedules has not run): not checked"
-        )
+        return SchedulerCheck(True, "no purge schedule (manage.py migrate makes it): not checked")
     late = now - due
     if late > OVERDUE:
         minutes = int(late.total_seconds() // 60)

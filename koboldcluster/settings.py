@@ -406,6 +406,10 @@ KOBOLDCLUSTER = {
     "COUNTERS_FILE": os.environ.get("KOBOLDCLUSTER_COUNTERS_FILE")
     or str(VAR_DIR / "counters.sqlite3"),
     "RATE_LIMITS_ENABLED": env_bool("KOBOLDCLUSTER_RATE_LIMITS", True),
+    # Servers one account may have active at once (a new one beyond: 403), and pops one
+    # account may have held waiting in one web process (beyond: answered at once).
+    "MAX_SERVERS_PER_ACCOUNT": env_int("KOBOLDCLUSTER_MAX_SERVERS_PER_ACCOUNT", 50, minimum=1),
+    "HELD_POPS_PER_ACCOUNT": env_int("KOBOLDCLUSTER_HELD_POPS_PER_ACCOUNT", 64, minimum=0),
     # A token that /metrics then asks for as `Authorization: Bearer <token>`; empty: open.
     "METRICS_TOKEN": os.environ.get("KOBOLDCLUSTER_METRICS_TOKEN", ""),
     "RATE_LIMITS": {
@@ -424,6 +428,10 @@ KOBOLDCLUSTER = {
             # The AI Horde v2 read endpoints (workers, users, status/models, …).
             ("read", "ip"): "90/min",
             ("read", "account"): "off",
+            # The front-end faces' information (models, versions, limits), the status page
+            # and /metrics: what clients and dashboards poll, limited so none can flood.
+            ("info", "ip"): "300/min",
+            ("info", "account"): "off",
             ("transfer", "ip"): "60/min",
             ("transfer", "account"): "90/hour",
         }.items()

@@ -13,14 +13,20 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
+from functools import wraps
+from types import SimpleNamespace
 from typing import Any
 
 from django.conf import settings
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from rest_framework.throttling import BaseThrottle
 
 from koboldcluster import counters
 from koboldcluster.clients import current_client, request_client
-from koboldcluster.errors import TooManyRequests
+from koboldcluster.errors import TooManyRequests, error_body
+
+PlainView = Callable[..., HttpResponse]
 
 
 def rate_limit_hit(bucket: str, rate: tuple[int, int]) -> float | None:
@@ -79,6 +85,27 @@ class _WindowThrottle(BaseThrottle):
 
     def wait(self) -> float | None:
         return self.seconds_to_wait
+
+
+def throttled(scope: str) -> Callable[[PlainView], PlainView]:
+    """A plain Django view (a page, /metrics) counted against the `<scope>_ip` limit, as an API
+    view with that `throttle_scope` is: beyond it, 429 TooManyRequests with Retry-After."""
+
+    def decorate(view: PlainView) -> PlainView:
+        @wraps(view)
+        def limited(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+            throttle = AddressRateThrottle()
+            if throttle.allow_request(request, SimpleNamespace(throttle_scope=scope)):
+                return view(request, *args, **kwargs)
+            wait = max(1, math.ceil(throttle.wait() or 1))
+            message = f"Too many requests from your address: try again in {wait} seconds."
+            response = JsonResponse(error_body(message, "TooManyRequests"), status=429)
+            response["Retry-After"] = str(wait)
+            return response
+
+        return limited
+
+    return decorate
 
 
 class AddressRateThrottle(_WindowThrottle):

@@ -154,6 +154,7 @@ def server_check_in(
     if server is None:
         server = Server.objects.filter(name=check_in.name).first()
     if server is None:
+        _refuse_one_server_too_many(owner, now)
         try:
             with transaction.atomic():
                 created = Server.objects.create(
@@ -176,6 +177,20 @@ def server_check_in(
     for key, value in check_in.fields().items():
         setattr(server, key, value)
     return server
+
+
+def _refuse_one_server_too_many(owner: User, now: datetime) -> None:
+    """403 for a new server of an account that has MAX_SERVERS_PER_ACCOUNT active already:
+    every active server's models are walked by the model lists and the chat template
+    choice, so no account may add them without end (a new server is rare: one count)."""
+    cap = settings.KOBOLDCLUSTER["MAX_SERVERS_PER_ACCOUNT"]
+    if Server.objects.active(now).filter(owner=owner).count() >= cap:
+        raise Forbidden(
+            f"This account has {cap} active servers, the most one account may have: run "
+            "another under a name it used before, or wait until one has been idle for "
+            f"{settings.KOBOLDCLUSTER['SERVER_STALE_SECONDS']} seconds.",
+            rc="TooManyWorkers",
+        )
 
 
 def _record_check_in(server: Server, changed: dict, now: datetime) -> None:

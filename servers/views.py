@@ -47,6 +47,8 @@ def _server_body(server: Server) -> dict[str, Any]:
 
 
 class ServerListView(APIView):
+    throttle_scope = "read"
+
     @extend_schema(
         operation_id="servers",
         tags=ORIGINAL,
@@ -67,6 +69,8 @@ def server_or_404(server_id: str, *, rc: str) -> Server:
 
 
 class ServerDetailView(APIView):
+    throttle_scope = "read"
+
     @extend_schema(
         operation_id="server",
         tags=ORIGINAL,
@@ -78,6 +82,8 @@ class ServerDetailView(APIView):
 
 
 class ModelListView(APIView):
+    throttle_scope = "read"
+
     @extend_schema(
         operation_id="models",
         tags=ORIGINAL,

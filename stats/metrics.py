@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db.models import Min
@@ -26,6 +26,7 @@ from prometheus_client.registry import Collector
 from generations.models import Job, Prompt, PromptModel
 from generations.selectors import model_stats, queue_load
 from koboldcluster import metrics
+from koboldcluster.throttling import throttled
 from stats.selectors import StatsReader
 from stats.tally import total
 
@@ -84,11 +85,15 @@ def _model_gauges() -> Iterator:
         for row in rows:
             family.add_metric([row.name, "text"], getattr(row, field))
         yield family
-    yield _oldest_waiting()
+    yield _oldest_waiting({row.name for row in rows})
 
 
-def _oldest_waiting() -> GaugeMetricFamily:
-    """Seconds the oldest waiting request of each model has waited (`any`: no model named)."""
+def _oldest_waiting(served: set[str]) -> GaugeMetricFamily:
+    """Seconds the oldest waiting request of each model has waited (`any`: no model named).
+
+    Only the models active servers run are labels of their own; a request may name any text,
+    and such names would be series without end (and a client's words in Prometheus): their
+    requests count under `other`."""
     now = timezone.now()
     family = GaugeMetricFamily(
         "koboldcluster_queue_oldest_wait_seconds",
@@ -102,8 +107,12 @@ def _oldest_waiting() -> GaugeMetricFamily:
         .annotate(Min("prompt__created"))
         .order_by()
     )
+    oldest_of: dict[str, datetime] = {}
     for name, oldest in per_model:
-        family.add_metric([name], (now - oldest).total_seconds())
+        label = name if name in served else "other"
+        oldest_of[label] = min(oldest, oldest_of.get(label, oldest))
+    for label, oldest in sorted(oldest_of.items()):
+        family.add_metric([label], (now - oldest).total_seconds())
     oldest_any = queued.filter(any_model=True).aggregate(m=Min("created"))["m"]
     if oldest_any is not None:
         family.add_metric(["any"], (now - oldest_any).total_seconds())
@@ -157,6 +166,7 @@ def _authorized(request: HttpRequest) -> bool:
 
 
 @require_safe
+@throttled("info")
 def metrics_view(request: HttpRequest) -> HttpResponse:
     """The Prometheus text format; with KOBOLDCLUSTER_METRICS_TOKEN, only for its bearer."""
     if not _authorized(request):

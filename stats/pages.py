@@ -14,6 +14,7 @@ from django.template.loader import render_to_string
 from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_safe
 
+from koboldcluster.throttling import throttled
 from stats import charts
 from stats.status import ClusterStatus, cluster_status
 
@@ -61,8 +62,9 @@ def _context(request: HttpRequest, status: ClusterStatus) -> dict:
 
 
 def _live_html(request: HttpRequest) -> str:
-    """The page's changing part, rendered at most once per LIVE_CACHE_SECONDS (per refresh)."""
-    key = f"stats:live:{_refresh_seconds(request)}"
+    """The page's changing part, rendered at most once per LIVE_CACHE_SECONDS, whatever the
+    query (`?refresh=N` changes the page around it, not this part)."""
+    key = "stats:live"
     html = cache.get(key)
     if html is None:
         html = render_to_string("stats/live.html", _context(request, cluster_status()), request)
@@ -71,6 +73,7 @@ def _live_html(request: HttpRequest) -> str:
 
 
 @require_safe
+@throttled("info")
 def status_page(request: HttpRequest) -> HttpResponse:
     """The whole page; its script then swaps in `/status/live` every REFRESH_SECONDS."""
     context = {"live": mark_safe(_live_html(request)), **_refresh(request)}  # noqa: S308
@@ -78,6 +81,7 @@ def status_page(request: HttpRequest) -> HttpResponse:
 
 
 @require_safe
+@throttled("info")
 def status_live(request: HttpRequest) -> HttpResponse:
     """The page's changing part alone, for the page's script to swap in without a reload."""
     response = HttpResponse(_live_html(request))
@@ -92,6 +96,7 @@ def _readme_html() -> str:
 
 
 @require_safe
+@throttled("info")
 def readme(request: HttpRequest) -> HttpResponse:
     """The project's README, so that links to its sections work from any cluster."""
     return render(request, "stats/readme.html", {"body": mark_safe(_readme_html())})  # noqa: S308

@@ -215,3 +215,19 @@ def test_a_wrong_password_flood_does_not_slow_other_requests(cluster):
     assert set(answers) <= {"InvalidCredentials", "TooManyPasswordAttempts", "TooManyRequests"}
     assert hashed <= 2 + FLOOD_SECONDS  # about one hash per lockout
     assert median < 0.2
+
+
+def test_a_password_in_use_stays_remembered_so_guesses_never_lock_its_server_out(
+    api, bob, hashes, time_machine, settings
+):
+    """Issue 23, point 4: the server pops every second; someone guesses every few seconds.
+    The server's password, remembered for PASSWORD_CACHE_SECONDS after its check, is
+    remembered anew while in use: it is never hashed again, so never refused for a guess."""
+    remember = settings.KOBOLDCLUSTER["PASSWORD_CACHE_SECONDS"]
+    time_machine.move_to(timezone.now(), tick=False)
+    assert pop_as(api, "s3rver-pass").status_code == 200
+    for minute in range(1, 4 * remember // 60):
+        time_machine.shift(60)
+        pop_as(api, f"guess-{minute}", address=f"10.6.{minute}.6")
+        assert pop_as(api, "s3rver-pass").status_code == 200, minute
+    assert hashes.count("s3rver-pass") == 1

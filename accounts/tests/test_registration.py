@@ -6,8 +6,10 @@ from io import StringIO
 import pytest
 from django.core.management import CommandError, call_command
 from django.db import connection
+from django.utils import timezone
 
 from accounts.models import ApiKey, User
+from generations.models import Prompt
 
 pytestmark = pytest.mark.django_db
 
@@ -69,6 +71,7 @@ def test_names_with_credentials_cannot_be_registered(api, bob, name):
 
 def test_an_unclaimed_name_is_claimed_by_registering_it(api, alice, submit_prompt):
     submit_prompt(username="alice")
+    Prompt.objects.update(expires_at=timezone.now())  # a claim waits for its prompts to end
 
     response = api.post("/api/v2/register", {"username": "alice"}, format="json")
 

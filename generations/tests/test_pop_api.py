@@ -4,6 +4,7 @@ import uuid
 
 import pytest
 from django.db import connection
+from django.utils import timezone
 
 from accounts.models import User
 from generations.models import Job, Prompt
@@ -122,6 +123,7 @@ def test_first_pop_creates_the_account_with_a_hashed_password(pop):
 
 def test_a_server_claims_an_unclaimed_name(pop, submit_prompt):
     submit_prompt(username="dave")
+    Prompt.objects.update(expires_at=timezone.now())  # a claim waits for its prompts to end
 
     assert pop(username="dave", password="daves-pw", name="dave-1").status_code == 200
     assert User.objects.get(username="dave").kind == User.Kind.REGISTERED

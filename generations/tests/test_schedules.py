@@ -31,7 +31,16 @@ def ensure_schedules() -> str:
     return out.getvalue().strip()
 
 
+def test_migrate_registers_the_schedules():
+    """Issue 23, point 9: `migrate`, `runserver`, `qcluster` (the Django way) purge too."""
+    Schedule.objects.all().delete()
+    call_command("migrate", verbosity=0)
+    assert {s.name: s.func for s in Schedule.objects.all()} == OURS
+    assert ensure_schedules() == "4 schedules in place: 0 created, 0 updated, 0 removed"
+
+
 def test_creates_the_schedules_every_minute():
+    Schedule.objects.all().delete()  # as before a first migrate
     assert ensure_schedules() == "4 schedules in place: 4 created, 0 updated, 0 removed"
 
     schedules = Schedule.objects.order_by("name")

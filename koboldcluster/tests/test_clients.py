@@ -117,3 +117,18 @@ def test_two_processes_without_redis_share_each_limit(transactional_db):
         second.stop()
 
     assert statuses == [200] * 5 + [429] * 5
+
+
+def test_garbage_in_the_header_is_never_an_identity(proxies):
+    """Issue 23, point 8: each made-up hop was a client of its own (no rate limit held)."""
+    proxies("10.0.0.0/8")
+    assert address("10.0.0.2", "not-an-address, 10.0.0.9") == "10.0.0.9"
+    assert address("10.0.0.2", "x-1") == address("10.0.0.2", "x-2") == "10.0.0.2"
+
+
+def test_num_proxies_believes_only_a_proxy_of_this_network(settings):
+    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "NUM_PROXIES": 1}
+    assert address("127.0.0.1", "81.2.69.142") == "81.2.69.142"  # nginx on this machine
+    assert address("10.1.2.3", "81.2.69.142") == "81.2.69.142"  # a proxy of the network
+    assert address("93.184.216.34", "81.2.69.142") == "93.184.216.34"  # a client, directly
+    assert address("127.0.0.1", "made-up") == "127.0.0.1"

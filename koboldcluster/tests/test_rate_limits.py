@@ -1,5 +1,6 @@
 """Rate limits per address and per account: 429 with an rc and Retry-After, or off."""
 
+import ipaddress
 import uuid
 from datetime import timedelta
 
@@ -221,7 +222,7 @@ def test_processes_sharing_redis_share_the_count(transactional_db):
     }
     # An address of its own (as a proxy would forward it), so that no other test run on this
     # machine adds to its count in Redis.
-    headers = {"X-Forwarded-For": f"test-{uuid.uuid4()}"}
+    headers = {"X-Forwarded-For": str(ipaddress.IPv6Address(uuid.uuid4().int))}
     with started(ClusterProcess(env), ClusterProcess(env)) as (first, second):
         statuses = [
             requests.post(
