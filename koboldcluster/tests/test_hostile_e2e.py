@@ -25,7 +25,11 @@ WAITING = ("/v1/completions", "/v1/chat/completions", "/api/v1/generate")
 
 @pytest.fixture
 def cluster_env() -> dict[str, str]:
-    return {"KOBOLDCLUSTER_FRONTEND_WAIT_SECONDS": "0.5", "KOBOLDCLUSTER_POP_WAIT_MAX_SECONDS": "1"}
+    return {
+        "KOBOLDCLUSTER_FRONTEND_WAIT_SECONDS": "0.5",
+        "KOBOLDCLUSTER_FRONTEND_GRACE_SECONDS": "0.2",
+        "KOBOLDCLUSTER_POP_WAIT_MAX_SECONDS": "1",
+    }
 
 
 def send(session: requests.Session, url: str, method: str, path: str, body, key: str):
