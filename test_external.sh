@@ -60,7 +60,7 @@ check_sillytavern() {
         missing+=("SillyTavern: $sillytavern has no server.js and package.json of SillyTavern; $fetch")
     elif ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
         missing+=("SillyTavern: node and npm are not installed (SillyTavern needs Node.js 18 or newer: sudo apt install nodejs npm)")
-    elif ! node -e 'process.exit(+process.versions.node.split(".")[0] < 18)'; then
+    elif ! node -e 'process.exit(Number(process.versions.node.split(".")[0]) < 18 ? 1 : 0)'; then
         missing+=("SillyTavern: needs Node.js 18 or newer, this is $(node --version)")
     else
         echo "== SillyTavern's npm dependencies (npm install in $sillytavern, as its start.sh does)"
@@ -111,10 +111,10 @@ if [ -z "${KOBOLDAI_LITE_DIR:-}${SILLYTAVERN_DIR:-}${KOBOLDCPP_DIR:-}" ]; then
     exit 2
 fi
 
-# The browsers and outside servers are heavy: two pytest workers per database at most.
+# Browsers and outside servers are heavy: one test at a time unless PYTEST_WORKERS says more.
 run_pytest() {
     local code=0
-    .venv/bin/pytest -m external -n "${PYTEST_WORKERS:-1}" "$@" || code=$?
+    .venv/bin/pytest -m external -n "${PYTEST_WORKERS:-0}" "$@" || code=$?
     if [ "$code" -eq 5 ]; then
         echo "pytest selected no tests." >&2
         return 5
@@ -124,6 +124,9 @@ run_pytest() {
 
 db="koboldcluster_ext_$(pwd | sha256sum | cut -c1-8)"
 postgres_url="${TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/$db}"
+
+# Ctrl-C stops the run (pytest stops its browsers and servers first), not just one database's.
+trap 'echo "== interrupted" >&2; exit 130' INT TERM
 
 # One database after the other: each run starts browsers and Node servers, too much at once
 # for a small machine.
