@@ -59,8 +59,13 @@ def empty_cache() -> None:
 
 @pytest.fixture(autouse=True)
 def no_rate_limits(settings: Any) -> None:
-    """Rate limits are off in tests; the `rate_limits` fixture turns them on."""
-    settings.KOBOLDCLUSTER = {**settings.KOBOLDCLUSTER, "RATE_LIMITS_ENABLED": False}
+    """Rate limits are off in tests; the `rate_limits` fixture turns them on. A front-end
+    request that no server could serve waits a short grace (tests of it set their own)."""
+    settings.KOBOLDCLUSTER = {
+        **settings.KOBOLDCLUSTER,
+        "RATE_LIMITS_ENABLED": False,
+        "FRONTEND_GRACE_SECONDS": 0.3,
+    }
 
 
 @pytest.fixture

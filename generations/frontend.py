@@ -16,16 +16,18 @@ from datetime import datetime
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.core.cache import cache
 from django.utils import timezone
 
 from accounts.models import User
 from generations.chat import family
 from generations.intake import GenerationRequest, prompt_create
+from generations.limits import prompt_client
+from generations.models import Prompt
 from generations.progress_store import progress_text
 from generations.status import PromptStatus, able_servers, prompt_cancel, prompt_status
 from generations.waiting import prompt_wait_done
 from koboldcluster.errors import ApiError, NotFound
+from koboldcluster.shutdown import ServerStopping
 from servers.models import Server
 
 logger = logging.getLogger(__name__)
@@ -90,21 +92,23 @@ def models_for(requested: str, served: list[ServedModel]) -> list[str]:
     return [name for name in names if family(name) == wanted] or [requested]
 
 
-async def generate(*, user: User, request: GenerationRequest, genkey: str = "") -> PromptStatus:
+async def generate(*, user: User, request: GenerationRequest) -> PromptStatus:
     """Queue `request` and wait for it to be done; the status with its generations.
 
     Waiting longer than the configured time cancels the prompt and raises a clear error; a
     caller that goes away (the view task cancelled) cancels it too.
     """
     prompt = await sync_to_async(prompt_create)(user=user, request=request)
-    if genkey:
-        await sync_to_async(genkey_remember)(user=user, genkey=genkey, prompt_id=prompt.id)
     timeout = wait_seconds()
     try:
         status = await prompt_wait_done(prompt.id, timeout)
     except asyncio.CancelledError:
         await sync_to_async(cancel_gone)(prompt.id)
         logger.info("prompt %s cancelled: the caller went away", prompt.id)
+        raise
+    except ServerStopping:
+        await sync_to_async(cancel_gone)(prompt.id)
+        logger.info("prompt %s cancelled: this web server is stopping", prompt.id)
         raise
     if status is None:
         raise await sync_to_async(give_up)(prompt.id, timeout)
@@ -123,7 +127,10 @@ def cancel_gone(prompt_id: object) -> None:
 
 
 def give_up(prompt_id: object, timeout: float) -> WaitedTooLong:
-    """Cancel a prompt that waited too long; the error that says why it was not served."""
+    """Cancel a prompt that waited too long; the error that says why it was not served:
+    no server able to serve it any more, or the queue, with the prompt's place in it and
+    the wait the measured server speeds predicted."""
+    before = prompt_status(prompt_id=prompt_id, outlook=True)
     status = prompt_cancel(prompt_id=prompt_id)
     if not able_servers(prompt=status.prompt):
         models = ", ".join(status.prompt.models) or "any model"
@@ -134,32 +141,36 @@ def give_up(prompt_id: object, timeout: float) -> WaitedTooLong:
             "See /v1/models or /api/v2/status/models for what is served now.",
             rc="NoServerAvailable",
         )
+    outlook = before.outlook
+    place = ""
+    if outlook is not None and outlook.queue_position:
+        place = (
+            f" It was number {outlook.queue_position} in the queue, with about "
+            f"{outlook.wait_time} s still to wait at the servers' measured speeds."
+        )
     return WaitedTooLong(
         f"The request was not served within {timeout:g} s (the queue is long); it was "
-        "cancelled. Try again later, or ask for fewer tokens.",
+        f"cancelled.{place} Try again later, or ask for fewer tokens.",
     )
 
 
-# KoboldCpp's abort names a generation by the `genkey` its generate request carried.
-GENKEY_PREFIX = "frontend-genkey"
-
-
-def _genkey_cache_key(user: User, genkey: str) -> str:
-    return f"{GENKEY_PREFIX}:{user.pk}:{genkey}"
-
-
-def genkey_remember(*, user: User, genkey: str, prompt_id: object) -> None:
-    expiry = settings.KOBOLDCLUSTER["PROMPT_EXPIRY_SECONDS"] + wait_seconds()
-    cache.set(_genkey_cache_key(user, genkey), str(prompt_id), timeout=expiry)
+def _genkey_prompt(user: User, genkey: str) -> object | None:
+    """The caller's latest live prompt sent with `genkey`: the same account, and without
+    credentials also the same client address (generations/limits.py's `prompt_client`), so
+    that anonymous callers never reach each other's generations by guessing a key."""
+    return (
+        Prompt.objects.live()
+        .filter(user=user, genkey=genkey, client=prompt_client(user))
+        .order_by("-created")
+        .values_list("id", flat=True)
+        .first()
+    )
 
 
 def genkey_abort(*, user: User, genkey: str) -> bool:
     """Cancel the caller's generation that was sent with `genkey`; whether there was one.
-
-    Scoped to the caller's account (for anonymous callers, the shared anonymous account:
-    use a genkey hard to guess). Jobs in flight still finish and are paid, as for any cancel.
-    """
-    prompt_id = cache.get(_genkey_cache_key(user, genkey))
+    Jobs in flight still finish and are paid, as for any cancel."""
+    prompt_id = _genkey_prompt(user, genkey)
     if prompt_id is None:
         return False
     try:
@@ -172,7 +183,7 @@ def genkey_abort(*, user: User, genkey: str) -> bool:
 def genkey_text_so_far(*, user: User, genkey: str) -> str:
     """The text so far of the caller's generation sent with `genkey` (KoboldCpp's check):
     its server's latest progress, the stored generation once done, else ""."""
-    prompt_id = cache.get(_genkey_cache_key(user, genkey))
+    prompt_id = _genkey_prompt(user, genkey)
     if prompt_id is None:
         return ""
     progress = progress_text(prompt_id)

@@ -65,6 +65,9 @@ class GenerationRequest:
     servers_excluded: bool = False  # server_ids is a deny list rather than an allow list
     nsfw: bool = True
     batching: bool = True  # a server asking for several jobs at once may get several of these
+    # The client named no context: each job gets its server's whole context (Job.payload).
+    whole_context: bool = False
+    genkey: str = ""  # KoboldCpp's name for the generation, for check and abort
 
     def tokens_at_most(self) -> int:
         """The most tokens the request can cost: every generation at its full max_length."""
@@ -122,6 +125,8 @@ def prompt_create(*, user: User, request: GenerationRequest, now: datetime | Non
         workers=listed if server_ids else Prompt.Workers.ANY,
         nsfw=request.nsfw,
         batching=request.batching,
+        whole_context=request.whole_context,
+        genkey=request.genkey,
         created=now,
         last_activity=now,
         expires_at=now + prompt_lifetime(),
@@ -180,7 +185,8 @@ def _known_servers(server_ids: list[object]) -> list[object]:
 _PROMPT_COLUMNS = (
     "id, user_id, text, params, any_model, n, waiting, max_length, max_context_length, state, "
     "faulted_jobs, client_agent, softprompt, trusted_workers, slow_workers, workers, nsfw, "
-    "batching, created, last_activity, expires_at, models, client, sort_key"
+    "batching, created, last_activity, expires_at, models, client, whole_context, genkey, "
+    "sort_key"
 )
 _WAITING_OF_USER = (
     "SELECT COALESCE(SUM(q.waiting), 0) FROM generations_prompt q WHERE q.user_id = %s "
@@ -203,9 +209,10 @@ def _insert_within_limit(prompt: Prompt, user: User, now: datetime, *, lock: boo
         prompt.softprompt, prompt.trusted_workers, prompt.slow_workers, prompt.workers,
         prompt.nsfw, prompt.batching, dt_param(now), dt_param(now),
         dt_param(prompt.expires_at), json_param(prompt.models), prompt.client,
+        prompt.whole_context, prompt.genkey,
     ]  # fmt: skip
     json = json_cast()
-    row = ", ".join(["%s"] * 3 + [json] + ["%s"] * 17 + [json, "%s"])
+    row = ", ".join(["%s"] * 3 + [json] + ["%s"] * 17 + [json] + ["%s"] * 3)
     insert = (
         f"INSERT INTO generations_prompt ({_PROMPT_COLUMNS}) SELECT {row}, {key_sql} "
         f"WHERE ({_WAITING_OF_USER}) + %s <= %s"

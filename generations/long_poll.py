@@ -26,7 +26,7 @@ from rest_framework.response import Response
 
 from generations.models import Prompt
 from generations.queue import PopResult
-from koboldcluster import metrics, wakeups
+from koboldcluster import metrics, shutdown, wakeups
 from koboldcluster.fields import StrictFloatField
 
 WAIT_MAX = 30
@@ -107,7 +107,7 @@ async def _hold(
         while not attempt.taken and loop.time() < deadline:
             if not wake.pending:  # a wake-up during the try may mean it missed the news
                 wake.done(pass_on=attempt.others_may_serve)
-            if not await wake.wait(deadline - loop.time()):
+            if not await wake.wait(deadline - loop.time()) or shutdown.is_stopping():
                 break  # time is up and nothing changed since the last try: its answer holds
             attempt = await sync_to_async(_try_and_release)(retry.attempt)
     finally:

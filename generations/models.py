@@ -64,6 +64,12 @@ class Prompt(models.Model):
     created = models.DateTimeField(default=timezone.now)
     last_activity = models.DateTimeField(default=timezone.now)
     expires_at = models.DateTimeField()
+    # The client named no context (the OpenAI faces): each job gets its server's whole
+    # context, and max_context_length is only the estimate that matches servers.
+    whole_context = models.BooleanField(default=False, db_default=False)
+    # KoboldCpp's name for a generation (`genkey`), scoped to its caller: the user, and for
+    # callers without credentials also `client` (generations/frontend.py).
+    genkey = models.CharField(max_length=100, blank=True, default="", db_default="")
     # Last: from here on `models` in this class body is the field, not django.db.models.
     models = models.JSONField(default=list, blank=True, help_text="Acceptable models; [] = any.")
 
@@ -90,6 +96,8 @@ class Prompt(models.Model):
                 condition=Q(waiting__gt=0, state="live") & ~Q(client=""),
                 name="prompt_client_queue",
             ),
+            # KoboldCpp's check and abort find a caller's generation by its genkey.
+            models.Index(fields=["user", "genkey"], condition=~Q(genkey=""), name="prompt_genkey"),
         ]
 
     def __str__(self) -> str:
@@ -177,14 +185,21 @@ class Job(models.Model):
         return int((self.deadline - self.started).total_seconds())
 
     def payload(self) -> dict:
-        """What the server posts to KoboldAI's /api/latest/generate for this job."""
+        """What the server posts to KoboldAI's /api/latest/generate for this job.
+
+        A prompt that named no context gets the server's whole context: the cluster's estimate
+        of its size only chose the server, and a backend cuts a prompt to the context it is
+        sent (a dense prompt estimated short would lose most of its text)."""
         prompt = self.prompt
+        context = prompt.max_context_length
+        if prompt.whole_context:
+            context = max(context, self.server.max_context_length)
         return {
             "prompt": prompt.text,
             **prompt.params,
             "n": 1,
             "max_length": prompt.max_length,
-            "max_context_length": prompt.max_context_length,
+            "max_context_length": context,
         }
 
 

@@ -23,7 +23,13 @@ ERROR_TYPES = {
     404: "invalid_request_error",
     429: "rate_limit_error",
 }
-ERROR_CODES = {"InvalidAPIKey": "invalid_api_key", "ValidationError": "invalid_value"}
+ERROR_CODES = {
+    "InvalidAPIKey": "invalid_api_key",
+    "ValidationError": "invalid_value",
+    "ModelNotFound": "model_not_found",
+}
+# The request field an error is about, by its code, where the error does not say.
+ERROR_PARAMS = {"ModelNotFound": "model"}
 # The KoboldAI names a validation error may carry, in the request's own words.
 PARAM_NAMES = {
     "max_length": "max_tokens",
@@ -58,6 +64,7 @@ def openai_exception_handler(exc: Exception, context: dict[str, Any]) -> Respons
         param = next(iter(data["errors"]))
         param = PARAM_NAMES.get(param, param)
     rc = data.get("rc", "error")
+    param = param or ERROR_PARAMS.get(rc)
     response.data = openai_error(
         data.get("message", ""), response.status_code, code=ERROR_CODES.get(rc, rc), param=param
     )
@@ -83,9 +90,11 @@ def finish_reason(job: Job, stopped: bool, max_tokens: int) -> str:
 
 
 def usage(prompt: str, status: PromptStatus) -> dict[str, int]:
-    """Estimated by the cluster's token rule: the prompt by a quarter of its characters, the
-    completions by the tokens the ledger charged for them."""
-    prompt_tokens = estimate_tokens(prompt)
+    """The prompt as the serving backend counted it (after cutting what did not fit its
+    context), where its bridge reported that, else by the cluster's token rule (a quarter of
+    its characters); the completions by the tokens the ledger charged for them."""
+    counted = [job.prompt_tokens for job in status.generations if job.prompt_tokens is not None]
+    prompt_tokens = counted[0] if counted else estimate_tokens(prompt)
     completion_tokens = status.tokens
     return {
         "prompt_tokens": prompt_tokens,

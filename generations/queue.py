@@ -168,7 +168,7 @@ def _remember_idle(key: tuple, skipped: dict[str, int]) -> _IdleAnswer:
 
 _CLAIM_RETURNS = (
     "id, user_id, text, params, max_length, max_context_length, any_model, models, "
-    "softprompt, batching, waiting"
+    "softprompt, batching, waiting, whole_context"
 )
 
 
@@ -281,6 +281,7 @@ def _claimed_prompt(row: tuple | list) -> Prompt:
         softprompt=row[8],
         batching=bool(row[9]),
         waiting=row[10],
+        whole_context=bool(row[11]),
     )
 
 

@@ -20,6 +20,8 @@ from generations.streaming import Deltas, follow
 from koboldcluster.errors import ApiError
 
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+# An SSE comment: clients ignore it; it keeps proxies from closing a quiet stream.
+KEEPALIVE_COMMENT = b": keep-alive\n\n"
 
 
 def event_stream(events: AsyncIterator[bytes], headers: dict[str, str] | None = None):
@@ -69,6 +71,9 @@ async def openai_chunks(
         yield _data({**head, "choices": [_role_choice()]})
     try:
         async for update in follow(prompt_id):
+            if update.keepalive:
+                yield KEEPALIVE_COMMENT
+                continue
             piece = deltas.delta(update.text, final=update.status is not None)
             if update.status is None:
                 if piece:
@@ -106,6 +111,9 @@ async def kobold_tokens(*, prompt_id: Any) -> AsyncIterator[bytes]:
     deltas = Deltas()
     try:
         async for update in follow(prompt_id):
+            if update.keepalive:
+                yield KEEPALIVE_COMMENT
+                continue
             piece = deltas.delta(update.text, final=update.status is not None)
             if piece:
                 yield _kobold_event({"token": piece})

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -102,7 +103,7 @@ _PROMPT_COLUMNS = (
 )
 _JOB_COLUMNS = (
     "j.id, j.state, j.text, j.tokens, j.model, j.seed, j.censored, j.gen_metadata, "
-    "j.server_id, j.started, j.deadline, s.name, s.speed"
+    "j.server_id, j.started, j.deadline, s.name, s.speed, j.prompt_tokens, j.prompt_trimmed"
 )
 # The queue up to and including the prompt (when it still waits), as one bounded read. The
 # prompt's key is a scalar subquery, so that both databases bound the walk of the queue index
@@ -182,13 +183,15 @@ def _status_from_rows(rows: list[tuple], *, outlook: bool) -> PromptStatus:
             server_id=as_uuid(row[22]),
             started=aware(row[23]),
             deadline=aware(row[24]),
+            prompt_tokens=row[27],
+            prompt_trimmed=row[28],
         )
         status.jobs.append(job)
         if job.server_id is not None:
             status.server_names[job.server_id] = row[25]
             status.server_speeds[job.server_id] = row[26]
     if outlook:
-        status.ahead = (first[27] or 0, int(first[28] or 0), int(first[29] or 0))
+        status.ahead = (first[29] or 0, int(first[30] or 0), int(first[31] or 0))
     return status
 
 
@@ -292,28 +295,35 @@ _snapshot: _Snapshot | None = None
 SNAPSHOT_SECONDS = 2.0
 
 
-def active_servers(now: datetime | None = None) -> list[ActiveServer]:
+def active_servers(now: datetime | None = None, *, fresh: bool = False) -> list[ActiveServer]:
     """The active servers' profiles: read again every SNAPSHOT_SECONDS, or at once after this
-    process checked in or changed a server. Estimates only (is_possible, wait_time)."""
+    process checked in or changed a server, or when asked `fresh`. Estimates only
+    (is_possible, wait_time, fitting front-end requests)."""
     global _snapshot
     if (
-        _snapshot is not None
+        not fresh
+        and _snapshot is not None
         and _snapshot.epoch == servers_epoch()
         and _snapshot.until > time.monotonic()
     ):
         return _snapshot.servers
     epoch = servers_epoch()
-    servers = [
+    servers = server_profiles(Server.objects.active(now).select_related("owner"))
+    _snapshot = _Snapshot(epoch, time.monotonic() + SNAPSHOT_SECONDS, servers)
+    return servers
+
+
+def server_profiles(servers: Iterable[Server]) -> list[ActiveServer]:
+    """`servers` (with their owners loaded) as the matching rules see them."""
+    return [
         ActiveServer(
             profile=ServerProfile.of(server),
             owner_only=server.maintenance or server.paused,
             threads=server.threads,
             speed=server.speed,
         )
-        for server in Server.objects.active(now).select_related("owner")
+        for server in servers
     ]
-    _snapshot = _Snapshot(epoch, time.monotonic() + SNAPSHOT_SECONDS, servers)
-    return servers
 
 
 def able_servers(*, prompt: Prompt, now: datetime | None = None) -> list[ActiveServer]:

@@ -17,20 +17,15 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 from asgiref.sync import sync_to_async
+from django.conf import settings
 
 from accounts.models import User
-from generations.frontend import (
-    RequestFaulted,
-    cancel_gone,
-    genkey_remember,
-    give_up,
-    wait_seconds,
-)
+from generations.frontend import RequestFaulted, cancel_gone, give_up, wait_seconds
 from generations.intake import GenerationRequest, prompt_create
 from generations.openai_shapes import cut_at_stop
 from generations.progress_store import progress_text
 from generations.status import PromptStatus, prompt_status
-from koboldcluster import metrics, wakeups
+from koboldcluster import metrics, shutdown, wakeups
 
 logger = logging.getLogger(__name__)
 
@@ -40,18 +35,26 @@ RECHECK_SECONDS = 5.0
 
 @dataclass(frozen=True)
 class Update:
-    """The text so far; `status` is set on the last update, once the prompt is done."""
+    """The text so far; `status` is set on the last update, once the prompt is done. A
+    `keepalive` update brings nothing new: the stream sends a comment, so that proxies that
+    cut idle connections keep it open while it waits (queued, or a slow server)."""
 
     text: str
     status: PromptStatus | None = None
+    keepalive: bool = False
 
 
-async def start(*, user: User, request: GenerationRequest, genkey: str = "") -> object:
+KEEPALIVE = Update("", keepalive=True)
+
+
+async def start(*, user: User, request: GenerationRequest) -> object:
     """Queue a prompt to stream; its id. Errors (limits, validation) come before any byte."""
     prompt = await sync_to_async(prompt_create)(user=user, request=request)
-    if genkey:
-        await sync_to_async(genkey_remember)(user=user, genkey=genkey, prompt_id=prompt.id)
     return prompt.id
+
+
+def keepalive_seconds() -> float:
+    return float(settings.KOBOLDCLUSTER["STREAM_KEEPALIVE_SECONDS"])
 
 
 async def follow(prompt_id: object) -> AsyncIterator[Update]:
@@ -80,14 +83,14 @@ async def _updates(prompt_id: object, timeout: float) -> AsyncIterator[Update]:
     deadline = loop.time() + timeout
     read_progress = sync_to_async(progress_text, thread_sensitive=False)
     last_text: str | None = None
-    last_check = loop.time()
+    last_check = last_sent = loop.time()
     async with wakeups.listening(wakeups.topic_for_prompt(prompt_id)) as wake:
         while True:
             # The text so far first: it is what most wake-ups bring, and cheap to read.
             entry = await read_progress(prompt_id)
             text = entry[1] if entry else None
             if text is not None and text != last_text:
-                last_text = text
+                last_text, last_sent = text, loop.time()
                 yield Update(text)
                 check_status = loop.time() - last_check > RECHECK_SECONDS
             else:  # no new text: maybe the submit (which removes it) woke us
@@ -101,7 +104,13 @@ async def _updates(prompt_id: object, timeout: float) -> AsyncIterator[Update]:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 raise await sync_to_async(give_up)(prompt_id, timeout)
-            await wake.wait(min(RECHECK_SECONDS, remaining))
+            if loop.time() - last_sent >= keepalive_seconds():
+                last_sent = loop.time()
+                yield KEEPALIVE
+            quiet = last_sent + keepalive_seconds() - loop.time()
+            await wake.wait(max(min(RECHECK_SECONDS, remaining, quiet), 0))
+            if shutdown.is_stopping():
+                raise shutdown.ServerStopping()
 
 
 def _final(status: PromptStatus) -> Update:

@@ -26,6 +26,7 @@ from accounts.authentication import BearerApiKeyAuthentication, api_user
 from accounts.identity import anonymous_user
 from accounts.models import User
 from generations.chat import estimate_tokens
+from generations.fitting import LIMITS_HEADER, Fit, fitted
 from generations.frontend import generate, genkey_abort, genkey_text_so_far, served_models
 from generations.intake import GenerationRequest
 from generations.serializers import GenerationParamsSerializer, PromptTextField, split_params
@@ -202,17 +203,21 @@ class GenerateView(AsyncAPIView):
             401: error("InvalidAPIKey"),
             429: error("TooManyPrompts, TooManyRequests"),
             502: error("RequestFaulted: the servers failed it 3 times."),
+            503: error("NoServerAvailable: no server online (after a short grace)."),
             504: error("NoServerAvailable, Timeout: not served in time; cancelled."),
         },
     )
     async def post(self, request: Request) -> Response:
-        user, generation, genkey = await self.parse(request)
-        status = await generate(user=user, request=generation, genkey=genkey)
+        user, generation, fit = await self.parse(request)
+        status = await generate(user=user, request=generation)
         texts = [job.text for job in status.generations] or [""]
-        return Response({"results": [{"text": text} for text in texts]})
+        return Response(
+            {"results": [{"text": text} for text in texts]}, headers={LIMITS_HEADER: fit.header()}
+        )
 
-    async def parse(self, request: Request) -> tuple[User, GenerationRequest, str]:
-        """The caller, the queue request of a KoboldAI generate body, and its genkey."""
+    async def parse(self, request: Request) -> tuple[User, GenerationRequest, Fit]:
+        """The caller, the queue request of a KoboldAI generate body fitted to the servers
+        online (as KoboldCpp fits a request to itself), and the lengths applied."""
         data = validated(self.Input, request.data)
         user = api_user(request) or await sync_to_async(anonymous_user)()
         genkey = data.pop("genkey", "")
@@ -220,9 +225,10 @@ class GenerateView(AsyncAPIView):
         shape_params, samplers = split_params(data)
         agent = request.META.get("HTTP_CLIENT_AGENT") or "KoboldAI API"
         generation = GenerationRequest(
-            text=text, params=samplers, client_agent=agent, **shape_params
+            text=text, params=samplers, client_agent=agent, genkey=genkey, **shape_params
         )
-        return user, generation, genkey
+        generation, fit = await fitted(user, generation)
+        return user, generation, fit
 
 
 class StreamView(GenerateView):
@@ -242,14 +248,15 @@ class StreamView(GenerateView):
             400: error("ValidationError"),
             401: error("InvalidAPIKey"),
             429: error("TooManyPrompts, TooManyRequests"),
+            503: error("NoServerAvailable: no server online (after a short grace)."),
         },
     )
     async def post(self, request: Request) -> HttpResponseBase:
-        user, generation, genkey = await self.parse(request)
+        user, generation, fit = await self.parse(request)
         if generation.n > 1:
             raise BadRequest("Streaming takes n = 1 only.", rc="ValidationError")
-        prompt_id = await start(user=user, request=generation, genkey=genkey)
-        return event_stream(kobold_tokens(prompt_id=prompt_id))
+        prompt_id = await start(user=user, request=generation)
+        return event_stream(kobold_tokens(prompt_id=prompt_id), {LIMITS_HEADER: fit.header()})
 
 
 CHECK = shape(

@@ -26,6 +26,7 @@ from accounts.authentication import BearerApiKeyAuthentication, api_user
 from accounts.identity import anonymous_user
 from accounts.models import User
 from generations import chat
+from generations.fitting import LIMITS_HEADER, Fit, fitted
 from generations.frontend import ServedModel, generate, models_for, served_models
 from generations.intake import GenerationRequest
 from generations.openai_shapes import (
@@ -200,24 +201,33 @@ class ChatInput(CompletionInput):
 
 
 async def _generation(
-    request: Request, data: dict[str, Any], text: str, default_max: int, stops: list[str]
-) -> tuple[GenerationRequest, int]:
-    """The queue request for an OpenAI body: its servers, lengths and KoboldAI samplers."""
+    request: Request,
+    user: User,
+    data: dict[str, Any],
+    text: str,
+    default_max: int,
+    stops: list[str],
+) -> tuple[GenerationRequest, Fit]:
+    """The queue request for an OpenAI body (its servers, lengths and KoboldAI samplers),
+    fitted to the servers online, and the lengths applied."""
     try:
         validate_prompt_text(text)
     except serializers.ValidationError as error:
         field = "messages" if "messages" in data else "prompt"
         raise serializers.ValidationError({field: error.detail}) from None
     served = await sync_to_async(served_models)()
-    models = models_for(data.get("model") or "", served)
+    requested = (data.get("model") or "").strip()
+    models = models_for(requested, served)
     candidates = [m for m in served if not models or m.name in models]
     max_tokens = data.get("max_completion_tokens") or data.get("max_tokens")
     if not max_tokens:
         longest = max((m.max_length for m in candidates), default=default_max)
         max_tokens = min(default_max, longest)
-    context = data.get("truncation_length") or math.ceil(
-        chat.estimate_tokens(text) * CONTEXT_MARGIN + max_tokens
-    )
+    max_tokens = min(max_tokens, settings.KOBOLDCLUSTER["MAX_LENGTH"])  # fitted below anyway
+    # Without the client's context, the cluster's estimate of what the prompt needs chooses
+    # the servers, and each job then gets its server's whole context (Prompt.whole_context).
+    truncation = data.get("truncation_length")
+    context = truncation or math.ceil(chat.estimate_tokens(text) * CONTEXT_MARGIN + max_tokens)
     context = min(max(context, max_tokens), settings.KOBOLDCLUSTER["MAX_CONTEXT_LENGTH"])
     params: dict[str, Any] = {
         "n": data.get("n") or 1,
@@ -234,9 +244,14 @@ async def _generation(
     shape_params, samplers = split_params(checked)
     agent = request.META.get("HTTP_USER_AGENT", "")[:100] or "OpenAI API"
     generation = GenerationRequest(
-        text=text, params=samplers, models=models, client_agent=agent, **shape_params
+        text=text,
+        params=samplers,
+        models=models,
+        client_agent=agent,
+        whole_context=not truncation,
+        **shape_params,
     )
-    return generation, max_tokens
+    return await fitted(user, generation, requested=requested)
 
 
 async def _user(request: Request) -> User:
@@ -247,8 +262,10 @@ COMPLETION_RESPONSES = {
     200: shape("OpenAICompletion", {"id": serializers.CharField(), "choices": {}, "usage": {}}),
     400: OPENAI_ERROR,
     401: OPENAI_ERROR,
+    404: OPENAI_ERROR,
     429: OPENAI_ERROR,
     502: OPENAI_ERROR,
+    503: OPENAI_ERROR,
     504: OPENAI_ERROR,
 }
 
@@ -282,31 +299,31 @@ class CompletionsView(AsyncOpenAIView):
         if request.data.get("best_of") not in (None, 1):
             raise Unsupported("'best_of' is not supported by this cluster.", param="best_of")
         user = await _user(request)
-        generation, max_tokens = await _generation(
-            request, data, data["prompt"], COMPLETIONS_DEFAULT_MAX_TOKENS, data["stop"]
+        generation, fit = await _generation(
+            request, user, data, data["prompt"], COMPLETIONS_DEFAULT_MAX_TOKENS, data["stop"]
         )
+        headers = {LIMITS_HEADER: fit.header()}
         if data["stream"]:
             prompt_id = await start(user=user, request=generation)
-            return event_stream(
-                openai_chunks(
-                    prompt_id=prompt_id,
-                    prompt=data["prompt"],
-                    model=data.get("model") or "",
-                    stops=data["stop"],
-                    max_tokens=max_tokens,
-                    chat=False,
-                    include_usage=data["include_usage"],
-                )
+            chunks = openai_chunks(
+                prompt_id=prompt_id,
+                prompt=data["prompt"],
+                model=data.get("model") or "",
+                stops=data["stop"],
+                max_tokens=fit.max_length,
+                chat=False,
+                include_usage=data["include_usage"],
             )
+            return event_stream(chunks, headers)
         status = await generate(user=user, request=generation)
         body = completion_body(
             status=status,
             prompt=data["prompt"],
             stops=data["stop"],
-            max_tokens=max_tokens,
+            max_tokens=fit.max_length,
             chat=False,
         )
-        return Response(body)
+        return Response(body, headers=headers)
 
 
 class ChatCompletionsView(AsyncOpenAIView):
@@ -347,10 +364,11 @@ class ChatCompletionsView(AsyncOpenAIView):
             messages, choice.template, continue_last=last["prefix"] or last["partial"]
         )
         stops = list(dict.fromkeys([*data["stop"], *choice.template.stop]))
-        generation, max_tokens = await _generation(
-            request, data, text, CHAT_DEFAULT_MAX_TOKENS, stops
+        generation, fit = await _generation(
+            request, user, data, text, CHAT_DEFAULT_MAX_TOKENS, stops
         )
-        headers = {"X-Chat-Template": choice.template.key}
+        max_tokens = fit.max_length
+        headers = {"X-Chat-Template": choice.template.key, LIMITS_HEADER: fit.header()}
         if choice.warning:
             headers[WARNING_HEADER] = choice.warning
         if data["stream"]:

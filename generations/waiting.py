@@ -12,7 +12,7 @@ import asyncio
 from asgiref.sync import sync_to_async
 
 from generations.status import PromptStatus, prompt_status
-from koboldcluster import wakeups
+from koboldcluster import shutdown, wakeups
 
 # A wake-up (a job of the prompt finished or failed, or it was cancelled) ends each wait at
 # once; the status is read again at least this often, so a lost wake-up only delays.
@@ -34,3 +34,5 @@ async def prompt_wait_done(prompt_id: object, timeout: float) -> PromptStatus | 
             if remaining <= 0:
                 return None
             await wake.wait(min(RECHECK_SECONDS, remaining))
+            if shutdown.is_stopping():
+                raise shutdown.ServerStopping()

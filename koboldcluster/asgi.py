@@ -36,7 +36,7 @@ from django.http import HttpRequest
 from django.http.response import HttpResponseBase
 from django.urls import get_resolver, set_script_prefix
 
-from koboldcluster import holding, metrics, wakeups
+from koboldcluster import holding, metrics, shutdown, wakeups
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "koboldcluster.settings")
 if not settings.configured:  # a web process (not a test or a command driving the app)
@@ -115,13 +115,21 @@ class ClusterASGIHandler(ASGIHandler):
             direct if direct.is_enabled([m for m in settings.MIDDLEWARE if is_api(m)]) else None
         )
         self.waiting_handler = _handler_with(WAITING_MIDDLEWARE.__contains__, is_async=True)
+        self.drain_installed = False
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await super().__call__(scope, receive, send)  # Django's refusal of the rest
             return
+        if not self.drain_installed:  # in the worker's loop, which granian's signals use
+            self.drain_installed = True
+            shutdown.install(asyncio.get_running_loop())
         # Without ThreadSensitiveContext: no thread per request (see the module docstring).
-        await self.handle(scope, receive, send)
+        shutdown.request_started()
+        try:
+            await self.handle(scope, receive, send)
+        finally:
+            shutdown.request_finished()
 
     async def handle(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         path = _SLASHES.sub("/", scope.get("path", ""))

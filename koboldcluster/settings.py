@@ -337,6 +337,11 @@ KOBOLDCLUSTER = {
     # How long a KoboldAI or OpenAI API request waits for its generation before it gives up
     # (and cancels its prompt).
     "FRONTEND_WAIT_SECONDS": env_float("KOBOLDCLUSTER_FRONTEND_WAIT_SECONDS", 300.0),
+    # How long such a request that no server online could serve waits for one to come, when
+    # one may be reconnecting (generations/fitting.py); otherwise it is refused at once.
+    "FRONTEND_GRACE_SECONDS": env_float("KOBOLDCLUSTER_FRONTEND_GRACE_SECONDS", 5.0),
+    # A stream with nothing new to send sends a comment this often, so proxies keep it open.
+    "STREAM_KEEPALIVE_SECONDS": env_float("KOBOLDCLUSTER_STREAM_KEEPALIVE_SECONDS", 10.0),
     "MAX_N": env_int("KOBOLDCLUSTER_MAX_N", 100, minimum=1),
     "MAX_LENGTH": env_int("KOBOLDCLUSTER_MAX_LENGTH", 4096, minimum=1),
     "MAX_CONTEXT_LENGTH": env_int("KOBOLDCLUSTER_MAX_CONTEXT_LENGTH", 1048576, minimum=1),

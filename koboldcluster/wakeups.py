@@ -199,6 +199,12 @@ class _Hub:
         self.rounds[topic] = deque(w for w in waiting if not w.holding and not w.pending)
         self._wake_next(topic)
 
+    def wake_everyone(self) -> None:
+        """Every waiter of every topic looks again (the process is stopping)."""
+        for waiting in self.listeners.values():
+            for listener in waiting:
+                listener.event.set()
+
     def wake_from_elsewhere(self, topic: str) -> None:
         """News from another process, or a change the re-check found: this process did not
         see it happen, so its own listeners (`on_news_from_elsewhere`) hear of it first."""
@@ -295,6 +301,12 @@ class _Hub:
                 self.loop.remove_reader(self.socket.fileno())
             self.socket.close()
             _unlink(self.socket_path or "")
+
+
+def wake_everyone() -> None:
+    """Wake every waiter of the running loop, whatever it waits for: each sees
+    `koboldcluster.shutdown.is_stopping()` and answers."""
+    _running_hub().wake_everyone()
 
 
 def _running_hub() -> _Hub:

@@ -1,0 +1,120 @@
+"""A web process that is told to stop answers what it holds before it goes.
+
+granian stops a worker on SIGTERM (and SIGINT, Ctrl-C) by stopping its event loop at once:
+every request still on it is cut without an answer. That is most of them here: long-poll pops
+held for up to 30 s and streams that last minutes. So the cluster's ASGI handler puts its own
+handler in front of granian's (`install`, on the worker's first request): it sets `stopping`,
+which answers every held pop with its ordinary answer (as if its wait had ended) and ends
+every open stream and waiting front-end request with a clear error (`ServerStopping`), waits
+until the process's requests are answered (at most DRAIN_SECONDS, well within granian's
+`--workers-kill-timeout`), and then hands over to granian's own handler.
+
+granian keeps its handler in the event loop's signal table (`loop.add_signal_handler`); asyncio
+has no public way to read it, so `install` reads `loop._signal_handlers`. If that changes,
+nothing is installed (a warning says so) and shutdown cuts requests as before; the SIGTERM
+end-to-end test (koboldcluster/tests/test_shutdown_e2e.py) notices.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+
+from koboldcluster import wakeups
+from koboldcluster.errors import ApiError
+
+logger = logging.getLogger(__name__)
+
+DRAIN_SECONDS = 5.0
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class ServerStopping(ApiError):
+    status_code = 503
+    default_rc = "ServerStopping"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "This web server is restarting or stopping; send the request again.",
+            retry_after=1,
+        )
+
+
+class _State:
+    def __init__(self) -> None:
+        self.stopping = asyncio.Event()
+        self.in_flight = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+
+_state: _State | None = None
+
+
+def state() -> _State:
+    global _state
+    if _state is None:
+        _state = _State()
+    return _state
+
+
+def stopping() -> asyncio.Event:
+    """Set once this process was told to stop (never cleared)."""
+    return state().stopping
+
+
+def is_stopping() -> bool:
+    return _state is not None and _state.stopping.is_set()
+
+
+def install(loop: asyncio.AbstractEventLoop) -> bool:
+    """Put the drain in front of the loop's handlers of SIGTERM and SIGINT (granian's);
+    whether it was installed. Nothing is done where the loop has no such handlers."""
+    table = getattr(loop, "_signal_handlers", None)
+    if not isinstance(table, dict):
+        logger.warning("cannot read the event loop's signal handlers: no drain on shutdown")
+        return False
+    installed = False
+    for signum in _STOP_SIGNALS:
+        previous = table.get(signum)
+        if previous is None:
+            continue
+        loop.add_signal_handler(signum, _on_signal, loop, previous._callback, previous._args)
+        installed = True
+    return installed
+
+
+def _on_signal(loop: asyncio.AbstractEventLoop, then: Callable, args: tuple) -> None:
+    current = state()
+    if current.stopping.is_set():
+        then(*args)  # a second signal: stop now
+        return
+    logger.info("stopping: answering %s requests in progress first", current.in_flight)
+    current.stopping.set()
+    wakeups.wake_everyone()
+    loop.create_task(_drain_then(then, args))
+
+
+async def _drain_then(then: Callable, args: tuple) -> None:
+    current = state()
+    try:
+        await asyncio.wait_for(current.idle.wait(), DRAIN_SECONDS)
+    except TimeoutError:
+        logger.warning("stopping with %s requests still in progress", current.in_flight)
+    await asyncio.sleep(0.05)  # let the last answers leave the sockets
+    then(*args)
+
+
+def request_started() -> None:
+    current = state()
+    current.in_flight += 1
+    current.idle.clear()
+
+
+def request_finished() -> None:
+    current = state()
+    current.in_flight -= 1
+    if current.in_flight <= 0:
+        current.idle.set()
