@@ -2,7 +2,7 @@
 the one small server the real front-ends (the `external` tests) are connected to."""
 
 from bridge.tests.conftest import bridge_process, kai_double  # noqa: F401 (fixtures)
-from generations.tests.frontends import small_server  # noqa: F401 (fixture)
+from generations.tests.frontends import server_seconds, small_server  # noqa: F401 (fixtures)
 
 
 def pytest_terminal_summary(terminalreporter) -> None:  # noqa: ANN001 (pytest's reporter)

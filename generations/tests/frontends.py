@@ -44,18 +44,29 @@ SERVER_MAX_LENGTH = 512
 SERVER_MAX_CONTEXT = 4096
 # FakeKoboldAI's text (bridge/tests/kai_double.py, fake_text): 15 hex digits after a space.
 DOUBLE_TEXT = re.compile(r" [0-9a-f]{15}")
+# A slow server takes longer than the cluster's streams stay silent (a keep-alive comment
+# every second in these tests, KOBOLDCLUSTER_STREAM_KEEPALIVE_SECONDS): the front-ends' stream
+# readers must wait through the comments.
+SLOW_SERVER_SECONDS = 4.0
+STREAMS_KEEP_ALIVE = {"KOBOLDCLUSTER_STREAM_KEEPALIVE_SECONDS": "1"}
 # How long a user waits for the first text before the test calls it stranded.
 FIRST_TEXT_TIMEOUT_S = 60
 LIMIT_FIELDS = ("max_context_length", "max_length", "max_tokens", "stream", "streaming")
 
 
 @pytest.fixture
-def small_server(cluster: Any, kai_double: Any, bridge_process: Any) -> Any:
+def server_seconds() -> float:
+    """How long the server takes for a generation (tests parametrize it: a slow home GPU)."""
+    return 0.0
+
+
+@pytest.fixture
+def small_server(cluster: Any, kai_double: Any, bridge_process: Any, server_seconds: float) -> Any:
     """The cluster with one server, FakeKoboldAI behind the project's bridge, that allows
     max_length 512 and a context of 4096 (less than the front-ends' defaults), checked in."""
     kai = kai_double(
         *("--model", MODEL, "--max-length", str(SERVER_MAX_LENGTH)),
-        *("--max-context-length", str(SERVER_MAX_CONTEXT)),
+        *("--max-context-length", str(SERVER_MAX_CONTEXT), "--delay", str(server_seconds)),
     )
     bridge = bridge_process(
         *("--cluster-url", cluster.url, "--kai-url", kai.url, "--name", "home-gpu"),

@@ -15,6 +15,10 @@ KoboldCpp's copy of Lite (klite.embd; v180 in KoboldCpp 1.76) is built to be ser
 KoboldCpp it talks to: it connects by itself when the page opens, to its own origin or to the
 `?host=&port=` of the page's URL (used here), with `max_context_length` 4096, `max_length` 200
 and streaming; it hides the menu of other services, so its OpenAI connection is not tested.
+
+Both connections stream; each is tried with a quick server and with a slow one, whose text
+comes after several of the cluster's keep-alive comments: Lite's stream readers (a regular
+expression over the bytes) must wait through them.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ import pytest
 
 from generations.tests.frontends import (
     MODEL,
+    SLOW_SERVER_SECONDS,
+    STREAMS_KEEP_ALIVE,
     Traffic,
     chromium_page,
     lite_file,
@@ -37,6 +43,16 @@ from generations.tests.frontends import (
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.external]
+# Streamed connections are tried with a quick server and with one slower than the keep-alives.
+SERVER_SPEEDS = pytest.mark.parametrize(
+    "server_seconds", [0.0, SLOW_SERVER_SECONDS], ids=["quick-server", "slow-server"]
+)
+
+
+@pytest.fixture
+def cluster_env() -> dict[str, str]:
+    return STREAMS_KEEP_ALIVE
+
 
 STORY = "Once upon a time, in a quiet village at the edge of the forest,"
 # The story text in Lite's page holds FakeKoboldAI's words (15 hex digits after a space).
@@ -118,6 +134,7 @@ def submit_story(page: Any, traffic: Traffic, what: str) -> float:
     return seconds
 
 
+@SERVER_SPEEDS
 def test_lite_koboldai_remote_api_continues_a_story(lite, record_property):
     page, traffic = lite.page, lite.traffic
     if lite.embedded:  # KoboldCpp's Lite: told where its KoboldCpp is by the page's URL
@@ -150,6 +167,7 @@ def test_lite_koboldai_remote_api_continues_a_story(lite, record_property):
     assert not traffic.failures, "\n".join(traffic.failures)  # none on the connect path
 
 
+@SERVER_SPEEDS
 def test_lite_openai_compatible_api_continues_a_story(lite, record_property):
     if lite.embedded:
         pytest.skip("KoboldCpp's Lite (klite.embd) hides the menu of other services")

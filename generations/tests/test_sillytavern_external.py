@@ -15,6 +15,8 @@ Chat Completion sends `max_tokens` 300 (`openai_max_tokens`) for a context of 40
 max_length 512 and a context of 4096: KoboldAI Classic asks for more context than it has.
 SillyTavern's server makes the calls to the cluster (no CORS involved): the test sees the
 browser's requests to SillyTavern, whose bodies carry the fields forwarded to the cluster.
+Chat Completion streams: it is tried with a quick server and with a slow one, whose text comes
+after several of the cluster's keep-alive comments.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ import pytest
 
 from generations.tests.frontends import (
     MODEL,
+    SLOW_SERVER_SECONDS,
+    STREAMS_KEEP_ALIVE,
     SillyTavern,
     Traffic,
     chromium_page,
@@ -35,6 +39,16 @@ from generations.tests.frontends import (
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.external]
+# Streamed connections are tried with a quick server and with one slower than the keep-alives.
+SERVER_SPEEDS = pytest.mark.parametrize(
+    "server_seconds", [0.0, SLOW_SERVER_SECONDS], ids=["quick-server", "slow-server"]
+)
+
+
+@pytest.fixture
+def cluster_env() -> dict[str, str]:
+    return STREAMS_KEEP_ALIVE
+
 
 MESSAGE = "Hello there! Who are you, and where am I?"
 # The last chat message is the character's, and holds FakeKoboldAI's words.
@@ -106,6 +120,7 @@ def test_sillytavern_koboldai_classic_gets_a_reply(sillytavern, record_property)
     assert page.locator("#toast-container .toast-error").count() == 0
 
 
+@SERVER_SPEEDS
 def test_sillytavern_chat_completion_gets_a_reply(sillytavern, record_property):
     page, traffic = sillytavern
     open_api_connections(page, "Chat Completion")
