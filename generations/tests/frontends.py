@@ -49,6 +49,7 @@ DOUBLE_TEXT = re.compile(r" [0-9a-f]{15}")
 # readers must wait through the comments.
 SLOW_SERVER_SECONDS = 4.0
 STREAMS_KEEP_ALIVE = {"KOBOLDCLUSTER_STREAM_KEEPALIVE_SECONDS": "1"}
+SSE_COMMENT = re.compile(r"^:", re.MULTILINE)
 # How long a user waits for the first text before the test calls it stranded.
 FIRST_TEXT_TIMEOUT_S = 60
 LIMIT_FIELDS = ("max_context_length", "max_length", "max_tokens", "stream", "streaming")
@@ -137,6 +138,7 @@ class Traffic:
     cluster_url: str
     requests: list[tuple[str, str, Any]] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+    answers: list[Any] = field(default_factory=list)  # the answers to those POSTs
 
     def watch(self, page: Any, also: str = "") -> None:
         prefixes = tuple(p for p in (self.cluster_url, also) if p)
@@ -150,12 +152,19 @@ class Traffic:
         def on_response(response: Any) -> None:
             if response.url.startswith(self.cluster_url) and response.status >= 400:
                 self.failures.append(f"{response.status} {response.request.method} {response.url}")
+            if response.url.startswith(prefixes) and response.request.method == "POST":
+                self.answers.append(response)
 
         page.on("request", on_request)
         page.on("response", on_response)
 
     def bodies(self, path: str) -> list[Any]:
         return [body for method, url, body in self.requests if method == "POST" and path in url]
+
+    def answer_text(self, path: str) -> str:
+        """The whole body of the answer to the one POST to `path` (a stream once it ended)."""
+        (answer,) = [a for a in self.answers if path in a.url]
+        return answer.text()
 
     def summary(self) -> list[str]:
         """Each call, with the limits a generate body asked for."""

@@ -33,6 +33,7 @@ import pytest
 from generations.tests.frontends import (
     MODEL,
     SLOW_SERVER_SECONDS,
+    SSE_COMMENT,
     STREAMS_KEEP_ALIVE,
     Traffic,
     chromium_page,
@@ -135,7 +136,7 @@ def submit_story(page: Any, traffic: Traffic, what: str) -> float:
 
 
 @SERVER_SPEEDS
-def test_lite_koboldai_remote_api_continues_a_story(lite, record_property):
+def test_lite_koboldai_remote_api_continues_a_story(lite, record_property, server_seconds):
     page, traffic = lite.page, lite.traffic
     if lite.embedded:  # KoboldCpp's Lite: told where its KoboldCpp is by the page's URL
         lite.open(f"?host=127.0.0.1&port={traffic.cluster_url.rsplit(':', 1)[1]}")
@@ -164,11 +165,13 @@ def test_lite_koboldai_remote_api_continues_a_story(lite, record_property):
     )
     assert sent["prompt"].endswith(STORY)
     assert sent["genkey"].startswith("KCPP")
+    if server_seconds:  # the stream Lite read had keep-alive comments before the text
+        assert SSE_COMMENT.search(traffic.answer_text(path))
     assert not traffic.failures, "\n".join(traffic.failures)  # none on the connect path
 
 
 @SERVER_SPEEDS
-def test_lite_openai_compatible_api_continues_a_story(lite, record_property):
+def test_lite_openai_compatible_api_continues_a_story(lite, record_property, server_seconds):
     if lite.embedded:
         pytest.skip("KoboldCpp's Lite (klite.embd) hides the menu of other services")
     page, traffic = lite.page, lite.traffic
@@ -193,4 +196,6 @@ def test_lite_openai_compatible_api_continues_a_story(lite, record_property):
     assert sent["max_tokens"] == asked["max_length"]
     assert sent["stream"] is (asked["tokenstreammode"] != 0)
     assert sent["messages"][-1] == {"role": "user", "content": STORY}
+    if server_seconds:
+        assert SSE_COMMENT.search(traffic.answer_text("/v1/chat/completions"))
     assert not traffic.failures, "\n".join(traffic.failures)

@@ -30,6 +30,7 @@ import pytest
 from generations.tests.frontends import (
     MODEL,
     SLOW_SERVER_SECONDS,
+    SSE_COMMENT,
     STREAMS_KEEP_ALIVE,
     SillyTavern,
     Traffic,
@@ -121,7 +122,7 @@ def test_sillytavern_koboldai_classic_gets_a_reply(sillytavern, record_property)
 
 
 @SERVER_SPEEDS
-def test_sillytavern_chat_completion_gets_a_reply(sillytavern, record_property):
+def test_sillytavern_chat_completion_gets_a_reply(sillytavern, record_property, server_seconds):
     page, traffic = sillytavern
     open_api_connections(page, "Chat Completion")
     page.select_option("#chat_completion_source", "custom")
@@ -140,4 +141,6 @@ def test_sillytavern_chat_completion_gets_a_reply(sillytavern, record_property):
     assert (sent["model"], sent["max_tokens"], sent["stream"]) == (MODEL, 300, True)
     last = sent["messages"][-1]
     assert (last["role"], last["content"]) == ("user", MESSAGE)
+    if server_seconds:  # SillyTavern's server passed the keep-alive comments on to its page
+        assert SSE_COMMENT.search(traffic.answer_text("/api/backends/chat-completions/generate"))
     assert page.locator("#toast-container .toast-error").count() == 0
