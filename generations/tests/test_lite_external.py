@@ -30,6 +30,7 @@ from typing import Any
 
 import pytest
 
+from bridge.tests.processes import wait_until
 from generations.tests.frontends import (
     MODEL,
     SLOW_SERVER_SECONDS,
@@ -135,8 +136,8 @@ def submit_story(page: Any, traffic: Traffic, what: str) -> float:
     return seconds
 
 
-@SERVER_SPEEDS
-def test_lite_koboldai_remote_api_continues_a_story(lite, record_property, server_seconds):
+def connect_koboldai(lite: Lite) -> dict[str, int]:
+    """Connect over "KoboldAI Remote API" to the cluster, in Story Mode; Lite's settings."""
     page, traffic = lite.page, lite.traffic
     if lite.embedded:  # KoboldCpp's Lite: told where its KoboldCpp is by the page's URL
         lite.open(f"?host=127.0.0.1&port={traffic.cluster_url.rsplit(':', 1)[1]}")
@@ -145,13 +146,19 @@ def test_lite_koboldai_remote_api_continues_a_story(lite, record_property, serve
         open_endpoint_dialog(page, "KoboldAI Remote API")
         page.fill("#customkoboldendpoint", traffic.cluster_url)
         page.click('button[onclick="connect_custom_endpoint()"]')
-    asked = defaults(page)
     # Lite recognises a KoboldCpp (from /api/extra/version) and so streams.
     page.wait_for_function(
         "() => document.getElementById('connectstatus').innerText.includes('KoboldCpp')"
     )
     dismiss_messages(page)
     story_mode(page)
+    return defaults(page)
+
+
+@SERVER_SPEEDS
+def test_lite_koboldai_remote_api_continues_a_story(lite, record_property, server_seconds):
+    page, traffic = lite.page, lite.traffic
+    asked = connect_koboldai(lite)
 
     seconds = submit_story(page, traffic, "Lite, KoboldAI Remote API")
     record_property("submit_to_first_text_s", round(seconds, 2))
@@ -199,3 +206,23 @@ def test_lite_openai_compatible_api_continues_a_story(lite, record_property, ser
     if server_seconds:
         assert SSE_COMMENT.search(traffic.answer_text("/v1/chat/completions"))
     assert not traffic.failures, "\n".join(traffic.failures)
+
+
+@pytest.mark.parametrize("server_seconds", [8.0])
+def test_lite_abort_cancels_its_generation(lite):
+    """[ABORT] while the server generates: Lite posts its genkey to /api/extra/abort, and the
+    cluster cancels that generation (`success`, as KoboldCpp answers); no text comes."""
+    page, traffic = lite.page, lite.traffic
+    connect_koboldai(lite)
+    page.fill("#input_text", STORY)
+    page.click("#btnsend")
+    wait_until(lambda: traffic.bodies("/api/extra/generate"), "Lite's generate", timeout=10)
+    page.wait_for_timeout(1000)  # the server has begun
+    with page.expect_response(lambda answer: "/api/extra/abort" in answer.url) as aborted:
+        page.click("#abortgen")
+    (sent,) = traffic.bodies("/api/extra/abort")
+    (generate,) = traffic.bodies("/api/extra/generate")
+    assert sent == {"genkey": generate["genkey"]}
+    assert (aborted.value.status, aborted.value.json()) == (200, {"success": True})
+    page.wait_for_timeout(9000)  # past the server's time
+    assert not page.evaluate(HAS_GENERATED_TEXT)
