@@ -65,6 +65,9 @@ class Fit:
     max_context_length: int
     asked_length: int
     asked_context: int
+    # False when the client named no context (the OpenAI faces): the cluster's estimate then
+    # only chooses the servers, and each job gets its server's whole context.
+    context_named: bool = True
 
     @property
     def lowered(self) -> bool:
@@ -76,10 +79,10 @@ class Fit:
     def header(self) -> str:
         """The limits applied, for the X-KoboldCluster-Limits response header."""
         parts = []
-        for name, value, asked in (
-            ("max_context_length", self.max_context_length, self.asked_context),
-            ("max_length", self.max_length, self.asked_length),
-        ):
+        limits = [("max_length", self.max_length, self.asked_length)]
+        if self.context_named:
+            limits.insert(0, ("max_context_length", self.max_context_length, self.asked_context))
+        for name, value, asked in limits:
             parts.append(f"{name}={value}" + (f" (asked {asked})" if value != asked else ""))
         return ", ".join(parts)
 
@@ -195,4 +198,4 @@ async def fitted(
         requested=requested,
     )
     lengths = {"max_length": result.max_length, "max_context_length": result.max_context_length}
-    return replace(request, **lengths), result
+    return replace(request, **lengths), replace(result, context_named=not request.whole_context)

@@ -110,3 +110,36 @@ def queue_load(*, now: datetime | None = None) -> QueueLoad:
         server_count=servers["count"] or 0,
         thread_count=servers["threads"] or 0,
     )
+
+
+@dataclass(frozen=True)
+class Performance:
+    """KoboldCpp's /api/extra/perf figures, for the cluster as a whole."""
+
+    queue: int  # generation slots waiting for a server
+    busy: bool  # some server is generating
+    last_token_count: int  # tokens of the latest delivered generation
+    last_eval: float  # seconds per token of it
+    total_gens: int  # generations the active servers delivered, ever
+    idle_seconds: float  # since the latest generation was delivered
+
+
+def performance(*, now: datetime | None = None) -> Performance:
+    """Four small reads (rate limited per address, like the other read endpoints)."""
+    now = now or timezone.now()
+    waiting = Prompt.objects.queued(now).aggregate(slots=Sum("waiting"))["slots"] or 0
+    live_jobs = Job.objects.filter(prompt__expires_at__gt=now)
+    busy = live_jobs.filter(state=Job.State.PROCESSING).exists()
+    last = (
+        live_jobs.filter(state=Job.State.DONE, finished__isnull=False)
+        .order_by("-finished")
+        .values_list("tokens", "started", "finished")
+        .first()
+    )
+    total = Server.objects.active(now).aggregate(gens=Sum("requests_fulfilled"))["gens"]
+    tokens, eval_seconds, idle = 0, 0.0, 0.0
+    if last is not None:
+        tokens, started, finished = last
+        eval_seconds = (finished - started).total_seconds() / max(tokens, 1)
+        idle = (now - finished).total_seconds()
+    return Performance(waiting, busy, tokens, eval_seconds, total or 0, idle)

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from generations import views, views_progress
+from generations import views, views_kobold_extra, views_progress
 from generations.long_poll import does_not_wait
 from koboldcluster import direct
 
@@ -10,6 +10,8 @@ urlpatterns = [
     path("generate/pop", views.PopView.as_view()),
     path("generate/submit", views.SubmitView.as_view()),
     path("generate/progress", views_progress.ProgressView.as_view()),
+    # KoboldCpp's image models, which KoboldAI Lite asks for on connect: none here.
+    path("sdapi/v1/sd-models", views_kobold_extra.SdModelsView.as_view()),
 ]
 
 

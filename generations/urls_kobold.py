@@ -5,7 +5,7 @@ The latest/ aliases are left out of the OpenAPI schema: they are the v1 endpoint
 
 from django.urls import path
 
-from generations import views_kobold
+from generations import views_kobold, views_kobold_extra
 
 urlpatterns = [
     path("v1/generate", views_kobold.GenerateView.as_view()),
@@ -25,4 +25,7 @@ urlpatterns = [
     path("extra/generate/stream", views_kobold.StreamView.as_view()),
     path("extra/generate/check", views_kobold.CheckView.as_view()),
     path("extra/tokencount", views_kobold.TokenCountView.as_view()),
+    path("extra/true_max_context_length", views_kobold_extra.TrueMaxContextLengthView.as_view()),
+    path("extra/preloadstory", views_kobold_extra.PreloadStoryView.as_view()),
+    path("extra/perf", views_kobold_extra.PerfView.as_view()),
 ]

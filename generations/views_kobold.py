@@ -266,6 +266,8 @@ CHECK = shape(
 
 
 class CheckView(KoboldView):
+    throttle_scope = "status"
+
     class Input(serializers.Serializer):
         genkey = StrictCharField(required=False, allow_blank=True, max_length=100)
 
@@ -303,6 +305,8 @@ class CheckView(KoboldView):
 
 
 class AbortView(KoboldView):
+    throttle_scope = "status"
+
     class Input(serializers.Serializer):
         genkey = StrictCharField(required=False, allow_blank=True, max_length=100)
 

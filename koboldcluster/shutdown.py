@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from collections.abc import Callable
 
@@ -27,7 +28,9 @@ from koboldcluster.errors import ApiError
 
 logger = logging.getLogger(__name__)
 
-DRAIN_SECONDS = 5.0
+# At most this long, so that granian's --workers-kill-timeout (WEB_KILL_TIMEOUT, scripts/web.sh)
+# never kills the worker while it is still answering.
+DRAIN_SECONDS = max(float(os.environ.get("WEB_KILL_TIMEOUT") or 10) - 2, 1.0)
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
@@ -89,7 +92,8 @@ def install(loop: asyncio.AbstractEventLoop) -> bool:
 def _on_signal(loop: asyncio.AbstractEventLoop, then: Callable, args: tuple) -> None:
     current = state()
     if current.stopping.is_set():
-        then(*args)  # a second signal: stop now
+        # Another signal of the same stop: the group's SIGTERM, then granian's own to its
+        # workers (systemd and Ctrl-C signal the whole group). The drain is bounded anyway.
         return
     logger.info("stopping: answering %s requests in progress first", current.in_flight)
     current.stopping.set()
