@@ -166,6 +166,13 @@ class Traffic:
         (answer,) = [a for a in self.answers if path in a.url]
         return answer.text()
 
+    def first_byte_seconds(self, path: str) -> float:
+        """Seconds from sending the one POST to `path` to the first byte of its answer: the
+        part of Submit-to-first-text spent behind the page (SillyTavern's server and the
+        cluster, or the cluster alone)."""
+        (answer,) = [a for a in self.answers if path in a.url]
+        return answer.request.timing["responseStart"] / 1000
+
     def summary(self) -> list[str]:
         """Each call, with the limits a generate body asked for."""
         lines = []

@@ -61,7 +61,7 @@ HAS_REPLY = """() => {
 
 
 @pytest.fixture
-def sillytavern(small_server: Any, tmp_path: Path) -> Iterator[tuple[Any, Traffic]]:
+def sillytavern(small_server: Any, tmp_path: Path) -> Iterator[tuple[Any, Traffic, SillyTavern]]:
     """SillyTavern's server and its page, fresh (default settings), past the welcome dialog."""
     folder = program_dir("SILLYTAVERN_DIR", "--sillytavern DIR (SillyTavern)")
     server = SillyTavern(folder, tmp_path / "sillytavern-data")
@@ -75,7 +75,7 @@ def sillytavern(small_server: Any, tmp_path: Path) -> Iterator[tuple[Any, Traffi
             # A new user is asked for a persona name first; the default, "User", is kept.
             page.locator("dialog[open] .popup-button-ok").click()
             page.locator("dialog[open]").wait_for(state="detached")
-            yield page, traffic
+            yield page, traffic, server
     finally:
         server.stop()
 
@@ -97,12 +97,13 @@ def send_to_seraphina(page: Any, traffic: Traffic, what: str) -> float:
     page.fill("#send_textarea", MESSAGE)
     submit = lambda: page.click("#send_but")  # noqa: E731
     seconds = time_to_first_text(page, submit, HAS_REPLY, what, traffic)
-    print(f"{what}: Submit to first text {seconds:.2f} s")
+    behind = traffic.first_byte_seconds("/generate")
+    print(f"{what}: Submit to first text {seconds:.2f} s, {behind:.2f} s of it behind the page")
     return seconds
 
 
 def test_sillytavern_koboldai_classic_gets_a_reply(sillytavern, record_property):
-    page, traffic = sillytavern
+    page, traffic, server = sillytavern
     open_api_connections(page, "KoboldAI Classic")
     type_url(page, "#api_url_text", traffic.cluster_url)
     page.click("#api_button")
@@ -118,12 +119,13 @@ def test_sillytavern_koboldai_classic_gets_a_reply(sillytavern, record_property)
     assert sent["streaming"] is False
     assert sent["prompt"].rstrip().endswith("Seraphina:")
     assert MESSAGE in sent["prompt"]
+    assert "Kobold returned error" not in server.process.output  # its server's own calls
     assert page.locator("#toast-container .toast-error").count() == 0
 
 
 @SERVER_SPEEDS
 def test_sillytavern_chat_completion_gets_a_reply(sillytavern, record_property, server_seconds):
-    page, traffic = sillytavern
+    page, traffic, server = sillytavern
     open_api_connections(page, "Chat Completion")
     page.select_option("#chat_completion_source", "custom")
     type_url(page, "#custom_api_url_text", f"{traffic.cluster_url}/v1")
@@ -136,6 +138,7 @@ def test_sillytavern_chat_completion_gets_a_reply(sillytavern, record_property, 
     seconds = send_to_seraphina(page, traffic, "SillyTavern, Chat Completion")
     record_property("submit_to_first_text_s", round(seconds, 2))
 
+    assert "status check failed" not in server.process.output  # its server's GET /v1/models
     (sent,) = traffic.bodies("/api/backends/chat-completions/generate")
     assert sent["custom_url"] == f"{traffic.cluster_url}/v1"
     assert (sent["model"], sent["max_tokens"], sent["stream"]) == (MODEL, 300, True)
