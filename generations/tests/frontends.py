@@ -220,21 +220,22 @@ def chromium_page(viewport: dict[str, int] | None = None) -> Iterator[Any]:
         shutil.rmtree(profile, ignore_errors=True)
 
 
-def time_to_first_text(
-    page: Any, submit: Callable[[], None], has_text: str, what: str, traffic: Traffic
+def seconds_until_shown(
+    page: Any, submit: Callable[[], None], shown: str, what: str, traffic: Traffic
 ) -> float:
-    """Seconds from `submit()` (the user's click) until the JavaScript predicate `has_text`
-    holds in the page; fails after FIRST_TEXT_TIMEOUT_S with what the page had asked."""
+    """Seconds from `submit()` (the user's click) until the JavaScript predicate `shown` holds
+    in the page (the first text, or an error); fails after FIRST_TEXT_TIMEOUT_S with what the
+    page had asked."""
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
     started = time.monotonic()
     submit()
     try:
-        page.wait_for_function(has_text, polling=20, timeout=FIRST_TEXT_TIMEOUT_S * 1000)
+        page.wait_for_function(shown, polling=20, timeout=FIRST_TEXT_TIMEOUT_S * 1000)
     except PlaywrightTimeout:
         asked = "\n".join(f"  {line}" for line in traffic.summary())
         raise AssertionError(
-            f"no text in {what} {FIRST_TEXT_TIMEOUT_S} s after Submit; it had asked:\n{asked}"
+            f"nothing shown in {what} {FIRST_TEXT_TIMEOUT_S} s after Submit; it had asked:\n{asked}"
         ) from None
     return time.monotonic() - started
 

@@ -40,8 +40,8 @@ from generations.tests.frontends import (
     chromium_page,
     lite_file,
     lite_version,
+    seconds_until_shown,
     static_file_server,
-    time_to_first_text,
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.external]
@@ -58,6 +58,7 @@ def cluster_env() -> dict[str, str]:
 
 STORY = "Once upon a time, in a quiet village at the edge of the forest,"
 # The story text in Lite's page holds FakeKoboldAI's words (15 hex digits after a space).
+MESSAGE_SHOWN = "() => !document.getElementById('msgboxcontainer').classList.contains('hidden')"
 HAS_GENERATED_TEXT = "() => / [0-9a-f]{15}/.test(document.getElementById('gametext').innerText)"
 
 
@@ -131,7 +132,7 @@ def defaults(page: Any) -> dict[str, int]:
 def submit_story(page: Any, traffic: Traffic, what: str) -> float:
     page.fill("#input_text", STORY)
     submit = lambda: page.click("#btnsend")  # noqa: E731
-    seconds = time_to_first_text(page, submit, HAS_GENERATED_TEXT, what, traffic)
+    seconds = seconds_until_shown(page, submit, HAS_GENERATED_TEXT, what, traffic)
     print(f"{what}: Submit to first text {seconds:.2f} s")
     return seconds
 
@@ -226,3 +227,30 @@ def test_lite_abort_cancels_its_generation(lite):
     assert (aborted.value.status, aborted.value.json()) == (200, {"success": True})
     page.wait_for_timeout(9000)  # past the server's time
     assert not page.evaluate(HAS_GENERATED_TEXT)
+
+
+def test_lite_openai_model_nobody_serves_is_told_at_once(lite, record_property):
+    """Connected without "Fetch", Lite keeps its first model, gpt-3.5-turbo-instruct, which no
+    server of the cluster serves: the cluster answers at once (404 model_not_found, naming the
+    models it serves) and Lite shows that, instead of a request that waits for minutes."""
+    if lite.embedded:
+        pytest.skip("KoboldCpp's Lite (klite.embd) hides the menu of other services")
+    page, traffic = lite.page, lite.traffic
+    lite.open()
+    open_endpoint_dialog(page, "OpenAI Compatible API")
+    page.fill("#custom_oai_endpoint", f"{traffic.cluster_url}/v1")
+    page.click('button[onclick="connect_custom_endpoint()"]')
+    dismiss_messages(page)
+    story_mode(page)
+
+    page.fill("#input_text", STORY)
+    submit = lambda: page.click("#btnsend")  # noqa: E731
+    seconds = seconds_until_shown(page, submit, MESSAGE_SHOWN, "Lite's message box", traffic)
+    print(f"Lite, OpenAI Compatible API, a model nobody serves: error shown in {seconds:.2f} s")
+    record_property("submit_to_error_s", round(seconds, 2))
+
+    (sent,) = traffic.bodies("/v1/completions")  # an instruct model: text completions
+    assert sent["model"] == "gpt-3.5-turbo-instruct"
+    shown = page.inner_text("#msgboxcontainer")
+    assert "gpt-3.5-turbo-instruct" in shown and MODEL in shown, shown
+    assert traffic.failures == [f"404 POST {traffic.cluster_url}/v1/completions"]

@@ -36,7 +36,7 @@ from generations.tests.frontends import (
     Traffic,
     chromium_page,
     program_dir,
-    time_to_first_text,
+    seconds_until_shown,
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.external]
@@ -96,7 +96,7 @@ def send_to_seraphina(page: Any, traffic: Traffic, what: str) -> float:
     page.wait_for_function("() => document.querySelectorAll('#chat .mes').length === 1")
     page.fill("#send_textarea", MESSAGE)
     submit = lambda: page.click("#send_but")  # noqa: E731
-    seconds = time_to_first_text(page, submit, HAS_REPLY, what, traffic)
+    seconds = seconds_until_shown(page, submit, HAS_REPLY, what, traffic)
     behind = traffic.first_byte_seconds("/generate")
     print(f"{what}: Submit to first text {seconds:.2f} s, {behind:.2f} s of it behind the page")
     return seconds
