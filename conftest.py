@@ -238,3 +238,15 @@ def scheduler(request: pytest.FixtureRequest, transactional_db: None):
             return process
 
         yield start
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `external` need a program no package registry has (KoboldCpp, built by the
+    developer: README, Development): they run only when asked for by name (`-m external`,
+    ./test_external.sh), never in ./test.sh or a plain `pytest`, whatever else -m says."""
+    if "external" in (config.option.markexpr or ""):
+        return
+    external = [item for item in items if item.get_closest_marker("external")]
+    if external:
+        config.hook.pytest_deselected(items=external)
+        items[:] = [item for item in items if not item.get_closest_marker("external")]

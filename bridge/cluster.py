@@ -17,6 +17,7 @@ which the worker notices on its clock, so that it sleeps its poll interval as be
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from bridge.net import ThreadSessions, describe_network_error, json_body
 
 if TYPE_CHECKING:
     from bridge.config import Config
+    from bridge.fitting import PromptFit
 
 log = logging.getLogger("bridge")
 
@@ -129,14 +131,21 @@ class ClusterProtocol(Protocol):
         """Ask for one job. Raises ClusterUnavailable or ClusterRejected."""
         ...
 
-    def submit(self, job: Job, text: str, tokens: int | None = None) -> Submitted:
+    def submit(
+        self, job: Job, text: str, tokens: int | None = None, prompt: PromptFit | None = None
+    ) -> Submitted:
         """Deliver a generated text and, when the backend counted them, its tokens (sent as
-        `token_count`, which our cluster pays when plausible and others ignore). Raises
-        ClusterUnavailable or ClusterRejected."""
+        `token_count`, which our cluster pays when plausible and others ignore) and how the
+        prompt was sent (`prompt_tokens`, `prompt_trimmed`). Raises ClusterUnavailable or
+        ClusterRejected."""
         ...
 
     def give_back(self, job: Job) -> Submitted:
         """Report the job as failed so the cluster hands its slot to another server, unpaid."""
+        ...
+
+    def leave(self, capabilities: Capabilities) -> bool:
+        """Say this server stops (best effort, never raises; True if the cluster answered)."""
         ...
 
 
@@ -247,6 +256,30 @@ class _HttpCluster:
     def _progress_credentials(self) -> dict[str, str]:
         return {}
 
+    def _pop_body(self, capabilities: Capabilities) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def leave(self, capabilities: Capabilities) -> bool:
+        """Tell the cluster this server stops: a pop with `"leaving": true` (never held),
+        after which our cluster shows it inactive at once instead of minutes later. Best
+        effort, one try; a cluster that ignores the field may hand out a job, given back."""
+        body = {**self._pop_body(capabilities), "leaving": True}
+        try:
+            response = self._session.post(
+                f"{self.url}{self.pop_path}", json=body, timeout=(self.connect_timeout, 5.0)
+            )
+        except requests.RequestException as error:
+            log.debug("could not tell the cluster we leave: %s", describe_network_error(error))
+            return False
+        data = json_body(response)
+        if response.status_code != 200 or not isinstance(data, dict):
+            return False
+        ids = [data.get("id"), *(data.get("ids") or [])]
+        for job_id in dict.fromkeys(i for i in ids if isinstance(i, str)):
+            with contextlib.suppress(ClusterError):  # else its ttl passes
+                self.give_back(Job(job_id, {}, None))
+        return True
+
     def _raise_if_transient(self, response: requests.Response) -> None:
         status = response.status_code
         if status == 429:
@@ -296,8 +329,8 @@ class OriginalClusterProtocol(_HttpCluster):
             pop_wait=config.pop_wait,
         )
 
-    def pop(self, capabilities: Capabilities) -> Job | NoWork:
-        body: dict[str, Any] = {
+    def _pop_body(self, capabilities: Capabilities) -> dict[str, Any]:
+        return {
             "name": self.name,
             "model": capabilities.model,
             "max_length": capabilities.max_length,
@@ -305,18 +338,21 @@ class OriginalClusterProtocol(_HttpCluster):
             "max_content_length": capabilities.max_context_length,
             "bridge_agent": self.bridge_agent,
             "threads": self.threads,
+            **self._credentials(with_username=True),
         }
-        body.update(self._credentials(with_username=True))
-        response, data = self._pop_request(body)
+
+    def pop(self, capabilities: Capabilities) -> Job | NoWork:
+        response, data = self._pop_request(self._pop_body(capabilities))
         if response.status_code == 200 and isinstance(data, dict) and "id" in data:
             return self._parse_pop(data)
         if response.status_code == 403 and _rc(data) == "WorkerMaintenance":
             return NoWork(maintenance=_message(response, data))
         self._raise_for_pop(response, data)
 
-    def submit(self, job: Job, text: str, tokens: int | None = None) -> Submitted:
-        counted = {} if tokens is None else {"token_count": tokens}
-        return self._submit(job, {"generation": text, **counted})
+    def submit(
+        self, job: Job, text: str, tokens: int | None = None, prompt: PromptFit | None = None
+    ) -> Submitted:
+        return self._submit(job, {"generation": text, **_counts(tokens, prompt)})
 
     def give_back(self, job: Job) -> Submitted:
         return self._submit(job, {"generation": "", "state": "faulted"})
@@ -407,8 +443,8 @@ class HordeProtocol(_HttpCluster):
             pop_wait=config.pop_wait,
         )
 
-    def pop(self, capabilities: Capabilities) -> Job | NoWork:
-        body: dict[str, Any] = {
+    def _pop_body(self, capabilities: Capabilities) -> dict[str, Any]:
+        return {
             "name": self.name,
             "models": [capabilities.model],
             "max_length": capabilities.max_length,
@@ -420,7 +456,9 @@ class HordeProtocol(_HttpCluster):
             "softprompts": [],
             "nsfw": self.nsfw,
         }
-        response, data = self._pop_request(body)
+
+    def pop(self, capabilities: Capabilities) -> Job | NoWork:
+        response, data = self._pop_request(self._pop_body(capabilities))
         if (
             response.status_code == 200
             and isinstance(data, dict)
@@ -433,10 +471,12 @@ class HordeProtocol(_HttpCluster):
             return NoWork(maintenance=_message(response, data))
         self._raise_for_pop(response, data)
 
-    def submit(self, job: Job, text: str, tokens: int | None = None) -> Submitted:
+    def submit(
+        self, job: Job, text: str, tokens: int | None = None, prompt: PromptFit | None = None
+    ) -> Submitted:
         # No seed: KoboldAI does not report the one it used, and the field is optional.
-        counted = {} if tokens is None else {"token_count": tokens}
-        return self._submit(job.id, {"generation": text, "state": "ok", **counted})
+        fields = {"generation": text, "state": "ok", **_counts(tokens, prompt)}
+        return self._submit(job.id, fields)
 
     def give_back(self, job: Job) -> Submitted:
         return self._submit(job.id, {"generation": "", "state": "faulted"})
@@ -534,6 +574,16 @@ class HordeProtocol(_HttpCluster):
         raise self._not_a_cluster(
             status, ": give the cluster's address without /api" if api else ""
         )
+
+
+def _counts(tokens: int | None, prompt: PromptFit | None) -> dict[str, int]:
+    """A submit's counts, each only when known: the generated tokens (`token_count`), the
+    prompt's tokens as sent and those cut from its front to fit (this cluster's extension;
+    the AI Horde ignores fields it does not know)."""
+    counts = {} if tokens is None else {"token_count": tokens}
+    if prompt is not None:
+        counts.update(prompt_tokens=prompt.tokens, prompt_trimmed=prompt.trimmed)
+    return counts
 
 
 def _names_field(data: Any, name: str) -> bool:

@@ -10,13 +10,18 @@ HTTP. The OpenAI-compatible backends (`bridge.openai_backend`) raise the same ex
 from __future__ import annotations
 
 import json
+import logging
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import requests
 
+from bridge.fitting import PromptFit, cut_at_stop, fit_payload
 from bridge.net import ThreadSessions, describe_network_error, json_body, sse_events
+
+log = logging.getLogger("bridge")
 
 # Called with the whole text generated so far while a backend streams; returning False stops
 # reading the stream (the cluster no longer wants the job).
@@ -78,10 +83,12 @@ class ModelInfo:
 
 @dataclass(frozen=True)
 class Generation:
-    """A generated text and, when the backend counted them, its tokens."""
+    """A generated text and, when the backend counted them, its tokens; `prompt` says how
+    the prompt was sent (its tokens, and those cut to fit the context), when it was fitted."""
 
     text: str
     tokens: int | None = None
+    prompt: PromptFit | None = None
 
 
 def whole(value: Any) -> int | None:
@@ -125,6 +132,8 @@ class KoboldClient:
         # KoboldCpp streams (POST /api/extra/generate/stream); KoboldAI United does not.
         self.streams = koboldcpp
         self.parallel: int | None = None  # requests served at once: not reported
+        self.context: int | None = None  # the true context, once model_info read it
+        self._counts = koboldcpp  # whether /api/extra/tokencount may answer
         self.url = url.rstrip("/")
         # People paste the API's address as KoboldCpp prints it ("…/api"); the paths below
         # already start with /api, so keep only the server's address.
@@ -154,12 +163,13 @@ class KoboldClient:
                 raise self._not_kobold(path, "without a positive whole number")
             lengths.append(value)
         if not self.koboldcpp:
+            self.context = lengths[1]
             return ModelInfo(name=name, max_length=lengths[0], max_context_length=lengths[1])
         try:
             context = whole(self._get("/api/extra/true_max_context_length", "value"))
         except NotKoboldAI:
             context = None  # a KoboldCpp older than that endpoint
-        context = context or lengths[1]
+        context = self.context = context or lengths[1]
         # KoboldCpp names its model "koboldcpp/<file>": the AI Horde's name for a GGUF model.
         return ModelInfo(
             name=name,
@@ -196,13 +206,21 @@ class KoboldClient:
         """Generate one text for a job's payload and return it, waiting up to `timeout`
         seconds for KoboldAI, but never less than `generate_timeout`. With `on_text`, a
         KoboldCpp streams and `on_text` gets the text so far as it grows."""
+        payload, fit = fit_payload(payload, self.context, self.count_tokens)
         # quiet: KoboldAI would otherwise print every prompt and result to its own console.
         body = {**payload, "quiet": True}
+        if self.koboldcpp:  # its name for this generation, to abort it (`_abort`)
+            body["genkey"] = f"KCLUSTER_{uuid.uuid4().hex[:16]}"
         read = max(self.generate_timeout, timeout or 0.0)
+        stops = payload.get("stop_sequence")
         if on_text is not None and self.streams:
-            streamed = self._generate_streamed(body, read, on_text)
+            # KoboldCpp streams the rest of the token a stop sequence ended in: not sent on.
+            streamed = self._generate_streamed(
+                body, read, lambda text: on_text(cut_at_stop(text, stops))
+            )
             if streamed is not None:
-                return streamed
+                text = cut_at_stop(streamed.text, stops)
+                return Generation(text, self._last_token_count(), fit)
         try:
             response = self._session.post(
                 f"{self.url}/api/latest/generate",
@@ -221,7 +239,59 @@ class KoboldClient:
         if not isinstance(text, str):
             raise GenerationFailed(f"{self.label}'s answer to generate has no results[0].text")
         # Newer KoboldCpp versions report the tokens they generated; KoboldAI United does not.
-        return Generation(text, whole(result.get("completion_tokens")))
+        tokens = whole(result.get("completion_tokens"))
+        if tokens is None:
+            tokens = self._last_token_count()
+        return Generation(cut_at_stop(text, stops), tokens, fit)
+
+    def _last_token_count(self) -> int | None:
+        """KoboldCpp's count of the tokens of the generation that just ended, from
+        `/api/extra/perf` (1.76 reports none with its results, and its stream never does).
+        KoboldCpp generates one text at a time, so the last one is ours unless another
+        ended in the moment since, which is not worth a second request to rule out."""
+        if not self.koboldcpp:
+            return None
+        try:
+            response = self._session.get(
+                f"{self.url}/api/extra/perf", timeout=(self.connect_timeout, self.info_timeout)
+            )
+        except requests.RequestException:
+            return None  # the text is what matters; the cluster counts it instead
+        data = json_body(response)
+        if response.status_code != 200 or not isinstance(data, dict):
+            return None
+        return whole(data.get("last_token_count"))
+
+    def _abort(self, genkey: str) -> None:
+        """Stop KoboldCpp's generation `genkey`: it goes on after its stream's reader left."""
+        try:
+            self._session.post(
+                f"{self.url}/api/extra/abort",
+                json={"genkey": genkey},
+                timeout=(self.connect_timeout, self.info_timeout),
+            )
+        except requests.RequestException as error:
+            log.debug("could not abort KoboldCpp's generation: %s", describe_network_error(error))
+
+    def count_tokens(self, text: str) -> int | None:
+        """KoboldCpp's count of `text` in its model's tokens; None from KoboldAI United (no
+        such endpoint) or when it cannot answer now (then the bridge estimates)."""
+        if not self._counts:
+            return None
+        try:
+            response = self._session.post(
+                f"{self.url}/api/extra/tokencount",
+                json={"prompt": text},
+                timeout=(self.connect_timeout, self.info_timeout),
+            )
+        except requests.RequestException as error:
+            raise self._unreachable(error) from None
+        data = json_body(response)
+        if response.status_code in (404, 405, 501):
+            self._counts = False
+        if response.status_code != 200 or not isinstance(data, dict):
+            return None
+        return whole(data.get("value"))
 
     def _generate_streamed(
         self, body: dict[str, Any], read: float, on_text: OnText
@@ -245,6 +315,7 @@ class KoboldClient:
                     if isinstance(token, str) and token:
                         text += token
                         if not on_text(text):
+                            self._abort(body["genkey"])
                             break
                 return Generation(text)
         except requests.RequestException as error:

@@ -19,6 +19,7 @@ from typing import Any
 
 import requests
 
+from bridge.fitting import PromptFit, cut_at_stop, fit_payload
 from bridge.kobold import (
     Generation,
     GenerationFailed,
@@ -51,15 +52,28 @@ class Flavour:
     kind: str  # the key of bridge.translate.DIALECTS
     label: str  # for log lines: "llama.cpp server"
     trusts_usage: bool = True  # KoboldCpp's OpenAI endpoints report a fixed 100 tokens
+    # POST path, body and answer key of its tokenizer endpoint, when it has one.
+    tokenizer: tuple[str, str, str] | None = None
+
+
+# path, the body's field for the text, the answer's field: a list of tokens or a count.
+TOKENIZERS = {
+    # llama.cpp: {"content"} -> {"tokens": [...]}; add_special counts the BOS it will add.
+    "llamacpp": ("/tokenize", "content", "tokens"),
+    # vLLM: {"model", "prompt"} -> {"count", "tokens", ...}.
+    "vllm": ("/tokenize", "prompt", "count"),
+    # TabbyAPI: {"text"} -> {"tokens": [...], "length"}.
+    "tabbyapi": ("/v1/token/encode", "text", "length"),
+}
 
 
 FLAVOURS = {
     flavour.kind: flavour
     for flavour in (
-        Flavour("llamacpp", "llama.cpp server"),
+        Flavour("llamacpp", "llama.cpp server", tokenizer=TOKENIZERS["llamacpp"]),
         Flavour("ollama", "Ollama"),
-        Flavour("vllm", "vLLM"),
-        Flavour("tabbyapi", "TabbyAPI"),
+        Flavour("vllm", "vLLM", tokenizer=TOKENIZERS["vllm"]),
+        Flavour("tabbyapi", "TabbyAPI", tokenizer=TOKENIZERS["tabbyapi"]),
         Flavour("textgen", "text-generation-webui"),
         Flavour("openai", "OpenAI-compatible server"),
         Flavour("koboldcpp", "KoboldCpp (OpenAI API)", trusts_usage=False),
@@ -106,6 +120,8 @@ class OpenAIClient:
         self._dropped_lock = threading.Lock()
         self._slots_unknown = False
         self.parallel: int | None = None  # llama.cpp's slots (--parallel), when it says
+        self.context: int | None = None  # the context the server reported, if it did
+        self._tokenizer = flavour.tokenizer
 
     @property
     def _session(self) -> requests.Session:
@@ -124,6 +140,7 @@ class OpenAIClient:
             raise NoModelLoaded(f"{self.label} at {self.url} serves no model; load one first")
         self._model = name
         known = context is not None
+        self.context = context
         context = context or DEFAULT_CONTEXT
         return ModelInfo(
             name=name,
@@ -215,9 +232,23 @@ class OpenAIClient:
     ) -> Generation:
         """Generate one text for a job's payload, waiting at least `generate_timeout`. With
         `on_text`, the completion streams and `on_text` gets the text so far as it grows."""
+        payload, fit = fit_payload(payload, self.context, self.count_tokens)
         body = self.completion_body(payload)
+        stops = body.get("stop")
         if on_text is not None:
-            return self._generate_streamed(body, timeout, on_text)
+            answer = self._generate_streamed(
+                body, timeout, lambda text: on_text(cut_at_stop(text, stops))
+            )
+        else:
+            answer = self._generate_once(body, timeout)
+        text, tokens, stopped_on, prompt_tokens = answer
+        if not self.flavour.trusts_usage:
+            tokens = prompt_tokens = None
+        if fit is not None and prompt_tokens:  # what it read, by its own account
+            fit = PromptFit(prompt_tokens, fit.trimmed)
+        return Generation(cut_at_stop(text, stops, stopped_on), tokens, fit)
+
+    def _generate_once(self, body: dict[str, Any], timeout: float | None) -> _Answer:
         try:
             response = self._session.post(
                 f"{self.url}/v1/completions",
@@ -229,20 +260,20 @@ class OpenAIClient:
         self._raise_for_generate(response)
         data = json_body(response)
         try:
-            text = data["choices"][0]["text"]
+            choice = data["choices"][0]
+            text = choice["text"]
         except (TypeError, KeyError, IndexError):
-            text = None
+            choice, text = {}, None
         if not isinstance(text, str):
             raise GenerationFailed(f"{self.label}'s completion has no choices[0].text")
-        usage = data.get("usage") if isinstance(data, dict) else None
-        tokens = whole(usage.get("completion_tokens")) if isinstance(usage, dict) else None
-        return Generation(text, tokens if self.flavour.trusts_usage else None)
+        tokens, prompt_tokens = _usage(data.get("usage"))
+        return text, tokens, _stopped_on(data, choice), prompt_tokens
 
     def _generate_streamed(
         self, body: dict[str, Any], timeout: float | None, on_text: OnText
-    ) -> Generation:
+    ) -> _Answer:
         """`stream: true`: chunks of `choices[0].text` until `data: [DONE]`."""
-        text, tokens = "", None
+        text, tokens, stopped_on, prompt_tokens = "", None, None, None
         try:
             with self._session.post(
                 f"{self.url}/v1/completions",
@@ -255,20 +286,37 @@ class OpenAIClient:
                     if data.strip() == "[DONE]":
                         break
                     chunk = _chunk(data)
-                    usage = chunk.get("usage")
-                    if isinstance(usage, dict):  # some servers end with one
-                        tokens = whole(usage.get("completion_tokens"))
+                    if isinstance(chunk.get("usage"), dict):  # some servers end with one
+                        tokens, prompt_tokens = _usage(chunk["usage"])
                     choices = chunk.get("choices")
-                    piece = (
-                        choices[0].get("text") if choices and isinstance(choices[0], dict) else None
-                    )
+                    choice = choices[0] if choices and isinstance(choices[0], dict) else {}
+                    stopped_on = _stopped_on(chunk, choice) or stopped_on
+                    piece = choice.get("text")
                     if isinstance(piece, str) and piece:
                         text += piece
                         if not on_text(text):
                             break
         except requests.RequestException as error:
             raise self._unreachable(error) from None
-        return Generation(text, tokens if self.flavour.trusts_usage else None)
+        return text, tokens, stopped_on, prompt_tokens
+
+    def count_tokens(self, text: str) -> int | None:
+        """The server's count of `text` in its model's tokens, from its tokenizer endpoint;
+        None when it has none (then the bridge estimates) or cannot answer now."""
+        if self._tokenizer is None:
+            return None
+        path, field, key = self._tokenizer
+        body: dict[str, Any] = {field: text}
+        if self.flavour.kind == "llamacpp":
+            body["add_special"] = True
+        if self.flavour.kind == "vllm":
+            body["model"] = self._model or ""
+        data = self._post_json(path, body, missing=True)
+        if data is _MISSING:
+            self._tokenizer = None  # not this version: estimate from now on
+            return None
+        value = data.get(key) if isinstance(data, dict) else None
+        return len(value) if isinstance(value, list) else whole(value)
 
     def _stream_options(self) -> dict[str, Any]:
         if not self.dialect.stream_usage:
@@ -287,7 +335,8 @@ class OpenAIClient:
                 self.label,
                 ", ".join(new),
             )
-        return {"model": self._model or "", **body}
+        extra = {"verbose": True} if self.flavour.kind == "llamacpp" else {}
+        return {"model": self._model or "", **body, **extra}
 
     def _raise_for_generate(self, response: requests.Response) -> None:
         status = response.status_code
@@ -314,13 +363,16 @@ class OpenAIClient:
             raise self._not_openai(path, str(response.status_code))
         return None
 
-    def _post_json(self, path: str, body: dict[str, Any]) -> Any:
+    def _post_json(self, path: str, body: dict[str, Any], *, missing: bool = False) -> Any:
+        """The JSON answer of a 200, else None (`_MISSING` for 404 and 405 with `missing`)."""
         try:
             response = self._session.post(
                 f"{self.url}{path}", json=body, timeout=(self.connect_timeout, self.info_timeout)
             )
         except requests.RequestException as error:
             raise self._unreachable(error) from None
+        if missing and response.status_code in (404, 405):
+            return _MISSING
         return json_body(response) if response.status_code == 200 else None
 
     def _unreachable(self, error: requests.RequestException) -> KoboldUnreachable:
@@ -334,6 +386,29 @@ class OpenAIClient:
             f"the server at {self.url} is no longer an OpenAI-compatible server (GET {path} "
             f"answered {what}); check --backend-url"
         )
+
+
+# text, completion tokens, the stop string the server removed, prompt tokens.
+_Answer = tuple[str, int | None, str | None, int | None]
+_MISSING = object()
+
+
+def _usage(usage: Any) -> tuple[int | None, int | None]:
+    """Completion and prompt tokens of an OpenAI `usage` object."""
+    if not isinstance(usage, dict):
+        return None, None
+    return whole(usage.get("completion_tokens")), whole(usage.get("prompt_tokens"))
+
+
+def _stopped_on(data: dict[str, Any], choice: Any) -> str | None:
+    """The stop string a server stopped on and left out of the text: vLLM says it in the
+    choice's `stop_reason`; llama.cpp in `__verbose.stopping_word` when asked (`verbose`)."""
+    reason = choice.get("stop_reason") if isinstance(choice, dict) else None
+    if isinstance(reason, str) and reason:
+        return reason
+    verbose = data.get("__verbose")
+    word = verbose.get("stopping_word") if isinstance(verbose, dict) else None
+    return word if isinstance(word, str) and word else None
 
 
 def _chunk(data: str) -> dict[str, Any]:

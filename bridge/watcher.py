@@ -17,6 +17,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("bridge")
 
 
+def room_for_prompt(context: int) -> int:
+    """The most new tokens to advertise for `context`: half of it, so that a prompt always
+    has the other half (at least 1)."""
+    return max(context // 2, 1)
+
+
 class ModelWatcher:
     """The backend's current model and limits, re-read every `refresh_interval` seconds because
     the contributor may load another model while the bridge runs. Shared by all workers."""
@@ -36,6 +42,7 @@ class ModelWatcher:
         self._checked = -math.inf
         self._down = False
         self._warned: set[tuple[str, int, int]] = set()
+        self.last: Capabilities | None = None  # what the latest pop advertised
 
     def capabilities(self) -> Capabilities:
         """What to advertise in the next pop. Raises KoboldError while KoboldAI is unusable."""
@@ -44,7 +51,8 @@ class ModelWatcher:
             if not self._fresh or stale:
                 self._refresh()
             assert self._info is not None
-            return self._limit(self._info)
+            self.last = self._limit(self._info)
+            return self.last
 
     def invalidate(self) -> None:
         """KoboldAI just failed: check it again before popping another job."""
@@ -82,15 +90,19 @@ class ModelWatcher:
 
     def _limit(self, info: ModelInfo) -> Capabilities:
         """The owner's --max-length and --max-context-length, never above what the backend
-        allows. A backend that does not report its context gets the owner's word for it."""
+        allows. A backend that does not report its context gets the owner's word for it.
+
+        max_length is at most half the context (`room_for_prompt`): the cluster hands a
+        server jobs up to the max_length it advertises, and a job that takes the whole
+        context leaves none for its prompt (a 512-token context advertised 512)."""
         wanted_context = self.settings.max_context_length
         if info.limits_known or wanted_context is None:
             context = self._capped("--max-context-length", wanted_context, info.max_context_length)
-            ceiling = min(info.max_length_ceiling or info.max_length, context)
+            ceiling = min(info.max_length_ceiling or info.max_length, room_for_prompt(context))
         else:
-            context = ceiling = wanted_context
+            context, ceiling = wanted_context, room_for_prompt(wanted_context)
         if self.settings.max_length is None:
-            length = min(info.max_length, context)
+            length = min(info.max_length, room_for_prompt(context))
         else:
             length = self._capped("--max-length", self.settings.max_length, ceiling)
         return Capabilities(self.settings.model_name or info.cluster_name, length, context)

@@ -323,9 +323,14 @@ class Worker:
                 else:
                     generation = self.kobold.generate(job.payload, patience, on_text=sender.update)
                 if sender is not None and sender.gone:
-                    log.warning("job %s: the cluster no longer wants it; moving on", _short(job))
-                    self.stats.add(dropped=1)
-                    return None
+                    # Cancelled by its client (or its slot went elsewhere): the backend was
+                    # stopped; the text so far is delivered, and paid if the cluster takes it.
+                    log.info(
+                        "job %s: the cluster no longer wants it; stopped %s, delivering the "
+                        "text so far",
+                        _short(job),
+                        self.kobold.label,
+                    )
                 return generation, self._clock() - started
             except KoboldBusy:
                 busy += 1
@@ -370,7 +375,9 @@ class Worker:
         first_failure = stop_seen = None
         while True:
             try:
-                result = self.cluster.submit(job, generation.text, generation.tokens)
+                result = self.cluster.submit(
+                    job, generation.text, generation.tokens, generation.prompt
+                )
                 break
             except ClusterUnavailable as error:
                 failures += 1
@@ -491,6 +498,13 @@ class Bridge:
             if self.fatal is None:
                 self.fatal = error
             self.stop.set()
+
+    def leave(self) -> None:
+        """Tell the cluster this server stops (after a clean stop), so that it is shown as
+        inactive now and requests stop waiting for it."""
+        capabilities = self.watcher.last
+        if capabilities is not None and self.cluster.leave(capabilities):
+            log.info("told the cluster this server is leaving")
 
     def join(self, poll: float = 0.2) -> None:
         """Wait for every worker to end, logging the summary every `summary_interval`.

@@ -103,12 +103,16 @@ def job_submit(
     seed: int | None = None,
     gen_metadata: list[dict] | None = None,
     token_count: int | None = None,
+    prompt_tokens: int | None = None,
+    prompt_trimmed: int = 0,
     now: datetime | None = None,
 ) -> int:
     """Accept a generation exactly once and pay for it; return the reward in tokens.
 
     `token_count` is the server's own count of the generated tokens: paid when plausible
-    (`reward_tokens`), else the cluster counts.
+    (`reward_tokens`), else the cluster counts. `prompt_tokens` and `prompt_trimmed` are the
+    backend's count of the prompt as the bridge sent it and the tokens it cut from its front
+    to fit the backend's context; stored with the text, in the same statement.
 
     `state="faulted"` gives the slot back to the queue and pays nothing. `censored` and
     `csam` are accepted and paid like `ok` (the server did the work, and used tokens always
@@ -125,6 +129,8 @@ def job_submit(
         "seed": seed,
         "censored": state in ("censored", "csam"),
         "gen_metadata": metadata,
+        "prompt_tokens": prompt_tokens,
+        "prompt_trimmed": prompt_trimmed,
     }
     delivery = None
     if state != Job.State.FAULTED and not is_postgres():
@@ -182,7 +188,7 @@ def _done_set(tokens: str = "%s") -> str:
     """The SET list of an accepted job (`tokens`: the SQL of its reward, a parameter by default)."""
     return (
         f"state = 'done', text = %s, tokens = {tokens}, finished = %s, seed = %s, "
-        "censored = %s, gen_metadata = %s"
+        "censored = %s, gen_metadata = %s, prompt_tokens = %s, prompt_trimmed = %s"
     )
 
 
@@ -195,6 +201,8 @@ def _done_params(done: dict, tokens_params: list[object] | None = None) -> list[
         done["seed"],
         done["censored"],
         json_param(done["gen_metadata"]),
+        done["prompt_tokens"],
+        done["prompt_trimmed"],
     ]
 
 

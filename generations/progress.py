@@ -13,7 +13,7 @@ from __future__ import annotations
 from django.utils import timezone
 
 from generations.delivery import delivery_for
-from generations.models import Job
+from generations.models import Job, Prompt
 from generations.progress_store import progress_store
 from koboldcluster import wakeups
 from koboldcluster.errors import NotFound
@@ -27,11 +27,16 @@ def job_progress(*, job_id: object, credentials: Credentials, text: str) -> None
     """Keep `text` as the job's text so far and wake its prompt's streams.
 
     Only the owner of the server holding the job, while it is processing: 404 InvalidJobID
-    for an unknown or expired job, 404 AbortedGen once it is no longer processing.
+    for an unknown or expired job, 404 AbortedGen once it is no longer processing or its
+    request was cancelled (its client aborted or left): the bridge then stops its backend and
+    submits the text so far, which is accepted and paid like any result.
     """
     delivery = delivery_for(job_id=job_id, credentials=credentials, now=timezone.now())
     job = delivery.job
-    if not Job.objects.filter(id=job.id, state=Job.State.PROCESSING).exists():
-        raise NotFound(f"Job {job.id} is no longer processing.", rc="AbortedGen")
+    wanted = Job.objects.filter(
+        id=job.id, state=Job.State.PROCESSING, prompt__state=Prompt.State.LIVE
+    )
+    if not wanted.exists():
+        raise NotFound(f"Job {job.id} is no longer wanted.", rc="AbortedGen")
     progress_store(prompt_id=job.prompt_id, job_id=job.id, text=text[:MAX_PROGRESS_CHARS])
     wakeups.notify(wakeups.topic_for_prompt(job.prompt_id))

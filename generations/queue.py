@@ -50,7 +50,7 @@ from generations.sql import (
 from koboldcluster.errors import Forbidden
 from koboldcluster.rows import instance
 from servers.models import Server
-from servers.services import CheckIn, Credentials, server_for_pop
+from servers.services import CheckIn, Credentials, server_for_pop, server_leave
 
 logger = logging.getLogger(__name__)
 
@@ -79,11 +79,16 @@ def job_pop(
     check_in: CheckIn,
     priority_usernames: Iterable[str] = (),
     amount: int = 1,
+    leaving: bool = False,
     now: datetime | None = None,
 ) -> PopResult:
-    """A server's pop: identify it, check it in, and claim work for it (`jobs_claim`)."""
+    """A server's pop: identify it, check it in, and claim work for it (`jobs_claim`).
+    A `leaving` server (its bridge stops) is identified and checked out instead: no job."""
     now = now or timezone.now()
     server = server_for_pop(credentials=credentials, check_in=check_in, now=now)
+    if leaving:
+        server_leave(server=server, now=now)
+        return PopResult(server=server)
     first = priority_user_ids(priority_usernames)
     result = jobs_claim(server=server, priority_user_ids=first, amount=amount, now=now)
     result.server, result.first_users = server, first

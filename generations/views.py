@@ -23,6 +23,7 @@ from generations.status import PromptStatus, prompt_cancel, prompt_status
 from koboldcluster.api import parse_uuid, validated
 from koboldcluster.fields import (
     InputSerializer,
+    OptionField,
     StrictCharField,
     StrictIntegerField,
     StringListField,
@@ -166,6 +167,11 @@ class PopView(PopReply, APIView):
         bridge_agent = optional_text(max_length=1000)
         threads = StrictIntegerField(min_value=1, max_value=50, default=1)
         wait = WaitField()
+        leaving = OptionField(
+            False,
+            help_text="The server is stopping: it gets no job and is shown as inactive at once "
+            "instead of after SERVER_STALE_SECONDS (this cluster's extension).",
+        )
         # Users served first: `alias#id` (the AI Horde's form) or plain usernames.
         priority_usernames = StringListField(
             required=False,
@@ -204,11 +210,12 @@ class PopView(PopReply, APIView):
         data = validated(self.Input, request.data)
         result = self.pop_once(data, request)
         attempt = partial(self.pop, server=result.server, priority_user_ids=result.first_users)
-        return respond(self.answer(result), wait=data["wait"], attempt=attempt)
+        wait = 0 if data["leaving"] else data["wait"]
+        return respond(self.answer(result), wait=wait, attempt=attempt)
 
     @staticmethod
     def pop_once(data: dict[str, Any], request: Any) -> PopResult:
-        """Check the server in and try once."""
+        """Check the server in and try once (a leaving server: check it out)."""
         check_in = CheckIn(
             name=data["name"],
             models=data.get("models") or [data["model"]],
@@ -223,6 +230,7 @@ class PopView(PopReply, APIView):
             credentials=_credentials(request, data),
             check_in=check_in,
             priority_usernames=data.get("priority_usernames") or [],
+            leaving=data["leaving"],
         )
 
     @classmethod
@@ -279,6 +287,20 @@ class SubmitView(APIView):
             required=False,
             help_text="The backend's count of generated tokens; paid when plausible.",
         )
+        prompt_tokens = StrictIntegerField(
+            min_value=0,
+            max_value=SERVER_LIMIT,
+            required=False,
+            help_text="This cluster's extension: the backend's count of the prompt's tokens as "
+            "the bridge sent it (after any trimming).",
+        )
+        prompt_trimmed = StrictIntegerField(
+            min_value=0,
+            max_value=SERVER_LIMIT,
+            default=0,
+            help_text="This cluster's extension: the tokens the bridge cut from the front of "
+            "the prompt to fit the backend's context (0: none).",
+        )
 
     @extend_schema(
         operation_id="server_submit",
@@ -306,5 +328,7 @@ class SubmitView(APIView):
             state=data["state"],
             seed=data.get("seed"),
             token_count=data.get("token_count"),
+            prompt_tokens=data.get("prompt_tokens"),
+            prompt_trimmed=data.get("prompt_trimmed", 0),
         )
         return {"reward": reward}

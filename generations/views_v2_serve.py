@@ -116,6 +116,11 @@ class TextPopView(PopReply, APIView):
         )
         nsfw = OptionField(True)
         wait = WaitField()
+        leaving = OptionField(
+            False,
+            help_text="The server is stopping: it gets no job and is shown as inactive at once "
+            "instead of after SERVER_STALE_SECONDS (this cluster's extension).",
+        )
 
     @extend_schema(
         operation_id="horde_text_pop",
@@ -142,7 +147,8 @@ class TextPopView(PopReply, APIView):
             priority_user_ids=result.first_users,
             amount=data["amount"],
         )
-        return respond(self.answer(result), wait=data["wait"], attempt=attempt)
+        wait = 0 if data["leaving"] else data["wait"]
+        return respond(self.answer(result), wait=wait, attempt=attempt)
 
     @staticmethod
     def pop_once(data: dict[str, Any], request: Any) -> PopResult:
@@ -163,6 +169,7 @@ class TextPopView(PopReply, APIView):
             check_in=check_in,
             priority_usernames=data.get("priority_usernames") or [],
             amount=data["amount"],
+            leaving=data["leaving"],
         )
 
     @classmethod
@@ -222,6 +229,20 @@ class TextSubmitView(APIView):
             help_text="This cluster's extension: the backend's count of generated tokens, "
             "paid when plausible.",
         )
+        prompt_tokens = StrictIntegerField(
+            min_value=0,
+            max_value=SERVER_LIMIT,
+            required=False,
+            help_text="This cluster's extension: the backend's count of the prompt's tokens as "
+            "the bridge sent it (after any trimming).",
+        )
+        prompt_trimmed = StrictIntegerField(
+            min_value=0,
+            max_value=SERVER_LIMIT,
+            default=0,
+            help_text="This cluster's extension: the tokens the bridge cut from the front of "
+            "the prompt to fit the backend's context (0: none).",
+        )
         gen_metadata = serializers.ListField(
             child=GenMetadataInput(), required=False, allow_null=True
         )
@@ -265,5 +286,7 @@ class TextSubmitView(APIView):
             seed=data.get("seed"),
             gen_metadata=[dict(entry) for entry in metadata],
             token_count=data.get("token_count"),
+            prompt_tokens=data.get("prompt_tokens"),
+            prompt_trimmed=data.get("prompt_trimmed", 0),
         )
         return {"reward": float(reward)}

@@ -146,8 +146,6 @@ class ClusterASGIHandler(ASGIHandler):
         handler = self.api_handler if path.startswith(API_PREFIXES) else self.sync_handler
         if path in holding.HELD_PATHS:
             response = await self._held(scope, body, receive, route=path[1:])
-            if response is None:
-                return  # the client left while its answer was held
         else:
             response = await sync_to_async(self._respond)(scope, body, handler)
         await self.send_response(response, send)
@@ -169,9 +167,11 @@ class ClusterASGIHandler(ASGIHandler):
 
     async def _held(
         self, scope: dict[str, Any], body: Any, receive: Any, route: str
-    ) -> HttpResponseBase | None:
+    ) -> HttpResponseBase:
         """A request whose view may ask to hold its answer: listening for wake-ups from before
-        the view runs, held after it on the event loop; None if the client left meanwhile."""
+        the view runs, held after it on the event loop. A client that left meanwhile is sent
+        the answer as it stands all the same: nobody reads it, but the server then logs the
+        request as answered rather than as a 500 (granian's word for "no response")."""
         started = time.perf_counter()
         async with wakeups.listening(wakeups.QUEUE) as listener:
             response = await sync_to_async(self._respond)(scope, body, self.api_handler)
@@ -179,7 +179,7 @@ class ClusterASGIHandler(ASGIHandler):
                 return response
             held = holding.finish(response, listener)
             if not await _unless_client_leaves(held, self.listen_for_disconnect(receive)):
-                return None
+                return response
         metrics.observe_latency(route, started)
         return response
 

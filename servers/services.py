@@ -194,6 +194,22 @@ def _record_check_in(server: Server, changed: dict, now: datetime) -> None:
     servers_changed()
 
 
+def server_leave(*, server: Server, now: datetime) -> None:
+    """The server's bridge is stopping: show it inactive now, not SERVER_STALE_SECONDS after
+    its last pop, so that requests stop waiting for it. Its last check-in moves back to just
+    past the stale limit (one UPDATE, no column of its own), after adding the uptime since
+    the previous check-in; its next pop checks it in as after any absence."""
+    since = server.last_check_in
+    gap = int((now - since).total_seconds())
+    working = not server.maintenance and not server.paused and since > now - _stale()
+    uptime = {"uptime": F("uptime") + gap} if working and gap > 0 else {}
+    left = now - _stale() - timedelta(seconds=1)
+    Server.objects.filter(pk=server.pk).update(last_check_in=left, **uptime)
+    server.last_check_in = left
+    servers_changed()
+    logger.info("server %s left", server.pk)
+
+
 def _stale() -> timedelta:
     return timedelta(seconds=settings.KOBOLDCLUSTER["SERVER_STALE_SECONDS"])
 

@@ -2,14 +2,16 @@
 them is the real server; each answers the documented shapes of the calls the bridge makes:
 
 - `FakeKoboldCpp`: FakeKoboldAI (the KoboldAI API) plus KoboldCpp's `/api/extra/version`,
-  `/api/extra/true_max_context_length`, `/api/extra/perf` and `/api/extra/generate/stream`
+  `/api/extra/true_max_context_length`, `/api/extra/perf`, `/api/extra/tokencount` and
+  `/api/extra/generate/stream`
   (SSE: `event: message` / `data: {"token": ...}`), and `completion_tokens` in results, as
   newer KoboldCpp versions report. Its config lengths are KoboldCpp's horde caps (400 new
   tokens, context at most 4096), the true context is larger.
 - `FakeOpenAIServer(kind)`: `/v1/models` and `/v1/completions` (with `usage` and `stream:
   true` chunks ending `data: [DONE]`), plus what each kind adds: llama.cpp server (`/props`,
-  `/slots`), Ollama (`/api/version`, `/api/tags`, `/api/ps`, `/api/show`), vLLM (`/version`,
-  `max_model_len`), TabbyAPI (`/v1/model`), text-generation-webui
+  `/slots`, `/tokenize`), Ollama (`/api/version`, `/api/tags`, `/api/ps`, `/api/show`), vLLM
+  (`/version`, `/tokenize`, `max_model_len`), TabbyAPI (`/v1/model`, `/v1/token/encode`),
+  text-generation-webui
   (`/v1/internal/model/info`), or nothing (`openai`: a generic OpenAI-compatible server).
 
 Texts are `fake_text(prompt, tokens)`: 4 characters a token, so the cluster's own count
@@ -48,6 +50,7 @@ EXTRA_FIELDS = {
         "repeat_last_n",
         "dynatemp_range",
         "dynatemp_exponent",
+        "verbose",  # adds __verbose (stopping_word ...) to the answer
     },
     "ollama": {"seed", "frequency_penalty", "presence_penalty", "stream_options"},
     "vllm": {"top_k", "min_p", "repetition_penalty", "stream_options"},
@@ -73,6 +76,16 @@ EXTRA_FIELDS = {
     },
     "openai": set(),
 }
+
+
+def _token_ids(request: _Handler, field: str) -> list[int]:
+    """The double's tokenizer: one token per 4 characters (as fake_text counts) of the text
+    in the body's `field`."""
+    length = int(request.headers.get("Content-Length") or 0)
+    body = json.loads(request.rfile.read(length) or b"{}")
+    text = body.get(field) if isinstance(body, dict) else None
+    text = text if isinstance(text, str) else ""
+    return list(range(1, (len(text) + 3) // 4 + 1))
 
 
 def _stream_tokens(text: str) -> list[str]:
@@ -127,8 +140,16 @@ class FakeKoboldCpp(FakeKoboldAI):
             request.send_json(200, {**PERF, "queue": self.queue, "idle": 0 if busy else 1})
         elif method == "POST" and path == "/api/extra/generate/stream":
             self._stream(request)
+        elif method == "POST" and path == "/api/extra/tokencount":
+            ids = _token_ids(request, "prompt")
+            request.send_json(200, {"value": len(ids), "ids": ids})
         else:
             super()._handle(request, method)
+
+    def context_limit(self) -> int | None:
+        # The real KoboldCpp (1.76, koboldcpp.py generate) clamps a larger max_context_length
+        # to its own context instead of refusing it.
+        return None
 
     def _validated(self, request: _Handler) -> dict[str, Any] | None:
         length = int(request.headers.get("Content-Length") or 0)
@@ -286,6 +307,8 @@ class FakeOpenAIServer:
             return None
         extra = getattr(self, f"_{self.kind}", None)
         found = extra(method, path, request) if extra else None
+        if found is None and method == "POST":  # read the body: the connection is kept alive
+            request.rfile.read(int(request.headers.get("Content-Length") or 0))
         return found or (404, {"error": {"message": "File Not Found", "code": 404}})
 
     def _models(self) -> dict[str, Any]:
@@ -314,6 +337,8 @@ class FakeOpenAIServer:
                 "chat_template": "",
                 "build_info": "b4567-fake",
             }
+        if path == "/tokenize" and method == "POST":
+            return 200, {"tokens": _token_ids(request, "content")}
         if path == "/slots":
             with self._lock:
                 self.slot_checks += 1
@@ -325,9 +350,15 @@ class FakeOpenAIServer:
         return None
 
     def _vllm(self, method: str, path: str, request: _Handler) -> tuple[int, Any] | None:
+        if path == "/tokenize" and method == "POST":
+            ids = _token_ids(request, "prompt")
+            return 200, {"count": len(ids), "max_model_len": self.context, "tokens": ids}
         return (200, {"version": "0.6.3"}) if path == "/version" else None
 
     def _tabbyapi(self, method: str, path: str, request: _Handler) -> tuple[int, Any] | None:
+        if path == "/v1/token/encode" and method == "POST":
+            ids = _token_ids(request, "text")
+            return 200, {"tokens": ids, "length": len(ids)}
         if path != "/v1/model":
             return None
         parameters = {"max_seq_len": self.context, "cache_mode": "FP16", "max_batch_size": 4}

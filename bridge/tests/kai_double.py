@@ -216,6 +216,8 @@ class FakeKoboldAI:
         elif method == "GET":
             self._info(request, path)
         else:
+            if method == "POST":  # read the body: the connection is kept alive
+                request.rfile.read(int(request.headers.get("Content-Length") or 0))
             request.send_json(405, {"detail": "Method Not Allowed"})
 
     def _info(self, request: _Handler, path: str) -> None:
@@ -261,6 +263,11 @@ class FakeKoboldAI:
             with self._lock:
                 self._active -= 1
 
+    def context_limit(self) -> int | None:
+        """The largest max_context_length a generate call may ask for (KoboldAI United
+        refuses more than its configured context); None: any (it is clamped)."""
+        return self.max_context_length
+
     def _verdict(self, body: Any) -> tuple[int, Any] | None:
         """An error answer for this generate call, or None to generate. Called under the lock."""
         busy = {"msg": "Server is busy; please try again later.", "type": "service_unavailable"}
@@ -275,7 +282,7 @@ class FakeKoboldAI:
         if self.fail_next > 0:
             self.fail_next -= 1
             return 500, {"detail": "Internal Server Error"}
-        errors = _validate(body, self.max_length, self.max_context_length)
+        errors = _validate(body, self.max_length, self.context_limit())
         if errors:
             return 422, {"detail": errors}
         return None
@@ -310,7 +317,7 @@ class FakeKoboldAI:
         self.start()
 
 
-def _validate(body: Any, max_length: int, max_context_length: int) -> dict[str, list[str]]:
+def _validate(body: Any, max_length: int, max_context_length: int | None) -> dict[str, list[str]]:
     """The checks KoboldAI United makes that a cluster payload could fail."""
     if not isinstance(body, dict):
         return {"_schema": ["Invalid input type."]}
@@ -320,8 +327,8 @@ def _validate(body: Any, max_length: int, max_context_length: int) -> dict[str, 
     length = body.get("max_length", 80)
     if not isinstance(length, int) or not 1 <= length <= max_length:
         errors["max_length"] = [f"Must be greater than or equal to 1 and at most {max_length}."]
-    context = body.get("max_context_length", max_context_length)
-    if not isinstance(context, int) or not 1 <= context <= max_context_length:
+    context = body.get("max_context_length", max_context_length or 1)
+    if not isinstance(context, int) or not 1 <= context <= (max_context_length or context):
         errors["max_context_length"] = [f"Must be at most {max_context_length}."]
     temperature = body.get("temperature", 0.5)
     if not isinstance(temperature, int | float) or temperature <= 0:

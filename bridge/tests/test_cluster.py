@@ -215,3 +215,40 @@ def test_give_back_reports_the_job_faulted(cluster):
         "generation": "",
         "state": "faulted",
     }
+
+
+def test_submit_sends_the_prompts_counts_when_known(cluster):
+    from bridge.fitting import PromptFit
+
+    cluster.answers.append((200, {"reward": 3}))
+    client(cluster.url).submit(Job(JOB_ID, {}, 150), " a text", 3, PromptFit(500, 1200))
+    assert cluster.requests[0][2] == {
+        "id": JOB_ID,
+        "password": "pw",
+        "generation": " a text",
+        "token_count": 3,
+        "prompt_tokens": 500,
+        "prompt_trimmed": 1200,
+    }
+
+
+def test_leaving_is_one_pop_that_says_so_and_a_job_it_brings_goes_back(cluster):
+    # A cluster that ignores "leaving" may hand out a job: it is given back at once.
+    cluster.answers.append((200, {"id": JOB_ID, "payload": {"prompt": "x"}, "ttl": 150}))
+    cluster.answers.append((200, {"reward": 0}))
+    assert client(cluster.url).leave(CAPS) is True
+    (pop_path, _, pop), (submit_path, _, give_back) = cluster.requests
+    assert (pop_path, pop["leaving"], pop["name"], "wait" in pop) == (
+        "/generate/pop",
+        True,
+        "bob-1",
+        False,
+    )
+    assert (submit_path, give_back["state"]) == ("/generate/submit", "faulted")
+
+
+def test_leaving_never_raises():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    assert client(f"http://127.0.0.1:{port}").leave(CAPS) is False

@@ -89,7 +89,9 @@ class FakeCluster:
             raise answer
         return answer
 
-    def submit(self, job: Job, text: str, tokens: int | None = None) -> Submitted:
+    def submit(
+        self, job: Job, text: str, tokens: int | None = None, prompt: Any = None
+    ) -> Submitted:
         with self._lock:
             answer = self.submit_script.popleft() if self.submit_script else None
             if isinstance(answer, Exception):
@@ -477,9 +479,18 @@ def test_length_overrides_are_capped_by_kobold(caplog):
     cluster = FakeCluster()
     harness = Harness(cluster, max_length=1024, max_context_length=1000)
     harness.run(waits=3)
-    assert cluster.popped[0] == Capabilities("KoboldAI/Tiny-1B", 512, 1000)
+    # At most half the context: 500 of 1000.
+    assert cluster.popped[0] == Capabilities("KoboldAI/Tiny-1B", 500, 1000)
     warnings = [message for message in caplog.messages if "above" in message]
-    assert warnings == ["--max-length 1024 is above what KoboldAI allows (512); using 512"]
+    assert warnings == ["--max-length 1024 is above what KoboldAI allows (500); using 500"]
+
+
+def test_max_length_leaves_half_the_context_for_the_prompt():
+    cluster = FakeCluster()
+    harness = Harness(cluster)
+    harness.kobold.info = ModelInfo("tiny", 512, 512, max_length_ceiling=512)
+    harness.run(waits=1)
+    assert cluster.popped[0] == Capabilities("tiny", 256, 512)
 
 
 def test_no_pop_while_the_backend_is_busy(caplog):

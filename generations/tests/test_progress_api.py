@@ -65,6 +65,20 @@ def test_the_submit_drops_the_progress_and_later_progress_is_refused(
     assert progress_text(prompt_of(job_id)) is None
 
 
+def test_a_cancelled_requests_job_is_told_to_stop_and_its_text_so_far_is_paid(
+    api, post_progress, submit_generation, job_id
+):
+    post_progress(job_id, "Once upon")
+    assert api.delete(f"/generate/prompt/{prompt_of(job_id)}").status_code == 200
+
+    response = post_progress(job_id, "Once upon a")
+    assert response.status_code == 404
+    assert response.json()["rc"] == "AbortedGen"
+    # The bridge stops its backend and submits what it has: accepted, as any result.
+    assert submit_generation(job_id, "Once upon a").json() == {"reward": 3}
+    assert Job.objects.get(id=job_id).state == Job.State.DONE
+
+
 def test_a_fault_drops_the_progress(post_progress, submit_generation, job_id):
     post_progress(job_id, "Once upon")
     submit_generation(job_id, "", state="faulted")

@@ -121,3 +121,47 @@ def test_the_sqlite_expression_of_the_reward_agrees_with_the_rule():
         sql = f"SELECT {expression.replace('%s', '?')}"
         (paid,) = database.execute(sql, params).fetchone()
         assert paid == reward_tokens(text, max_length, reported)[0], (chars, max_length, reported)
+
+
+# --- The prompt as the bridge sent it: prompt_tokens and prompt_trimmed -----------------------
+
+
+def test_original_submit_stores_the_prompts_tokens_and_what_was_trimmed(submit_generation, job_id):
+    response = submit_generation(job_id, "x" * 40, prompt_tokens=500, prompt_trimmed=4321)
+
+    assert response.status_code == 200
+    job = Job.objects.get(id=job_id)
+    assert (job.state, job.prompt_tokens, job.prompt_trimmed) == (Job.State.DONE, 500, 4321)
+
+
+def test_a_submit_without_them_stores_unknown_and_nothing_trimmed(submit_generation, job_id):
+    submit_generation(job_id, "x" * 40)
+
+    job = Job.objects.get(id=job_id)
+    assert (job.prompt_tokens, job.prompt_trimmed) == (None, 0)
+
+
+@pytest.mark.parametrize(
+    "bad", [{"prompt_tokens": -1}, {"prompt_trimmed": 1.5}, {"prompt_tokens": 2**31}]
+)
+def test_submit_refuses_prompt_counts_that_are_not_bounded_whole_numbers(
+    submit_generation, job_id, bad
+):
+    response = submit_generation(job_id, "x" * 40, **bad)
+
+    assert response.status_code == 400
+    assert set(response.json()["errors"]) == set(bad)
+    assert Job.objects.get(id=job_id).state == Job.State.PROCESSING
+
+
+def test_v2_submit_stores_the_prompts_tokens_and_what_was_trimmed(api, submit_prompt, register):
+    _, key = register("dave")
+    submit_prompt(params={"n": 1, "max_length": 16}, username="alice")
+    headers = {"HTTP_APIKEY": key}
+    popped = api.post(V2_POP, {"name": "dave-1", "models": ["m"]}, format="json", **headers)
+    job_id = popped.json()["id"]
+
+    body = {"id": job_id, "generation": "x" * 40, "prompt_tokens": 12, "prompt_trimmed": 0}
+    assert api.post(V2_SUBMIT, body, format="json", **headers).status_code == 200
+    job = Job.objects.get(id=job_id)
+    assert (job.prompt_tokens, job.prompt_trimmed) == (12, 0)

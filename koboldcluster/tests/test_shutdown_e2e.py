@@ -119,3 +119,22 @@ def test_sigterm_answers_held_pops_and_ends_streams_without_a_5xx(cluster):
             assert "stopping" in events[-1]["error"]
     assert took < 8, f"the drain took {took:.1f} s"
     assert not re.search(r'" 5\d\d ', output), output[-3000:]
+
+
+def test_a_held_pop_whose_client_left_is_not_logged_as_a_500(cluster):
+    import socket
+
+    _, key = account_register(username="volunteer")
+    body = json.dumps({"name": "gone-1", "model": "m", "wait": 20}).encode()
+    request = (
+        b"POST /generate/pop HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        + f"apikey: {key}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    with socket.create_connection(("127.0.0.1", cluster.port), timeout=10) as server:
+        server.sendall(request)
+        wait_until(lambda: gauge(cluster, WAITERS) == 1, what="the pop to be held")
+    wait_until(lambda: gauge(cluster, WAITERS) == 0, what="the held pop to end")
+    time.sleep(0.5)
+    cluster.stop()
+    assert not re.search(r'" 5\d\d ', cluster.output()), cluster.output()[-3000:]
