@@ -7,11 +7,12 @@ from generations.tests.frontends import server_seconds, small_server  # noqa: F4
 
 def pytest_terminal_summary(terminalreporter) -> None:  # noqa: ANN001 (pytest's reporter)
     """The time from Submit to first text each real front-end measured (`external` tests)."""
+    what = {"submit_to_first_text_s": "", "submit_to_error_s": " (the error shown)"}
     lines = [
-        f"{report.nodeid.split('::')[-1]}: {value} s"
+        f"{report.nodeid.split('::')[-1]}: {value} s{what[name]}"
         for report in terminalreporter.stats.get("passed", [])
         for name, value in getattr(report, "user_properties", [])
-        if name == "submit_to_first_text_s"
+        if name in what
     ]
     if lines:
         terminalreporter.write_sep("-", "Submit to first text, in the real front-ends")
