@@ -42,8 +42,6 @@ CHROMIUM_ARGS = [
 MODEL = "koboldcpp/Mistral-7B-Instruct-v0.3.Q4_K_M"
 SERVER_MAX_LENGTH = 512
 SERVER_MAX_CONTEXT = 4096
-# FakeKoboldAI's text (bridge/tests/kai_double.py, fake_text): 15 hex digits after a space.
-DOUBLE_TEXT = re.compile(r" [0-9a-f]{15}")
 # A slow server takes longer than the cluster's streams stay silent (a keep-alive comment
 # every second in these tests, KOBOLDCLUSTER_STREAM_KEEPALIVE_SECONDS): the front-ends' stream
 # readers must wait through the comments.
@@ -183,9 +181,6 @@ class Traffic:
                 limits = f" {asked}" if asked else ""
             lines.append(f"{method} /{url.split('/', 3)[-1]}{limits}")
         return lines + [f"answered {failure}" for failure in self.failures]
-
-    def paths(self) -> list[str]:
-        return [f"{method} /{url.split('/', 3)[-1]}" for method, url, _ in self.requests]
 
 
 def _json_or_text(body: str) -> Any:
