@@ -275,7 +275,7 @@ class KoboldClient:
 
     def count_tokens(self, text: str) -> int | None:
         """KoboldCpp's count of `text` in its model's tokens; None from KoboldAI United (no
-        such endpoint) or when it cannot answer now (then the bridge estimates)."""
+        such endpoint; it fits the prompt itself) or when it cannot answer now."""
         if not self._counts:
             return None
         try:

@@ -302,7 +302,7 @@ class OpenAIClient:
 
     def count_tokens(self, text: str) -> int | None:
         """The server's count of `text` in its model's tokens, from its tokenizer endpoint;
-        None when it has none (then the bridge estimates) or cannot answer now."""
+        None when it has none (then it fits the prompt itself) or cannot answer now."""
         if self._tokenizer is None:
             return None
         path, field, key = self._tokenizer

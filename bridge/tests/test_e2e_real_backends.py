@@ -172,11 +172,6 @@ def test_every_face_is_served_and_paid_by_the_backends_own_count(cluster, bridge
     assert f"found {backend.label} {backend.version}" in bridge.output
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 21: the OpenAI faces send max_context_length = their estimate of the prompt "
-    "x 1.25 + max_tokens, too little for a chat template's tokens; the bridge obeys it",
-)
 @pytest.mark.parametrize("backend", ["llamacpp"], indirect=True)
 def test_a_chat_reaches_the_backend_whole(cluster, bridge_process, backend):
     bridge = serve(cluster, bridge_process, backend, *original())
@@ -255,6 +250,30 @@ def test_a_prompt_longer_than_the_backends_context_is_cut_to_fit(cluster, bridge
     # What was cut and what was sent make the whole prompt (give or take the token where
     # the cut fell, and the beginning-of-sequence token).
     assert abs(job.prompt_trimmed + job.prompt_tokens - full) <= 2
+    stop(bridge)
+
+
+@pytest.mark.parametrize("backend", KINDS, indirect=True)
+def test_front_end_requests_larger_than_the_server_are_fitted_and_cut(
+    cluster, bridge_process, backend
+):
+    """Lite's default context (6144) on the KoboldAI face, and an OpenAI prompt longer than
+    any context: both are served by the one server, their prompts cut from the front."""
+    prompt = " ".join(f"word{i}" for i in range(3000)) + " The end:"
+    bridge = serve(cluster, bridge_process, backend, *original())
+    body = {"prompt": prompt, "max_length": LENGTH, "max_context_length": 6144, **GREEDY}
+    answer = requests.post(f"{cluster.url}/api/v1/generate", json=body, timeout=60)
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["X-KoboldCluster-Limits"] == (
+        f"max_context_length={CONTEXT} (asked 6144), max_length={LENGTH}"
+    )
+    completion = openai_client(cluster).completions.create(
+        model="*", prompt=prompt, max_tokens=LENGTH, temperature=0
+    )
+    first, second = jobs()
+    assert first.prompt_trimmed > 0 and second.prompt_trimmed > 0
+    assert first.prompt_tokens <= CONTEXT - LENGTH and second.prompt_tokens <= CONTEXT - LENGTH
+    assert completion.usage.prompt_tokens == second.prompt_tokens
     stop(bridge)
 
 

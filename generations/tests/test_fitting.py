@@ -89,6 +89,21 @@ def test_an_openai_chat_asking_too_much_is_fitted_and_its_job_gets_the_whole_con
     assert Prompt.objects.get().whole_context
 
 
+@pytest.mark.django_db(transaction=True)
+def test_usage_counts_the_prompt_as_the_backend_counted_it(api, pop):
+    pop(model="koboldcpp/Meta-Llama-3-8B-Instruct-Q4_K_M", max_length=512, max_content_length=4096)
+    seen: list[dict[str, Any]] = []
+    counts = {"prompt_tokens": 3071, "prompt_trimmed": 2043, "token_count": 5}
+    server = serve_one(" and so", seen, counts)
+    body = {"prompt": "x" * 20_000, "max_tokens": 5}  # ~5,000 tokens: cut to fit 4096
+    response = api.post("/v1/completions", body, format="json")
+    server.join(10)
+    assert response.status_code == 200, response.json()
+    usage = response.json()["usage"]
+    assert usage == {"prompt_tokens": 3071, "completion_tokens": 5, "total_tokens": 3076}
+    assert response.json()["choices"][0]["finish_reason"] == "length"
+
+
 @pytest.mark.django_db
 def test_the_original_api_keeps_its_strict_lengths(api, pop, submit_prompt):
     pop(max_length=512, max_content_length=4096)

@@ -233,8 +233,11 @@ def test_an_unknown_v1_path_is_404_in_openai_shape(client):
     assert openai_error(response)["code"] == "unknown_url"
 
 
-def serve_one(text: str, seen: list[dict[str, Any]], **server: Any) -> threading.Thread:
-    """A server in a thread: pops until it gets a job, then submits `text` for it."""
+def serve_one(
+    text: str, seen: list[dict[str, Any]], submitted: dict[str, Any] | None = None, **server: Any
+) -> threading.Thread:
+    """A server in a thread: pops until it gets a job, then submits `text` for it (and the
+    fields of `submitted`)."""
 
     def work() -> None:
         api = APIClient()
@@ -253,6 +256,7 @@ def serve_one(text: str, seen: list[dict[str, Any]], **server: Any) -> threading
             if job.get("id"):
                 seen.append(job["payload"])
                 submit = {"id": job["id"], "password": SERVER_PASSWORD, "generation": text}
+                submit.update(submitted or {})
                 api.post("/generate/submit", submit, format="json")
                 return
             time.sleep(0.05)
