@@ -26,6 +26,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -69,6 +70,7 @@ class Lite:
     page: Any
     traffic: Traffic
     url: str  # where Lite's file is served
+    html: Path  # Lite's file
     # KoboldCpp's copy (klite.embd) is built to be served by the KoboldCpp it talks to: it
     # connects by itself on load, to its own origin or to `?host=&port=`, and hides the menu
     # of other services.
@@ -92,7 +94,7 @@ def lite(small_server: Any) -> Iterator[Lite]:
         traffic = Traffic(small_server.url)
         traffic.watch(page)
         print(f"KoboldAI Lite {lite_version(html)} from {html}")
-        yield Lite(page, traffic, page_url, bool(embedded))
+        yield Lite(page, traffic, page_url, html, bool(embedded))
 
 
 def dismiss_messages(page: Any, quiet_ms: int = 800) -> None:
@@ -138,7 +140,8 @@ def submit_story(page: Any, traffic: Traffic, what: str) -> float:
 
 
 def connect_koboldai(lite: Lite) -> dict[str, int]:
-    """Connect over "KoboldAI Remote API" to the cluster, in Story Mode; Lite's settings."""
+    """Open Lite and connect over "KoboldAI Remote API" to the cluster, in Story Mode; returns
+    Lite's settings."""
     page, traffic = lite.page, lite.traffic
     if lite.embedded:  # KoboldCpp's Lite: told where its KoboldCpp is by the page's URL
         lite.open(f"?host=127.0.0.1&port={traffic.cluster_url.rsplit(':', 1)[1]}")
@@ -254,3 +257,15 @@ def test_lite_openai_model_nobody_serves_is_told_at_once(lite, record_property):
     shown = page.inner_text("#msgboxcontainer")
     assert "gpt-3.5-turbo-instruct" in shown and MODEL in shown, shown
     assert traffic.failures == [f"404 POST {traffic.cluster_url}/v1/completions"]
+
+
+def test_lite_opened_as_a_file_continues_a_story(lite):
+    """Lite opened from disk (file://, its origin `null`): the cluster's CORS answers let it
+    connect and stream as from a web server."""
+    if lite.embedded:
+        pytest.skip("KoboldCpp's Lite (klite.embd) is served by KoboldCpp, not opened as a file")
+    lite.url = lite.html.as_uri()
+    connect_koboldai(lite)
+    submit_story(lite.page, lite.traffic, "Lite from file://, KoboldAI Remote API")
+    assert lite.traffic.bodies("/api/extra/generate/stream")
+    assert not lite.traffic.failures, "\n".join(lite.traffic.failures)
