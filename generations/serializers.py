@@ -22,6 +22,26 @@ from koboldcluster.fields import (
     StringListField,
 )
 
+
+class PromptCounts(serializers.Serializer):
+    """What a submit may say of the prompt the backend saw (both submit APIs)."""
+
+    prompt_tokens = StrictIntegerField(
+        min_value=0,
+        max_value=2**31 - 1,
+        required=False,
+        help_text="This cluster's extension: the backend's count of the prompt's tokens as "
+        "the bridge sent it (after any trimming).",
+    )
+    prompt_trimmed = StrictIntegerField(
+        min_value=0,
+        max_value=2**31 - 1,
+        default=0,
+        help_text="This cluster's extension: the tokens the bridge cut from the front of "
+        "the prompt to fit the backend's context (0: none).",
+    )
+
+
 # The columns of a prompt; everything else in params is a sampler setting passed through.
 SHAPE_PARAMS = ("n", "max_length", "max_context_length")
 

@@ -18,7 +18,12 @@ from generations.delivery import job_submit
 from generations.intake import GenerationRequest, prompt_create
 from generations.long_poll import PopAttempt, PopReply, WaitField, respond
 from generations.queue import PopResult, job_pop, jobs_claim
-from generations.serializers import GenerationParamsSerializer, PromptTextField, split_params
+from generations.serializers import (
+    GenerationParamsSerializer,
+    PromptCounts,
+    PromptTextField,
+    split_params,
+)
 from generations.status import PromptStatus, prompt_cancel, prompt_status
 from koboldcluster.api import parse_uuid, validated
 from koboldcluster.fields import (
@@ -281,7 +286,7 @@ class GenerationField(StrictCharField):
 class SubmitView(APIView):
     throttle_scope = "worker"
 
-    class Input(InputSerializer):
+    class Input(PromptCounts, InputSerializer):
         id = serializers.UUIDField()
         password = optional_text(max_length=1024, trim_whitespace=False)
         generation = GenerationField(max_length=1_000_000)
@@ -292,20 +297,6 @@ class SubmitView(APIView):
             max_value=INT_MAX,
             required=False,
             help_text="The backend's count of generated tokens; paid when plausible.",
-        )
-        prompt_tokens = StrictIntegerField(
-            min_value=0,
-            max_value=SERVER_LIMIT,
-            required=False,
-            help_text="This cluster's extension: the backend's count of the prompt's tokens as "
-            "the bridge sent it (after any trimming).",
-        )
-        prompt_trimmed = StrictIntegerField(
-            min_value=0,
-            max_value=SERVER_LIMIT,
-            default=0,
-            help_text="This cluster's extension: the tokens the bridge cut from the front of "
-            "the prompt to fit the backend's context (0: none).",
         )
 
     @extend_schema(

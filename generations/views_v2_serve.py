@@ -17,6 +17,7 @@ from generations.delivery import job_submit
 from generations.long_poll import PopAttempt, PopReply, WaitField, respond
 from generations.models import Job
 from generations.queue import PopResult, job_pop, jobs_claim
+from generations.serializers import PromptCounts
 from generations.views import SERVER_LIMIT, GenerationField
 from generations.views_v2 import UNKNOWN_CLIENT
 from koboldcluster.api import validated
@@ -223,7 +224,7 @@ class TextSubmitView(APIView):
     throttle_scope = "worker"
     permission_classes = [HasApiKey]
 
-    class Input(InputSerializer):
+    class Input(PromptCounts, InputSerializer):
         id = serializers.UUIDField(help_text="A job id from the pop's `ids`.")
         generation = GenerationField(max_length=1_000_000, required=False, default="")
         state = serializers.ChoiceField(["ok", "censored", "faulted", "csam"], default="ok")
@@ -234,20 +235,6 @@ class TextSubmitView(APIView):
             required=False,
             help_text="This cluster's extension: the backend's count of generated tokens, "
             "paid when plausible.",
-        )
-        prompt_tokens = StrictIntegerField(
-            min_value=0,
-            max_value=SERVER_LIMIT,
-            required=False,
-            help_text="This cluster's extension: the backend's count of the prompt's tokens as "
-            "the bridge sent it (after any trimming).",
-        )
-        prompt_trimmed = StrictIntegerField(
-            min_value=0,
-            max_value=SERVER_LIMIT,
-            default=0,
-            help_text="This cluster's extension: the tokens the bridge cut from the front of "
-            "the prompt to fit the backend's context (0: none).",
         )
         gen_metadata = BoundedListField(
             child=GenMetadataInput(),
