@@ -1,0 +1,131 @@
+"""End to end: a stream whose job goes to another server never garbles (issue 25).
+
+Two servers of the same model, driven over the API by the test: the first streams some
+text, then gives its job back; the second generates the prompt again from the start. The
+client must not get the second server's text after the first one's: its stream ends with a
+clear error (OpenAI's `{"error": ...}` then `[DONE]`, KoboldCpp's `finish_reason: "error"`).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Any
+
+import pytest
+import requests
+
+from accounts.keys import account_register
+
+pytestmark = [pytest.mark.e2e]
+
+
+@pytest.fixture
+def cluster_env() -> dict[str, str]:
+    return {"KOBOLDCLUSTER_FRONTEND_WAIT_SECONDS": "30"}
+
+
+class Volunteer:
+    """Two servers of one account, both serving `tiny`, driven over the original API."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        _, self.key = account_register(username="volunteer")
+
+    def post(self, path: str, **body: Any) -> requests.Response:
+        return requests.post(f"{self.url}{path}", json=body, headers={"apikey": self.key})
+
+    def pop(self, name: str, wait: int = 0) -> dict[str, Any]:
+        answer = self.post("/generate/pop", name=name, model="tiny", max_length=64, wait=wait)
+        assert answer.status_code == 200, answer.text
+        return answer.json()
+
+    def pop_job(self, name: str) -> dict[str, Any]:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            job = self.pop(name, wait=1)
+            if job["id"]:
+                return job
+        raise AssertionError(f"{name} found no job")
+
+    def progress(self, job: dict[str, Any], text: str) -> requests.Response:
+        return self.post("/generate/progress", id=job["id"], text=text)
+
+
+class Stream:
+    """A client reading a stream in a thread: its lines as they come."""
+
+    def __init__(self, url: str, body: dict[str, Any]) -> None:
+        self.lines: list[str] = []
+        self.thread = threading.Thread(target=self._read, args=(url, body), daemon=True)
+        self.thread.start()
+
+    def _read(self, url: str, body: dict[str, Any]) -> None:
+        with requests.post(url, json=body, stream=True, timeout=60) as answer:
+            assert answer.status_code == 200
+            for line in answer.iter_lines(decode_unicode=True):
+                self.lines.append(line)
+
+    def data(self) -> list[str]:
+        return [line[6:] for line in list(self.lines) if line.startswith("data: ")]
+
+    def wait_for(self, check: Any, what: str) -> None:
+        deadline = time.monotonic() + 15
+        while not check(self.data()):
+            assert time.monotonic() < deadline, f"{what}: {self.lines}"
+            time.sleep(0.05)
+
+    def end(self) -> list[str]:
+        self.thread.join(30)
+        assert not self.thread.is_alive(), self.lines
+        return self.data()
+
+
+def replace_the_server(volunteer: Volunteer, url: str, body: dict, text_of: Any) -> Stream:
+    """Server a streams " w1 w2" and gives its job back; server b starts it again."""
+    volunteer.pop("a")  # both online before the prompt comes (else it is refused at once)
+    volunteer.pop("b")
+    stream = Stream(url, body)
+    first = volunteer.pop_job("a")
+    assert volunteer.progress(first, " w1 w2").json() == {"ok": True}
+    stream.wait_for(lambda data: text_of(data) == " w1 w2", "the first server's text")
+    faulted = volunteer.post("/generate/submit", id=first["id"], generation="", state="faulted")
+    assert faulted.status_code == 200, faulted.text
+    second = volunteer.pop_job("b")
+    volunteer.progress(second, " v1")
+    stream.wait_for(lambda data: data and data[-1].startswith(("[DONE]", '{"token": ""')), "end")
+    volunteer.post("/generate/submit", id=second["id"], generation=" v1 v2 v3")
+    return stream
+
+
+def test_an_openai_stream_whose_server_is_replaced_ends_with_an_error(cluster):
+    volunteer = Volunteer(cluster.url)
+    body = {"model": "tiny", "prompt": "Once", "max_tokens": 8, "stream": True}
+
+    def text_of(data: list[str]) -> str:
+        chunks = [json.loads(d) for d in data if d != "[DONE]"]
+        return "".join(c["choices"][0]["text"] for c in chunks if c.get("choices"))
+
+    stream = replace_the_server(volunteer, f"{cluster.url}/v1/completions", body, text_of)
+    data = stream.end()
+
+    assert text_of(data) == " w1 w2"  # nothing of the second server's text
+    assert data[-1] == "[DONE]"
+    error = json.loads(data[-2])["error"]
+    assert error["code"] == "ServerReplaced" and "another server" in error["message"], error
+
+
+def test_a_koboldcpp_stream_whose_server_is_replaced_ends_with_finish_reason_error(cluster):
+    volunteer = Volunteer(cluster.url)
+    body = {"prompt": "Once", "max_length": 8}
+
+    def text_of(data: list[str]) -> str:
+        return "".join(json.loads(d)["token"] for d in data)
+
+    url = f"{cluster.url}/api/extra/generate/stream"
+    data = replace_the_server(volunteer, url, body, text_of).end()
+
+    assert text_of(data) == " w1 w2"
+    last = json.loads(data[-1])
+    assert last["finish_reason"] == "error" and "another server" in last["error"], last
