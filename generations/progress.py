@@ -6,6 +6,9 @@ stream on any node reads it; without, in a file per prompt in the var dir, so ev
 process of this machine reads it. Each progress wakes the prompt's waiters
 (`wakeups.topic_for_prompt`); the final submit (or a fault) removes it, and a stale entry
 expires by itself. The submit stays the only record of the generation.
+
+A post without text is a heartbeat: the job's server is still at work (a non-streaming
+job). Every post marks the job alive (generations/liveness.py); neither writes the database.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 from django.utils import timezone
 
 from generations.delivery import delivery_for
+from generations.liveness import mark_alive
 from generations.models import Job
 from generations.progress_store import progress_store
 from koboldcluster import wakeups
@@ -23,8 +27,9 @@ from servers.services import Credentials
 MAX_PROGRESS_CHARS = 1_000_000
 
 
-def job_progress(*, job_id: object, credentials: Credentials, text: str) -> None:
-    """Keep `text` as the job's text so far and wake its prompt's streams.
+def job_progress(*, job_id: object, credentials: Credentials, text: str | None) -> None:
+    """Keep `text` as the job's text so far and wake its prompt's streams; without `text`,
+    only mark the job alive (a heartbeat).
 
     Only the owner of the server holding the job, while it is processing: 404 InvalidJobID
     for an unknown or expired job, 404 AbortedGen once it is no longer processing.
@@ -33,5 +38,8 @@ def job_progress(*, job_id: object, credentials: Credentials, text: str) -> None
     job = delivery.job
     if not Job.objects.filter(id=job.id, state=Job.State.PROCESSING).exists():
         raise NotFound(f"Job {job.id} is no longer processing.", rc="AbortedGen")
+    mark_alive(job.id)
+    if text is None:
+        return
     progress_store(prompt_id=job.prompt_id, job_id=job.id, text=text[:MAX_PROGRESS_CHARS])
     wakeups.notify(wakeups.topic_for_prompt(job.prompt_id))

@@ -25,6 +25,7 @@ from generations.intake import GenerationRequest, prompt_create
 from generations.openai_shapes import cut_at_stop
 from generations.progress_store import progress_text
 from generations.status import PromptStatus, prompt_status
+from generations.waiting import reap_stalled
 from koboldcluster import metrics, shutdown, wakeups
 from koboldcluster.errors import ApiError
 
@@ -119,6 +120,7 @@ async def _updates(prompt_id: object, timeout: float) -> AsyncIterator[Update]:
                 if status.done:
                     yield _final(status)
                     return
+                await reap_stalled(status)
             remaining = deadline - loop.time()
             if remaining <= 0:
                 raise await sync_to_async(give_up)(prompt_id, timeout)

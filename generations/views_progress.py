@@ -22,9 +22,13 @@ from servers.services import Credentials
 DESCRIPTION = (
     "The whole text generated so far (not a delta), at most every 0.1 s while generating; "
     "the cluster keeps only the latest, never in the database, and streams it to the "
-    "requester. The submit stays the record of the generation. 404 InvalidJobID or "
+    "requester. The submit stays the record of the generation. Without `text`, a "
+    "heartbeat: the server is still at work on the job (every few seconds while a job "
+    "that is not streamed generates). A job that showed such signs of life and then none "
+    "for KOBOLDCLUSTER_STALL_SECONDS is given back to the queue. 404 InvalidJobID or "
     "AbortedGen: the cluster no longer wants this job (stop generating it)."
 )
+TEXT_HELP = "The whole text so far; leave it out for a heartbeat."
 RESPONSES = {
     200: shape("ProgressTaken", {"ok": serializers.BooleanField()}),
     400: error("ValidationError"),
@@ -40,7 +44,7 @@ class ProgressView(APIView):
     class Input(InputSerializer):
         id = serializers.UUIDField()
         password = optional_text(max_length=1024, trim_whitespace=False)
-        text = GenerationField(max_length=1_000_000)
+        text = GenerationField(max_length=1_000_000, required=False, help_text=TEXT_HELP)
 
     @extend_schema(
         operation_id="server_progress",
@@ -52,7 +56,9 @@ class ProgressView(APIView):
     )
     def post(self, request: Request) -> Response:
         data = validated(self.Input, request.data)
-        job_progress(job_id=data["id"], credentials=_credentials(request, data), text=data["text"])
+        job_progress(
+            job_id=data["id"], credentials=_credentials(request, data), text=data.get("text")
+        )
         return Response({"ok": True})
 
 
@@ -62,7 +68,7 @@ class TextProgressView(APIView):
 
     class Input(InputSerializer):
         id = serializers.UUIDField(help_text="A job id from the pop's `ids`.")
-        text = GenerationField(max_length=1_000_000)
+        text = GenerationField(max_length=1_000_000, required=False, help_text=TEXT_HELP)
 
     @extend_schema(
         operation_id="horde_text_progress",
@@ -76,5 +82,5 @@ class TextProgressView(APIView):
     def post(self, request: Request) -> Response:
         data = validated(self.Input, request.data)
         credentials = Credentials(api_user=api_user(request))
-        job_progress(job_id=data["id"], credentials=credentials, text=data["text"])
+        job_progress(job_id=data["id"], credentials=credentials, text=data.get("text"))
         return Response({"ok": True})

@@ -1,5 +1,9 @@
-"""End to end: a stream whose job goes to another server never garbles (issue 25).
+"""End to end: a volunteer drops out (issue 25).
 
+A job whose server heartbeated and then went quiet is given back by the client's own wait,
+without the reaper (not running here) and long before its ttl.
+
+A stream whose job goes to another server never garbles.
 Two servers of the same model, driven over the API by the test: the first streams some
 text, then gives its job back; the second generates the prompt again from the start. The
 client must not get the second server's text after the first one's: its stream ends with a
@@ -23,7 +27,7 @@ pytestmark = [pytest.mark.e2e]
 
 @pytest.fixture
 def cluster_env() -> dict[str, str]:
-    return {"KOBOLDCLUSTER_FRONTEND_WAIT_SECONDS": "30"}
+    return {"KOBOLDCLUSTER_FRONTEND_WAIT_SECONDS": "30", "KOBOLDCLUSTER_STALL_SECONDS": "2"}
 
 
 class Volunteer:
@@ -51,6 +55,9 @@ class Volunteer:
 
     def progress(self, job: dict[str, Any], text: str) -> requests.Response:
         return self.post("/generate/progress", id=job["id"], text=text)
+
+    def progress_heartbeat(self, job: dict[str, Any]) -> requests.Response:
+        return self.post("/generate/progress", id=job["id"])
 
 
 class Stream:
@@ -129,3 +136,25 @@ def test_a_koboldcpp_stream_whose_server_is_replaced_ends_with_finish_reason_err
     assert text_of(data) == " w1 w2"
     last = json.loads(data[-1])
     assert last["finish_reason"] == "error" and "another server" in last["error"], last
+
+
+def test_a_waiting_client_gets_the_next_servers_answer_when_the_first_stalls(cluster):
+    volunteer = Volunteer(cluster.url)
+    volunteer.pop("a")
+    volunteer.pop("b")
+    answers: list[requests.Response] = []
+    body = {"prompt": "Once", "max_length": 8}
+    url = f"{cluster.url}/api/v1/generate"
+    client = threading.Thread(target=lambda: answers.append(requests.post(url, json=body)))
+    client.start()
+    first = volunteer.pop_job("a")
+    assert volunteer.progress_heartbeat(first).json() == {"ok": True}  # then a goes quiet
+
+    second = volunteer.pop_job("b")  # the ttl is 150 s: only the stall gives it back
+    submitted = volunteer.post("/generate/submit", id=second["id"], generation=" from b")
+    client.join(30)
+
+    assert submitted.status_code == 200, submitted.text
+    assert answers[0].json() == {"results": [{"text": " from b"}]}
+    late = volunteer.post("/generate/submit", id=first["id"], generation=" from a")
+    assert (late.status_code, late.json()["rc"]) == (404, "AbortedGen")

@@ -127,7 +127,7 @@ def test_v2_owner_posts_and_unknown_job_is_404(api, register):
     assert (unknown.status_code, unknown.json()["rc"]) == (404, "InvalidJobID")
 
 
-def test_a_missing_text_is_400(post_progress, job_id):
+def test_a_null_text_is_400(post_progress, job_id):
     response = post_progress(job_id, text=None)
 
     assert response.status_code == 400
