@@ -27,6 +27,7 @@ from bridge.cluster import (
     NoWork,
     Submitted,
 )
+from bridge.heartbeat import heartbeat_for
 from bridge.kobold import (
     Generation,
     KoboldBusy,
@@ -317,6 +318,8 @@ class Worker:
             # timeout: the cluster sized the ttl to this server's speed, so wait that long.
             patience = deadline - started + LATE_GRACE
             sender = self._progress_sender(job)
+            # Streamed text shows the job alive; a job that is not streamed sends heartbeats.
+            heartbeat = heartbeat_for(self.cluster, job) if sender is None else None
             try:
                 if sender is None:
                     generation = self.kobold.generate(job.payload, patience)
@@ -355,6 +358,8 @@ class Worker:
             finally:
                 if sender is not None:
                     sender.close()
+                if heartbeat is not None:
+                    heartbeat.close()
             self._wait(delay, True)
 
     def _progress_sender(self, job: Job) -> ProgressSender | None:

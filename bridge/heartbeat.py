@@ -1,0 +1,60 @@
+"""Telling the cluster a job is still being generated (issue 25).
+
+A cluster that heard from a job's server and then nothing for its stall time
+(KOBOLDCLUSTER_STALL_SECONDS, 15 s by default) gives the job to another server. While the
+backend generates, a thread of its own posts a heartbeat (a progress post without text)
+every INTERVAL seconds; streamed text posts (bridge/progress.py) count as signs of life
+too. It stops with the generation, or when the cluster says it no longer wants the job or
+takes no progress at all. A failed heartbeat never fails the job.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Literal, Protocol
+
+from bridge.cluster import Job
+
+# A third of the cluster's default stall time: two lost heartbeats are not a stall.
+INTERVAL = 5.0
+
+
+class TakesHeartbeats(Protocol):
+    takes_progress: bool
+
+    def progress(
+        self, job: Job, text: str | None
+    ) -> Literal["ok", "gone", "unsupported", "failed"]: ...
+
+
+class Heartbeat:
+    """Posts heartbeats for one job from a daemon thread until `close`.
+
+    The first goes at once: only a job that showed a sign of life can be noticed stalling."""
+
+    def __init__(self, cluster: TakesHeartbeats, job: Job, interval: float = INTERVAL) -> None:
+        self.cluster = cluster
+        self.job = job
+        self.interval = interval
+        self.sent = 0
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{job.id[:8]}")
+        self._thread.daemon = True
+        self._thread.start()
+
+    def close(self) -> None:
+        """The generation ended (the submit or the give-back says the rest)."""
+        self._closed.set()
+
+    def _run(self) -> None:
+        while not self._closed.is_set():
+            outcome = self.cluster.progress(self.job, None)
+            self.sent += 1
+            if outcome in ("gone", "unsupported"):
+                return
+            self._closed.wait(self.interval)
+
+
+def heartbeat_for(cluster: TakesHeartbeats, job: Job) -> Heartbeat | None:
+    """A heartbeat for `job` when the cluster takes progress posts, else None."""
+    return Heartbeat(cluster, job) if cluster.takes_progress else None
