@@ -15,6 +15,7 @@ from rest_framework.views import APIView
 from accounts.authentication import LenientApiKeyAuthentication, api_user
 from accounts.identity import user_for_request
 from generations.delivery import job_submit
+from generations.idempotency import idempotency_key
 from generations.intake import GenerationRequest, prompt_create
 from generations.long_poll import PopAttempt, PopReply, WaitField, respond
 from generations.queue import PopResult, job_pop, jobs_claim
@@ -80,7 +81,11 @@ class PromptCreateView(APIView):
         )
         shape, samplers = split_params(data["params"])
         generation = GenerationRequest(
-            text=data["prompt"], params=samplers, models=data.get("models") or [], **shape
+            text=data["prompt"],
+            params=samplers,
+            models=data.get("models") or [],
+            idempotency_key=idempotency_key(request),
+            **shape,
         )
         prompt = prompt_create(user=user, request=generation)
         return {"id": str(prompt.id)}

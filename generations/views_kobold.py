@@ -28,6 +28,7 @@ from accounts.models import User
 from generations.chat import estimate_tokens
 from generations.fitting import LIMITS_HEADER, Fit, fitted
 from generations.frontend import generate, genkey_abort, genkey_text_so_far, served_models
+from generations.idempotency import idempotency_key
 from generations.intake import GenerationRequest
 from generations.serializers import GenerationParamsSerializer, PromptTextField, split_params
 from generations.sse import event_stream, kobold_tokens
@@ -225,7 +226,12 @@ class GenerateView(AsyncAPIView):
         shape_params, samplers = split_params(data)
         agent = request.META.get("HTTP_CLIENT_AGENT") or "KoboldAI API"
         generation = GenerationRequest(
-            text=text, params=samplers, client_agent=agent, genkey=genkey, **shape_params
+            text=text,
+            params=samplers,
+            client_agent=agent,
+            genkey=genkey,
+            idempotency_key=idempotency_key(request),
+            **shape_params,
         )
         generation, fit = await fitted(user, generation)
         return user, generation, fit

@@ -28,6 +28,7 @@ from accounts.models import User
 from generations import chat
 from generations.fitting import LIMITS_HEADER, Fit, fitted
 from generations.frontend import ServedModel, generate, models_for, served_models
+from generations.idempotency import idempotency_key
 from generations.intake import GenerationRequest
 from generations.openai_shapes import (
     Unsupported,
@@ -249,6 +250,7 @@ async def _generation(
         models=models,
         client_agent=agent,
         whole_context=not truncation,
+        idempotency_key=idempotency_key(request),
         **shape_params,
     )
     return await fitted(user, generation, requested=requested)

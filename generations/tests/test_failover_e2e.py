@@ -158,3 +158,41 @@ def test_a_waiting_client_gets_the_next_servers_answer_when_the_first_stalls(clu
     assert answers[0].json() == {"results": [{"text": " from b"}]}
     late = volunteer.post("/generate/submit", id=first["id"], generation=" from a")
     assert (late.status_code, late.json()["rc"]) == (404, "AbortedGen")
+
+
+WAITING_FACES = [
+    ("/api/v1/generate", {"prompt": "Once", "max_length": 8}),
+    ("/api/extra/generate/stream", {"prompt": "Once", "max_length": 8}),
+    ("/v1/completions", {"model": "tiny", "prompt": "Once", "max_tokens": 8}),
+    (
+        "/v1/chat/completions",
+        {"model": "tiny", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8},
+    ),
+]
+
+
+@pytest.mark.parametrize(("path", "body"), WAITING_FACES)
+def test_a_retried_create_with_the_same_key_waits_for_the_same_prompt(cluster, path, body):
+    from generations.models import Prompt
+
+    volunteer = Volunteer(cluster.url)
+    volunteer.pop("a")
+    answers: list[requests.Response] = []
+    url, headers = f"{cluster.url}{path}", {"Idempotency-Key": "retry-7"}
+
+    def ask() -> None:
+        answers.append(requests.post(url, json=body, headers=headers, timeout=30))
+
+    clients = [threading.Thread(target=ask) for _ in range(2)]
+    clients[0].start()
+    job = volunteer.pop_job("a")
+    clients[1].start()  # the retry, most likely while the first still waits
+    time.sleep(0.5)  # (arriving after the submit, it gets the same prompt, done, as well)
+    submitted = volunteer.post("/generate/submit", id=job["id"], generation=" the end")
+    for client in clients:
+        client.join(30)
+
+    assert submitted.status_code == 200, submitted.text
+    assert Prompt.objects.count() == 1
+    assert [answer.status_code for answer in answers] == [200, 200]
+    assert all("the end" in answer.text for answer in answers), [a.text for a in answers]
