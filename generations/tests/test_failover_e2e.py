@@ -1,7 +1,11 @@
 """End to end: a volunteer drops out (issue 25).
 
 A job whose server heartbeated and then went quiet is given back by the client's own wait,
-without the reaper (not running here) and long before its ttl.
+without the reaper (not running here) and long before its ttl: driven over the API, and
+with the project's bridge killed with SIGKILL mid-job.
+
+A retried create with the same Idempotency-Key waits for the same prompt on every waiting
+face.
 
 A stream whose job goes to another server never garbles.
 Two servers of the same model, driven over the API by the test: the first streams some
@@ -89,16 +93,20 @@ class Stream:
         return self.data()
 
 
-def replace_the_server(volunteer: Volunteer, url: str, body: dict, text_of: Any) -> Stream:
-    """Server a streams " w1 w2" and gives its job back; server b starts it again."""
+def replace_the_server(
+    volunteer: Volunteer, url: str, body: dict, text_of: Any, how: str = "faulted"
+) -> Stream:
+    """Server a streams " w1 w2" and gives its job back (`faulted`), or goes quiet
+    (`stalled`: the stream's own wait gives it back); server b starts it again."""
     volunteer.pop("a")  # both online before the prompt comes (else it is refused at once)
     volunteer.pop("b")
     stream = Stream(url, body)
     first = volunteer.pop_job("a")
     assert volunteer.progress(first, " w1 w2").json() == {"ok": True}
     stream.wait_for(lambda data: text_of(data) == " w1 w2", "the first server's text")
-    faulted = volunteer.post("/generate/submit", id=first["id"], generation="", state="faulted")
-    assert faulted.status_code == 200, faulted.text
+    if how == "faulted":
+        given = volunteer.post("/generate/submit", id=first["id"], generation="", state="faulted")
+        assert given.status_code == 200, given.text
     second = volunteer.pop_job("b")
     volunteer.progress(second, " v1")
     stream.wait_for(lambda data: data and data[-1].startswith(("[DONE]", '{"token": ""')), "end")
@@ -106,7 +114,8 @@ def replace_the_server(volunteer: Volunteer, url: str, body: dict, text_of: Any)
     return stream
 
 
-def test_an_openai_stream_whose_server_is_replaced_ends_with_an_error(cluster):
+@pytest.mark.parametrize("how", ["faulted", "stalled"])
+def test_an_openai_stream_whose_server_is_replaced_ends_with_an_error(cluster, how):
     volunteer = Volunteer(cluster.url)
     body = {"model": "tiny", "prompt": "Once", "max_tokens": 8, "stream": True}
 
@@ -114,7 +123,7 @@ def test_an_openai_stream_whose_server_is_replaced_ends_with_an_error(cluster):
         chunks = [json.loads(d) for d in data if d != "[DONE]"]
         return "".join(c["choices"][0]["text"] for c in chunks if c.get("choices"))
 
-    stream = replace_the_server(volunteer, f"{cluster.url}/v1/completions", body, text_of)
+    stream = replace_the_server(volunteer, f"{cluster.url}/v1/completions", body, text_of, how)
     data = stream.end()
 
     assert text_of(data) == " w1 w2"  # nothing of the second server's text
@@ -196,3 +205,49 @@ def test_a_retried_create_with_the_same_key_waits_for_the_same_prompt(cluster, p
     assert Prompt.objects.count() == 1
     assert [answer.status_code for answer in answers] == [200, 200]
     assert all("the end" in answer.text for answer in answers), [a.text for a in answers]
+
+
+def test_a_killed_bridges_job_goes_to_another_server_after_the_stall_time(cluster, bridge_process):
+    """The project's bridge heartbeats while its backend (not streaming, 60 s a job)
+    generates; kill -9 it and the waiting client's request goes to the next server once
+    KOBOLDCLUSTER_STALL_SECONDS (2 here) have passed, long before the job's ttl (150 s)."""
+    from bridge.tests.kai_double import FakeKoboldAI
+    from generations.liveness import last_signs
+    from generations.models import Job
+
+    volunteer = Volunteer(cluster.url)
+    with FakeKoboldAI(delay=60) as kai:
+        bridge = bridge_process(
+            *("--cluster-url", cluster.url, "--backend-url", kai.url, "--name", "bob-gpu"),
+            *("--username", "bob", "--password", "s3cret-pass"),
+        )
+        volunteer.pop("b")
+        bridge.wait_until(lambda: bob_online(cluster), "bob-gpu to check in")
+        answers: list[requests.Response] = []
+        body = {"prompt": "Once", "max_length": 8}
+        url = f"{cluster.url}/api/v1/generate"
+        client = threading.Thread(target=lambda: answers.append(requests.post(url, json=body)))
+        client.start()
+        bridge.wait_until(lambda: heartbeated(last_signs), "a heartbeat of bob-gpu's job")
+        bridge.popen.kill()
+        killed = time.monotonic()
+
+        second = volunteer.pop_job("b")
+        print(f"\nkill -9 to the next server's pop: {time.monotonic() - killed:.1f} s")
+        volunteer.post("/generate/submit", id=second["id"], generation=" from b")
+        client.join(30)
+
+    assert answers[0].json() == {"results": [{"text": " from b"}]}
+    states = dict(Job.objects.values_list("server__name", "state"))
+    assert states == {"bob-gpu": Job.State.ABANDONED, "b": Job.State.DONE}
+
+
+def bob_online(cluster: Any) -> bool:
+    return any(s["name"] == "bob-gpu" for s in requests.get(f"{cluster.url}/servers").json())
+
+
+def heartbeated(last_signs: Any) -> bool:
+    from generations.models import Job
+
+    jobs = list(Job.objects.filter(server__name="bob-gpu").values_list("id", flat=True))
+    return bool(jobs and last_signs(jobs))
