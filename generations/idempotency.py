@@ -19,11 +19,22 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from drf_spectacular.utils import OpenApiParameter
+
 from generations.models import Prompt
 from koboldcluster.errors import BadRequest
 
 HEADER = "Idempotency-Key"
 MAX_KEY_LENGTH = 255
+# In the OpenAPI schema of every create.
+IDEMPOTENCY_KEY_HEADER = OpenApiParameter(
+    HEADER,
+    str,
+    OpenApiParameter.HEADER,
+    description="Optional: any printable ASCII (at most 255 characters, e.g. a UUID) naming "
+    "this request. A retry with the same key from the same caller gets the first request "
+    "back while it lives instead of queueing it again (README: When a volunteer drops out).",
+)
 
 
 def idempotency_key(request: Any) -> str:

@@ -28,7 +28,7 @@ from accounts.models import User
 from generations import chat
 from generations.fitting import LIMITS_HEADER, Fit, fitted
 from generations.frontend import ServedModel, generate, models_for, served_models
-from generations.idempotency import idempotency_key
+from generations.idempotency import IDEMPOTENCY_KEY_HEADER, idempotency_key
 from generations.intake import GenerationRequest
 from generations.openai_shapes import (
     Unsupported,
@@ -292,6 +292,7 @@ class CompletionsView(AsyncOpenAIView):
         "answers server-sent events in OpenAI's chunk format as the server generates "
         "(n = 1; `stream_options.include_usage` adds a last chunk with `usage`). "
         "`usage` is estimated by the cluster's token rule. " + BEARER_DOC,
+        parameters=[IDEMPOTENCY_KEY_HEADER],
         request=CompletionsInput,
         responses=COMPLETION_RESPONSES,
     )
@@ -338,6 +339,7 @@ class ChatCompletionsView(AsyncOpenAIView):
         "gets ChatML and the X-KoboldCluster-Warning header; X-Chat-Template names the "
         "template used). Other fields as for /v1/completions; `max_completion_tokens` "
         "too; `tools` and `response_format` other than text are refused. " + BEARER_DOC,
+        parameters=[IDEMPOTENCY_KEY_HEADER],
         request=ChatInput,
         responses=COMPLETION_RESPONSES,
     )

@@ -17,7 +17,7 @@ from rest_framework.views import APIView
 from accounts.authentication import LenientApiKeyAuthentication, api_user
 from accounts.identity import anonymous_user
 from generations.delivery import CSAM_METADATA
-from generations.idempotency import idempotency_key
+from generations.idempotency import IDEMPOTENCY_KEY_HEADER, idempotency_key
 from generations.intake import GenerationRequest, prompt_create
 from generations.models import Job
 from generations.serializers import HordeParamsSerializer, PromptTextField, split_params
@@ -139,7 +139,7 @@ class TextAsyncView(APIView):
         description="Queue `n` generations of a prompt and answer its id at once. The request "
         "is yours with your `apikey` (without one: the anonymous user, lowest priority). "
         "It expires 10 minutes after its last activity; every status poll counts.",
-        parameters=[APIKEY_HEADER, CLIENT_AGENT_HEADER],
+        parameters=[APIKEY_HEADER, CLIENT_AGENT_HEADER, IDEMPOTENCY_KEY_HEADER],
         request=Input,
         responses={
             202: ASYNC_ACCEPTED,
