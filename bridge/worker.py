@@ -318,8 +318,8 @@ class Worker:
             # timeout: the cluster sized the ttl to this server's speed, so wait that long.
             patience = deadline - started + LATE_GRACE
             sender = self._progress_sender(job)
-            # Streamed text shows the job alive; a job that is not streamed sends heartbeats.
-            heartbeat = heartbeat_for(self.cluster, job) if sender is None else None
+            # The cluster gives back a job whose server goes quiet (bridge/heartbeat.py).
+            heartbeat = heartbeat_for(self.cluster, job, sender)
             try:
                 if sender is None:
                     generation = self.kobold.generate(job.payload, patience)

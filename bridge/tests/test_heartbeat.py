@@ -1,5 +1,6 @@
-"""Heartbeats (issue 25, the bridge's side): while a job that is not streamed generates, the
-bridge tells the cluster it is still at work, so that a cluster can tell a stall in seconds.
+"""Heartbeats (issue 25, the bridge's side): while a job generates, the bridge tells the
+cluster it is still at work (a streamed job: when its text posts pause), so that a cluster
+can tell a stall in seconds.
 The cluster is a recording double here (the real one: generations/tests/test_stall.py)."""
 
 from __future__ import annotations
@@ -53,6 +54,46 @@ def test_heartbeats_stop_when_the_cluster_does_not_want_them(outcome):
 
     assert not heartbeat._thread.is_alive()
     assert cluster.posts == [(JOB.id, None)]
+
+
+class StreamDouble:
+    """A job's progress sender as a heartbeat sees it: `busy` posts text between any two
+    looks (its count grows on every read); otherwise it has gone quiet."""
+
+    def __init__(self, busy: bool, gone: bool = False) -> None:
+        self.busy, self.gone, self._posted = busy, gone, 0
+
+    @property
+    def posted(self) -> int:
+        self._posted += self.busy
+        return self._posted
+
+
+def test_a_stream_that_keeps_posting_needs_no_heartbeat():
+    cluster, stream = RecordingClusterDouble(), StreamDouble(busy=True)
+    heartbeat = Heartbeat(cluster, JOB, interval=0.01, stream=stream)
+    wait_until(lambda: stream._posted >= 20, "the heartbeat to look at the stream 20 times")
+    heartbeat.close()
+    heartbeat._thread.join(5)
+
+    assert cluster.posts == [] and heartbeat.sent == 0
+
+
+def test_a_quiet_stream_gets_heartbeats_after_an_interval():
+    cluster = RecordingClusterDouble()
+    heartbeat = Heartbeat(cluster, JOB, interval=0.01, stream=StreamDouble(busy=False))
+    wait_until(lambda: len(cluster.posts) >= 2, "two heartbeats")
+    heartbeat.close()
+
+    assert set(cluster.posts) == {(JOB.id, None)}
+
+
+def test_no_heartbeat_for_a_stream_the_cluster_no_longer_wants():
+    cluster = RecordingClusterDouble()
+    heartbeat = Heartbeat(cluster, JOB, interval=0.01, stream=StreamDouble(False, gone=True))
+    heartbeat._thread.join(5)
+
+    assert not heartbeat._thread.is_alive() and cluster.posts == []
 
 
 def test_no_heartbeat_for_a_cluster_that_takes_no_progress():
