@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -251,3 +252,35 @@ def heartbeated(last_signs: Any) -> bool:
 
     jobs = list(Job.objects.filter(server__name="bob-gpu").values_list("id", flat=True))
     return bool(jobs and last_signs(jobs))
+
+
+@pytest.fixture(params=["files", "redis"])
+def two_nodes(request: Any, transactional_db: None) -> Iterator[tuple[Any, ...]]:
+    from koboldcluster.testing import ClusterProcess, redis_env, started
+
+    env = {"KOBOLDCLUSTER_FRONTEND_WAIT_SECONDS": "30", "KOBOLDCLUSTER_STALL_SECONDS": "2"}
+    if request.param == "redis":
+        env |= redis_env()
+    with started(ClusterProcess(env), ClusterProcess(env)) as nodes:
+        yield nodes
+
+
+def test_a_heartbeat_to_one_node_is_seen_by_a_wait_on_the_other(two_nodes):
+    """Signs of life are shared like progress (Redis, or the var dir of one machine): the
+    wait on node B gives back the job whose server heartbeated to node A, then went quiet."""
+    node_a, node_b = two_nodes
+    volunteer = Volunteer(node_a.url)
+    volunteer.pop("a")
+    volunteer.pop("b")
+    answers: list[requests.Response] = []
+    url, body = f"{node_b.url}/api/v1/generate", {"prompt": "Once", "max_length": 8}
+    client = threading.Thread(target=lambda: answers.append(requests.post(url, json=body)))
+    client.start()
+    first = volunteer.pop_job("a")
+    assert volunteer.progress_heartbeat(first).json() == {"ok": True}
+
+    second = volunteer.pop_job("b")
+    volunteer.post("/generate/submit", id=second["id"], generation=" from b")
+    client.join(30)
+
+    assert answers[0].json() == {"results": [{"text": " from b"}]}
