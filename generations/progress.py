@@ -7,8 +7,9 @@ process of this machine reads it. Each progress wakes the prompt's waiters
 (`wakeups.topic_for_prompt`); the final submit (or a fault) removes it, and a stale entry
 expires by itself. The submit stays the only record of the generation.
 
-A post without text is a heartbeat: the job's server is still at work (a non-streaming
-job). Every post marks the job alive (generations/liveness.py); neither writes the database.
+A post without text is a heartbeat: the job's server is still at work (a job that is not
+streamed, or a stream between two tokens). Every post marks the job alive
+(generations/liveness.py); neither kind writes the database.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Waiting for a prompt inside an HTTP request, without holding a thread while it waits.
 
 The KoboldAI and OpenAI APIs answer with the generation itself, so their views wait for
-the prompt to be done (and give back its jobs that stalled: `reap_stalled`). The wait is a
-coroutine: under ASGI thousands of callers wait on
-one event loop, and only each status check borrows a thread for a moment.
+the prompt to be done (giving back its jobs that stalled: `reap_stalled`). The wait is a
+coroutine: under ASGI thousands of callers wait on one event loop, and only each status
+check borrows a thread for a moment.
 """
 
 from __future__ import annotations
