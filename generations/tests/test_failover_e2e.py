@@ -284,3 +284,24 @@ def test_a_heartbeat_to_one_node_is_seen_by_a_wait_on_the_other(two_nodes):
     client.join(30)
 
     assert answers[0].json() == {"results": [{"text": " from b"}]}
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/generate/prompt", {"prompt": "Once", "params": {"max_length": 8}}),
+        ("/api/v2/generate/text/async", {"prompt": "Once", "params": {"max_length": 16}}),
+    ],
+)
+def test_a_retried_create_gets_the_first_id_through_the_direct_lane(cluster, path, body):
+    """The original and v2 creates are answered by the direct lane under ASGI
+    (koboldcluster/direct.py): it reads the header from the same request."""
+    from generations.models import Prompt
+
+    headers = {"Idempotency-Key": "retry-9"}
+    first = requests.post(f"{cluster.url}{path}", json=body, headers=headers)
+    assert first.status_code in (200, 202), first.text
+    ids = {first.json()["id"]}
+    ids.add(requests.post(f"{cluster.url}{path}", json=body, headers=headers).json()["id"])
+
+    assert len(ids) == 1 and Prompt.objects.count() == 1
