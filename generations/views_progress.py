@@ -1,9 +1,13 @@
 """Servers post a job's text so far while generating (both protocols): streams show it.
 
-Thin views over `generations.progress.job_progress`; authenticated like the submit.
+Thin views over `generations.progress.job_progress`; authenticated like the submit, and
+answered by the direct lane like it (koboldcluster/direct.py): a streamed job posts up to 10
+times a second and every job heartbeats, so the request stack's cost matters.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
@@ -55,11 +59,14 @@ class ProgressView(APIView):
         responses=RESPONSES,
     )
     def post(self, request: Request) -> Response:
-        data = validated(self.Input, request.data)
-        job_progress(
-            job_id=data["id"], credentials=_credentials(request, data), text=data.get("text")
-        )
-        return Response({"ok": True})
+        return Response(self.reply(validated(self.Input, request.data), request))
+
+    @staticmethod
+    def reply(data: dict[str, Any], request: Any) -> dict[str, Any]:
+        """The answer to a valid request (this view's, and the direct lane's)."""
+        credentials = _credentials(request, data)
+        job_progress(job_id=data["id"], credentials=credentials, text=data.get("text"))
+        return {"ok": True}
 
 
 class TextProgressView(APIView):
@@ -80,7 +87,11 @@ class TextProgressView(APIView):
         responses=RESPONSES,
     )
     def post(self, request: Request) -> Response:
-        data = validated(self.Input, request.data)
+        return Response(self.reply(validated(self.Input, request.data), request))
+
+    @staticmethod
+    def reply(data: dict[str, Any], request: Any) -> dict[str, Any]:
+        """The answer to a valid request (this view's, and the direct lane's)."""
         credentials = Credentials(api_user=api_user(request))
         job_progress(job_id=data["id"], credentials=credentials, text=data.get("text"))
-        return Response({"ok": True})
+        return {"ok": True}
