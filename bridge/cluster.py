@@ -123,8 +123,10 @@ class ClusterProtocol(Protocol):
     takes_progress: bool  # whether to post the text so far while generating
     pop_wait: float  # seconds a pop asks the cluster to hold it (0: plain polling)
 
-    def progress(self, job: Job, text: str) -> Literal["ok", "gone", "unsupported", "failed"]:
-        """Post the text generated so far; never raises."""
+    def progress(
+        self, job: Job, text: str | None
+    ) -> Literal["ok", "gone", "unsupported", "failed"]:
+        """Post the text generated so far (None: a heartbeat); never raises."""
         ...
 
     def pop(self, capabilities: Capabilities) -> Job | NoWork:
@@ -223,9 +225,13 @@ class _HttpCluster:
             return response, json_body(response)
         return response, data
 
-    def progress(self, job: Job, text: str) -> Literal["ok", "gone", "unsupported", "failed"]:
-        """Post the whole text generated so far for `job` (`bridge.progress` throttles)."""
-        body = {"id": job.id, "text": text, **self._progress_credentials()}
+    def progress(
+        self, job: Job, text: str | None
+    ) -> Literal["ok", "gone", "unsupported", "failed"]:
+        """Post the whole text generated so far for `job` (`bridge.progress` throttles);
+        without text, a heartbeat (`bridge.heartbeat`)."""
+        text_field = {} if text is None else {"text": text}
+        body = {"id": job.id, **text_field, **self._progress_credentials()}
         try:
             response = self._session.post(
                 f"{self.url}{self.progress_path}",

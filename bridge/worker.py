@@ -27,6 +27,7 @@ from bridge.cluster import (
     NoWork,
     Submitted,
 )
+from bridge.heartbeat import heartbeat_for
 from bridge.kobold import (
     Generation,
     KoboldBusy,
@@ -317,6 +318,8 @@ class Worker:
             # timeout: the cluster sized the ttl to this server's speed, so wait that long.
             patience = deadline - started + LATE_GRACE
             sender = self._progress_sender(job)
+            # The cluster gives back a job whose server goes quiet (bridge/heartbeat.py).
+            heartbeat = heartbeat_for(self.cluster, job, sender)
             try:
                 if sender is None:
                     generation = self.kobold.generate(job.payload, patience)
@@ -360,6 +363,8 @@ class Worker:
             finally:
                 if sender is not None:
                     sender.close()
+                if heartbeat is not None:
+                    heartbeat.close()
             self._wait(delay, True)
 
     def _progress_sender(self, job: Job) -> ProgressSender | None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from django.conf import settings
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from accounts.identity import LOCK_ACCOUNT_SQL, lock_account
@@ -21,6 +21,7 @@ from accounts.models import User
 from accounts.selectors import balance_sql
 from generations import events
 from generations import limits as client_limits
+from generations.idempotency import first_prompt
 from generations.matching import PromptFacts
 from generations.models import Prompt, PromptWorker, prompt_lifetime
 from generations.sql import (
@@ -69,6 +70,8 @@ class GenerationRequest:
     # The client named no context: each job gets its server's whole context (Job.payload).
     whole_context: bool = False
     genkey: str = ""  # KoboldCpp's name for the generation, for check and abort
+    # The client's Idempotency-Key: a retry with it gets the first prompt (`prompt_create`).
+    idempotency_key: str = ""
 
     def tokens_at_most(self) -> int:
         """The most tokens the request can cost: every generation at its full max_length."""
@@ -96,7 +99,9 @@ def _sort_key_sql(user: User, created: datetime) -> tuple[str, list[object]]:
 def prompt_create(*, user: User, request: GenerationRequest, now: datetime | None = None) -> Prompt:
     """Queue a prompt with `n` waiting slots; it lives PROMPT_EXPIRY_SECONDS past its last use.
 
-    429 `TooManyPrompts` when it would take the user over their waiting slots limit.
+    429 `TooManyPrompts` when it would take the user over their waiting slots limit. With an
+    `idempotency_key`, the caller's live prompt created with that key, if any, is returned
+    instead (generations/idempotency.py).
     """
     now = now or timezone.now()
     if not request.batching and request.n > 1 and not user.trusted:
@@ -129,6 +134,7 @@ def prompt_create(*, user: User, request: GenerationRequest, now: datetime | Non
         batching=request.batching,
         whole_context=request.whole_context,
         genkey=request.genkey,
+        idempotency_key=request.idempotency_key,
         created=now,
         last_activity=now,
         expires_at=now + prompt_lifetime(),
@@ -138,7 +144,11 @@ def prompt_create(*, user: User, request: GenerationRequest, now: datetime | Non
     # making all of them wait for each other is the lock convoy the AI Horde suffered.
     # (SQLite's transaction already holds its only write lock.)
     lock = not user.is_anonymous_user
-    if not server_ids and one_round_trip():
+    if prompt.idempotency_key:
+        first = first_prompt(prompt, now)
+        if first is not None:
+            return first
+    if not server_ids and one_round_trip() and not prompt.idempotency_key:
         # PostgreSQL, in one round trip without BEGIN and COMMIT: the lock and the INSERT are
         # sent together, one implicit transaction in which the INSERT, a statement of its
         # own, reads the user's waiting slots after the lock is held.
@@ -146,16 +156,14 @@ def prompt_create(*, user: User, request: GenerationRequest, now: datetime | Non
             _refuse(prompt, user, request.n, now)
         events.queue_changed(PromptFacts.of(prompt, frozenset()))
     else:
-        with transaction.atomic():
-            if lock:
-                lock_account(user)
-            if not _insert_within_limit(prompt, user, now):
-                _refuse(prompt, user, request.n, now)
-            if server_ids:
-                PromptWorker.objects.bulk_create(
-                    PromptWorker(prompt=prompt, server_id=i) for i in server_ids
-                )
-            events.queue_changed(PromptFacts.of(prompt, frozenset(server_ids)))
+        try:
+            _insert_in_transaction(prompt, user, server_ids, lock=lock, now=now)
+        except IntegrityError:
+            # A retry with the same key inserted it a moment before: that one is the answer.
+            first = first_prompt(prompt, now) if prompt.idempotency_key else None
+            if first is None:
+                raise
+            return first
     logger.info(
         "prompt %s queued: user=%s n=%s max_length=%s max_context_length=%s models=%s",
         prompt.id,
@@ -166,6 +174,21 @@ def prompt_create(*, user: User, request: GenerationRequest, now: datetime | Non
         len(prompt.models),
     )
     return prompt
+
+
+def _insert_in_transaction(
+    prompt: Prompt, user: User, server_ids: list[object], *, lock: bool, now: datetime
+) -> None:
+    with transaction.atomic():
+        if lock:
+            lock_account(user)
+        if not _insert_within_limit(prompt, user, now):
+            _refuse(prompt, user, prompt.n, now)
+        if server_ids:
+            PromptWorker.objects.bulk_create(
+                PromptWorker(prompt=prompt, server_id=i) for i in server_ids
+            )
+        events.queue_changed(PromptFacts.of(prompt, frozenset(server_ids)))
 
 
 def _refuse(prompt: Prompt, user: User, n: int, now: datetime) -> None:
@@ -188,7 +211,7 @@ _PROMPT_COLUMNS = (
     "id, user_id, text, params, any_model, n, waiting, max_length, max_context_length, state, "
     "faulted_jobs, client_agent, softprompt, trusted_workers, slow_workers, workers, nsfw, "
     "batching, created, last_activity, expires_at, models, client, origin, whole_context, "
-    "genkey, sort_key"
+    "genkey, idempotency_key, sort_key"
 )
 _WAITING_OF_USER = (
     "SELECT COALESCE(SUM(q.waiting), 0) FROM generations_prompt q WHERE q.user_id = %s "
@@ -211,10 +234,10 @@ def _insert_within_limit(prompt: Prompt, user: User, now: datetime, *, lock: boo
         prompt.softprompt, prompt.trusted_workers, prompt.slow_workers, prompt.workers,
         prompt.nsfw, prompt.batching, dt_param(now), dt_param(now),
         dt_param(prompt.expires_at), json_param(prompt.models), prompt.client, prompt.origin,
-        prompt.whole_context, prompt.genkey,
+        prompt.whole_context, prompt.genkey, prompt.idempotency_key,
     ]  # fmt: skip
     json = json_cast()
-    row = ", ".join(["%s"] * 3 + [json] + ["%s"] * 17 + [json] + ["%s"] * 4)
+    row = ", ".join(["%s"] * 3 + [json] + ["%s"] * 17 + [json] + ["%s"] * 5)
     insert = (
         f"INSERT INTO generations_prompt ({_PROMPT_COLUMNS}) SELECT {row}, {key_sql} "
         f"WHERE ({_WAITING_OF_USER}) + %s <= %s"

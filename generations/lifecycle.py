@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -19,6 +19,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from generations import events
+from generations.liveness import stall_seconds, stalled
 from generations.models import Job, Prompt
 from generations.progress_store import progress_drop
 from generations.vacuum import vacuum_after_purge
@@ -48,27 +49,62 @@ def slot_return(*, prompt_id: object, now: datetime) -> None:
 
 
 def jobs_reap(*, now: datetime | None = None) -> int:
-    """Abandon the jobs past their deadline and put their slots back; return how many.
+    """Abandon the jobs past their deadline, and those that stalled; return how many.
 
     A server that vanished never submits. Its job counts as a failure of the prompt (the
     MAX_JOB_FAILURES-th faults it) and against the server. Its result is still accepted if it
-    arrives before the slot is handed out again (`_accept_late`).
+    arrives before the slot is handed out again (`_accept_late`). A job stalled when its
+    server showed signs of life and then went quiet for STALL_SECONDS (generations/liveness.py):
+    it is given back without waiting for its deadline.
     """
     now = now or timezone.now()
     overdue = Job.objects.filter(state=Job.State.PROCESSING, deadline__lt=now)
-    reaped = 0
-    for job_id, prompt_id, server_id in list(overdue.values_list("id", "prompt_id", "server_id")):
-        with transaction.atomic():
-            # Only from processing: the server may have submitted or failed it a moment ago.
-            moved = overdue.filter(id=job_id).update(state=Job.State.ABANDONED, finished=now)
-            if not moved:
-                continue
-            Server.objects.filter(pk=server_id).update(uncompleted_jobs=F("uncompleted_jobs") + 1)
-            slot_return(prompt_id=prompt_id, now=now)
-        progress_drop(prompt_id)
-        reaped += 1
-        logger.info("job %s of prompt %s abandoned by server %s", job_id, prompt_id, server_id)
-    return reaped
+    rows = list(overdue.values_list("id", "prompt_id", "server_id"))
+    listed = {row[0] for row in rows}
+    rows += [row for row in _stalled_rows(now) if row[0] not in listed]
+    return sum(_abandon(*row, now=now) for row in rows)
+
+
+def stalled_jobs_reap(*, prompt_id: object, jobs: list[Job], now: datetime | None = None) -> int:
+    """Abandon those of a prompt's `jobs` (as its status read them) that stalled; how many.
+
+    Front-end waits call it each time they read their prompt's status: costs nothing (no
+    statement) unless a processing job is older than STALL_SECONDS."""
+    now = now or timezone.now()
+    processing = [(job.id, job.started) for job in jobs if job.state == Job.State.PROCESSING]
+    servers = {job.id: job.server_id for job in jobs}
+    return sum(
+        _abandon(job_id, prompt_id, servers[job_id], now=now, why="stalled")
+        for job_id in stalled(processing, now)
+    )
+
+
+def _stalled_rows(now: datetime) -> list[tuple[object, object, object]]:
+    """(id, prompt, server) of the processing jobs that stalled."""
+    old = Job.objects.filter(
+        state=Job.State.PROCESSING, started__lt=now - timedelta(seconds=stall_seconds())
+    ).values_list("id", "started", "prompt_id", "server_id")
+    candidates = {row[0]: row for row in old}
+    quiet = stalled([(job_id, row[1]) for job_id, row in candidates.items()], now)
+    return [(job_id, candidates[job_id][2], candidates[job_id][3]) for job_id in quiet]
+
+
+def _abandon(
+    job_id: object, prompt_id: object, server_id: object, *, now: datetime, why: str = "reaped"
+) -> int:
+    """Give one processing job's slot back (1), unless it ended meanwhile (0)."""
+    with transaction.atomic():
+        # Only from processing: the server may have submitted or failed it a moment ago.
+        moved = Job.objects.filter(id=job_id, state=Job.State.PROCESSING).update(
+            state=Job.State.ABANDONED, finished=now
+        )
+        if not moved:
+            return 0
+        Server.objects.filter(pk=server_id).update(uncompleted_jobs=F("uncompleted_jobs") + 1)
+        slot_return(prompt_id=prompt_id, now=now)
+    progress_drop(prompt_id)
+    logger.info("job %s of prompt %s %s: abandoned by server %s", job_id, prompt_id, why, server_id)
+    return 1
 
 
 @dataclass(frozen=True)

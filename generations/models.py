@@ -73,6 +73,9 @@ class Prompt(models.Model):
     # KoboldCpp's name for a generation (`genkey`), scoped to its caller: the user, and for
     # callers without credentials also `client` (generations/frontend.py).
     genkey = models.CharField(max_length=100, blank=True, default="", db_default="")
+    # The client's `Idempotency-Key` header: a retry of the create with the same key from
+    # the same caller (user and client) gets this prompt instead of a new one (intake.py).
+    idempotency_key = models.CharField(max_length=255, blank=True, default="", db_default="")
     # Last: from here on `models` in this class body is the field, not django.db.models.
     models = models.JSONField(default=list, blank=True, help_text="Acceptable models; [] = any.")
 
@@ -101,6 +104,14 @@ class Prompt(models.Model):
             ),
             # KoboldCpp's check and abort find a caller's generation by its genkey.
             models.Index(fields=["user", "genkey"], condition=~Q(genkey=""), name="prompt_genkey"),
+        ]
+        constraints = [
+            # Two retries at once cannot both queue: the second INSERT fails and finds the first.
+            models.UniqueConstraint(
+                fields=["user", "client", "idempotency_key"],
+                condition=~Q(idempotency_key=""),
+                name="prompt_idempotency_once",
+            ),
         ]
 
     def __str__(self) -> str:

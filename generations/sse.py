@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Any
 
 from django.http import StreamingHttpResponse
@@ -70,27 +71,29 @@ async def openai_chunks(
     if chat:
         yield _data({**head, "choices": [_role_choice()]})
     try:
-        async for update in follow(prompt_id):
-            if update.keepalive:
-                yield KEEPALIVE_COMMENT
-                continue
-            piece = deltas.delta(update.text, final=update.status is not None)
-            if update.status is None:
+        # aclosing: a stream that fails here (ServerReplaced) cancels its prompt at once.
+        async with aclosing(follow(prompt_id)) as updates:
+            async for update in updates:
+                if update.keepalive:
+                    yield KEEPALIVE_COMMENT
+                    continue
+                piece = deltas.delta(update.text, final=update.status is not None)
+                if update.status is None:
+                    if piece:
+                        yield chunk(piece)
+                    continue
+                status = update.status
+                if status.generations:
+                    head["model"] = status.generations[0].model
+                    _, stopped = cut_at_stop(status.generations[0].text, stops)
+                    finish = finish_reason(status.generations[0], stopped, max_tokens)
+                else:
+                    finish = "stop"
                 if piece:
                     yield chunk(piece)
-                continue
-            status = update.status
-            if status.generations:
-                head["model"] = status.generations[0].model
-                _, stopped = cut_at_stop(status.generations[0].text, stops)
-                finish = finish_reason(status.generations[0], stopped, max_tokens)
-            else:
-                finish = "stop"
-            if piece:
-                yield chunk(piece)
-            yield chunk(None, finish)
-            if include_usage:
-                yield _data({**head, "choices": [], "usage": usage(prompt, status)})
+                yield chunk(None, finish)
+                if include_usage:
+                    yield _data({**head, "choices": [], "usage": usage(prompt, status)})
     except ApiError as error:
         code = error.rc or "error"
         yield _data(openai_error(error.message, error.status_code, code=code))
@@ -110,15 +113,17 @@ async def kobold_tokens(*, prompt_id: Any) -> AsyncIterator[bytes]:
     """KoboldCpp's stream: `event: message` with `data: {"token": ...}` per new piece."""
     deltas = Deltas()
     try:
-        async for update in follow(prompt_id):
-            if update.keepalive:
-                yield KEEPALIVE_COMMENT
-                continue
-            piece = deltas.delta(update.text, final=update.status is not None)
-            if piece:
-                yield _kobold_event({"token": piece})
-            if update.status is not None:
-                yield _kobold_event({"token": "", "finish_reason": _kobold_finish(update.status)})
+        async with aclosing(follow(prompt_id)) as updates:
+            async for update in updates:
+                if update.keepalive:
+                    yield KEEPALIVE_COMMENT
+                    continue
+                piece = deltas.delta(update.text, final=update.status is not None)
+                if piece:
+                    yield _kobold_event({"token": piece})
+                if update.status is not None:
+                    finish = _kobold_finish(update.status)
+                    yield _kobold_event({"token": "", "finish_reason": finish})
     except ApiError as error:
         yield _kobold_event({"token": "", "finish_reason": "error", "error": error.message})
 

@@ -25,7 +25,9 @@ from generations.intake import GenerationRequest, prompt_create
 from generations.openai_shapes import cut_at_stop
 from generations.progress_store import progress_text
 from generations.status import PromptStatus, prompt_status
+from generations.waiting import reap_stalled
 from koboldcluster import metrics, shutdown, wakeups
+from koboldcluster.errors import ApiError
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +47,23 @@ class Update:
 
 
 KEEPALIVE = Update("", keepalive=True)
+
+
+class ServerReplaced(ApiError):
+    """The text a stream already sent is not the beginning of the text now generated: its
+    job went back to the queue (its server failed, vanished or stalled) and another server
+    generates it from the start. The stream cannot take back what it sent, so it ends with
+    this error rather than garble the answer (continuing a generation is not built yet)."""
+
+    status_code = 502
+    default_rc = "ServerReplaced"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "The server generating this stream dropped out and another server started the "
+            "generation again; the text already sent is not part of its answer. Send the "
+            "request again (the stream was cancelled)."
+        )
 
 
 async def start(*, user: User, request: GenerationRequest) -> object:
@@ -101,6 +120,7 @@ async def _updates(prompt_id: object, timeout: float) -> AsyncIterator[Update]:
                 if status.done:
                     yield _final(status)
                     return
+                await reap_stalled(status)
             remaining = deadline - loop.time()
             if remaining <= 0:
                 raise await sync_to_async(give_up)(prompt_id, timeout)
@@ -128,9 +148,12 @@ class Deltas:
 
     With `stops`, the text is cut at the first stop sequence (as OpenAI's answer is) and the
     last characters that could begin one are held back until the text goes on; with `strip`
-    (a chat message) leading and trailing whitespace is held back likewise. If a text is not
-    a continuation of what was sent (a job restarted on another server), nothing more is
-    sent until it catches up or the final text comes.
+    (a chat message) leading and trailing whitespace is held back likewise.
+
+    The pieces sent are always the beginning of the final text, or the stream fails: a text
+    that is only the beginning of what was sent (another server starting the job again)
+    sends nothing while it may still catch up; one that differs from it, or a final text
+    that does not continue it, raises ServerReplaced.
     """
 
     def __init__(self, *, stops: Sequence[str] = (), strip: bool = False) -> None:
@@ -152,9 +175,7 @@ class Deltas:
         if shown.startswith(self.sent):
             piece, self.sent = shown[len(self.sent) :], shown
             return piece
-        if final:
-            logger.warning("a stream's final text does not continue what it sent")
-            piece = shown[len(self.sent) :]
-            self.sent = shown
-            return piece
+        if final or not self.sent.startswith(shown):
+            logger.info("a stream's text does not continue what it sent: its server was replaced")
+            raise ServerReplaced()
         return ""

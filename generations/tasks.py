@@ -11,6 +11,7 @@ import logging
 from django.utils import timezone
 
 from generations.lifecycle import jobs_reap, prompts_purge
+from generations.liveness import marks_sweep
 from generations.progress_store import progress_sweep
 
 logger = logging.getLogger(__name__)
@@ -25,9 +26,10 @@ def purge_expired_prompts() -> str:
 
 
 def reap_overdue_jobs() -> str:
-    """Give the slots of jobs whose server missed the deadline back to the queue."""
-    summary = f"reaped {jobs_reap(now=timezone.now())} overdue jobs"
+    """Give the slots of jobs whose server missed the deadline or stalled back to the queue."""
+    summary = f"reaped {jobs_reap(now=timezone.now())} overdue or stalled jobs"
     # Progress of jobs that ended without a word (files without Redis; Redis expires its own).
     progress_sweep()
+    marks_sweep()
     logger.info(summary)
     return summary

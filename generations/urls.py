@@ -42,3 +42,10 @@ direct.add(
     "/generate/submit",
     direct.Route(views.SubmitView, views.SubmitView.reply, "generate/submit"),
 )
+direct.add(
+    "POST",
+    "/generate/progress",
+    direct.Route(
+        views_progress.ProgressView, views_progress.ProgressView.reply, "generate/progress"
+    ),
+)

@@ -62,3 +62,12 @@ direct.add(
         parse=prompt_uuid,
     ),
 )
+direct.add(
+    "POST",
+    "/api/v2/generate/text/progress",
+    direct.Route(
+        views_progress.TextProgressView,
+        views_progress.TextProgressView.reply,
+        "api/v2/generate/text/progress",
+    ),
+)

@@ -15,6 +15,7 @@ from rest_framework.views import APIView
 from accounts.authentication import LenientApiKeyAuthentication, api_user
 from accounts.identity import user_for_request
 from generations.delivery import job_submit
+from generations.idempotency import IDEMPOTENCY_KEY_HEADER, idempotency_key
 from generations.intake import GenerationRequest, prompt_create
 from generations.long_poll import PopAttempt, PopReply, WaitField, respond
 from generations.queue import PopResult, job_pop, jobs_claim
@@ -67,6 +68,7 @@ class PromptCreateView(APIView):
         "`username` tracks usage (a name with credentials needs its password or key). "
         "`params` are KoboldAI's generate parameters (`max_content_length` is the context "
         "length); defaults n 1, max_length 80, max_context_length 1024.",
+        parameters=[IDEMPOTENCY_KEY_HEADER],
         request=Input,
         responses={
             200: shape("PromptCreated", {"id": serializers.UUIDField()}),
@@ -88,7 +90,11 @@ class PromptCreateView(APIView):
         )
         shape, samplers = split_params(data["params"])
         generation = GenerationRequest(
-            text=data["prompt"], params=samplers, models=data.get("models") or [], **shape
+            text=data["prompt"],
+            params=samplers,
+            models=data.get("models") or [],
+            idempotency_key=idempotency_key(request),
+            **shape,
         )
         prompt = prompt_create(user=user, request=generation)
         return {"id": str(prompt.id)}

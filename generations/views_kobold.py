@@ -28,6 +28,7 @@ from accounts.models import User
 from generations.chat import estimate_tokens
 from generations.fitting import LIMITS_HEADER, Fit, fitted
 from generations.frontend import generate, genkey_abort, genkey_text_so_far, served_models
+from generations.idempotency import IDEMPOTENCY_KEY_HEADER, idempotency_key
 from generations.intake import GenerationRequest
 from generations.serializers import GenerationParamsSerializer, PromptTextField, split_params
 from generations.sse import event_stream, kobold_tokens
@@ -193,7 +194,7 @@ class GenerateView(AsyncAPIView):
         "fields are ignored. An ordinary request of the queue (priority, ledger, expiry); "
         "the answer waits for it up to KOBOLDCLUSTER_FRONTEND_WAIT_SECONDS (then 504, and "
         "the request is cancelled, as it is when the caller disconnects).",
-        parameters=[BEARER],
+        parameters=[BEARER, IDEMPOTENCY_KEY_HEADER],
         request=Input,
         responses={
             200: shape(
@@ -226,7 +227,12 @@ class GenerateView(AsyncAPIView):
         shape_params, samplers = split_params(data)
         agent = request.META.get("HTTP_CLIENT_AGENT") or "KoboldAI API"
         generation = GenerationRequest(
-            text=text, params=samplers, client_agent=agent, genkey=genkey, **shape_params
+            text=text,
+            params=samplers,
+            client_agent=agent,
+            genkey=genkey,
+            idempotency_key=idempotency_key(request),
+            **shape_params,
         )
         generation, fit = await fitted(user, generation)
         return user, generation, fit
@@ -242,7 +248,7 @@ class StreamView(GenerateView):
         'generates, then `data: {"token": "", "finish_reason": "stop"}`. The tokens add up '
         "to the stored generation. A server whose backend does not stream sends it all at "
         "the end. Disconnecting cancels the request.",
-        parameters=[BEARER],
+        parameters=[BEARER, IDEMPOTENCY_KEY_HEADER],
         request=GenerateView.Input,
         responses={
             (200, "text/event-stream"): {"type": "string"},

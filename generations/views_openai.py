@@ -29,6 +29,7 @@ from generations import chat
 from generations.chat import MODEL_NAME_MAX
 from generations.fitting import LIMITS_HEADER, Fit, fitted
 from generations.frontend import ServedModel, generate, models_for, served_models
+from generations.idempotency import IDEMPOTENCY_KEY_HEADER, idempotency_key
 from generations.intake import GenerationRequest
 from generations.openai_shapes import (
     Unsupported,
@@ -264,6 +265,7 @@ async def _generation(
         models=models,
         client_agent=agent,
         whole_context=not truncation,
+        idempotency_key=idempotency_key(request),
         **shape_params,
     )
     return await fitted(user, generation, requested=requested)
@@ -305,6 +307,7 @@ class CompletionsView(AsyncOpenAIView):
         "answers server-sent events in OpenAI's chunk format as the server generates "
         "(n = 1; `stream_options.include_usage` adds a last chunk with `usage`). "
         "`usage` is estimated by the cluster's token rule. " + BEARER_DOC,
+        parameters=[IDEMPOTENCY_KEY_HEADER],
         request=CompletionsInput,
         responses=COMPLETION_RESPONSES,
     )
@@ -351,6 +354,7 @@ class ChatCompletionsView(AsyncOpenAIView):
         "gets ChatML and the X-KoboldCluster-Warning header; X-Chat-Template names the "
         "template used). Other fields as for /v1/completions; `max_completion_tokens` "
         "too; `tools` and `response_format` other than text are refused. " + BEARER_DOC,
+        parameters=[IDEMPOTENCY_KEY_HEADER],
         request=ChatInput,
         responses=COMPLETION_RESPONSES,
     )

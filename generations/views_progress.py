@@ -1,9 +1,13 @@
 """Servers post a job's text so far while generating (both protocols): streams show it.
 
-Thin views over `generations.progress.job_progress`; authenticated like the submit.
+Thin views over `generations.progress.job_progress`; authenticated like the submit, and
+answered by the direct lane like it (koboldcluster/direct.py): a streamed job posts up to 10
+times a second and every job heartbeats, so the request stack's cost matters.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
@@ -22,9 +26,13 @@ from servers.services import Credentials
 DESCRIPTION = (
     "The whole text generated so far (not a delta), at most every 0.1 s while generating; "
     "the cluster keeps only the latest, never in the database, and streams it to the "
-    "requester. The submit stays the record of the generation. 404 InvalidJobID or "
+    "requester. The submit stays the record of the generation. Without `text`, a "
+    "heartbeat: the server is still at work on the job (every few seconds while a job "
+    "that is not streamed generates). A job that showed such signs of life and then none "
+    "for KOBOLDCLUSTER_STALL_SECONDS is given back to the queue. 404 InvalidJobID or "
     "AbortedGen: the cluster no longer wants this job (stop generating it)."
 )
+TEXT_HELP = "The whole text so far; leave it out for a heartbeat."
 RESPONSES = {
     200: shape("ProgressTaken", {"ok": serializers.BooleanField()}),
     400: error("ValidationError"),
@@ -40,7 +48,7 @@ class ProgressView(APIView):
     class Input(InputSerializer):
         id = serializers.UUIDField()
         password = optional_text(max_length=1024, trim_whitespace=False)
-        text = GenerationField(max_length=1_000_000)
+        text = GenerationField(max_length=1_000_000, required=False, help_text=TEXT_HELP)
 
     @extend_schema(
         operation_id="server_progress",
@@ -51,9 +59,14 @@ class ProgressView(APIView):
         responses=RESPONSES,
     )
     def post(self, request: Request) -> Response:
-        data = validated(self.Input, request.data)
-        job_progress(job_id=data["id"], credentials=_credentials(request, data), text=data["text"])
-        return Response({"ok": True})
+        return Response(self.reply(validated(self.Input, request.data), request))
+
+    @staticmethod
+    def reply(data: dict[str, Any], request: Any) -> dict[str, Any]:
+        """The answer to a valid request (this view's, and the direct lane's)."""
+        credentials = _credentials(request, data)
+        job_progress(job_id=data["id"], credentials=credentials, text=data.get("text"))
+        return {"ok": True}
 
 
 class TextProgressView(APIView):
@@ -62,7 +75,7 @@ class TextProgressView(APIView):
 
     class Input(InputSerializer):
         id = serializers.UUIDField(help_text="A job id from the pop's `ids`.")
-        text = GenerationField(max_length=1_000_000)
+        text = GenerationField(max_length=1_000_000, required=False, help_text=TEXT_HELP)
 
     @extend_schema(
         operation_id="horde_text_progress",
@@ -74,7 +87,11 @@ class TextProgressView(APIView):
         responses=RESPONSES,
     )
     def post(self, request: Request) -> Response:
-        data = validated(self.Input, request.data)
+        return Response(self.reply(validated(self.Input, request.data), request))
+
+    @staticmethod
+    def reply(data: dict[str, Any], request: Any) -> dict[str, Any]:
+        """The answer to a valid request (this view's, and the direct lane's)."""
         credentials = Credentials(api_user=api_user(request))
-        job_progress(job_id=data["id"], credentials=credentials, text=data["text"])
-        return Response({"ok": True})
+        job_progress(job_id=data["id"], credentials=credentials, text=data.get("text"))
+        return {"ok": True}

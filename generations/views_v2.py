@@ -17,6 +17,7 @@ from rest_framework.views import APIView
 from accounts.authentication import LenientApiKeyAuthentication, api_user
 from accounts.identity import anonymous_user
 from generations.delivery import CSAM_METADATA
+from generations.idempotency import IDEMPOTENCY_KEY_HEADER, idempotency_key
 from generations.intake import GenerationRequest, prompt_create
 from generations.models import Job
 from generations.serializers import HordeParamsSerializer, PromptTextField, split_params
@@ -138,7 +139,7 @@ class TextAsyncView(APIView):
         description="Queue `n` generations of a prompt and answer its id at once. The request "
         "is yours with your `apikey` (without one: the anonymous user, lowest priority). "
         "It expires 10 minutes after its last activity; every status poll counts.",
-        parameters=[APIKEY_HEADER, CLIENT_AGENT_HEADER],
+        parameters=[APIKEY_HEADER, CLIENT_AGENT_HEADER, IDEMPOTENCY_KEY_HEADER],
         request=Input,
         responses={
             202: ASYNC_ACCEPTED,
@@ -164,7 +165,7 @@ class TextAsyncView(APIView):
     def reply(data: dict[str, Any], request: Any) -> dict[str, Any]:
         """The answer to a valid request (this view's, and the direct lane's)."""
         user = api_user(request) or anonymous_user()
-        generation = _generation_request(data, client_agent(request))
+        generation = _generation_request(data, client_agent(request), idempotency_key(request))
         if data["dry_run"]:
             return {"kudos": float(generation.tokens_at_most())}
         prompt = prompt_create(user=user, request=generation)
@@ -186,7 +187,7 @@ class TextAsyncView(APIView):
         return body
 
 
-def _generation_request(data: dict[str, Any], agent: str) -> GenerationRequest:
+def _generation_request(data: dict[str, Any], agent: str, key: str = "") -> GenerationRequest:
     """The AI Horde's request options as the cluster's GenerationRequest, refusing what it
     cannot honour with the horde's error codes."""
     if data.get("style"):
@@ -224,6 +225,7 @@ def _generation_request(data: dict[str, Any], agent: str) -> GenerationRequest:
         servers_excluded=data["worker_blacklist"],
         nsfw=data["nsfw"],
         batching=batching,
+        idempotency_key=key,
         **shape_params,
     )
 

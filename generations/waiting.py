@@ -1,16 +1,22 @@
 """Waiting for a prompt inside an HTTP request, without holding a thread while it waits.
 
 The KoboldAI and OpenAI APIs answer with the generation itself, so their views wait for
-the prompt to be done. The wait is a coroutine: under ASGI thousands of callers wait on
-one event loop, and only each status check borrows a thread for a moment.
+the prompt to be done (giving back its jobs that stalled: `reap_stalled`). The wait is a
+coroutine: under ASGI thousands of callers wait on one event loop, and only each status
+check borrows a thread for a moment.
 """
 
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 
 from asgiref.sync import sync_to_async
+from django.utils import timezone
 
+from generations.lifecycle import stalled_jobs_reap
+from generations.liveness import stall_seconds
+from generations.models import Job
 from generations.status import PromptStatus, prompt_status
 from koboldcluster import shutdown, wakeups
 
@@ -30,9 +36,20 @@ async def prompt_wait_done(prompt_id: object, timeout: float) -> PromptStatus | 
             status = await sync_to_async(prompt_status)(prompt_id=prompt_id)
             if status.done:
                 return status
+            await reap_stalled(status)
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return None
             await wake.wait(min(RECHECK_SECONDS, remaining))
             if shutdown.is_stopping():
                 raise shutdown.ServerStopping()
+
+
+async def reap_stalled(status: PromptStatus) -> None:
+    """Give back the prompt's jobs whose servers went quiet (generations/liveness.py), so a
+    waiting client does not wait for the reaper; nothing to do (no thread, no statement)
+    unless a job has been processing for longer than the stall time."""
+    now = timezone.now()
+    quiet = timedelta(seconds=stall_seconds())
+    if any(job.state == Job.State.PROCESSING and job.started < now - quiet for job in status.jobs):
+        await sync_to_async(stalled_jobs_reap)(prompt_id=status.prompt.id, jobs=status.jobs)

@@ -330,6 +330,9 @@ KOBOLDCLUSTER = {
     # The least time a server gets to deliver a job; longer for long requests on slow servers.
     "JOB_TTL_FLOOR_SECONDS": env_int("KOBOLDCLUSTER_JOB_TTL_FLOOR_SECONDS", 150, minimum=1),
     "JOB_TTL_MAX_SECONDS": env_int("KOBOLDCLUSTER_JOB_TTL_MAX_SECONDS", 1800, minimum=1),
+    # A job whose server showed signs of life (progress, heartbeats) and then none for this
+    # long is given back without waiting for its ttl (README "When a volunteer drops out").
+    "STALL_SECONDS": env_int("KOBOLDCLUSTER_STALL_SECONDS", 15, minimum=1),
     # A server that has not checked in for this long is not listed and not counted.
     "SERVER_STALE_SECONDS": env_int("KOBOLDCLUSTER_SERVER_STALE_SECONDS", 300, minimum=1),
     # A pop writes the server's check-in time at most this often.

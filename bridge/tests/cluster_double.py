@@ -20,7 +20,8 @@ does for a value out of range. Without either, `"wait"` is ignored, as the AI Ho
 
 Progress (both APIs, `/generate/progress` and `/api/v2/generate/text/progress`): unknown
 paths by default (404 `NotFound`, as on the AI Horde); with `accept_progress` set, each post
-is recorded in `progress` as (job id, text, time.monotonic()) and answered 200; with
+is recorded in `progress` as (job id, text or None for a heartbeat, time.monotonic()) and
+answered 200; with
 `progress_gone` set, answered 404 `InvalidJobID` (the job is no longer wanted).
 """
 
@@ -50,7 +51,7 @@ class ScriptedCluster(ThreadingHTTPServer):
         self.messages: list[dict[str, Any]] = []  # v2: moderator messages sent with every pop
         self.accept_progress = False
         self.progress_gone = False
-        self.progress: list[tuple[str, str, float]] = []
+        self.progress: list[tuple[str, str | None, float]] = []
         self.hold_pops = False
         self.refuse_wait = False
         self.held_now = 0
@@ -99,7 +100,7 @@ class ScriptedCluster(ThreadingHTTPServer):
             if path in (V2_PROGRESS, "/generate/progress") and self.progress_gone:
                 return 404, {"message": "Processing Generation not found.", "rc": "InvalidJobID"}
             if path in (V2_PROGRESS, "/generate/progress") and self.accept_progress:
-                self.progress.append((body["id"], body["text"], time.monotonic()))
+                self.progress.append((body["id"], body.get("text"), time.monotonic()))
                 return 200, {}
             if path == V2_POP:
                 return self._v2_pop(headers, body)

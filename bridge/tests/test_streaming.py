@@ -204,13 +204,14 @@ def test_a_job_the_cluster_no_longer_wants_is_stopped_and_its_text_so_far_delive
     assert so_far != fake_text("Once upon a time", 16)  # the stream was left early
 
 
-def test_a_backend_that_cannot_stream_works_as_before(cluster, bridges):
+def test_a_backend_that_cannot_stream_sends_heartbeats_and_no_text(cluster, bridges):
     cluster.accept_progress = True
     cluster.add_job(JOB_ID, "Once upon a time")
-    with FakeKoboldAI() as kai:
+    with FakeKoboldAI(delay=0.5) as kai:
         bridge = bridges(cluster, kai.url)
         wait_until(lambda: served(cluster, JOB_ID), "the job to be served", 20, watch=[bridge])
         bridge.interrupt()
         assert bridge.wait(timeout=15) == 0, bridge.output
-    assert cluster.progress == []
+    # The first heartbeat goes at once (bridge/heartbeat.py), the next 5 s later.
+    assert [(job_id, text) for job_id, text, _ in cluster.progress] == [(JOB_ID, None)]
     assert cluster.submitted[JOB_ID]["generation"] == fake_text("Once upon a time", 16)

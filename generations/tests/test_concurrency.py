@@ -14,6 +14,7 @@ from rest_framework.test import APIClient
 from accounts.models import LedgerEntry, User
 from conftest import SERVER_PASSWORD
 from generations.models import Job, Prompt
+from koboldcluster.schema_check import documented_response
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -99,3 +100,24 @@ def test_concurrent_duplicate_submits_pay_exactly_once(submit_prompt):
     assert LedgerEntry.objects.filter(job_id=job_id).count() == 2
     server = Job.objects.get(id=job_id).server
     assert server.requests_fulfilled == 1
+
+
+@pytest.mark.parametrize("caller", ["anonymous", "account"])
+def test_concurrent_retries_with_one_idempotency_key_queue_one_prompt(caller, register):
+    """Issue 25: the unique constraint, not luck, keeps simultaneous retries to one prompt."""
+    headers = {"HTTP_IDEMPOTENCY_KEY": "same-retry"}
+    if caller == "account":
+        headers["HTTP_APIKEY"] = register("carol")[1]
+    body = {"prompt": "Once upon a time", "params": {"n": 1, "max_length": 16}}
+    documented_response("/generate/prompt", "POST", 200)  # the tests' schema, built once
+
+    def create(index: int) -> Any:
+        response = APIClient().post("/generate/prompt", body, format="json", **headers)
+        assert response.status_code == 200, response.content
+        return response.json()["id"]
+
+    results = run_together(8, create)
+
+    assert not [r for r in results if isinstance(r, Exception)], results
+    assert len(set(results)) == 1
+    assert Prompt.objects.count() == 1

@@ -141,7 +141,7 @@ def test_v2_owner_posts_and_unknown_job_is_404(api, register):
     assert (unknown.status_code, unknown.json()["rc"]) == (404, "InvalidJobID")
 
 
-def test_a_missing_text_is_400(post_progress, job_id):
+def test_a_null_text_is_400(post_progress, job_id):
     response = post_progress(job_id, text=None)
 
     assert response.status_code == 400
@@ -219,6 +219,24 @@ class TestDeltas:
         sent, last = self.pieces(["  Hello ", "  Hello world  "], "  Hello world.  ", strip=True)
         assert "".join(sent) + last == "Hello world."
 
-    def test_a_text_that_does_not_continue_waits_for_the_final(self):
-        sent, last = self.pieces(["Once upon", "Another"], "Once upon a time")
-        assert sent == ["Once upon", ""] and last == " a time"
+    def test_a_restart_that_may_still_catch_up_sends_nothing_meanwhile(self):
+        sent, last = self.pieces(["Once upon", "Once", "Once up"], "Once upon a time")
+        assert sent == ["Once upon", "", ""] and last == " a time"
+
+    @pytest.mark.parametrize(
+        ("texts", "final"),
+        [
+            (["Once upon", "Another"], "Another story"),  # another server's progress
+            (["Once upon"], "Another story"),  # its final text
+            (["Once upon"], "Once"),  # a final text shorter than what was sent
+        ],
+    )
+    def test_a_text_that_does_not_continue_what_was_sent_fails_the_stream(self, texts, final):
+        from generations.streaming import Deltas, ServerReplaced
+
+        deltas = Deltas()
+        with pytest.raises(ServerReplaced):
+            for text in texts:
+                deltas.delta(text)
+            deltas.delta(final, final=True)
+        assert deltas.sent == "Once upon"

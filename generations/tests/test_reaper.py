@@ -159,5 +159,5 @@ def test_the_reaper_task_reports_and_logs_one_line(caplog, time_machine, popped)
     with caplog.at_level(logging.INFO, logger="generations.tasks"):
         summary = reap_overdue_jobs()
 
-    assert summary == "reaped 1 overdue jobs"
+    assert summary == "reaped 1 overdue or stalled jobs"
     assert [r.getMessage() for r in caplog.records if r.name == "generations.tasks"] == [summary]

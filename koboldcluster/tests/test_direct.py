@@ -291,3 +291,45 @@ def test_settings_the_lane_cannot_honour_turn_it_off_and_say_so(settings, caplog
     with caplog.at_level("WARNING", logger="koboldcluster.direct"):
         assert ClusterASGIHandler().lane is None
     assert "SECURE_HSTS_SECONDS is set" in caplog.text
+
+
+def test_a_create_with_an_idempotency_key(both, register):
+    _, key = register("carol")
+    headers = {"apikey": key, "idempotency-key": "retry-1"}
+
+    first = both("POST", "/generate/prompt", ASK, direct=True, **headers).json()["id"]
+    again = both("POST", "/generate/prompt", ASK, direct=True, **headers).json()["id"]
+
+    assert again == first and Prompt.objects.count() == 1
+    reused = both("POST", "/generate/prompt", {**ASK, "prompt": "Other"}, direct=True, **headers)
+    assert reused.json()["rc"] == "IdempotencyKeyReused"
+    bad = both("POST", "/generate/prompt", ASK, direct=True, **{"idempotency-key": "x" * 256})
+    assert bad.status_code == 400
+
+
+def test_progress_and_heartbeats_on_both_protocols(both, bob, register, submit_prompt):
+    submit_prompt(params={"n": 4, "max_length": 16})
+    both("POST", "/generate/pop", server(), direct=True)  # twice: a job each way
+    job = str(Job.objects.first().id)
+    original = {"id": job, "password": SERVER_PASSWORD}
+
+    assert both("POST", "/generate/progress", {**original, "text": "Once"}, direct=True).json()
+    assert both("POST", "/generate/progress", original, direct=True).json() == {"ok": True}
+    wrong = {**original, "password": "wrong"}
+    assert both("POST", "/generate/progress", wrong, direct=True).status_code in (401, 403)
+    unknown = {**original, "id": str(uuid.uuid4())}
+    assert both("POST", "/generate/progress", unknown, direct=True).json()["rc"] == "InvalidJobID"
+
+    _, worker_key = register("dave")
+    v2 = "/api/v2/generate/text/progress"
+    both(
+        "POST",
+        "/api/v2/generate/text/pop",
+        {"name": "d", "models": ["tiny-llm"]},
+        direct=True,
+        apikey=worker_key,
+    )
+    theirs = str(Job.objects.filter(server__name="d").first().id)
+    assert both("POST", v2, {"id": theirs}, direct=True, apikey=worker_key).json()["ok"]
+    assert both("POST", v2, {"id": theirs}, direct=True).status_code == 401
+    assert both("POST", v2, {"id": job}, direct=True, apikey=worker_key).status_code == 403
