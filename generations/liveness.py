@@ -26,6 +26,8 @@ from pathlib import Path
 from django.conf import settings
 from django.core.cache import cache
 
+from koboldcluster.var_folders import VarFolder
+
 # How long a mark is remembered: longer than any stall the reaper (every minute) must see.
 MARK_KEEP_SECONDS = 600
 
@@ -43,7 +45,7 @@ def mark_alive(job_id: object) -> None:
         path = _file(job_id)
         path.touch()
     except FileNotFoundError:  # the directory was removed meanwhile: make it again
-        _directories.clear()
+        _FOLDER.forget()
         path = _file(job_id)
         path.touch()
     now = time.time()  # the clock the readers compare with (not the file system's)
@@ -81,8 +83,8 @@ def marks_sweep() -> int:
     if _in_cache():
         return 0
     removed = 0
-    _directories.clear()  # made again if it was removed
-    for entry in _directory().iterdir():
+    _FOLDER.forget()  # made again if it was removed
+    for entry in _FOLDER.path().iterdir():
         with contextlib.suppress(FileNotFoundError):
             if time.time() - entry.stat().st_mtime > MARK_KEEP_SECONDS:
                 entry.unlink()
@@ -99,18 +101,8 @@ def _key(job_id: object) -> str:
     return f"alive:{job_id}"
 
 
-_directories: dict[str, Path] = {}
-
-
-def _directory() -> Path:
-    configured = str(settings.VAR_DIR)
-    directory = _directories.get(configured)
-    if directory is None:
-        directory = Path(configured) / "alive"
-        directory.mkdir(exist_ok=True, mode=0o700)
-        _directories[configured] = directory
-    return directory
+_FOLDER = VarFolder("alive")
 
 
 def _file(job_id: object) -> Path:
-    return _directory() / str(uuid.UUID(str(job_id)))
+    return _FOLDER.path() / str(uuid.UUID(str(job_id)))

@@ -17,6 +17,8 @@ from pathlib import Path
 from django.conf import settings
 from django.core.cache import cache
 
+from koboldcluster.var_folders import VarFolder
+
 # A progress older than this is forgotten (a bridge posts every 0.1 s while it generates).
 PROGRESS_TTL_SECONDS = 60
 
@@ -31,7 +33,7 @@ def progress_store(*, prompt_id: object, job_id: object, text: str) -> None:
     try:
         spare.write_text(value, encoding="utf-8")
     except FileNotFoundError:  # the directory was removed meanwhile: make it again
-        _directories.clear()
+        _FOLDER.forget()
         spare = _file(prompt_id).with_name(spare.name)
         spare.write_text(value, encoding="utf-8")
     os.replace(spare, path)  # readers see the old text or the new one, never half of it
@@ -60,22 +62,11 @@ def _cache_key(prompt_id: object) -> str:
     return f"progress:{prompt_id}"
 
 
-_directories: dict[str, Path] = {}
-
-
-def _directory() -> Path:
-    """The progress files' directory, made once per process (every submit reads it)."""
-    configured = str(settings.VAR_DIR)
-    directory = _directories.get(configured)
-    if directory is None:
-        directory = Path(configured) / "progress"
-        directory.mkdir(exist_ok=True, mode=0o700)
-        _directories[configured] = directory
-    return directory
+_FOLDER = VarFolder("progress")
 
 
 def _file(prompt_id: object) -> Path:
-    return _directory() / str(uuid.UUID(str(prompt_id)))
+    return _FOLDER.path() / str(uuid.UUID(str(prompt_id)))
 
 
 def _read_file(path: Path) -> str | None:
@@ -94,8 +85,8 @@ def progress_sweep() -> int:
     if settings.REDIS_URL:
         return 0  # Redis expires them
     removed = 0
-    _directories.clear()  # made again if it was removed
-    for entry in _directory().iterdir():
+    _FOLDER.forget()  # made again if it was removed
+    for entry in _FOLDER.path().iterdir():
         with contextlib.suppress(FileNotFoundError):
             if time.time() - entry.stat().st_mtime > PROGRESS_TTL_SECONDS:
                 entry.unlink()
