@@ -146,8 +146,9 @@ def worth_waiting(user_id: int, models: list[str]) -> bool:
 
 def refusal(models: list[str], requested: str) -> ApiError:
     """Why nothing can serve the request now: no server online, or none of its models."""
-    served = sorted({name for s in active_servers() for name in s.profile.models})
-    if not active_servers():
+    online = active_servers()
+    served = sorted({name for s in online for name in s.profile.models})
+    if not online:
         return NoServerOnline(
             "No server is online in this cluster right now; try again in a minute.",
             retry_after=NO_SERVER_RETRY_AFTER,

@@ -82,14 +82,7 @@ def marks_sweep() -> int:
     """Remove the marks older than MARK_KEEP_SECONDS (files; Redis expires its own)."""
     if _in_cache():
         return 0
-    removed = 0
-    _FOLDER.forget()  # made again if it was removed
-    for entry in _FOLDER.path().iterdir():
-        with contextlib.suppress(FileNotFoundError):
-            if time.time() - entry.stat().st_mtime > MARK_KEEP_SECONDS:
-                entry.unlink()
-                removed += 1
-    return removed
+    return _FOLDER.sweep(MARK_KEEP_SECONDS)
 
 
 def _in_cache() -> bool:

@@ -84,11 +84,4 @@ def progress_sweep() -> int:
     """Remove stale progress files (of jobs reaped without a submit); how many."""
     if settings.REDIS_URL:
         return 0  # Redis expires them
-    removed = 0
-    _FOLDER.forget()  # made again if it was removed
-    for entry in _FOLDER.path().iterdir():
-        with contextlib.suppress(FileNotFoundError):
-            if time.time() - entry.stat().st_mtime > PROGRESS_TTL_SECONDS:
-                entry.unlink()
-                removed += 1
-    return removed
+    return _FOLDER.sweep(PROGRESS_TTL_SECONDS)

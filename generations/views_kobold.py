@@ -116,8 +116,12 @@ class MaxContextLengthView(KoboldView):
         responses={200: VALUE},
     )
     def get(self, request: Request) -> Response:
-        served = served_models()
-        return Response({"value": max((m.max_context_length for m in served), default=0)})
+        return Response({"value": largest_context()})
+
+
+def largest_context() -> int:
+    """The largest context an active server takes (0 with none)."""
+    return max((m.max_context_length for m in served_models()), default=0)
 
 
 class InfoVersionView(KoboldView):

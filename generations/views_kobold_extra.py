@@ -15,9 +15,8 @@ from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from generations.frontend import served_models
 from generations.selectors import performance
-from generations.views_kobold import KOBOLD, VALUE, KoboldView
+from generations.views_kobold import KOBOLD, VALUE, KoboldView, largest_context
 from koboldcluster.openapi import shape
 
 STARTED = time.time()
@@ -35,8 +34,7 @@ class TrueMaxContextLengthView(KoboldView):
         responses={200: VALUE},
     )
     def get(self, request: Request) -> Response:
-        served = served_models()
-        return Response({"value": max((m.max_context_length for m in served), default=0)})
+        return Response({"value": largest_context()})
 
 
 class PreloadStoryView(KoboldView):

@@ -3,6 +3,8 @@ the progress texts of streams, the liveness marks of jobs."""
 
 from __future__ import annotations
 
+import contextlib
+import time
 from pathlib import Path
 
 from django.conf import settings
@@ -28,3 +30,15 @@ class VarFolder:
 
     def forget(self) -> None:
         self._made.clear()
+
+    def sweep(self, older_than: float) -> int:
+        """Remove the files not written for `older_than` seconds; how many (the folder is
+        made again first if it was removed)."""
+        self.forget()
+        removed = 0
+        for entry in self.path().iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                if time.time() - entry.stat().st_mtime > older_than:
+                    entry.unlink()
+                    removed += 1
+        return removed
