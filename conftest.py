@@ -24,9 +24,11 @@ SERVER_PASSWORD = "s3rver-pass"
 @pytest.fixture(autouse=True, scope="session")
 def own_counters_file() -> None:
     """Each test process (pytest-xdist worker, and the SQLite and PostgreSQL runs of
-    ./test.sh) counts rate limits in a file of its own and has its own wake-up sockets:
-    clearing the counts before a test must not reset another process's test, nor another's
-    wake-ups wake its waiters. Server processes a test starts use the same ones."""
+    ./test.sh) counts rate limits in a file of its own and has its own wake-up sockets and
+    transient folders: clearing the counts before a test must not reset another process's
+    test, nor another's wake-ups wake its waiters, nor a test on a fake clock (years ahead)
+    sweep away the progress texts and signs of life of another's servers as stale. Server
+    processes a test starts use the same ones."""
     from django.conf import settings
 
     worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
@@ -36,6 +38,15 @@ def own_counters_file() -> None:
     # Wake-ups too: another test process's broadcasts must not wake this one's waiters.
     wakeups = Path(tempfile.gettempdir()) / f"kc-wakeups-{database[:8]}-{worker}"
     settings.KOBOLDCLUSTER["WAKEUP_SOCKET_DIR"] = str(wakeups)
+    transient = Path(tempfile.gettempdir()) / f"kc-transient-{database[:8]}-{worker}"
+    settings.KOBOLDCLUSTER["TRANSIENT_DIR"] = str(transient)
+
+
+@pytest.fixture
+def own_transient_dir(settings: Any, tmp_path: Path) -> Path:
+    """Progress texts and signs of life of this test's own (to count the files it left)."""
+    settings.KOBOLDCLUSTER = {**settings.KOBOLDCLUSTER, "TRANSIENT_DIR": str(tmp_path)}
+    return tmp_path
 
 
 @pytest.fixture(autouse=True)

@@ -406,6 +406,9 @@ KOBOLDCLUSTER = {
     # "off" turns them all off: load tests.
     # Where the web processes of one machine keep their wake-up sockets (default var/wakeups).
     "WAKEUP_SOCKET_DIR": os.environ.get("KOBOLDCLUSTER_WAKEUP_SOCKET_DIR", ""),
+    # Where the web processes of one machine keep what they share without Redis: the progress
+    # texts of streams and the signs of life of jobs (default the var dir).
+    "TRANSIENT_DIR": os.environ.get("KOBOLDCLUSTER_TRANSIENT_DIR", ""),
     "COUNTERS_FILE": os.environ.get("KOBOLDCLUSTER_COUNTERS_FILE")
     or str(VAR_DIR / "counters.sqlite3"),
     "RATE_LIMITS_ENABLED": env_bool("KOBOLDCLUSTER_RATE_LIMITS", True),

@@ -120,6 +120,7 @@ def _child_env(extra: dict[str, str]) -> dict[str, str]:
     # The test process's own rate-limit counts (see own_counters_file in conftest.py).
     env["KOBOLDCLUSTER_COUNTERS_FILE"] = settings.KOBOLDCLUSTER["COUNTERS_FILE"]
     env["KOBOLDCLUSTER_WAKEUP_SOCKET_DIR"] = settings.KOBOLDCLUSTER["WAKEUP_SOCKET_DIR"]
+    env["KOBOLDCLUSTER_TRANSIENT_DIR"] = settings.KOBOLDCLUSTER["TRANSIENT_DIR"]
     env.update(extra)
     return env
 

@@ -17,9 +17,8 @@ V2 = "/api/v2/generate/text/progress"
 
 
 @pytest.fixture(autouse=True)
-def own_var_dir(settings, tmp_path):
-    """Progress files of this test's own (the var dir is shared by every test run)."""
-    settings.VAR_DIR = tmp_path
+def own_folder(own_transient_dir):
+    """Progress files of this test's own."""
 
 
 @pytest.fixture
@@ -161,17 +160,16 @@ def test_reaping_a_job_drops_its_progress(post_progress, job_id):
     assert progress_text(prompt_of(job_id)) is None
 
 
-def test_stale_progress_files_are_swept(settings, tmp_path):
+def test_stale_progress_files_are_swept(settings, own_transient_dir):
     import os
     import time
 
     from generations import progress_store
 
-    settings.VAR_DIR = tmp_path
     settings.REDIS_URL = ""
     prompt_id = uuid.uuid4()
     progress_store.progress_store(prompt_id=prompt_id, job_id="j", text="old")
-    path = tmp_path / "progress" / str(prompt_id)
+    path = own_transient_dir / "progress" / str(prompt_id)
     old = time.time() - progress_store.PROGRESS_TTL_SECONDS - 1
     os.utime(path, (old, old))
 
@@ -179,15 +177,14 @@ def test_stale_progress_files_are_swept(settings, tmp_path):
     assert progress_store.progress_text(prompt_id) is None
 
 
-def test_progress_survives_its_directory_being_removed(settings, tmp_path):
+def test_progress_survives_its_directory_being_removed(settings, own_transient_dir):
     from generations import progress_store
 
-    settings.VAR_DIR = tmp_path
     settings.REDIS_URL = ""
     prompt_id = uuid.uuid4()
     progress_store.progress_store(prompt_id=prompt_id, job_id="j", text="before")
     progress_store.progress_drop(prompt_id)
-    (tmp_path / "progress").rmdir()  # e.g. a cleanup of the var dir
+    (own_transient_dir / "progress").rmdir()  # e.g. a cleanup of the var dir
 
     progress_store.progress_store(prompt_id=prompt_id, job_id="j", text="after")
 

@@ -31,10 +31,9 @@ def at(time_machine, seconds: float) -> datetime:
 
 
 @pytest.fixture(autouse=True, params=["files", "cache"])
-def store(request, settings, tmp_path, monkeypatch):
-    """Both places a sign of life is kept: files in the var dir, or the cache (Redis's
+def store(request, settings, own_transient_dir, monkeypatch):
+    """Both places a sign of life is kept: files in the transient dir, or the cache (Redis's
     place; the tests' cache is in memory)."""
-    settings.VAR_DIR = tmp_path
     monkeypatch.setattr("generations.liveness._in_cache", lambda: request.param == "cache")
     settings.KOBOLDCLUSTER = {**settings.KOBOLDCLUSTER, "STALL_SECONDS": 15}
     return request.param

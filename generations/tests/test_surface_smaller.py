@@ -74,10 +74,9 @@ def test_a_submit_with_a_number_beyond_any_column_is_400(
 
 
 def test_a_progress_racing_the_submit_does_not_outlive_the_job(
-    api, pop, submit_prompt, submit_generation, monkeypatch, settings, tmp_path
+    api, pop, submit_prompt, submit_generation, monkeypatch, own_transient_dir
 ):
     """The submit lands between the progress's check and its store: nothing is left."""
-    settings.VAR_DIR = tmp_path
     submit_prompt()
     job = pop().json()["id"]
     real_store = progress.progress_store
