@@ -20,7 +20,6 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.db import connections
 from django.test import AsyncClient
-from rest_framework.test import APIClient
 
 from accounts.models import User
 from conftest import SERVER_PASSWORD
@@ -28,6 +27,7 @@ from generations.intake import GenerationRequest, prompt_create
 from generations.models import Job
 from koboldcluster import metrics
 from koboldcluster.asgi import application
+from koboldcluster.asgi_client import APIClient
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
