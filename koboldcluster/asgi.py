@@ -38,7 +38,7 @@ from django.http import HttpRequest
 from django.http.response import HttpResponseBase
 from django.urls import get_resolver, set_script_prefix
 
-from koboldcluster import holding, metrics, shutdown, wakeups
+from koboldcluster import holding, metrics, routes, shutdown, wakeups
 from koboldcluster.middleware import INLINE_MIDDLEWARE
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "koboldcluster.settings")
@@ -47,18 +47,10 @@ if not settings.configured:  # a web process (not a test or a command driving th
     # starts would inherit it, so never set once settings are read.
     os.environ["KOBOLDCLUSTER_SERVING"] = "asgi"
 
-# The waiting endpoints (`//` as the ApiMiddleware reads it, a single `/`), async views.
-WAITING_PATHS = frozenset(
-    {
-        # The front-end APIs wait for their generation (generations/waiting.py).
-        "/api/v1/generate",
-        "/api/latest/generate",
-        "/v1/completions",
-        "/v1/chat/completions",
-        # Streams to clients (generations/sse.py).
-        "/api/extra/generate/stream",
-    }
-)
+# The waiting endpoints (`//` as the ApiMiddleware reads it, a single `/`), async views: the
+# front-end APIs wait for their generation (generations/waiting.py), streams to clients
+# (generations/sse.py). Declared in the route table (koboldcluster/routes.py).
+WAITING_PATHS = routes.waiting_paths()
 _SLASHES = re.compile(r"//+")
 
 
@@ -95,7 +87,7 @@ _HOLDING_MIDDLEWARE = f"{holding.__name__}.{holding.HeldResponseMiddleware.__nam
 # The API's paths (authenticated by the `apikey` header alone) skip the middleware of the
 # pages for people: sessions, CSRF, logins, messages and static files. Each reads nothing
 # unless asked, and changes no API answer, but together they cost a tenth of a status poll.
-API_PREFIXES = ("/generate/", "/api/v1/", "/api/v2/", "/api/latest/", "/api/extra/", "/v1/")
+API_PREFIXES = routes.API_PREFIXES
 PAGE_MIDDLEWARE = frozenset(
     {
         "koboldcluster.middleware.StaticFilesMiddleware",

@@ -22,11 +22,11 @@ from asgiref.sync import async_to_sync, sync_to_async
 from django.http import HttpRequest
 from django.http.response import HttpResponseBase
 
-from koboldcluster import wakeups
+from koboldcluster import routes, wakeups
 from koboldcluster.middleware import SyncAndAsyncMiddleware
 
-# The paths (`//` merged) whose views may ask to be held: the two pops.
-HELD_PATHS = frozenset({"/generate/pop", "/api/v2/generate/text/pop"})
+# The paths (`//` merged) whose views may ask to be held: the two pops (koboldcluster.routes).
+HELD_PATHS = routes.held_paths()
 
 
 def is_held(response: HttpResponseBase) -> bool:
