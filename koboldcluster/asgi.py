@@ -82,8 +82,6 @@ def _handler_with(
     return handler
 
 
-_HOLDING_MIDDLEWARE = f"{holding.__name__}.{holding.HeldResponseMiddleware.__name__}"
-
 # The API's paths (authenticated by the `apikey` header alone) skip the middleware of the
 # pages for people: sessions, CSRF, logins, messages and static files. Each reads nothing
 # unless asked, and changes no API answer, but together they cost a tenth of a status poll.
@@ -122,9 +120,9 @@ class ClusterASGIHandler(ASGIHandler):
         super().__init__()
         # The same middleware and views, run the synchronous way: one step onto the sync
         # thread per request, where the async chain takes two per middleware. Held responses
-        # are held here, after that step (`_held`), never by a middleware on the sync thread.
-        self.sync_handler = _handler_with(lambda m: m != _HOLDING_MIDDLEWARE, is_async=False)
-        is_api = lambda m: m != _HOLDING_MIDDLEWARE and m not in PAGE_MIDDLEWARE  # noqa: E731
+        # are held here, after that step (`_held`), never on the sync thread.
+        self.sync_handler = _handler_with(lambda m: True, is_async=False)
+        is_api = lambda m: m not in PAGE_MIDDLEWARE  # noqa: E731
         self.api_handler = _handler_with(is_api, is_async=False)
         # The hottest API requests skip Django's request stack (koboldcluster.direct, which
         # needs the apps loaded: imported here).
