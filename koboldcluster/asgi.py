@@ -1,19 +1,24 @@
-"""ASGI entry point, what `./run.sh` serves (granian, `koboldcluster.asgi:application`).
+"""The one entry: every request comes in here (`koboldcluster.asgi:application`), whether
+granian serves it (`./run.sh`), `manage.py runserver` does (koboldcluster/management/commands/
+runserver.py), or a test's client (koboldcluster/asgi_client.py). What it does with a request
+follows from the route table (koboldcluster/routes.py): the direct lane first for the routes
+it takes, the long-poll pops held after their view (`_held`), the waiting endpoints on an
+async chain (`WAITING_PATHS`), every other request in one step on the sync thread.
 
 Ordinary views stay synchronous Django. Django's own ASGI handler would give every request a
 thread of its own for them, created for the request and dropped after it: measured here, that
 costs 5-8 ms of CPU per request (a new thread, and on it a new database connection with its
-PRAGMAs), three to five times the request itself. So every request's synchronous part runs
-on the process's one shared sync thread instead, as `manage.py runserver` and a threaded WSGI
-server would run it on a pooled thread: its database connection is opened once and kept
-(CONN_MAX_AGE). The waiting requests (long-poll pops, the front-end APIs' generations) hold
-no thread at all while they wait: only their short synchronous steps take turns there. Within
-one web process requests then run one at a time, which the GIL mostly did anyway; run more
-processes (`WEB_WORKERS`) for more cores. `WAITING_PATHS` names the waiting endpoints, for
-the record and the tests: their requests take Django's async path, the others one step onto
-the sync thread for the whole request. The long-poll pops (`koboldcluster.holding`) are
-ordinary requests, with one twist: when the view asks to hold the answer, the handler waits
-for a wake-up on the event loop after that step, watching for the client to leave.
+PRAGMAs), three to five times the request itself. So every request's synchronous part runs on
+the process's one shared sync thread instead, as a threaded WSGI server would run it on a
+pooled thread: its database connection is opened once and kept (CONN_MAX_AGE). The waiting
+requests (long-poll pops, the front-end APIs' generations) hold no thread at all while they
+wait: only their short synchronous steps take turns there. Within one web process requests then
+run one at a time, which the GIL mostly did anyway; run more processes (`WEB_WORKERS`) for more
+cores. `WAITING_PATHS` names the waiting endpoints, for the record and the tests: their
+requests take Django's async path, the others one step onto the sync thread for the whole
+request. The long-poll pops (`koboldcluster.holding`) are ordinary requests, with one twist:
+when the view asks to hold the answer, the handler waits for a wake-up on the event loop after
+that step, watching for the client to leave.
 """
 
 from __future__ import annotations
