@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 from django.core.cache import cache
 from django.utils import timezone
-from rest_framework.test import APIClient
 
 from accounts.models import User
+from koboldcluster.asgi_client import APIClient, Client
 
 SERVER_PASSWORD = "s3rver-pass"
 
@@ -107,7 +107,7 @@ def rate_limits(settings: Any, time_machine: Any) -> Callable[..., None]:
 
 @pytest.fixture(autouse=True)
 def answers_match_the_schema(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every answer a test gets through the DRF test client is checked against the published
+    """Every answer a test gets through the API test client is checked against the published
     OpenAPI schema (koboldcluster/schema_check.py): the schema cannot drift from the views."""
     from koboldcluster.schema_check import check_response
 
@@ -131,7 +131,14 @@ def answers_match_the_schema(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def api() -> APIClient:
+    """DRF's test client, sending its requests into the ASGI application granian serves."""
     return APIClient()
+
+
+@pytest.fixture
+def client() -> Client:
+    """Django's test client (pytest-django's `client`), through the same ASGI application."""
+    return Client()
 
 
 @pytest.fixture

@@ -418,7 +418,7 @@ class NotFoundView(OpenAIView):
 
     @extend_schema(exclude=True)
     def get(self, request: Request, rest: str = "") -> Response:
-        message = f"/v1/{rest} is not served by this cluster: see /api/ for what is."
+        message = f"{request.path} is not served by this cluster: see /api/ for what is."
         return Response(openai_error(message, 404, code="unknown_url"), status=404)
 
     post = get

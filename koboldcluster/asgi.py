@@ -1,19 +1,24 @@
-"""ASGI entry point, what `./run.sh` serves (granian, `koboldcluster.asgi:application`).
+"""The one entry: every request comes in here (`koboldcluster.asgi:application`), whether
+granian serves it (`./run.sh`), `manage.py runserver` does (koboldcluster/management/commands/
+runserver.py), or a test's client (koboldcluster/asgi_client.py). What it does with a request
+follows from the route table (koboldcluster/routes.py): the direct lane first for the routes
+it takes, the long-poll pops held after their view (`_held`), the waiting endpoints on an
+async chain (`WAITING_PATHS`), every other request in one step on the sync thread.
 
 Ordinary views stay synchronous Django. Django's own ASGI handler would give every request a
 thread of its own for them, created for the request and dropped after it: measured here, that
 costs 5-8 ms of CPU per request (a new thread, and on it a new database connection with its
-PRAGMAs), three to five times the request itself. So every request's synchronous part runs
-on the process's one shared sync thread instead, as `manage.py runserver` and a threaded WSGI
-server would run it on a pooled thread: its database connection is opened once and kept
-(CONN_MAX_AGE). The waiting requests (long-poll pops, the front-end APIs' generations) hold
-no thread at all while they wait: only their short synchronous steps take turns there. Within
-one web process requests then run one at a time, which the GIL mostly did anyway; run more
-processes (`WEB_WORKERS`) for more cores. `WAITING_PATHS` names the waiting endpoints, for
-the record and the tests: their requests take Django's async path, the others one step onto
-the sync thread for the whole request. The long-poll pops (`koboldcluster.holding`) are
-ordinary requests, with one twist: when the view asks to hold the answer, the handler waits
-for a wake-up on the event loop after that step, watching for the client to leave.
+PRAGMAs), three to five times the request itself. So every request's synchronous part runs on
+the process's one shared sync thread instead, as a threaded WSGI server would run it on a
+pooled thread: its database connection is opened once and kept (CONN_MAX_AGE). The waiting
+requests (long-poll pops, the front-end APIs' generations) hold no thread at all while they
+wait: only their short synchronous steps take turns there. Within one web process requests then
+run one at a time, which the GIL mostly did anyway; run more processes (`WEB_WORKERS`) for more
+cores. `WAITING_PATHS` names the waiting endpoints, for the record and the tests: their
+requests take Django's async path, the others one step onto the sync thread for the whole
+request. The long-poll pops (`koboldcluster.holding`) are ordinary requests, with one twist:
+when the view asks to hold the answer, the handler waits for a wake-up on the event loop after
+that step, watching for the client to leave.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ from django.http import HttpRequest
 from django.http.response import HttpResponseBase
 from django.urls import get_resolver, set_script_prefix
 
-from koboldcluster import holding, metrics, shutdown, wakeups
+from koboldcluster import holding, metrics, routes, shutdown, wakeups
 from koboldcluster.middleware import INLINE_MIDDLEWARE
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "koboldcluster.settings")
@@ -47,18 +52,10 @@ if not settings.configured:  # a web process (not a test or a command driving th
     # starts would inherit it, so never set once settings are read.
     os.environ["KOBOLDCLUSTER_SERVING"] = "asgi"
 
-# The waiting endpoints (`//` as the ApiMiddleware reads it, a single `/`), async views.
-WAITING_PATHS = frozenset(
-    {
-        # The front-end APIs wait for their generation (generations/waiting.py).
-        "/api/v1/generate",
-        "/api/latest/generate",
-        "/v1/completions",
-        "/v1/chat/completions",
-        # Streams to clients (generations/sse.py).
-        "/api/extra/generate/stream",
-    }
-)
+# The waiting endpoints (`//` as the ApiMiddleware reads it, a single `/`), async views: the
+# front-end APIs wait for their generation (generations/waiting.py), streams to clients
+# (generations/sse.py). Declared in the route table (koboldcluster/routes.py).
+WAITING_PATHS = routes.waiting_paths()
 _SLASHES = re.compile(r"//+")
 
 
@@ -90,12 +87,10 @@ def _handler_with(
     return handler
 
 
-_HOLDING_MIDDLEWARE = f"{holding.__name__}.{holding.HeldResponseMiddleware.__name__}"
-
 # The API's paths (authenticated by the `apikey` header alone) skip the middleware of the
 # pages for people: sessions, CSRF, logins, messages and static files. Each reads nothing
 # unless asked, and changes no API answer, but together they cost a tenth of a status poll.
-API_PREFIXES = ("/generate/", "/api/v1/", "/api/v2/", "/api/latest/", "/api/extra/", "/v1/")
+API_PREFIXES = routes.API_PREFIXES
 PAGE_MIDDLEWARE = frozenset(
     {
         "koboldcluster.middleware.StaticFilesMiddleware",
@@ -130,9 +125,9 @@ class ClusterASGIHandler(ASGIHandler):
         super().__init__()
         # The same middleware and views, run the synchronous way: one step onto the sync
         # thread per request, where the async chain takes two per middleware. Held responses
-        # are held here, after that step (`_held`), never by a middleware on the sync thread.
-        self.sync_handler = _handler_with(lambda m: m != _HOLDING_MIDDLEWARE, is_async=False)
-        is_api = lambda m: m != _HOLDING_MIDDLEWARE and m not in PAGE_MIDDLEWARE  # noqa: E731
+        # are held here, after that step (`_held`), never on the sync thread.
+        self.sync_handler = _handler_with(lambda m: True, is_async=False)
+        is_api = lambda m: m not in PAGE_MIDDLEWARE  # noqa: E731
         self.api_handler = _handler_with(is_api, is_async=False)
         # The hottest API requests skip Django's request stack (koboldcluster.direct, which
         # needs the apps loaded: imported here).

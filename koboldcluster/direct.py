@@ -23,6 +23,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any
 
 from django.conf import settings
@@ -42,7 +43,7 @@ from rest_framework.permissions import AllowAny
 from rest_framework.renderers import JSONRenderer
 from rest_framework.views import APIView
 
-from koboldcluster import clients, metrics
+from koboldcluster import clients, metrics, routes
 from koboldcluster.api import validated
 from koboldcluster.middleware import ApiMiddleware
 from koboldcluster.outage import database_unavailable
@@ -98,22 +99,37 @@ class Answer:
     content: bytes
 
 
-_exact: dict[tuple[str, str], Route] = {}
-_prefixed: dict[tuple[str, str], Route] = {}
+Routes = dict[tuple[str, str], Route]
 
 
-def add(method: str, path: str, route: Route) -> None:
-    """Answer `method path` directly; a `path` ending in `/` takes one more segment."""
-    (_prefixed if path.endswith("/") else _exact)[(method, path)] = route
+@cache
+def _routes() -> tuple[Routes, Routes]:
+    """The lane's routes, exact and by prefix, from the route table's rows with a `lane`
+    (koboldcluster.routes): a GET's path ends in the one segment its view takes."""
+    exact: Routes = {}
+    prefixed: Routes = {}
+    for endpoint in routes.lane_endpoints():
+        lane, view = endpoint.lane, routes.resolve(endpoint.view)
+        route = Route(
+            view,
+            view.reply,
+            endpoint.path,
+            parse=routes.resolve(lane.parse) if lane.parse else None,
+            takes=routes.resolve(lane.takes) if lane.takes else lambda data: True,
+            status=getattr(view, lane.status) if lane.status else lambda data: 200,
+        )
+        (prefixed if lane.method == "GET" else exact)[(lane.method, endpoint.url)] = route
+    return exact, prefixed
 
 
 def find(method: str, path: str) -> tuple[Route, str | None] | None:
     """The route of a request (and the segment after a prefix), or None."""
-    route = _exact.get((method, path))
+    exact, prefixed = _routes()
+    route = exact.get((method, path))
     if route is not None:
         return route, None
     prefix, _, rest = path.rpartition("/")
-    route = _prefixed.get((method, f"{prefix}/"))
+    route = prefixed.get((method, f"{prefix}/"))
     if route is None or not rest:
         return None
     return route, rest
@@ -289,7 +305,7 @@ def _added_by_middleware() -> list[tuple[bytes, bytes | None]]:
     JSON response, in the order Django's chain calls it (Content-Length's value left open)."""
     if not _added:
         request = HttpRequest()
-        request.method, request.path = "POST", "/generate/pop"
+        request.method, request.path = "POST", routes.lane_endpoints()[0].url
         request.path_info = request.path
         response = HttpResponse(b"", content_type="application/json")
         before = set(response.headers)

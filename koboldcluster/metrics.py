@@ -24,6 +24,7 @@ import time
 from django.http import HttpRequest, HttpResponse
 from prometheus_client import CollectorRegistry, Gauge, Histogram, multiprocess
 
+from koboldcluster import routes
 from koboldcluster.middleware import SyncAndAsyncMiddleware
 
 # In multiprocess mode every metric opens its file there as it is made: a folder named but not
@@ -58,13 +59,10 @@ STREAMS_OPEN = Gauge(
     multiprocess_mode="livesum",
 )
 
-# Which requests the latency histograms time, by URL route: (histogram, api label).
-_TIMED = {
-    "generate/pop": (POP_SECONDS, "original"),
-    "api/v2/generate/text/pop": (POP_SECONDS, "v2"),
-    "generate/submit": (SUBMIT_SECONDS, "original"),
-    "api/v2/generate/text/submit": (SUBMIT_SECONDS, "v2"),
-}
+# Which requests the latency histograms time, by URL route: (histogram, api label), from the
+# route table (koboldcluster.routes: an endpoint's `metric` and its face).
+_HISTOGRAMS = {routes.POP: POP_SECONDS, routes.SUBMIT: SUBMIT_SECONDS}
+_TIMED = {route: (_HISTOGRAMS[metric], api) for route, (metric, api) in routes.timed().items()}
 
 
 def multiprocess_dir() -> str | None:

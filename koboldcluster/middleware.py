@@ -14,6 +14,8 @@ from django.middleware.common import CommonMiddleware
 from django.middleware.security import SecurityMiddleware
 from whitenoise.middleware import WhiteNoiseMiddleware
 
+from koboldcluster import routes
+
 # The AI Horde's CORS headers (research §1.1): KoboldAI Lite calls the API from the browser.
 CORS_HEADERS = {
     "Access-Control-Allow-Origin": "*",
@@ -27,7 +29,7 @@ CORS_HEADERS = {
 PREFLIGHT_MAX_AGE = "86400"
 
 # Pages for people, with Django's session login and CSRF protection: no CORS there.
-_NOT_API = ("/admin/", "/register", "/static/")
+_NOT_API = routes.PAGE_PREFIXES
 _SLASHES = re.compile(r"//+")
 
 

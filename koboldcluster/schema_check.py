@@ -14,12 +14,7 @@ from typing import Any
 
 import jsonschema
 
-# Paths that are not part of the documented APIs: pages for people, the docs themselves, and
-# the operators' endpoints (Prometheus metrics, health checks).
-UNDOCUMENTED = (
-    "/admin/", "/register", "/api/schema", "/static/", "/status/", "/readme", "/metrics",
-    "/healthz", "/readyz",
-)  # fmt: skip
+from koboldcluster import routes
 
 
 @cache
@@ -75,12 +70,12 @@ def documented_response(path: str, method: str, status: int) -> dict[str, Any] |
 
 def check_response(path: str, method: str, status: int, body: bytes, content_type: str) -> None:
     """Fail (AssertionError) when this answer is not what the schema says."""
-    if path.startswith(UNDOCUMENTED) or path in ("/", "/api/"):
-        return
+    if routes.is_undocumented(path):
+        return  # pages for people, the docs themselves, the operators' endpoints
     if status == 405 or method == "OPTIONS":
         return  # Django's and CORS' own answers, the same for every path
     # KoboldAI's `latest` is its `v1` again, documented once.
-    path = path.replace("/api/latest/", "/api/v1/", 1)
+    path = path.replace(routes.KOBOLD_ALIAS, routes.KOBOLD_V1, 1)
     schema = documented_response(path, method, status)
     if schema is None or "json" not in content_type:
         return

@@ -117,6 +117,9 @@ CSRF_TRUSTED_ORIGINS = [
 ]
 
 INSTALLED_APPS = [
+    # First, so that its `runserver` (the ASGI application, koboldcluster/asgi.py) is the one
+    # `manage.py runserver` runs, not staticfiles' or Django's (WSGI).
+    "koboldcluster",
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
@@ -138,7 +141,6 @@ MIDDLEWARE = [
     "koboldcluster.metrics.LatencyMiddleware",
     "koboldcluster.middleware.StaticFilesMiddleware",
     "koboldcluster.middleware.ApiMiddleware",
-    "koboldcluster.holding.HeldResponseMiddleware",
     "koboldcluster.clients.ClientAddressMiddleware",
     "koboldcluster.outage.DatabaseOutageMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -150,7 +152,6 @@ MIDDLEWARE = [
 ]
 
 ROOT_URLCONF = "koboldcluster.urls"
-WSGI_APPLICATION = "koboldcluster.wsgi.application"
 ASGI_APPLICATION = "koboldcluster.asgi.application"
 # API clients POST to exact paths; a redirect to a slashed URL would turn their POST into a GET.
 APPEND_SLASH = False

@@ -120,7 +120,7 @@ def test_the_register_page_explains_a_taken_name(client, bob):
 
 
 def test_the_register_page_checks_csrf(db):
-    from django.test import Client
+    from koboldcluster.asgi_client import Client
 
     response = Client(enforce_csrf_checks=True).post("/register", {"username": "dora"})
 

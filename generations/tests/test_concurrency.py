@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 from django.db import connection
-from rest_framework.test import APIClient
 
 from accounts.models import LedgerEntry, User
 from conftest import SERVER_PASSWORD
 from generations.models import Job, Prompt
+from koboldcluster.asgi_client import APIClient
 from koboldcluster.schema_check import documented_response
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -4,11 +4,11 @@ import threading
 
 import pytest
 from django.db import connection, transaction
-from rest_framework.test import APIClient
 
 from accounts.identity import lock_account
 from generations.models import Prompt
 from generations.tests.test_concurrency import run_together
+from koboldcluster.asgi_client import APIClient
 
 
 def submit(api, n: int, **headers):

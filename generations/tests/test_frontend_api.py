@@ -13,13 +13,13 @@ from typing import Any
 
 import pytest
 from django.utils import timezone
-from rest_framework.test import APIClient
 
 from accounts.models import LedgerEntry
 from generations import status
 from generations.frontend import give_up
 from generations.intake import GenerationRequest, prompt_create
 from generations.models import Prompt
+from koboldcluster.asgi_client import APIClient
 from servers.models import Server
 
 SERVER_PASSWORD = "s3rver-pass"

@@ -2,7 +2,7 @@
 
 The waiting pops run through the cluster's ASGI application in this process (what ./run.sh
 serves; httpx speaks ASGI to it) while a prompt is created from another thread, as a
-client's request would be; two tests take Django's own handlers (AsyncClient, WSGI). Timing
+client's request would be; one takes the suite's test client from another thread. Timing
 bounds are generous (a loaded machine); the real figures are `manage.py benchmark_dispatch`'s.
 """
 
@@ -19,8 +19,6 @@ import httpx
 import pytest
 from asgiref.sync import sync_to_async
 from django.db import connections
-from django.test import AsyncClient
-from rest_framework.test import APIClient
 
 from accounts.models import User
 from conftest import SERVER_PASSWORD
@@ -28,6 +26,7 @@ from generations.intake import GenerationRequest, prompt_create
 from generations.models import Job
 from koboldcluster import metrics
 from koboldcluster.asgi import application
+from koboldcluster.asgi_client import APIClient
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -63,16 +62,10 @@ async def timed_pop(
     name: str,
     path: str = "/generate/pop",
     headers: dict | None = None,
-    django_handler: bool = False,
     **fields: Any,
 ) -> tuple[float, int, dict]:
     """POST a pop; return when it was answered (monotonic), its status and its body."""
     body = pop_body(name, **fields) if path == "/generate/pop" else {"name": name, **fields}
-    if django_handler:
-        response = await AsyncClient().post(
-            path, json.dumps(body), content_type="application/json", headers=headers or {}
-        )
-        return time.monotonic(), response.status_code, json.loads(response.content)
     transport = httpx.ASGITransport(app=application)
     async with httpx.AsyncClient(transport=transport, base_url="http://cluster") as client:
         answer = await client.post(path, json=body, headers=headers or {}, timeout=60)
@@ -134,15 +127,6 @@ def woken_pop(requester: User, *args: Any, **fields: Any) -> tuple[float, int, d
         return answered - created, status, body
 
     return run(main)
-
-
-def test_a_waiting_pop_under_djangos_asgi_handler_is_woken_too(bob_and_alice):
-    """Django's own handler (AsyncClient) holds it in HeldResponseMiddleware."""
-    delay, status, body = woken_pop(bob_and_alice[1], "bob-1", django_handler=True)
-
-    assert status == 200, body
-    assert body["id"] is not None
-    assert delay < DISPATCH_BOUND
 
 
 def test_the_v2_pop_waits_too(register, bob_and_alice):
@@ -249,8 +233,9 @@ def test_the_v2_pop_refuses_a_bad_wait(api, register):
     assert "wait" in response.json()["message"]
 
 
-def test_a_waiting_pop_under_wsgi_is_woken_too(bob_and_alice):
-    """`manage.py runserver` serves WSGI: each async view runs in an event loop of its own."""
+def test_a_waiting_pop_from_the_test_client_is_woken_too(bob_and_alice):
+    """The suite's test client (koboldcluster.asgi_client) runs each request in an event loop
+    of its own, its synchronous steps on the calling thread."""
     _, alice = bob_and_alice
     answer: dict[str, Any] = {}
 

@@ -7,13 +7,13 @@ from typing import Any
 import pytest
 from django.db.models import Count, Q
 from django.utils import timezone
-from rest_framework.test import APIClient
 
 from accounts.models import LedgerEntry, User
 from conftest import SERVER_PASSWORD
 from generations.lifecycle import jobs_reap
 from generations.models import Job, Prompt
 from generations.tests.test_concurrency import run_together
+from koboldcluster.asgi_client import APIClient
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -52,7 +52,7 @@ def test_the_admin_has_no_cors_headers(client):
 
 
 def test_posts_need_no_csrf_token(api, register):
-    from rest_framework.test import APIClient
+    from koboldcluster.asgi_client import APIClient
 
     browser = APIClient(enforce_csrf_checks=True)
     _, key = register("carol")

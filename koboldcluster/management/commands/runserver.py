@@ -1,0 +1,56 @@
+"""`manage.py runserver`: the cluster's ASGI application for development, reloading on changes.
+
+Django's own runserver serves WSGI, which granian never does: there long-poll pops held a
+thread, the waiting front-end requests ran in an event loop of their own, and neither the
+direct lane nor the entry's holding took part. So a developer saw another server than
+`./run.sh` runs. This one keeps runserver's arguments, its checks and Django's autoreloader,
+and serves the same application as `./run.sh` (`koboldcluster.asgi:application`, the one
+entry), through uvicorn in the reloaded process (uvicorn is a development requirement; granian
+reloads only with an extra package, and runs its workers in processes of its own).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from django.core.management.base import CommandError
+from django.core.management.commands import runserver
+from django.db import connections
+from django.utils import autoreload
+
+
+class Command(runserver.Command):
+    help = (
+        "Serve the cluster's ASGI application (what ./run.sh serves with granian) through "
+        "uvicorn for development, restarting it when the code changes."
+    )
+
+    def inner_run(self, *args: Any, **options: Any) -> None:
+        autoreload.raise_last_exception()  # one the reloader's parent silenced, as Django's
+        try:
+            import uvicorn
+        except ImportError as missing:
+            raise CommandError(
+                "runserver serves the ASGI application with uvicorn, a development "
+                "requirement: .venv/bin/pip install -r requirements-dev.txt (./run.sh serves "
+                "it with granian)"
+            ) from missing
+        if not options["skip_checks"]:
+            self.stdout.write("Performing system checks...\n\n")
+            self.check(display_num_errors=True)
+        self.check_migrations()
+        for connection in connections.all(initialized_only=True):
+            connection.close()  # opened by the checks, on this thread
+
+        from koboldcluster.asgi import application
+
+        host = "0.0.0.0" if self.addr == "0" else self.addr  # noqa: S104 - as Django's runserver
+        self.on_bind(self.port)
+        config = uvicorn.Config(
+            application, host=host, port=int(self.port), lifespan="off", loop="asyncio"
+        )
+        try:
+            uvicorn.Server(config).run()
+        except KeyboardInterrupt:
+            sys.exit(0)

@@ -1,0 +1,257 @@
+"""Every endpoint of the cluster, declared once (issue 24): the route table.
+
+Each row says where an endpoint lives and how the one entry (`koboldcluster.asgi`) treats it;
+everything that needs a route derives from this table and writes none itself:
+
+- the URL patterns (`koboldcluster/urls.py`, in the table's order: the busiest first, since
+  every request walks the list up to its match);
+- the direct lane's routes (`koboldcluster/direct.py`, the rows with `lane`);
+- the long-poll pops that may be held (`koboldcluster/holding.py`, `holds`);
+- the waiting endpoints, which take Django's async chain (`koboldcluster/asgi.py`, `waits`);
+- the latency histograms (`koboldcluster/metrics.py`, `metric`, labelled with the `face`);
+- which answers the suite checks against the OpenAPI schema (`koboldcluster/schema_check.py`).
+
+`koboldcluster/tests/test_routes.py` fails when a route string appears in code anywhere else.
+
+To add an endpoint: add one `Endpoint` row below, next to its face's others, with
+- `path`: Django's route syntax without the leading slash (`api/v2/things/<str:thing_id>`);
+- `view`: the dotted path of its view (a class-based view, made with `as_view(**as_view)`, a
+  view function, or `django.contrib.admin.site.urls`);
+- `face`: the API it belongs to (ORIGINAL, V2, KOBOLD, OPENAI), or OPERATOR, PAGE or DOCS;
+- `name` if a page or `reverse()` needs one;
+and only if it needs them: `lane` (the direct lane answers it: its view must have the
+lane's `reply`; see `koboldcluster/direct.py` and add its cases to `test_direct.py`),
+`holds` (a pop whose view may hold its answer), `waits` (an async view that waits for a
+generation), `metric` (POP or SUBMIT: timed by that histogram). Clients of the API (tests,
+benchmarks, the bridge) write its paths as any client does.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any
+
+# The faces: the four APIs, the operators' endpoints, the pages for people, the API's docs.
+ORIGINAL, V2, KOBOLD, OPENAI = "original", "v2", "kobold", "openai"
+OPERATOR, PAGE, DOCS = "operator", "page", "docs"
+API_FACES = frozenset({ORIGINAL, V2, KOBOLD, OPENAI})
+
+# The latency histograms an endpoint may be timed by (koboldcluster.metrics).
+POP, SUBMIT = "pop", "submit"
+
+# The API's paths (authenticated by the `apikey` header alone, CORS on every answer, a JSON
+# 404 for unknown paths), which skip the middleware of the pages (koboldcluster.asgi).
+API_PREFIXES = ("/generate/", "/api/v1/", "/api/v2/", "/api/latest/", "/api/extra/", "/v1/")
+# KoboldAI's `latest` is its `v1` again (rows marked _HIDDEN), documented once.
+KOBOLD_V1, KOBOLD_ALIAS = "/api/v1/", "/api/latest/"
+# The pages for people, with sessions, logins and CSRF: no CORS there (koboldcluster.middleware).
+PAGE_PREFIXES = ("/admin/", "/register", "/static/")
+
+
+@dataclass(frozen=True)
+class Lane:
+    """How the direct lane answers an endpoint: `method`, then the view's `reply` (a POST's
+    gets the validated body and the request, a GET's the last path segment, through `parse`
+    if given), `takes` (a dotted path: which bodies it takes, the rest left to Django) and
+    `status` (the view's method naming a POST's status, 200 without)."""
+
+    method: str
+    parse: str | None = None
+    takes: str | None = None
+    status: str | None = None
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    path: str
+    view: str
+    face: str
+    name: str | None = None
+    lane: Lane | None = None
+    holds: bool = False
+    waits: bool = False
+    metric: str | None = None
+    regex: bool = False  # `path` is a regular expression (re_path)
+    as_view: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        """The path as requests carry it (a parametrised one: up to its parameter)."""
+        return "/" + self.path.split("<", 1)[0]
+
+
+# KoboldAI's `latest/` aliases: the v1 endpoints again, left out of the schema.
+_HIDDEN = {"schema": None}
+_POPPED = "generations.long_poll.does_not_wait"
+_PROMPT_ID = "generations.views.prompt_uuid"
+
+TABLE: tuple[Endpoint, ...] = (
+    Endpoint("admin/", "django.contrib.admin.site.urls", PAGE),
+    Endpoint("healthz", "koboldcluster.views_health.HealthView", OPERATOR),
+    Endpoint("readyz", "koboldcluster.views_health.ReadyView", OPERATOR),
+    # The AI Horde v2 API.
+    Endpoint("api/v2/generate/text/async", "generations.views_v2.TextAsyncView", V2,
+             lane=Lane("POST", status="status_for")),
+    Endpoint("api/v2/generate/text/status/<str:prompt_id>", "generations.views_v2.TextStatusView",
+             V2, lane=Lane("GET", parse=_PROMPT_ID)),
+    Endpoint("api/v2/generate/text/pop", "generations.views_v2_serve.TextPopView", V2,
+             lane=Lane("POST", takes=_POPPED), holds=True, metric=POP),
+    Endpoint("api/v2/generate/text/submit", "generations.views_v2_serve.TextSubmitView", V2,
+             lane=Lane("POST"), metric=SUBMIT),
+    Endpoint("api/v2/generate/text/progress", "generations.views_progress.TextProgressView", V2,
+             lane=Lane("POST")),
+    Endpoint("api/v2/status/heartbeat", "generations.views_v2_status.HeartbeatView", V2),
+    Endpoint("api/v2/status/modes", "generations.views_v2_status.ModesView", V2),
+    Endpoint("api/v2/status/news", "generations.views_v2_status.NewsView", V2),
+    Endpoint("api/v2/status/performance", "generations.views_v2_status.PerformanceView", V2),
+    Endpoint("api/v2/status/models", "generations.views_v2_status.ModelListView", V2,
+             name="v2-models"),
+    Endpoint("api/v2/status/models/<path:name>", "generations.views_v2_status.ModelDetailView",
+             V2),
+    Endpoint("api/v2/workers", "servers.views_v2.WorkerListView", V2),
+    Endpoint("api/v2/workers/name/<str:name>", "servers.views_v2.WorkerByNameView", V2),
+    Endpoint("api/v2/workers/<str:server_id>", "servers.views_v2.WorkerDetailView", V2),
+    Endpoint("api/v2/register", "accounts.views_v2.RegisterView", V2),
+    Endpoint("api/v2/apikeys", "accounts.views_v2.ApiKeyListView", V2),
+    Endpoint("api/v2/apikeys/<int:key_id>", "accounts.views_v2.ApiKeyDetailView", V2),
+    Endpoint("api/v2/users", "accounts.views_v2.UserListView", V2),
+    Endpoint("api/v2/users/<str:user_id>", "accounts.views_v2.UserDetailView", V2),
+    Endpoint("api/v2/kudos/transfer", "accounts.views_v2.KudosTransferView", V2),
+    Endpoint("api/v2/find_user", "accounts.views_v2.FindUserView", V2),
+    Endpoint("api/v2/stats/text/totals", "stats.views_v2.TotalsView", V2, name="v2-totals"),
+    Endpoint("api/v2/stats/text/models", "stats.views_v2.ModelsView", V2),
+    # The original API.
+    Endpoint("generate/prompt", "generations.views.PromptCreateView", ORIGINAL,
+             lane=Lane("POST")),
+    Endpoint("generate/prompt/<str:prompt_id>", "generations.views.PromptStatusView", ORIGINAL,
+             lane=Lane("GET", parse=_PROMPT_ID)),
+    Endpoint("generate/pop", "generations.views.PopView", ORIGINAL,
+             lane=Lane("POST", takes=_POPPED), holds=True, metric=POP),
+    Endpoint("generate/submit", "generations.views.SubmitView", ORIGINAL, lane=Lane("POST"),
+             metric=SUBMIT),
+    Endpoint("generate/progress", "generations.views_progress.ProgressView", ORIGINAL,
+             lane=Lane("POST")),
+    # KoboldCpp's image models, which KoboldAI Lite asks for on connect: none here.
+    Endpoint("sdapi/v1/sd-models", "generations.views_kobold_extra.SdModelsView", KOBOLD),
+    Endpoint("servers", "servers.views.ServerListView", ORIGINAL),
+    Endpoint("servers/<str:server_id>", "servers.views.ServerDetailView", ORIGINAL),
+    Endpoint("models", "servers.views.ModelListView", ORIGINAL),
+    Endpoint("usage", "accounts.views.UsageView", ORIGINAL),
+    Endpoint("contributions", "accounts.views.ContributionsView", ORIGINAL),
+    Endpoint("register", "accounts.pages.register", PAGE, name="register"),
+    Endpoint("", "stats.pages.status_page", PAGE, name="status"),
+    Endpoint("status/live", "stats.pages.status_live", PAGE, name="status-live"),
+    Endpoint("readme", "stats.pages.readme", PAGE, name="readme"),
+    Endpoint("metrics", "stats.metrics.metrics_view", OPERATOR, name="metrics"),
+    # The KoboldAI API: v1, its alias latest, and KoboldCpp's extra.
+    Endpoint("api/v1/generate", "generations.views_kobold.GenerateView", KOBOLD, waits=True),
+    Endpoint("api/latest/generate", "generations.views_kobold.GenerateView", KOBOLD, waits=True,
+             as_view=_HIDDEN),
+    Endpoint("api/v1/model", "generations.views_kobold.ModelView", KOBOLD),
+    Endpoint("api/latest/model", "generations.views_kobold.ModelView", KOBOLD, as_view=_HIDDEN),
+    Endpoint("api/v1/config/max_length", "generations.views_kobold.MaxLengthView", KOBOLD),
+    Endpoint("api/latest/config/max_length", "generations.views_kobold.MaxLengthView", KOBOLD,
+             as_view=_HIDDEN),
+    Endpoint("api/v1/config/max_context_length", "generations.views_kobold.MaxContextLengthView",
+             KOBOLD),
+    Endpoint("api/latest/config/max_context_length",
+             "generations.views_kobold.MaxContextLengthView", KOBOLD, as_view=_HIDDEN),
+    Endpoint("api/v1/info/version", "generations.views_kobold.InfoVersionView", KOBOLD),
+    Endpoint("api/latest/info/version", "generations.views_kobold.InfoVersionView", KOBOLD,
+             as_view=_HIDDEN),
+    Endpoint("api/extra/version", "generations.views_kobold.ExtraVersionView", KOBOLD),
+    Endpoint("api/extra/abort", "generations.views_kobold.AbortView", KOBOLD),
+    Endpoint("api/extra/generate/stream", "generations.views_kobold.StreamView", KOBOLD,
+             waits=True),
+    Endpoint("api/extra/generate/check", "generations.views_kobold.CheckView", KOBOLD),
+    Endpoint("api/extra/tokencount", "generations.views_kobold.TokenCountView", KOBOLD),
+    Endpoint("api/extra/true_max_context_length",
+             "generations.views_kobold_extra.TrueMaxContextLengthView", KOBOLD),
+    Endpoint("api/extra/preloadstory", "generations.views_kobold_extra.PreloadStoryView", KOBOLD),
+    Endpoint("api/extra/perf", "generations.views_kobold_extra.PerfView", KOBOLD),
+    # The OpenAI-compatible API; any other path under v1/ is a 404 in OpenAI's shape.
+    Endpoint("v1/models", "generations.views_openai.ModelsView", OPENAI),
+    Endpoint("v1/completions", "generations.views_openai.CompletionsView", OPENAI, waits=True),
+    Endpoint("v1/chat/completions", "generations.views_openai.ChatCompletionsView", OPENAI,
+             waits=True),
+    Endpoint(r"^v1/(?P<rest>.*)$", "generations.views_openai.NotFoundView", OPENAI, regex=True),
+    # The API's documentation: the OpenAPI schema and Swagger UI, which reads it.
+    Endpoint("api/schema", "drf_spectacular.views.SpectacularAPIView", DOCS, name="schema"),
+    Endpoint("api/", "drf_spectacular.views.SpectacularSwaggerView", DOCS, name="docs",
+             as_view={"url_name": "schema"}),
+)  # fmt: skip
+
+
+def _check(table: tuple[Endpoint, ...]) -> None:
+    """What the entry relies on: the held, waiting and lane paths are matched by their
+    literal path (the lane's GETs by the part before their one last parameter)."""
+    for endpoint in table:
+        literal = "<" not in endpoint.path and not endpoint.regex
+        if (endpoint.holds or endpoint.waits) and not literal:
+            raise ValueError(f"{endpoint.path}: a held or waiting path takes no parameters")
+        if endpoint.lane is not None and endpoint.lane.method == "GET":
+            if literal or not endpoint.path.endswith(">") or endpoint.path.count("<") != 1:
+                raise ValueError(f"{endpoint.path}: a lane GET ends in its one parameter")
+        elif endpoint.lane is not None and not literal:
+            raise ValueError(f"{endpoint.path}: a lane POST takes no parameters")
+
+
+_check(TABLE)
+
+
+def held_paths() -> frozenset[str]:
+    """The paths (`//` merged) whose views may ask to be held: the long-poll pops."""
+    return frozenset(endpoint.url for endpoint in TABLE if endpoint.holds)
+
+
+def waiting_paths() -> frozenset[str]:
+    """The paths of the async views that wait for a generation or stream it."""
+    return frozenset(endpoint.url for endpoint in TABLE if endpoint.waits)
+
+
+def lane_endpoints() -> list[Endpoint]:
+    return [endpoint for endpoint in TABLE if endpoint.lane is not None]
+
+
+def timed() -> dict[str, tuple[str, str]]:
+    """URL route (Django's `resolver_match.route`) -> (histogram, API label)."""
+    return {e.path: (e.metric, e.face) for e in TABLE if e.metric is not None}
+
+
+def is_undocumented(path: str) -> bool:
+    """Whether answers at `path` are outside the documented APIs (pages, the docs, the
+    operators' endpoints): the schema check leaves them alone."""
+    return path.startswith(PAGE_PREFIXES) or path in _UNDOCUMENTED
+
+
+_UNDOCUMENTED = frozenset(e.url for e in TABLE if e.face not in API_FACES)
+
+
+def resolve(dotted: str) -> Any:
+    """The object a dotted path names, through modules and then attributes
+    (`django.contrib.admin.site.urls` is the `urls` of the module's `site`)."""
+    parts = dotted.split(".")
+    for cut in range(len(parts) - 1, 0, -1):
+        try:
+            found: Any = importlib.import_module(".".join(parts[:cut]))
+        except ModuleNotFoundError:
+            continue
+        for name in parts[cut:]:
+            found = getattr(found, name)
+        return found
+    raise ImportError(dotted)
+
+
+def urlpatterns() -> list[Any]:
+    """Django's URL patterns, one per row, in the table's order."""
+    from django.urls import path, re_path
+
+    patterns = []
+    for endpoint in TABLE:
+        view = resolve(endpoint.view)
+        if hasattr(view, "as_view"):
+            view = view.as_view(**endpoint.as_view)
+        make = re_path if endpoint.regex else path
+        patterns.append(make(endpoint.path, view, name=endpoint.name))
+    return patterns
