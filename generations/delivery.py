@@ -42,6 +42,7 @@ from koboldcluster.clients import current_client
 from koboldcluster.errors import BadRequest, NotFound
 from koboldcluster.rows import aware, instance
 from servers.models import Server
+from servers.records import delivered_sql, record_failure, result_facts
 from servers.services import Credentials
 
 logger = logging.getLogger(__name__)
@@ -151,7 +152,7 @@ def job_submit(
             with transaction.atomic():
                 delivery = _accept_first(job_id, credentials, done, token_count, now)
                 if delivery is not None:
-                    _pay(delivery, delivery.job.tokens, now)
+                    _pay(delivery, delivery.job.tokens, now, text)
         except _SlowOwnerCheck:
             delivery = None  # rolled back: checked first, outside the write transaction
     if delivery is None:
@@ -189,7 +190,7 @@ def _deliver(
         with transaction.atomic():
             if not _accept(job, done):
                 _accept_late(job, done)
-            _pay(delivery, tokens, now)
+            _pay(delivery, tokens, now, done["text"])
     return delivery
 
 
@@ -307,22 +308,27 @@ def _ledger_params(delivery: Delivery, tokens: int, now: datetime) -> list[objec
     return [*usage, *tail, *contribution, *tail]
 
 
-def _credit_sql(condition: str = "") -> str:
-    # One UPDATE: every right-hand side sees the row as it was before this statement.
-    return (
-        "UPDATE servers_server SET tokens_generated = tokens_generated + %s, "
-        "requests_fulfilled = requests_fulfilled + 1, speed = CASE WHEN %s THEN speed "
-        "WHEN requests_fulfilled = 0 THEN %s ELSE speed * %s + %s END "
-        f"WHERE id = %s{condition}"
-    )
-
-
-def _credit_params(job: Job, tokens: int, now: datetime) -> list[object]:
+def _credit_sql(
+    job: Job, tokens: int, now: datetime, text: str, condition: str = ""
+) -> tuple[str, list[object]]:
+    """The server's credit and its record (servers/records.py) as one UPDATE: every
+    right-hand side sees the row as it was before this statement."""
     seconds = (now - job.started).total_seconds()
     measured = tokens > 0 and seconds > 0
     sample = tokens / seconds if measured else 0.0
     weight = Server.SPEED_SMOOTHING
-    return [tokens, not measured, sample, 1 - weight, sample * weight, uid(job.server_id)]
+    facts = result_facts(
+        text=text, tokens=tokens, seconds=seconds, model=job.model, prompt_id=job.prompt_id
+    )
+    record, record_params = delivered_sql(facts)
+    sql = (
+        "UPDATE servers_server SET tokens_generated = tokens_generated + %s, "
+        "requests_fulfilled = requests_fulfilled + 1, speed = CASE WHEN %s THEN speed "
+        f"WHEN requests_fulfilled = 0 THEN %s ELSE speed * %s + %s END, {record} "
+        f"WHERE id = %s{condition}"
+    )
+    params = [tokens, not measured, sample, 1 - weight, sample * weight, *record_params]
+    return sql, [*params, uid(job.server_id)]
 
 
 def _touch_due(delivery: Delivery, now: datetime) -> bool:
@@ -338,10 +344,11 @@ def _touch_params(delivery: Delivery, now: datetime) -> list[object]:
 _TOUCH = "UPDATE generations_prompt SET last_activity = %s, expires_at = %s WHERE id = %s"
 
 
-def _pay(delivery: Delivery, tokens: int, now: datetime) -> None:
-    """Ledger pair, server credit and prompt activity, in the caller's transaction."""
+def _pay(delivery: Delivery, tokens: int, now: datetime, text: str) -> None:
+    """Ledger pair, server credit and record, and prompt activity, in the caller's
+    transaction."""
     execute(_ledger_sql("(SELECT 1) one"), _ledger_params(delivery, tokens, now))
-    execute(_credit_sql(), _credit_params(delivery.job, tokens, now))
+    execute(*_credit_sql(delivery.job, tokens, now, text))
     if _touch_due(delivery, now):
         execute(_TOUCH, _touch_params(delivery, now))
 
@@ -357,11 +364,14 @@ def _accept_and_pay_in_one(delivery: Delivery, done: dict, now: datetime) -> boo
         f"done AS (UPDATE generations_job SET {_done_set()} WHERE id = %s "
         "AND state = 'processing' RETURNING id)",
         f"paid AS ({_ledger_sql('done')})",
-        f"credit AS ({_credit_sql(' AND EXISTS (SELECT 1 FROM done)')})",
     ]
+    credit, credit_params = _credit_sql(
+        job, tokens, now, done["text"], " AND EXISTS (SELECT 1 FROM done)"
+    )
+    parts.append(f"credit AS ({credit})")
     params = [*_done_params(done), uid(job.id)]
     params += _ledger_params(delivery, tokens, now)
-    params += _credit_params(job, tokens, now)
+    params += credit_params
     if _touch_due(delivery, now):
         parts.append(f"touch AS ({_TOUCH} AND EXISTS (SELECT 1 FROM done))")
         params += _touch_params(delivery, now)
@@ -403,7 +413,7 @@ def job_fault(*, job: Job, now: datetime | None = None) -> None:
             if Job.objects.filter(id=job.id, state=Job.State.DONE).exists():
                 raise BadRequest(f"Job {job.id} was already submitted.", rc="DuplicateGen")
             raise NotFound(f"Job {job.id} is no longer processing.", rc="AbortedGen")
-        Server.objects.filter(pk=job.server_id).update(uncompleted_jobs=F("uncompleted_jobs") + 1)
+        record_failure(server_id=job.server_id, abandoned=False)
         slot_return(prompt_id=job.prompt_id, now=now)
     progress_drop(job.prompt_id)
     logger.info("job %s faulted by server %s", job.id, job.server_id)

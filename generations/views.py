@@ -213,6 +213,9 @@ class PopView(PopReply, APIView):
                     "payload": serializers.DictField(required=False),
                     "ttl": serializers.IntegerField(required=False),
                     "skipped": serializers.DictField(required=False),
+                    "paused_reason": serializers.CharField(
+                        required=False, help_text="A paused server without a job: why."
+                    ),
                 },
             ),
             401: error("CredentialsRequired, InvalidCredentials"),
@@ -265,7 +268,10 @@ class PopView(PopReply, APIView):
                 for name in ("model", "max_content_length", "max_length")
                 if result.skipped
             }
-            return PopAttempt.of(result, {"id": None, "skipped": skipped})
+            body: dict[str, Any] = {"id": None, "skipped": skipped}
+            if result.paused_reason:
+                body["paused_reason"] = result.paused_reason
+            return PopAttempt.of(result, body)
         body = {"id": str(result.job.id), "payload": result.job.payload(), "ttl": result.ttl}
         return PopAttempt.of(result, body)
 
