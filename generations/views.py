@@ -32,6 +32,7 @@ from koboldcluster.fields import (
     INT_MAX,
     InputSerializer,
     OptionField,
+    StrictBooleanField,
     StrictCharField,
     StrictIntegerField,
     StringListField,
@@ -56,6 +57,11 @@ class PromptCreateView(APIView):
         username = optional_text(max_length=150)
         password = optional_text(max_length=1024, trim_whitespace=False)
         models = StringListField(required=False, max_length=200)
+        trusted_workers = StrictBooleanField(
+            required=False,
+            default=False,
+            help_text="Only servers of trusted accounts, not paused (README: Trust and quality).",
+        )
 
         def validate_params(self, value: dict) -> dict:
             return validated(GenerationParamsSerializer, value)
@@ -94,6 +100,7 @@ class PromptCreateView(APIView):
             params=samplers,
             models=data.get("models") or [],
             idempotency_key=idempotency_key(request),
+            trusted_workers=data.get("trusted_workers", False),
             **shape,
         )
         prompt = prompt_create(user=user, request=generation)
