@@ -104,3 +104,32 @@ class Server(models.Model):
         if self.speed <= 0:
             return floor
         return int(min(max(floor, 2 * max_length / self.speed), max(ceiling, floor)))
+
+
+class CanaryRound(models.Model):
+    """One canary prompt sent to several servers advertising one model (servers/canaries.py
+    starts and compares them; kept a day for the record, then deleted). No text: the
+    prompt is the corpus' `prompt_index`, the answers are read from the jobs before they
+    are purged."""
+
+    model = models.CharField(max_length=255)
+    prompt_index = models.PositiveSmallIntegerField()
+    created = models.DateTimeField(default=timezone.now, db_index=True)
+    compared = models.DateTimeField(null=True, blank=True)
+    answered = models.PositiveSmallIntegerField(default=0)
+    majority = models.PositiveSmallIntegerField(default=0, help_text="Answers like the most.")
+
+    def __str__(self) -> str:
+        return f"canary {self.pk} of {self.model}"
+
+
+class CanaryJob(models.Model):
+    """A canary round's prompt for one server."""
+
+    round = models.ForeignKey(CanaryRound, models.CASCADE, related_name="jobs")
+    server = models.ForeignKey(Server, models.CASCADE, related_name="+")
+    prompt_id = models.UUIDField(help_text="The queued prompt (a value: it is purged).")
+    agreed = models.BooleanField(null=True, help_text="Its answer was the majority's.")
+
+    def __str__(self) -> str:
+        return f"{self.round_id} {self.server_id}"

@@ -9,16 +9,16 @@ job (`generations/delivery.py`) or counts its failure (`generations/lifecycle.py
 more on the hot path, and in the transaction of the job's state change.
 
 Repeated results are seen through `recent_results`: the digests of the server's last
-RECENT_RESULTS results, each with a mark of its prompt ("rrrrrrrr.pppp,"), newest first, cut to
-a fixed length. A result is counted as repeated when an earlier one had the same digest for
-another prompt. A 32-bit digest cannot give back the text.
+RECENT_RESULTS results, each with a digest of its prompt's end ("rrrrrrrr.pppp,"), newest
+first, cut to a fixed length. A result is counted as repeated when an earlier one had the same
+digest for another prompt (the same prompt asked again, a canary say, may get the same greedy
+answer). Digests of 32 and 16 bits cannot give back any text.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-import uuid
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -30,6 +30,9 @@ from servers.models import Server
 # How many result digests a server's record keeps (each 14 characters).
 RECENT_RESULTS = 32
 _ENTRY = 14
+# Prompts are told apart by their last this many characters (what differs between turns of
+# a chat); the same prompt sent again may well get the same greedy answer.
+PROMPT_TAIL = 200
 # Shorter results are not compared: "Yes." is a fine answer to many prompts.
 REPEAT_MIN_CHARS = 24
 
@@ -81,9 +84,8 @@ class ResultFacts:
     prompt_mark: str
 
 
-def result_facts(
-    *, text: str, tokens: int, seconds: float, model: str, prompt_id: object
-) -> ResultFacts:
+def result_facts(*, text: str, tokens: int, seconds: float, model: str, prompt: str) -> ResultFacts:
+    """What the record counts of a result; `prompt` is (the end of) its prompt's text."""
     limits = settings.KOBOLDCLUSTER
     empty = len("".join(text.split())) < limits["NEAR_EMPTY_CHARS"]
     cap = speed_cap(model)
@@ -92,14 +94,14 @@ def result_facts(
         and tokens >= limits["SPEED_MIN_TOKENS"]
         and (seconds <= 0 or tokens / seconds > cap)
     )
-    digest = (
-        ""
-        if len(text.strip()) < REPEAT_MIN_CHARS
-        else hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=4).hexdigest()
-    )
+    digest = "" if len(text.strip()) < REPEAT_MIN_CHARS else _digest(text, 4)
     return ResultFacts(
-        empty=empty, too_fast=too_fast, digest=digest, prompt_mark=uuid.UUID(str(prompt_id)).hex[:4]
+        empty=empty, too_fast=too_fast, digest=digest, prompt_mark=_digest(prompt, 2)
     )
+
+
+def _digest(text: str, size: int) -> str:
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=size).hexdigest()
 
 
 def delivered_sql(facts: ResultFacts) -> tuple[str, list]:

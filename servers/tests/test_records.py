@@ -46,7 +46,7 @@ def test_the_record_is_bounded_after_100000_jobs():
         if roll < 0.9:
             text = f" result number {rng.randrange(10_000)} of a long day" if roll > 0.1 else ""
             facts = result_facts(
-                text=text, tokens=12, seconds=1.0, model="Llama-3-70B", prompt_id=server.pk
+                text=text, tokens=12, seconds=1.0, model="Llama-3-70B", prompt=f"prompt {i}"
             )
             _record(server.pk, *delivered_sql(facts))
         else:
