@@ -114,6 +114,26 @@ def test_answers_that_differ_only_after_the_first_words_agree():
     assert Server.objects.filter(rec_canary_agreed__gt=0).count() == 3
 
 
+def test_an_honest_server_that_differs_in_one_canary_of_five_is_never_paused():
+    # A different quantisation of the same model may change even the first words now and
+    # then: at one canary in five, 200 rounds never take its record over the threshold.
+    servers = [volunteer(f"h-{i}", MODEL) for i in range(3)] + [volunteer("q4", MODEL)]
+    double = CanaryDouble(servers)
+    rng = random.Random(5)
+    drifts = 0
+    for _ in range(200):
+        drift = rng.random() < 0.2
+        drifts += drift
+        double.round(
+            lambda s, p, d=drift: (
+                " quantised otherwise" if s.name == "q4" and d else honest_answer(p)
+            )
+        )
+    assert 30 < drifts < 50
+    assert paused() == set()
+    assert Server.objects.get(name="q4").rec_canary_disagreed > 0
+
+
 def test_no_majority_or_too_few_answers_count_nothing():
     servers = [volunteer(f"s-{i}", MODEL) for i in range(4)]
     double = CanaryDouble(servers)
