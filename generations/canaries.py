@@ -60,8 +60,13 @@ SEED = 26
 KEEP = timedelta(hours=24)
 
 
-def canary_account() -> User:
-    """The cluster's own account that asks (and pays for) the canaries."""
+def canary_account() -> User | None:
+    """The cluster's own account that asks (and pays for) the canaries; None if its name was
+    taken by someone (then no canaries: whoever asks them could rate their answers).
+
+    Nobody can sign in as it: it is registered (so its name cannot be claimed, by a
+    registration or a server's first pop) without a usable password and without keys; its
+    name has a space, which registration refuses."""
     user, _ = User.objects.get_or_create(
         username=CANARY_USERNAME,
         # Rounds of many models at once stay within its waiting slots.
@@ -71,6 +76,14 @@ def canary_account() -> User:
             "concurrency": 10_000,
         },
     )
+    if (
+        user.kind != User.Kind.REGISTERED
+        or user.has_usable_password()
+        or user.api_keys.exists()
+        or Server.objects.filter(owner=user).exists()
+    ):
+        logger.error("no canaries: the account %r is not the cluster's own", CANARY_USERNAME)
+        return None
     return user
 
 
@@ -101,26 +114,31 @@ def canaries_start(*, now: datetime | None = None, rng: random.Random | None = N
     if every <= 0:
         return 0
     rng = rng or random.Random()
+    account = canary_account()
+    if account is None:
+        return 0
     due_after = now - timedelta(minutes=every)
     started = 0
     for model, servers in _servers_by_model(now).items():
         if CanaryRound.objects.filter(model=model, created__gt=due_after).exists():
             continue
         chosen = rng.sample(servers, min(len(servers), limits["CANARY_MAX_SERVERS"]))
-        _start_round(model, chosen, rng.randrange(len(CORPUS)), now)
+        _start_round(account, model, chosen, rng.randrange(len(CORPUS)), now)
         started += 1
     return started
 
 
-def _start_round(model: str, servers: list[Server], index: int, now: datetime) -> CanaryRound:
-    account = canary_account()
+def _start_round(
+    account: User, model: str, servers: list[Server], index: int, now: datetime
+) -> CanaryRound:
+    length = settings.KOBOLDCLUSTER["CANARY_LENGTH"]
     with transaction.atomic():
         round_ = CanaryRound.objects.create(model=model, prompt_index=index, created=now)
         for server in servers:
             request = GenerationRequest(
                 text=CORPUS[index],
                 n=1,
-                max_length=settings.KOBOLDCLUSTER["CANARY_LENGTH"],
+                max_length=min(length, server.max_length),
                 max_context_length=min(512, server.max_context_length),
                 params=canary_params(),
                 models=[model],

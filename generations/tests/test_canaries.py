@@ -19,6 +19,7 @@ from generations.canaries import (
     CORPUS,
     canaries_compare,
     canaries_start,
+    canary_account,
 )
 from generations.delivery import job_submit
 from generations.models import Job, Prompt
@@ -173,3 +174,24 @@ def test_a_model_gets_a_round_once_per_interval(settings):
     assert canaries_start(now=now + timedelta(minutes=59)) == 0
     settings.KOBOLDCLUSTER = {**settings.KOBOLDCLUSTER, "CANARY_EVERY_MINUTES": 0}
     assert canaries_start(now=now + timedelta(hours=5)) == 0
+
+
+def test_no_canaries_when_their_accounts_name_was_taken_by_someone():
+    from accounts.models import User
+
+    User.objects.create(username=CANARY_USERNAME, kind=User.Kind.UNCLAIMED)
+    servers = [volunteer(f"s-{i}", MODEL) for i in range(3)]
+    for server in servers:
+        server.pop(queue=False)
+    assert canaries_start(now=servers[0].now) == 0
+    assert not Prompt.objects.exists()
+
+
+def test_nobody_can_send_prompts_as_the_canary_account(api):
+    canary_account()
+    answer = api.post(
+        "/generate/prompt", {"prompt": "Hi", "username": CANARY_USERNAME}, format="json"
+    )
+    assert answer.status_code == 401
+    body = {"username": CANARY_USERNAME, "password": "guess", "name": "evil", "model": "m"}
+    assert api.post("/generate/pop", body, format="json").status_code == 401
