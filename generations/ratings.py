@@ -46,6 +46,13 @@ def request_id(value: str) -> uuid.UUID:
         ) from None
 
 
+def counted(user: User, prompt: Prompt) -> bool:
+    """Whether a rating counts in the server's record: not from callers without credentials
+    (anyone, from any number of addresses), nor of a request aimed at chosen servers (a way
+    to aim bad ratings at one). The rating is kept with the job either way."""
+    return user.has_credentials and prompt.workers != Prompt.Workers.ONLY
+
+
 @dataclass(frozen=True)
 class Rated:
     rating: str
@@ -69,7 +76,9 @@ def generation_rate(
     now = now or timezone.now()
     if rating not in (GOOD, BAD):
         raise BadRequest('The rating must be "good" or "bad".', rc="ValidationError")
-    prompt = Prompt.objects.live(now).filter(pk=prompt_id).only("user_id", "client").first()
+    prompt = (
+        Prompt.objects.live(now).filter(pk=prompt_id).only("user_id", "client", "workers").first()
+    )
     if prompt is None:
         raise NotFound(f"Request {prompt_id} is unknown or has expired.", rc="RequestNotFound")
     if prompt.user_id != user.pk or prompt.client != prompt_client(user):
@@ -97,16 +106,17 @@ def generation_rate(
             rc="NotRateable",
         )
     rated = []
+    counts = counted(user, prompt)
     with transaction.atomic():
         for index, job_id, server_id, _ in chosen:
             if Job.objects.filter(pk=job_id, rating="").update(
                 rating=rating, rating_reason=reason[:REASON_MAX]
             ):
                 rated.append(index)
-                if server_id is not None:
+                if server_id is not None and counts:
                     record_rating(server_id=server_id, good=rating == GOOD)
     servers = {row[2] for row in chosen if row[2] is not None and row[0] in rated}
-    if rating == BAD and servers:
+    if rating == BAD and servers and counts:
         servers_review(server_ids=servers, now=now)
     logger.info("request %s: %s generations rated %s", prompt_id, len(rated), rating)
     return Rated(rating=rating, generations=rated)

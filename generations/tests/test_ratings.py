@@ -30,6 +30,7 @@ def served(api):
 
     def send(n: int = 1, **headers: str) -> str:
         body = {"prompt": "Tell me a story", "params": {"n": n, "max_length": 16}}
+        body.update(headers.pop("body", {}))
         prompt_id = api.post(
             f"{V2}/async", body, format="json", **{"HTTP_APIKEY": "0000000000", **headers}
         ).json()["id"]
@@ -48,13 +49,14 @@ def served(api):
     return send
 
 
-def test_the_requester_rates_a_generation_and_the_server_counts_it(api, served):
-    prompt_id = served()
+def test_the_requester_rates_a_generation_and_the_server_counts_it(api, served, register):
+    _, key = register("reader")
+    prompt_id = served(HTTP_APIKEY=key)
     response = api.post(
         f"{V2}/rate/{prompt_id}",
         {"rating": "bad", "reason": "it made no sense"},
         format="json",
-        HTTP_APIKEY="0000000000",
+        HTTP_APIKEY=key,
     )
     assert response.status_code == 200, response.json()
     assert response.json() == {"rating": "bad", "generations": [0]}
@@ -63,8 +65,23 @@ def test_the_requester_rates_a_generation_and_the_server_counts_it(api, served):
     server = Server.objects.get(name="rated")
     assert (server.rec_good, server.rec_bad) == (0, 1)
     # Once only.
-    again = api.post(f"{V2}/rate/{prompt_id}", {"rating": "good"}, format="json")
+    again = api.post(f"{V2}/rate/{prompt_id}", {"rating": "good"}, format="json", HTTP_APIKEY=key)
     assert (again.status_code, again.json()["rc"]) == (400, "NotRateable")
+
+
+def test_ratings_without_credentials_or_of_aimed_requests_are_kept_but_not_counted(
+    api, served, register
+):
+    anonymous = served()
+    assert api.post(f"{V2}/rate/{anonymous}", {"rating": "bad"}, format="json").status_code == 200
+    _, key = register("aimer")
+    server_id = str(volunteer("rated").server.pk)
+    aimed = served(HTTP_APIKEY=key, body={"workers": [server_id]})
+    rated = api.post(f"{V2}/rate/{aimed}", {"rating": "bad"}, format="json", HTTP_APIKEY=key)
+    assert rated.status_code == 200
+    assert list(Job.objects.values_list("rating", flat=True)) == ["bad", "bad"]
+    server = Server.objects.get(name="rated")
+    assert (server.rec_good, server.rec_bad) == (0, 0)
 
 
 def test_a_stranger_cannot_rate(api, served, register):
