@@ -23,15 +23,50 @@ class ApiKeyInline(admin.TabularInline):
 
 @admin.register(User)
 class UserAdmin(DjangoUserAdmin):
-    list_display = ("username", "id", "kind", "trusted", "moderator", "concurrency", "date_joined")
+    list_display = (
+        "username",
+        "id",
+        "kind",
+        "trusted",
+        "flagged",
+        "pauses",
+        "moderator",
+        "concurrency",
+        "date_joined",
+    )
     list_editable = ("trusted", "concurrency")
-    list_filter = ("kind", "trusted", "moderator", "is_staff")
+    list_filter = ("kind", "trusted", "flagged", "moderator", "is_staff")
     fieldsets = (
         *DjangoUserAdmin.fieldsets,
-        ("Cluster", {"fields": ("kind", "trusted", "moderator", "concurrency")}),
+        (
+            "Cluster",
+            {
+                "fields": (
+                    "kind",
+                    "trusted",
+                    "moderator",
+                    "concurrency",
+                    "flagged",
+                    "pauses",
+                    "last_paused_at",
+                )
+            },
+        ),
     )
+    readonly_fields = ("pauses", "last_paused_at")
     inlines = [ApiKeyInline]
-    actions = ["mark_trusted", "mark_untrusted", "default_concurrency", "revoke_keys"]
+    actions = [
+        "mark_trusted",
+        "mark_untrusted",
+        "clear_flag",
+        "default_concurrency",
+        "revoke_keys",
+    ]
+
+    @admin.action(description="Clear the flag of the selected users (and their pause count)")
+    def clear_flag(self, request: HttpRequest, queryset: QuerySet[User]) -> None:
+        cleared = queryset.update(flagged=False, pauses=0)
+        self.message_user(request, f"{cleared} users no longer flagged.")
 
     @admin.action(description="Mark the selected users trusted")
     def mark_trusted(self, request: HttpRequest, queryset: QuerySet[User]) -> None:

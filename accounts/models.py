@@ -30,6 +30,13 @@ class User(AbstractUser):
     kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.REGISTERED)
     trusted = models.BooleanField(default=False)
     moderator = models.BooleanField(default=False)
+    # Trust and quality (servers/suspicion.py, servers/trust.py): how often its servers were
+    # paused by the cluster's rules, the last time, and whether that made it flagged.
+    flagged = models.BooleanField(
+        default=False, db_default=False, help_text="Its servers were paused repeatedly."
+    )
+    pauses = models.PositiveIntegerField(default=0, db_default=0)
+    last_paused_at = models.DateTimeField(null=True, blank=True)
     concurrency = models.PositiveIntegerField(
         null=True,
         blank=True,

@@ -97,6 +97,16 @@ class NoWork:
 
     skipped: dict[str, Any] = field(default_factory=dict)
     maintenance: str | None = None
+    # The cluster paused this server: why, and what to do (its README: Trust and quality).
+    paused: str | None = None
+
+
+def _no_work(data: dict[str, Any]) -> NoWork:
+    skipped, paused = data.get("skipped"), data.get("paused_reason")
+    return NoWork(
+        skipped=skipped if isinstance(skipped, dict) else {},
+        paused=paused if isinstance(paused, str) and paused else None,
+    )
 
 
 @dataclass(frozen=True)
@@ -394,8 +404,7 @@ class OriginalClusterProtocol(_HttpCluster):
 
     def _parse_pop(self, data: dict[str, Any]) -> Job | NoWork:
         if data["id"] is None:
-            skipped = data.get("skipped")
-            return NoWork(skipped=skipped if isinstance(skipped, dict) else {})
+            return _no_work(data)
         payload, ttl = data.get("payload"), data.get("ttl")
         if not isinstance(data["id"], str) or not isinstance(payload, dict):
             raise ClusterUnavailable("the cluster sent a job without an id or a payload")
@@ -516,8 +525,7 @@ class HordeProtocol(_HttpCluster):
         if isinstance(data.get("id"), str) and data["id"] not in ids:
             ids.insert(0, data["id"])
         if not ids:
-            skipped = data.get("skipped")
-            return NoWork(skipped=skipped if isinstance(skipped, dict) else {})
+            return _no_work(data)
         if len(ids) > 1:
             # We asked for one; the others would sit unserved until their ttl passed.
             log.warning("the cluster sent %d jobs for one pop; giving back the others", len(ids))

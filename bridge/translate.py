@@ -22,6 +22,7 @@ STANDARD: dict[str, str] = {
     "temperature": "temperature",
     "top_p": "top_p",
     "stop_sequence": "stop",
+    "sampler_seed": "seed",  # KoboldCpp's seed; OpenAI's `seed` (the cluster's canaries)
 }
 
 # Job fields that are not sampler settings: the job's shape, handled by the bridge itself

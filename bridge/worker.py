@@ -183,6 +183,7 @@ class Worker:
         self._cluster_failures = 0
         self._cluster_answered = False
         self._maintenance: str | None = None
+        self._paused: str | None = None
 
     def _real_wait(self, seconds: float, interruptible: bool = True) -> None:
         # Interruptible waits end at once on Ctrl-C; the others are the short pauses between
@@ -275,6 +276,12 @@ class Worker:
         if self._maintenance is not None:
             log.info("the cluster took this server out of maintenance")
             self._maintenance = None
+        if answer.paused != self._paused:  # one line when it starts, one when it ends
+            if answer.paused:
+                log.warning("PAUSED: %s", answer.paused)
+            else:
+                log.info("the cluster no longer has this server paused")
+            self._paused = answer.paused
         log.debug("no work (skipped: %s)", answer.skipped or "nothing")
         return self.settings.interval
 

@@ -30,8 +30,8 @@ class PromptAdmin(admin.ModelAdmin):
 
 @admin.register(Job)
 class JobAdmin(admin.ModelAdmin):
-    list_display = ("id", "prompt_id", "server", "model", "state", "started", "tokens")
-    list_filter = ("state",)
+    list_display = ("id", "prompt_id", "server", "model", "state", "started", "tokens", "rating")
+    list_filter = ("state", "rating")
     search_fields = ("=id", "=prompt__id", "server__name")
     raw_id_fields = ("prompt", "server")
     list_select_related = ("server",)

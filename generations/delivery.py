@@ -42,6 +42,7 @@ from koboldcluster.clients import current_client
 from koboldcluster.errors import BadRequest, NotFound
 from koboldcluster.rows import aware, instance
 from servers.models import Server
+from servers.records import PROMPT_TAIL, delivered_sql, record_failure, result_facts
 from servers.services import Credentials
 
 logger = logging.getLogger(__name__)
@@ -62,6 +63,8 @@ class Delivery:
     # Whether kudos move for it (the owner earns them, the requester pays them): not for its
     # own prompts, nor for prompts sent from the submitting server's address block.
     earns: bool = True
+    # The end of the prompt's text: the server's record tells prompts apart by it.
+    prompt_tail: str = ""
 
 
 def earns(requester_id: int, owner_id: int, origin: str) -> bool:
@@ -72,9 +75,16 @@ def earns(requester_id: int, owner_id: int, origin: str) -> bool:
     return requester_id != owner_id and not (origin and origin == current_client())
 
 
+def _tail(column: str) -> str:
+    """The last PROMPT_TAIL characters of a text column (servers/records.py: which prompt)."""
+    if is_postgres():
+        return f"right({column}, {PROMPT_TAIL})"
+    return f"substr({column}, -{PROMPT_TAIL})"
+
+
 _LOOKUP = (
     "SELECT j.id, j.prompt_id, j.server_id, j.model, j.started, p.user_id, p.max_length, "
-    f"p.expires_at, p.origin, {USER_COLUMNS} FROM generations_job j "
+    f"p.expires_at, p.origin, {{tail}}, {USER_COLUMNS} FROM generations_job j "
     "JOIN generations_prompt p ON p.id = j.prompt_id "
     "JOIN servers_server s ON s.id = j.server_id JOIN accounts_user u ON u.id = s.owner_id "
     "WHERE j.id = %s AND p.expires_at > %s"
@@ -83,11 +93,11 @@ _LOOKUP = (
 
 def delivery_for(*, job_id: object, credentials: Credentials, now: datetime) -> Delivery:
     """The job `job_id` if the caller owns its server: 404 when unknown or gone, 401/403 else."""
-    rows = fetch(_LOOKUP, [uid(job_id), dt_param(now)])
+    rows = fetch(_LOOKUP.format(tail=_tail("p.text")), [uid(job_id), dt_param(now)])
     if not rows:
         raise NotFound(f"Job {job_id} is unknown or has expired.", rc="InvalidJobID")
     row = rows[0]
-    owner = user_from_row(row[9:])
+    owner = user_from_row(row[10:])
     verify_owner(owner=owner, password=credentials.password, api_user=credentials.api_user)
     job = instance(
         Job,
@@ -104,6 +114,7 @@ def delivery_for(*, job_id: object, credentials: Credentials, now: datetime) -> 
         max_length=row[6],
         prompt_expires_at=aware(row[7]),
         earns=earns(row[5], owner.pk, row[8]),
+        prompt_tail=row[9],
     )
 
 
@@ -151,7 +162,7 @@ def job_submit(
             with transaction.atomic():
                 delivery = _accept_first(job_id, credentials, done, token_count, now)
                 if delivery is not None:
-                    _pay(delivery, delivery.job.tokens, now)
+                    _pay(delivery, delivery.job.tokens, now, text)
         except _SlowOwnerCheck:
             delivery = None  # rolled back: checked first, outside the write transaction
     if delivery is None:
@@ -189,7 +200,7 @@ def _deliver(
         with transaction.atomic():
             if not _accept(job, done):
                 _accept_late(job, done)
-            _pay(delivery, tokens, now)
+            _pay(delivery, tokens, now, done["text"])
     return delivery
 
 
@@ -244,9 +255,10 @@ def _accept_first(
     )
     if not rows:
         return None
-    prompt_id, server_id, model, started, tokens, requester, max_length, expires, origin, user = (
-        rows[0]
-    )
+    (
+        prompt_id, server_id, model, started, tokens, requester, max_length, expires, origin,
+        tail, user,
+    ) = rows[0]  # fmt: skip
     owner = user_from_row(json.loads(user))
     if credentials.api_user is None and not password_check_is_quick(owner, credentials.password):
         raise _SlowOwnerCheck
@@ -265,7 +277,7 @@ def _accept_first(
         tokens=tokens,
     )
     paid = earns(requester, owner.pk, origin)
-    return Delivery(job, requester, owner.pk, max_length, aware(expires), paid)
+    return Delivery(job, requester, owner.pk, max_length, aware(expires), paid, tail)
 
 
 class _SlowOwnerCheck(Exception):
@@ -274,7 +286,8 @@ class _SlowOwnerCheck(Exception):
 
 _PROMPT_OF_JOB = "(SELECT {} FROM generations_prompt p WHERE p.id = generations_job.prompt_id)"
 _RETURNED_PROMPT = ", ".join(
-    _PROMPT_OF_JOB.format(c) for c in ("user_id", "max_length", "expires_at", "origin")
+    _PROMPT_OF_JOB.format(c)
+    for c in ("user_id", "max_length", "expires_at", "origin", f"substr(text, -{PROMPT_TAIL})")
 )
 
 
@@ -307,22 +320,28 @@ def _ledger_params(delivery: Delivery, tokens: int, now: datetime) -> list[objec
     return [*usage, *tail, *contribution, *tail]
 
 
-def _credit_sql(condition: str = "") -> str:
-    # One UPDATE: every right-hand side sees the row as it was before this statement.
-    return (
-        "UPDATE servers_server SET tokens_generated = tokens_generated + %s, "
-        "requests_fulfilled = requests_fulfilled + 1, speed = CASE WHEN %s THEN speed "
-        "WHEN requests_fulfilled = 0 THEN %s ELSE speed * %s + %s END "
-        f"WHERE id = %s{condition}"
-    )
-
-
-def _credit_params(job: Job, tokens: int, now: datetime) -> list[object]:
+def _credit_sql(
+    delivery: Delivery, tokens: int, now: datetime, text: str, condition: str = ""
+) -> tuple[str, list[object]]:
+    """The server's credit and its record (servers/records.py) as one UPDATE: every
+    right-hand side sees the row as it was before this statement."""
+    job = delivery.job
     seconds = (now - job.started).total_seconds()
     measured = tokens > 0 and seconds > 0
     sample = tokens / seconds if measured else 0.0
     weight = Server.SPEED_SMOOTHING
-    return [tokens, not measured, sample, 1 - weight, sample * weight, uid(job.server_id)]
+    facts = result_facts(
+        text=text, tokens=tokens, seconds=seconds, model=job.model, prompt=delivery.prompt_tail
+    )
+    record, record_params = delivered_sql(facts)
+    sql = (
+        "UPDATE servers_server SET tokens_generated = tokens_generated + %s, "
+        "requests_fulfilled = requests_fulfilled + 1, speed = CASE WHEN %s THEN speed "
+        f"WHEN requests_fulfilled = 0 THEN %s ELSE speed * %s + %s END, {record} "
+        f"WHERE id = %s{condition}"
+    )
+    params = [tokens, not measured, sample, 1 - weight, sample * weight, *record_params]
+    return sql, [*params, uid(job.server_id)]
 
 
 def _touch_due(delivery: Delivery, now: datetime) -> bool:
@@ -338,10 +357,11 @@ def _touch_params(delivery: Delivery, now: datetime) -> list[object]:
 _TOUCH = "UPDATE generations_prompt SET last_activity = %s, expires_at = %s WHERE id = %s"
 
 
-def _pay(delivery: Delivery, tokens: int, now: datetime) -> None:
-    """Ledger pair, server credit and prompt activity, in the caller's transaction."""
+def _pay(delivery: Delivery, tokens: int, now: datetime, text: str) -> None:
+    """Ledger pair, server credit and record, and prompt activity, in the caller's
+    transaction."""
     execute(_ledger_sql("(SELECT 1) one"), _ledger_params(delivery, tokens, now))
-    execute(_credit_sql(), _credit_params(delivery.job, tokens, now))
+    execute(*_credit_sql(delivery, tokens, now, text))
     if _touch_due(delivery, now):
         execute(_TOUCH, _touch_params(delivery, now))
 
@@ -357,11 +377,14 @@ def _accept_and_pay_in_one(delivery: Delivery, done: dict, now: datetime) -> boo
         f"done AS (UPDATE generations_job SET {_done_set()} WHERE id = %s "
         "AND state = 'processing' RETURNING id)",
         f"paid AS ({_ledger_sql('done')})",
-        f"credit AS ({_credit_sql(' AND EXISTS (SELECT 1 FROM done)')})",
     ]
+    credit, credit_params = _credit_sql(
+        delivery, tokens, now, done["text"], " AND EXISTS (SELECT 1 FROM done)"
+    )
+    parts.append(f"credit AS ({credit})")
     params = [*_done_params(done), uid(job.id)]
     params += _ledger_params(delivery, tokens, now)
-    params += _credit_params(job, tokens, now)
+    params += credit_params
     if _touch_due(delivery, now):
         parts.append(f"touch AS ({_TOUCH} AND EXISTS (SELECT 1 FROM done))")
         params += _touch_params(delivery, now)
@@ -403,7 +426,7 @@ def job_fault(*, job: Job, now: datetime | None = None) -> None:
             if Job.objects.filter(id=job.id, state=Job.State.DONE).exists():
                 raise BadRequest(f"Job {job.id} was already submitted.", rc="DuplicateGen")
             raise NotFound(f"Job {job.id} is no longer processing.", rc="AbortedGen")
-        Server.objects.filter(pk=job.server_id).update(uncompleted_jobs=F("uncompleted_jobs") + 1)
+        record_failure(server_id=job.server_id, abandoned=False)
         slot_return(prompt_id=job.prompt_id, now=now)
     progress_drop(job.prompt_id)
     logger.info("job %s faulted by server %s", job.id, job.server_id)

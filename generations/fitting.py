@@ -87,7 +87,7 @@ class Fit:
         return ", ".join(parts)
 
 
-def _facts(user_id: int, models: list[str]) -> PromptFacts:
+def _facts(user_id: int, models: list[str], trusted: bool = False) -> PromptFacts:
     """The request as the matching rules see it, with lengths any server allows."""
     return PromptFacts(
         user_id=user_id,
@@ -95,12 +95,16 @@ def _facts(user_id: int, models: list[str]) -> PromptFacts:
         models=tuple(models),
         max_length=1,
         max_context_length=1,
+        trusted_workers=trusted,
     )
 
 
-def able(user_id: int, models: list[str], servers: list[ActiveServer]) -> list[ServerProfile]:
-    """The servers that could serve the request at some lengths."""
-    facts = _facts(user_id, models)
+def able(
+    user_id: int, models: list[str], servers: list[ActiveServer], trusted: bool = False
+) -> list[ServerProfile]:
+    """The servers that could serve the request at some lengths (`trusted`: only trusted
+    ones, not paused)."""
+    facts = _facts(user_id, models, trusted)
     return [s.profile for s in servers if could_serve(facts, s.profile, maintenance=s.owner_only)]
 
 
@@ -132,7 +136,7 @@ def grace_seconds() -> float:
     return float(settings.KOBOLDCLUSTER["FRONTEND_GRACE_SECONDS"])
 
 
-def worth_waiting(user_id: int, models: list[str]) -> bool:
+def worth_waiting(user_id: int, models: list[str], trusted: bool = False) -> bool:
     """Whether a server may come for this request soon: none is online at all (the cluster
     or its volunteers restarting), or one that could serve it checked in recently."""
     now = timezone.now()
@@ -141,16 +145,20 @@ def worth_waiting(user_id: int, models: list[str]) -> bool:
     recent = Server.objects.filter(
         last_check_in__gte=now - timedelta(seconds=RECENTLY_SEEN_SECONDS)
     ).select_related("owner")
-    return bool(able(user_id, models, server_profiles(recent)))
+    return bool(able(user_id, models, server_profiles(recent), trusted))
 
 
-def refusal(models: list[str], requested: str) -> ApiError:
-    """Why nothing can serve the request now: no server online, or none of its models."""
+def refusal(models: list[str], requested: str, trusted: bool = False) -> ApiError:
+    """Why nothing can serve the request now: no server online, or none of its models
+    (`trusted`: among the trusted servers)."""
     online = active_servers()
+    if trusted:
+        online = [s for s in online if s.profile.trusted]
     served = sorted({name for s in online for name in s.profile.models})
     if not online:
         return NoServerOnline(
-            "No server is online in this cluster right now; try again in a minute.",
+            f"No {'trusted ' if trusted else ''}server is online in this cluster right now; "
+            "try again in a minute.",
             retry_after=NO_SERVER_RETRY_AFTER,
         )
     listed = ", ".join(served[:MODEL_NAMES_LISTED])
@@ -158,14 +166,21 @@ def refusal(models: list[str], requested: str) -> ApiError:
         listed += f" and {len(served) - MODEL_NAMES_LISTED} more"
     name = requested or ", ".join(models)
     return ModelNotServed(
-        f"The model '{name}' is not served by any server online now. Served: "
+        f"The model '{name}' is not served by any {'trusted ' if trusted else ''}server "
+        "online now. Served: "
         f"{listed or 'nothing'} (see /v1/models).",
         served=served,
     )
 
 
 async def fit_or_refuse(
-    *, user_id: int, models: list[str], max_length: int, max_context_length: int, requested: str
+    *,
+    user_id: int,
+    models: list[str],
+    max_length: int,
+    max_context_length: int,
+    requested: str,
+    trusted: bool = False,
 ) -> Fit:
     """The lengths to serve the request with, or the refusal when no active server could
     serve it even lowered and none came within the grace period."""
@@ -177,12 +192,14 @@ async def fit_or_refuse(
         result = fit(
             max_length=max_length,
             max_context_length=max_context_length,
-            servers=able(user_id, models, servers),
+            servers=able(user_id, models, servers, trusted),
         )
         if result is not None:
             return result
-        if loop.time() >= deadline or not await sync_to_async(worth_waiting)(user_id, models):
-            raise await sync_to_async(refusal)(models, requested)
+        if loop.time() >= deadline or not await sync_to_async(worth_waiting)(
+            user_id, models, trusted
+        ):
+            raise await sync_to_async(refusal)(models, requested, trusted)
         await asyncio.sleep(GRACE_POLL_SECONDS)
         fresh = True
 
@@ -197,6 +214,7 @@ async def fitted(
         max_length=request.max_length,
         max_context_length=request.max_context_length,
         requested=requested,
+        trusted=request.trusted_workers,
     )
     lengths = {"max_length": result.max_length, "max_context_length": result.max_context_length}
     return replace(request, **lengths), replace(result, context_named=not request.whole_context)

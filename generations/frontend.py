@@ -154,7 +154,7 @@ def give_up(prompt_id: object, timeout: float) -> WaitedTooLong:
     )
 
 
-def _genkey_prompt(user: User, genkey: str) -> object | None:
+def genkey_prompt(user: User, genkey: str) -> object | None:
     """The caller's latest live prompt sent with `genkey`: the same account, and without
     credentials also the same client address (generations/limits.py's `prompt_client`), so
     that anonymous callers never reach each other's generations by guessing a key."""
@@ -170,7 +170,7 @@ def _genkey_prompt(user: User, genkey: str) -> object | None:
 def genkey_abort(*, user: User, genkey: str) -> bool:
     """Cancel the caller's generation that was sent with `genkey`; whether there was one.
     Jobs in flight still finish and are paid, as for any cancel."""
-    prompt_id = _genkey_prompt(user, genkey)
+    prompt_id = genkey_prompt(user, genkey)
     if prompt_id is None:
         return False
     try:
@@ -183,7 +183,7 @@ def genkey_abort(*, user: User, genkey: str) -> bool:
 def genkey_text_so_far(*, user: User, genkey: str) -> str:
     """The text so far of the caller's generation sent with `genkey` (KoboldCpp's check):
     its server's latest progress, the stored generation once done, else ""."""
-    prompt_id = _genkey_prompt(user, genkey)
+    prompt_id = genkey_prompt(user, genkey)
     if prompt_id is None:
         return ""
     progress = progress_text(prompt_id)

@@ -23,7 +23,7 @@ from generations.liveness import stall_seconds, stalled
 from generations.models import Job, Prompt
 from generations.progress_store import progress_drop
 from generations.vacuum import vacuum_after_purge
-from servers.models import Server
+from servers.records import record_failure
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ def _abandon(
         )
         if not moved:
             return 0
-        Server.objects.filter(pk=server_id).update(uncompleted_jobs=F("uncompleted_jobs") + 1)
+        record_failure(server_id=server_id, abandoned=True)
         slot_return(prompt_id=prompt_id, now=now)
     progress_drop(prompt_id)
     logger.info("job %s of prompt %s %s: abandoned by server %s", job_id, prompt_id, why, server_id)

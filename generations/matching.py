@@ -53,7 +53,8 @@ class ServerProfile:
         return cls(
             id=server.id,
             owner_id=server.owner_id,
-            trusted=server.owner.trusted,
+            # A paused server serves no trusted-only request, even of a trusted owner.
+            trusted=server.owner.trusted and not server.paused,
             models=tuple(server.models),
             max_length=server.max_length,
             max_context_length=server.max_context_length,

@@ -182,6 +182,9 @@ class Job(models.Model):
     gen_metadata = models.JSONField(
         default=list, blank=True, help_text="What the server reported about the generation."
     )
+    # The requester's rating (generations/ratings.py); deleted with the prompt, like the text.
+    rating = models.CharField(max_length=4, blank=True, default="", db_default="")
+    rating_reason = models.CharField(max_length=500, blank=True, default="", db_default="")
 
     class Meta:
         indexes = [

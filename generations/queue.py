@@ -64,6 +64,8 @@ class PopResult:
     jobs: list[Job] = field(default_factory=list)
     ttl: int | None = None
     skipped: dict[str, int] = field(default_factory=dict)
+    # Why the server is paused (README "Trust and quality"): said when it gets no job.
+    paused_reason: str = ""
     # Filled by job_pop, for a waiting pop's further tries (`jobs_claim`).
     server: Server | None = None
     first_users: set[int] = field(default_factory=set)
@@ -141,7 +143,19 @@ def jobs_claim(
             "requests. Its owner or an administrator can end the maintenance.",
             rc="WorkerMaintenance",
         )
+    if server.paused:
+        return PopResult(paused_reason=paused_notice(server))
     return PopResult(skipped=dict(idle.skipped))
+
+
+def paused_notice(server: Server) -> str:
+    """What a paused server's pop says, for its bridge to print in one line."""
+    why = server.paused_reason or "paused by an administrator"
+    return (
+        f"The server '{server.name}' is paused ({why}): it gets only its owner's requests. "
+        "Check that its backend serves the model it advertises and answers in full, then "
+        "ask the cluster's administrator to clear the pause (README: Trust and quality)."
+    )
 
 
 def _forget_idle_answers(prompt: PromptFacts, committed: bool) -> None:

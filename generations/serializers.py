@@ -63,6 +63,8 @@ class GenerationParamsSerializer(InputSerializer):
     smoothing_factor = StrictFloatField(min_value=0, max_value=10, required=False)
     dynatemp_range = StrictFloatField(min_value=0, max_value=5, required=False)
     dynatemp_exponent = StrictFloatField(min_value=0, max_value=5, required=False)
+    # KoboldCpp's seed (-1: random); the cluster's canaries fix it (generations/canaries.py).
+    sampler_seed = StrictIntegerField(min_value=-1, max_value=2**31 - 1, required=False)
     sampler_order = BoundedListField(
         child=StrictIntegerField(min_value=0, max_value=100), max_length=32, required=False
     )

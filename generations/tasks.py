@@ -10,6 +10,7 @@ import logging
 
 from django.utils import timezone
 
+from generations.canaries import canaries_compare, canaries_start
 from generations.lifecycle import jobs_reap, prompts_purge
 from generations.liveness import marks_sweep
 from generations.progress_store import progress_sweep
@@ -31,5 +32,15 @@ def reap_overdue_jobs() -> str:
     # Progress of jobs that ended without a word (files without Redis; Redis expires its own).
     progress_sweep()
     marks_sweep()
+    logger.info(summary)
+    return summary
+
+
+def run_canaries() -> str:
+    """Compare the canary rounds that are in, then start those due (generations/canaries.py)."""
+    now = timezone.now()
+    compared = canaries_compare(now=now)
+    started = canaries_start(now=now)
+    summary = f"compared {compared} canary rounds, started {started}"
     logger.info(summary)
     return summary

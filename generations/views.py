@@ -32,6 +32,7 @@ from koboldcluster.fields import (
     INT_MAX,
     InputSerializer,
     OptionField,
+    StrictBooleanField,
     StrictCharField,
     StrictIntegerField,
     StringListField,
@@ -56,6 +57,11 @@ class PromptCreateView(APIView):
         username = optional_text(max_length=150)
         password = optional_text(max_length=1024, trim_whitespace=False)
         models = StringListField(required=False, max_length=200)
+        trusted_workers = StrictBooleanField(
+            required=False,
+            default=False,
+            help_text="Only servers of trusted accounts, not paused (README: Trust and quality).",
+        )
 
         def validate_params(self, value: dict) -> dict:
             return validated(GenerationParamsSerializer, value)
@@ -94,6 +100,7 @@ class PromptCreateView(APIView):
             params=samplers,
             models=data.get("models") or [],
             idempotency_key=idempotency_key(request),
+            trusted_workers=data.get("trusted_workers", False),
             **shape,
         )
         prompt = prompt_create(user=user, request=generation)
@@ -213,6 +220,9 @@ class PopView(PopReply, APIView):
                     "payload": serializers.DictField(required=False),
                     "ttl": serializers.IntegerField(required=False),
                     "skipped": serializers.DictField(required=False),
+                    "paused_reason": serializers.CharField(
+                        required=False, help_text="A paused server without a job: why."
+                    ),
                 },
             ),
             401: error("CredentialsRequired, InvalidCredentials"),
@@ -265,7 +275,10 @@ class PopView(PopReply, APIView):
                 for name in ("model", "max_content_length", "max_length")
                 if result.skipped
             }
-            return PopAttempt.of(result, {"id": None, "skipped": skipped})
+            body: dict[str, Any] = {"id": None, "skipped": skipped}
+            if result.paused_reason:
+                body["paused_reason"] = result.paused_reason
+            return PopAttempt.of(result, body)
         body = {"id": str(result.job.id), "payload": result.job.payload(), "ttl": result.ttl}
         return PopAttempt.of(result, body)
 

@@ -33,6 +33,7 @@ from generations.intake import GenerationRequest
 from generations.serializers import GenerationParamsSerializer, PromptTextField, split_params
 from generations.sse import event_stream, kobold_tokens
 from generations.streaming import start
+from generations.trusted_only import TRUSTED_ONLY_HEADER, trusted_only
 from koboldcluster.api import validated
 from koboldcluster.errors import BadRequest, exception_handler
 from koboldcluster.fields import StrictCharField
@@ -198,7 +199,7 @@ class GenerateView(AsyncAPIView):
         "fields are ignored. An ordinary request of the queue (priority, ledger, expiry); "
         "the answer waits for it up to KOBOLDCLUSTER_FRONTEND_WAIT_SECONDS (then 504, and "
         "the request is cancelled, as it is when the caller disconnects).",
-        parameters=[BEARER, IDEMPOTENCY_KEY_HEADER],
+        parameters=[BEARER, IDEMPOTENCY_KEY_HEADER, TRUSTED_ONLY_HEADER],
         request=Input,
         responses={
             200: shape(
@@ -236,6 +237,7 @@ class GenerateView(AsyncAPIView):
             client_agent=agent,
             genkey=genkey,
             idempotency_key=idempotency_key(request),
+            trusted_workers=trusted_only(request),
             **shape_params,
         )
         generation, fit = await fitted(user, generation)
@@ -252,7 +254,7 @@ class StreamView(GenerateView):
         'generates, then `data: {"token": "", "finish_reason": "stop"}`. The tokens add up '
         "to the stored generation. A server whose backend does not stream sends it all at "
         "the end. Disconnecting cancels the request.",
-        parameters=[BEARER, IDEMPOTENCY_KEY_HEADER],
+        parameters=[BEARER, IDEMPOTENCY_KEY_HEADER, TRUSTED_ONLY_HEADER],
         request=GenerateView.Input,
         responses={
             (200, "text/event-stream"): {"type": "string"},

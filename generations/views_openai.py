@@ -45,6 +45,7 @@ from generations.serializers import (
 )
 from generations.sse import event_stream, openai_chunks
 from generations.streaming import start
+from generations.trusted_only import TRUSTED_ONLY_HEADER, trusted_only
 from koboldcluster.api import validated
 from koboldcluster.fields import INT_MAX, StrictCharField
 from koboldcluster.openapi import shape
@@ -266,6 +267,7 @@ async def _generation(
         client_agent=agent,
         whole_context=not truncation,
         idempotency_key=idempotency_key(request),
+        trusted_workers=trusted_only(request),
         **shape_params,
     )
     return await fitted(user, generation, requested=requested)
@@ -307,7 +309,7 @@ class CompletionsView(AsyncOpenAIView):
         "answers server-sent events in OpenAI's chunk format as the server generates "
         "(n = 1; `stream_options.include_usage` adds a last chunk with `usage`). "
         "`usage` is estimated by the cluster's token rule. " + BEARER_DOC,
-        parameters=[IDEMPOTENCY_KEY_HEADER],
+        parameters=[IDEMPOTENCY_KEY_HEADER, TRUSTED_ONLY_HEADER],
         request=CompletionsInput,
         responses=COMPLETION_RESPONSES,
     )
@@ -354,7 +356,7 @@ class ChatCompletionsView(AsyncOpenAIView):
         "gets ChatML and the X-KoboldCluster-Warning header; X-Chat-Template names the "
         "template used). Other fields as for /v1/completions; `max_completion_tokens` "
         "too; `tools` and `response_format` other than text are refused. " + BEARER_DOC,
-        parameters=[IDEMPOTENCY_KEY_HEADER],
+        parameters=[IDEMPOTENCY_KEY_HEADER, TRUSTED_ONLY_HEADER],
         request=ChatInput,
         responses=COMPLETION_RESPONSES,
     )

@@ -77,6 +77,11 @@ POP_ANSWER = shape(
         "skipped": SKIPPED,
         "messages": serializers.ListField(child=serializers.DictField()),
         "extra_source_images": serializers.ListField(allow_null=True),
+        "paused_reason": serializers.CharField(
+            required=False,
+            help_text="Only for a paused server without a job: why, and what to do "
+            "(README: Trust and quality).",
+        ),
     },
 )
 
@@ -210,6 +215,8 @@ class TextPopView(PopReply, APIView):
                 softprompt=job.prompt.softprompt,
                 ttl=result.ttl,
             )
+        elif result.paused_reason:
+            body["paused_reason"] = result.paused_reason
         return PopAttempt.of(result, body)
 
 

@@ -417,6 +417,51 @@ KOBOLDCLUSTER = {
     # account may have held waiting in one web process (beyond: answered at once).
     "MAX_SERVERS_PER_ACCOUNT": env_int("KOBOLDCLUSTER_MAX_SERVERS_PER_ACCOUNT", 50, minimum=1),
     "HELD_POPS_PER_ACCOUNT": env_int("KOBOLDCLUSTER_HELD_POPS_PER_ACCOUNT", 64, minimum=0),
+    # --- Trust and quality (README "Trust and quality"; servers/records.py, suspicion.py) ---
+    # A server's record weighs about its last this many jobs (counters that decay by
+    # 1 − 1/window at each job); ratings and canaries have windows of their own.
+    "RECORD_WINDOW_JOBS": env_int("KOBOLDCLUSTER_RECORD_WINDOW_JOBS", 100, minimum=2),
+    "RECORD_WINDOW_RATINGS": env_int("KOBOLDCLUSTER_RECORD_WINDOW_RATINGS", 50, minimum=2),
+    "RECORD_WINDOW_CANARIES": env_int("KOBOLDCLUSTER_RECORD_WINDOW_CANARIES", 10, minimum=2),
+    # A result with fewer non-blank characters than this counts as empty.
+    "NEAR_EMPTY_CHARS": env_int("KOBOLDCLUSTER_NEAR_EMPTY_CHARS", 3),
+    # Speeds are judged only for jobs of at least this many tokens.
+    "SPEED_MIN_TOKENS": env_int("KOBOLDCLUSTER_SPEED_MIN_TOKENS", 8, minimum=1),
+    # No rule judges a server before its record holds this many jobs (ratings: this many
+    # ratings; canaries: this many compared canaries).
+    "SUSPICION_MIN_JOBS": env_int("KOBOLDCLUSTER_SUSPICION_MIN_JOBS", 20, minimum=1),
+    "SUSPICION_MIN_RATINGS": env_int("KOBOLDCLUSTER_SUSPICION_MIN_RATINGS", 5, minimum=1),
+    "SUSPICION_MIN_CANARIES": env_int("KOBOLDCLUSTER_SUSPICION_MIN_CANARIES", 3, minimum=1),
+    # Shares of the record over which a server is paused (1 turns a rule off).
+    "SUSPICION_TOO_FAST_SHARE": env_float("KOBOLDCLUSTER_SUSPICION_TOO_FAST_SHARE", 0.2),
+    "SUSPICION_EMPTY_SHARE": env_float("KOBOLDCLUSTER_SUSPICION_EMPTY_SHARE", 0.5),
+    "SUSPICION_REPEATED_SHARE": env_float("KOBOLDCLUSTER_SUSPICION_REPEATED_SHARE", 0.3),
+    "SUSPICION_FAILED_SHARE": env_float("KOBOLDCLUSTER_SUSPICION_FAILED_SHARE", 0.5),
+    "SUSPICION_BAD_RATINGS_SHARE": env_float("KOBOLDCLUSTER_SUSPICION_BAD_RATINGS_SHARE", 0.6),
+    "SUSPICION_CANARY_SHARE": env_float("KOBOLDCLUSTER_SUSPICION_CANARY_SHARE", 0.6),
+    # The speed rule on and how the caps scale (1.0: the table in README "Trust and quality").
+    "SPEED_CAP_FACTOR": env_float("KOBOLDCLUSTER_SPEED_CAP_FACTOR", 1.0),
+    # An account whose servers were paused this many times is flagged (and loses its trust).
+    "FLAG_AFTER_PAUSES": env_int("KOBOLDCLUSTER_FLAG_AFTER_PAUSES", 3, minimum=1),
+    # Servers an untrusted account may have active at once (a new one beyond: 403).
+    "UNTRUSTED_SERVERS_PER_ACCOUNT": env_int(
+        "KOBOLDCLUSTER_UNTRUSTED_SERVERS_PER_ACCOUNT", 20, minimum=1
+    ),
+    # An account is trusted once its servers delivered this many jobs, it is this many days
+    # old, and none of its servers was paused for this many days.
+    "TRUST_MIN_JOBS": env_int("KOBOLDCLUSTER_TRUST_MIN_JOBS", 500, minimum=1),
+    "TRUST_MIN_DAYS": env_int("KOBOLDCLUSTER_TRUST_MIN_DAYS", 7),
+    "TRUST_EVERY_MINUTES": env_int("KOBOLDCLUSTER_TRUST_EVERY_MINUTES", 10, minimum=1),
+    # Canaries: one round per model served by at least CANARY_MIN_SERVERS servers, about
+    # this often (minutes; 0: never). A round's answers are compared after CANARY_WAIT_SECONDS
+    # or once every server answered.
+    "CANARY_EVERY_MINUTES": env_int("KOBOLDCLUSTER_CANARY_EVERY_MINUTES", 60),
+    "CANARY_MIN_SERVERS": env_int("KOBOLDCLUSTER_CANARY_MIN_SERVERS", 3, minimum=3),
+    "CANARY_MAX_SERVERS": env_int("KOBOLDCLUSTER_CANARY_MAX_SERVERS", 9, minimum=3),
+    "CANARY_WAIT_SECONDS": env_int("KOBOLDCLUSTER_CANARY_WAIT_SECONDS", 300, minimum=1),
+    "CANARY_LENGTH": env_int("KOBOLDCLUSTER_CANARY_LENGTH", 16, minimum=1),
+    # The answers are compared on their first this many words.
+    "CANARY_COMPARE_WORDS": env_int("KOBOLDCLUSTER_CANARY_COMPARE_WORDS", 4, minimum=1),
     # A token that /metrics then asks for as `Authorization: Bearer <token>`; empty: open.
     "METRICS_TOKEN": os.environ.get("KOBOLDCLUSTER_METRICS_TOKEN", ""),
     "RATE_LIMITS": {

@@ -7,6 +7,8 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from servers.models import Server
+from servers.records import CANARY_COUNTERS, JOB_COUNTERS, RATING_COUNTERS
+from servers.suspicion import server_pause, server_unpause, suspicion_of
 
 
 @admin.register(Server)
@@ -22,9 +24,11 @@ class ServerAdmin(admin.ModelAdmin):
         "tokens_per_second",
         "maintenance",
         "paused",
+        "paused_reason",
     )
-    list_filter = ("maintenance", "paused")
-    list_editable = ("maintenance", "paused")
+    list_filter = ("maintenance", "paused", "owner__trusted", "owner__flagged")
+    # Pausing and clearing go through the actions: they keep the reason and the record right.
+    list_editable = ("maintenance",)
     search_fields = ("name", "owner__username")
     raw_id_fields = ("owner",)
     list_select_related = ("owner",)
@@ -37,6 +41,12 @@ class ServerAdmin(admin.ModelAdmin):
         "uncompleted_jobs",
         "tokens_per_second",
         "uptime",
+        "paused",
+        "paused_reason",
+        "paused_at",
+        "record",
+        "recent_results",
+        *(c for c in (*JOB_COUNTERS, *RATING_COUNTERS, *CANARY_COUNTERS)),
     )
     actions = ["start_maintenance", "end_maintenance", "pause", "unpause"]
 
@@ -66,10 +76,21 @@ class ServerAdmin(admin.ModelAdmin):
     def end_maintenance(self, request: HttpRequest, queryset: QuerySet[Server]) -> None:
         self.message_user(request, f"{queryset.update(maintenance=False)} servers back at work.")
 
+    @admin.display(description="record")
+    def record(self, server: Server) -> str:
+        """Its standing as the suspicion rules read it (servers/suspicion.py)."""
+        found = suspicion_of(server)
+        jobs = f"about {server.rec_jobs:.0f} recent jobs"
+        return f"{jobs}; trips: {found[1]}" if found else f"{jobs}; no rule tripped"
+
     @admin.action(description="Pause the selected servers (they get only their owner's requests)")
     def pause(self, request: HttpRequest, queryset: QuerySet[Server]) -> None:
-        self.message_user(request, f"{queryset.update(paused=True)} servers paused.")
+        paused = sum(
+            server_pause(server=server, reason="paused by an administrator") for server in queryset
+        )
+        self.message_user(request, f"{paused} servers paused.")
 
-    @admin.action(description="Unpause the selected servers")
+    @admin.action(description="Clear the pause of the selected servers (with a fresh record)")
     def unpause(self, request: HttpRequest, queryset: QuerySet[Server]) -> None:
-        self.message_user(request, f"{queryset.update(paused=False)} servers unpaused.")
+        cleared = sum(server_unpause(server_id=pk) for pk in queryset.values_list("pk", flat=True))
+        self.message_user(request, f"{cleared} servers unpaused.")

@@ -40,6 +40,29 @@ class Server(models.Model):
     tokens_generated = models.BigIntegerField(default=0)
     requests_fulfilled = models.BigIntegerField(default=0)
     uncompleted_jobs = models.BigIntegerField(default=0)
+    # Why it was paused (a rule of servers/suspicion.py, or a moderator), and when.
+    paused_reason = models.CharField(max_length=300, blank=True, default="", db_default="")
+    paused_at = models.DateTimeField(null=True, blank=True)
+    # Its record (servers/records.py): counters that decay by 1 − 1/window at each event, so
+    # each weighs about the last window's events. Never any text.
+    rec_jobs = models.FloatField(default=0.0, db_default=0.0, help_text="Jobs ended.")
+    rec_empty = models.FloatField(default=0.0, db_default=0.0, help_text="Empty results.")
+    rec_repeated = models.FloatField(
+        default=0.0, db_default=0.0, help_text="Results repeated for another prompt."
+    )
+    rec_too_fast = models.FloatField(
+        default=0.0, db_default=0.0, help_text="Jobs faster than its model's size allows."
+    )
+    rec_failed = models.FloatField(default=0.0, db_default=0.0, help_text="Jobs it gave back.")
+    rec_abandoned = models.FloatField(
+        default=0.0, db_default=0.0, help_text="Jobs it let time out."
+    )
+    rec_good = models.FloatField(default=0.0, db_default=0.0, help_text="Good ratings.")
+    rec_bad = models.FloatField(default=0.0, db_default=0.0, help_text="Bad ratings.")
+    rec_canary_agreed = models.FloatField(default=0.0, db_default=0.0)
+    rec_canary_disagreed = models.FloatField(default=0.0, db_default=0.0)
+    # Digests of its latest results ("rrrrrrrr.pppp," each: result, prompt), a bounded list.
+    recent_results = models.CharField(max_length=512, blank=True, default="", db_default="")
     # Last: from here on `models` in this class body is the field, not django.db.models.
     softprompts = models.JSONField(default=list, blank=True, help_text="Its soft prompts.")
     models = models.JSONField(default=list, blank=True, help_text="The models it serves.")
@@ -81,3 +104,32 @@ class Server(models.Model):
         if self.speed <= 0:
             return floor
         return int(min(max(floor, 2 * max_length / self.speed), max(ceiling, floor)))
+
+
+class CanaryRound(models.Model):
+    """One canary prompt sent to several servers advertising one model (servers/canaries.py
+    starts and compares them; kept a day for the record, then deleted). No text: the
+    prompt is the corpus' `prompt_index`, the answers are read from the jobs before they
+    are purged."""
+
+    model = models.CharField(max_length=255)
+    prompt_index = models.PositiveSmallIntegerField()
+    created = models.DateTimeField(default=timezone.now, db_index=True)
+    compared = models.DateTimeField(null=True, blank=True)
+    answered = models.PositiveSmallIntegerField(default=0)
+    majority = models.PositiveSmallIntegerField(default=0, help_text="Answers like the most.")
+
+    def __str__(self) -> str:
+        return f"canary {self.pk} of {self.model}"
+
+
+class CanaryJob(models.Model):
+    """A canary round's prompt for one server."""
+
+    round = models.ForeignKey(CanaryRound, models.CASCADE, related_name="jobs")
+    server = models.ForeignKey(Server, models.CASCADE, related_name="+")
+    prompt_id = models.UUIDField(help_text="The queued prompt (a value: it is purged).")
+    agreed = models.BooleanField(null=True, help_text="Its answer was the majority's.")
+
+    def __str__(self) -> str:
+        return f"{self.round_id} {self.server_id}"

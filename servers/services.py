@@ -18,6 +18,7 @@ from accounts.models import User
 from koboldcluster.errors import BadRequest, Forbidden, NotFound
 from koboldcluster.rows import aware, instance
 from servers.models import Server
+from servers.records import cleared
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ class Credentials:
 _SERVER_COLUMNS = (
     "s.id, s.name, s.owner_id, s.models, s.max_length, s.max_context_length, s.bridge_agent, "
     "s.threads, s.softprompts, s.nsfw, s.last_check_in, s.maintenance, s.maintenance_msg, "
-    "s.paused, s.speed"
+    "s.paused, s.speed, s.paused_reason"
 )
 
 
@@ -93,6 +94,7 @@ def _server_from_row(row: tuple, owner: User) -> Server:
         "maintenance_msg": row[12],
         "paused": bool(row[13]),
         "speed": row[14],
+        "paused_reason": row[15],
     }
     return instance(Server, owner=owner, **values)
 
@@ -113,7 +115,7 @@ def server_for_pop(*, credentials: Credentials, check_in: CheckIn, now: datetime
         )
         row = cursor.fetchone()
     if row is not None:
-        owner = user_from_row(row[15:])
+        owner = user_from_row(row[16:])
         if _is_owner(owner, credentials):
             return server_check_in(
                 owner=owner, check_in=check_in, now=now, server=_server_from_row(row, owner)
@@ -183,10 +185,14 @@ def _refuse_one_server_too_many(owner: User, now: datetime) -> None:
     """403 for a new server of an account that has MAX_SERVERS_PER_ACCOUNT active already:
     every active server's models are walked by the model lists and the chat template
     choice, so no account may add them without end (a new server is rare: one count)."""
-    cap = settings.KOBOLDCLUSTER["MAX_SERVERS_PER_ACCOUNT"]
+    limits = settings.KOBOLDCLUSTER
+    cap = limits["MAX_SERVERS_PER_ACCOUNT"]
+    if not owner.trusted:  # README "Trust and quality": trust is earned with few servers
+        cap = min(cap, limits["UNTRUSTED_SERVERS_PER_ACCOUNT"])
     if Server.objects.active(now).filter(owner=owner).count() >= cap:
         raise Forbidden(
-            f"This account has {cap} active servers, the most one account may have: run "
+            f"This account has {cap} active servers, the most one "
+            f"{'' if owner.trusted else 'untrusted '}account may have: run "
             "another under a name it used before, or wait until one has been idle for "
             f"{settings.KOBOLDCLUSTER['SERVER_STALE_SECONDS']} seconds.",
             rc="TooManyWorkers",
@@ -265,6 +271,11 @@ def server_modify(
             changes["maintenance_msg"] = maintenance_msg
     if paused is not None:
         changes["paused"] = reply["paused"] = paused
+        changes.update(
+            {"paused_reason": "paused by a moderator", "paused_at": timezone.now()}
+            if paused
+            else {"paused_reason": "", "paused_at": None, **cleared()}
+        )
     if info is not None:
         changes["info"] = reply["info"] = info
     if name is not None:

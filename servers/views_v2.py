@@ -21,6 +21,7 @@ from koboldcluster.fields import InputSerializer, StrictBooleanField, StrictChar
 from koboldcluster.openapi import APIKEY_HEADER, APIKEY_HEADER_REQUIRED, error, many, shape
 from servers.models import Server
 from servers.services import server_delete, server_modify
+from servers.trust import server_standing
 from servers.views import server_or_404
 
 WORKER_TYPES = ("image", "text", "interrogation")
@@ -50,7 +51,7 @@ def worker_body(server: Server, viewer: User | None) -> dict[str, Any]:
         "uptime": server.uptime,
         "maintenance_mode": server.maintenance,
         "trusted": server.owner.trusted,
-        "flagged": False,
+        "flagged": server.owner.flagged,
         "nsfw": server.nsfw,
         "models": server.models,
         # The AI Horde's "no team"; never the string "None", which breaks horde-sdk.
@@ -59,12 +60,16 @@ def worker_body(server: Server, viewer: User | None) -> dict[str, Any]:
         "max_length": server.max_length,
         "max_context_length": server.max_context_length,
         "tokens_generated": server.tokens_generated,
+        # Trust and quality (README): anyone sees a server's standing, never text or reasons
+        # of ratings.
+        "paused": server.paused,
+        "paused_reason": server.paused_reason if server.paused else "",
+        "success_rate": server_standing(server)["success_rate"],
     }
     if server.info:
         body["info"] = server.info
     if viewer is not None and (viewer.pk == server.owner_id or viewer.moderator):
         body["owner"] = server.owner.horde_name
-        body["paused"] = server.paused
         body["messages"] = []
     return body
 
@@ -97,7 +102,16 @@ WORKER = shape(
         "max_context_length": serializers.IntegerField(),
         "tokens_generated": serializers.IntegerField(),
         "owner": serializers.CharField(required=False, help_text="Owner and moderators only."),
-        "paused": serializers.BooleanField(required=False, help_text="Owner and moderators only."),
+        "paused": serializers.BooleanField(
+            help_text="Paused by the cluster's rules or an administrator: it gets only its "
+            "owner's requests (README: Trust and quality)."
+        ),
+        "paused_reason": serializers.CharField(help_text='Why it is paused; "" when it is not.'),
+        "success_rate": serializers.FloatField(
+            allow_null=True,
+            help_text="Share of its recent jobs (about the last 100) delivered rather than "
+            "given back or timed out; null before its first.",
+        ),
     },
 )
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from django.db.models import Sum
@@ -14,6 +14,7 @@ from accounts.selectors import user_totals
 from generations.models import Job, Prompt
 from generations.selectors import model_stats
 from servers.models import Server
+from servers.trust import server_standing
 from stats.rollups import floor_minute
 from stats.selectors import StatsReader
 from stats.tally import Tally, total
@@ -34,6 +35,23 @@ class ModelLine:
     eta: int  # seconds, estimated; 10000 when nothing serves it
 
 
+# The most servers the page lists one by one (paused ones first): the page stays cheap.
+SERVERS_LISTED = 100
+
+
+@dataclass(frozen=True)
+class ServerLine:
+    """A server's standing as anyone may see it (servers/trust.py): never text."""
+
+    name: str
+    model: str
+    trusted: bool
+    paused: bool
+    paused_reason: str
+    success_rate: float | None
+    tokens_per_second: float
+
+
 @dataclass(frozen=True)
 class ClusterStatus:
     now: datetime
@@ -49,6 +67,7 @@ class ClusterStatus:
     waits: list[tuple[datetime, float | None]]  # median wait, 10-minute bins, 24 h
     tokens_per_model: list[tuple[str, int]]  # last 24 h
     top_contributors: list[tuple[str, int]]  # tokens generated for others, all time
+    servers: list[ServerLine] = field(default_factory=list)  # SERVERS_LISTED at most
 
     @property
     def models_online(self) -> int:
@@ -81,7 +100,27 @@ def cluster_status(*, now: datetime | None = None) -> ClusterStatus:
             ((m, t.tokens) for m, t in day.items() if t.tokens), key=lambda r: (-r[1], r[0])
         ),
         top_contributors=top_contributors(),
+        servers=_servers(now),
     )
+
+
+def _servers(now: datetime) -> list[ServerLine]:
+    online = Server.objects.active(now).select_related("owner").order_by("-paused", "name")
+    lines = []
+    for server in online[:SERVERS_LISTED]:
+        standing = server_standing(server)
+        lines.append(
+            ServerLine(
+                name=server.name,
+                model=server.model,
+                trusted=standing["trusted"],
+                paused=standing["paused"],
+                paused_reason=standing["paused_reason"],
+                success_rate=standing["success_rate"],
+                tokens_per_second=standing["tokens_per_second"],
+            )
+        )
+    return lines
 
 
 def _rounded(value: float | None) -> float | None:

@@ -110,6 +110,11 @@ def test_skipped_is_reported_when_there_is_no_work(cluster):
     assert client(cluster.url).pop(CAPS) == NoWork(skipped={"max_context_length": 2})
 
 
+def test_a_paused_servers_reason_is_read(cluster):
+    cluster.answers.append((200, {**pop_answer(skipped={}), "paused_reason": "too fast"}))
+    assert client(cluster.url).pop(CAPS) == NoWork(paused="too fast")
+
+
 def test_a_job_given_only_in_ids_is_served(cluster):
     # horde-sdk's workers read only `ids`: a cluster may fill that alone.
     answer = with_job()

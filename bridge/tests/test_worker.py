@@ -439,6 +439,17 @@ def test_maintenance_polls_slowly_and_says_so_once(caplog):
     assert "the cluster gives this server jobs again" in caplog.messages
 
 
+def test_a_pause_is_printed_once_in_one_line_and_its_end_too(caplog):
+    paused = NoWork(paused="The server 'x' is paused (too fast): check its backend.")
+    cluster = FakeCluster([paused] * 3 + [NoWork()])
+    Harness(cluster, interval=1.0).run(waits=4)
+    said = [m for m in caplog.messages if "paused" in m.lower()]
+    assert said == [
+        "PAUSED: The server 'x' is paused (too fast): check its backend.",
+        "the cluster no longer has this server paused",
+    ]
+
+
 def test_kobold_down_means_no_pops_until_it_is_back(caplog):
     lost = KoboldUnreachable("cannot reach KoboldAI (connection refused): is KoboldAI running?")
     kobold = FakeKobold(info_errors=[])

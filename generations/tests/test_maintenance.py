@@ -3,6 +3,7 @@
 import pytest
 
 from generations.models import Job
+from generations.queue import paused_notice
 from servers.models import Server
 
 pytestmark = pytest.mark.django_db
@@ -52,10 +53,10 @@ def test_maintenance_has_a_default_message(bobs_server, pop):
     assert "maintenance" in response.json()["message"]
 
 
-def test_a_paused_server_quietly_gets_nothing_but_its_owners_prompts(
+def test_a_paused_server_gets_nothing_but_its_owners_prompts_and_is_told_why(
     bobs_server, submit_prompt, pop
 ):
-    Server.objects.filter(pk=bobs_server.pk).update(paused=True)
+    Server.objects.filter(pk=bobs_server.pk).update(paused=True, paused_reason="a test")
     submit_prompt("someone else's")
 
     nothing = pop()
@@ -63,7 +64,12 @@ def test_a_paused_server_quietly_gets_nothing_but_its_owners_prompts(
     owners = pop()
 
     assert nothing.status_code == 200
-    assert nothing.json() == {"id": None, "skipped": {}}
+    assert nothing.json() == {
+        "id": None,
+        "skipped": {},
+        "paused_reason": paused_notice(Server.objects.get(pk=bobs_server.pk)),
+    }
+    assert "is paused (a test)" in nothing.json()["paused_reason"]
     assert str(Job.objects.get(id=owners.json()["id"]).prompt_id) == own
     assert Job.objects.count() == 1
 

@@ -22,6 +22,9 @@ OURS = {
     "koboldcluster: reap overdue jobs": "generations.tasks.reap_overdue_jobs",
     "koboldcluster: fold the ledger": "accounts.tasks.fold_ledger",
     "koboldcluster: roll up statistics": "stats.tasks.rollup_statistics",
+    "koboldcluster: review servers": "servers.tasks.review_servers",
+    "koboldcluster: canaries": "generations.tasks.run_canaries",
+    "koboldcluster: promote trusted accounts": "servers.tasks.promote_trusted_accounts",
 }
 
 
@@ -36,17 +39,17 @@ def test_migrate_registers_the_schedules():
     Schedule.objects.all().delete()
     call_command("migrate", verbosity=0)
     assert {s.name: s.func for s in Schedule.objects.all()} == OURS
-    assert ensure_schedules() == "4 schedules in place: 0 created, 0 updated, 0 removed"
+    assert ensure_schedules() == "7 schedules in place: 0 created, 0 updated, 0 removed"
 
 
-def test_creates_the_schedules_every_minute():
+def test_creates_the_schedules_every_minute_but_trust_every_ten():
     Schedule.objects.all().delete()  # as before a first migrate
-    assert ensure_schedules() == "4 schedules in place: 4 created, 0 updated, 0 removed"
+    assert ensure_schedules() == "7 schedules in place: 7 created, 0 updated, 0 removed"
 
     schedules = Schedule.objects.order_by("name")
     assert {s.name: s.func for s in schedules} == OURS
-    assert {(s.schedule_type, s.minutes, s.repeats) for s in schedules} == {
-        (Schedule.MINUTES, 1, -1)
+    assert {(s.name, s.schedule_type, s.minutes, s.repeats) for s in schedules} == {
+        (name, Schedule.MINUTES, 10 if "trusted" in name else 1, -1) for name in OURS
     }
     for schedule in schedules:
         assert callable(import_string(schedule.func))
@@ -56,7 +59,7 @@ def test_running_it_again_changes_nothing():
     ensure_schedules()
     before = list(Schedule.objects.order_by("id").values())
 
-    assert ensure_schedules() == "4 schedules in place: 0 created, 0 updated, 0 removed"
+    assert ensure_schedules() == "7 schedules in place: 0 created, 0 updated, 0 removed"
     assert list(Schedule.objects.order_by("id").values()) == before
 
 
@@ -66,12 +69,12 @@ def test_a_changed_interval_updates_the_schedule_in_place(settings):
     fold = Schedule.objects.get(func="accounts.tasks.fold_ledger")
     Schedule.objects.filter(pk=fold.pk).update(next_run=timezone.now() + timedelta(days=1))
 
-    assert ensure_schedules() == "4 schedules in place: 0 created, 1 updated, 0 removed"
+    assert ensure_schedules() == "7 schedules in place: 0 created, 1 updated, 0 removed"
 
     updated = Schedule.objects.get(func="accounts.tasks.fold_ledger")
     assert (updated.pk, updated.minutes) == (fold.pk, 5)
     assert updated.next_run <= timezone.now() + timedelta(minutes=5)
-    assert Schedule.objects.count() == 4
+    assert Schedule.objects.count() == 7
 
 
 def test_retired_duplicated_and_edited_schedules_of_ours_are_put_right():
@@ -83,7 +86,7 @@ def test_retired_duplicated_and_edited_schedules_of_ours_are_put_right():
     Schedule.objects.filter(name="koboldcluster: purge expired prompts").update(repeats=0)
     theirs = Schedule.objects.create(name="an operator's own", func="math.floor", args="1.5")
 
-    assert ensure_schedules() == "4 schedules in place: 0 created, 1 updated, 2 removed"
+    assert ensure_schedules() == "7 schedules in place: 0 created, 1 updated, 2 removed"
 
     assert {s.name: s.func for s in Schedule.objects.exclude(pk=theirs.pk)} == OURS
     assert Schedule.objects.get(name="koboldcluster: purge expired prompts").repeats == -1

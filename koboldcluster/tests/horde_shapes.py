@@ -192,7 +192,11 @@ WORKER = {
     "max_context_length": int,
     "tokens_generated": int,
     "owner": Optional(str),
-    "paused": Optional(bool),
+    # The AI Horde shows `paused` to moderators only; the cluster to anyone, with why and
+    # the share of jobs delivered (README: Trust and quality).
+    "paused": bool,
+    "paused_reason": str,
+    "success_rate": Nullable(float),
     "messages": Optional([ANY_DICT]),
 }
 WORKER_MODIFIED = {

@@ -49,7 +49,8 @@ def test_workers_lists_active_servers_like_servers_does(api, popped, bob):
     assert worker["team"] == {"name": None, "id": None}
     assert (worker["max_length"], worker["max_context_length"]) == (200, 2048)
     assert worker["performance"] == "No requests fulfilled yet"
-    assert "owner" not in worker and "paused" not in worker and "info" not in worker
+    assert "owner" not in worker and "info" not in worker
+    assert (worker["paused"], worker["paused_reason"]) == (False, "")
 
 
 def test_workers_filters_by_name_and_type(api, popped):

@@ -74,6 +74,23 @@ def test_the_models_table_has_servers_threads_and_queue(api, busy):
     assert cells[:4] == ["tiny-llm", "1", "1", "4"]  # 3 slots waiting, 1 job in flight
 
 
+def test_the_servers_table_shows_trust_pause_success_and_speed_but_no_text(api, busy):
+    from servers.suspicion import server_pause
+
+    server_pause(server=Server.objects.get(name="bob-2"), reason="a test reason")
+    html = api.get("/").content.decode()
+
+    row = lambda name: re.findall(  # noqa: E731
+        r"<td>([^<]*)</td>", re.search(rf'<tr data-server="{name}">(.*?)</tr>', html).group(1)
+    )
+    working, paused = row("bob-1"), row("bob-2")
+    speed = Server.objects.get(name="bob-1").speed
+    assert working == ["bob-1", "tiny-llm", "no", "working", "100 %", f"{round(speed, 1)} tokens/s"]
+    assert paused[:5] == ["bob-2", "other-llm", "no", "paused: a test reason", "—"]
+    assert html.index('data-server="bob-2"') < html.index('data-server="bob-1"')  # paused first
+    assert "secret prompt" not in html and "xxxx" not in html
+
+
 def test_the_charts_are_svg_drawn_by_the_server(api, busy):
     html = api.get("/").content.decode()
 

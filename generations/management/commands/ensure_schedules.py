@@ -58,6 +58,16 @@ def wanted() -> list[Spec]:
         ),
         # Every minute, always: it must read each job before the purge deletes it.
         Spec(f"{PREFIX}roll up statistics", "stats.tasks.rollup_statistics", 1),
+        # Trust and quality (README): consequences within a minute of the evidence.
+        Spec(f"{PREFIX}review servers", "servers.tasks.review_servers", 1),
+        # Every minute: answers are compared while their prompts live (CANARY_EVERY_MINUTES
+        # is how often each model gets a round).
+        Spec(f"{PREFIX}canaries", "generations.tasks.run_canaries", 1),
+        Spec(
+            f"{PREFIX}promote trusted accounts",
+            "servers.tasks.promote_trusted_accounts",
+            every["TRUST_EVERY_MINUTES"],
+        ),
     ]
 
 
