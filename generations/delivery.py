@@ -16,7 +16,7 @@ from datetime import datetime
 
 from django.db import transaction
 from django.db.models import F, Value
-from django.db.models.functions import Greatest
+from django.db.models.functions import Concat, Greatest
 from django.utils import timezone
 
 from accounts.identity import (
@@ -26,7 +26,7 @@ from accounts.identity import (
     verify_owner,
 )
 from generations import events
-from generations.lifecycle import slot_return
+from generations.handover import job_give_back
 from generations.models import Job, Prompt, prompt_lifetime, reward_tokens, reward_tokens_sql
 from generations.progress_store import progress_drop
 from generations.sql import (
@@ -74,7 +74,7 @@ def earns(requester_id: int, owner_id: int, origin: str) -> bool:
 
 _LOOKUP = (
     "SELECT j.id, j.prompt_id, j.server_id, j.model, j.started, p.user_id, p.max_length, "
-    f"p.expires_at, p.origin, {USER_COLUMNS} FROM generations_job j "
+    f"p.expires_at, p.origin, j.text, {USER_COLUMNS} FROM generations_job j "
     "JOIN generations_prompt p ON p.id = j.prompt_id "
     "JOIN servers_server s ON s.id = j.server_id JOIN accounts_user u ON u.id = s.owner_id "
     "WHERE j.id = %s AND p.expires_at > %s"
@@ -87,7 +87,7 @@ def delivery_for(*, job_id: object, credentials: Credentials, now: datetime) -> 
     if not rows:
         raise NotFound(f"Job {job_id} is unknown or has expired.", rc="InvalidJobID")
     row = rows[0]
-    owner = user_from_row(row[9:])
+    owner = user_from_row(row[10:])
     verify_owner(owner=owner, password=credentials.password, api_user=credentials.api_user)
     job = instance(
         Job,
@@ -96,6 +96,7 @@ def delivery_for(*, job_id: object, credentials: Credentials, now: datetime) -> 
         server_id=as_uuid(row[2]),
         model=row[3],
         started=aware(row[4]),
+        text=row[9],  # a continuation's carried text (generations/handover.py), else ""
     )
     return Delivery(
         job,
@@ -178,7 +179,7 @@ def _deliver(
     delivery = delivery_for(job_id=job_id, credentials=credentials, now=now)
     job = delivery.job
     if state == Job.State.FAULTED:
-        job_fault(job=job, now=now)
+        job_fault(job=job, now=now, text=done["text"])
         return None
     tokens, distrust = reward_tokens(done["text"], delivery.max_length, token_count)
     if distrust:
@@ -198,9 +199,10 @@ def _bare(entry: dict) -> dict:
 
 
 def _done_set(tokens: str = "%s") -> str:
-    """The SET list of an accepted job (`tokens`: the SQL of its reward, a parameter by default)."""
+    """The SET list of an accepted job (`tokens`: the SQL of its reward, a parameter by default).
+    The text is appended: a continuation's job holds the text it continues (handover.py)."""
     return (
-        f"state = 'done', text = %s, tokens = {tokens}, finished = %s, seed = %s, "
+        f"state = 'done', text = text || %s, tokens = {tokens}, finished = %s, seed = %s, "
         "censored = %s, gen_metadata = %s, prompt_tokens = %s, prompt_trimmed = %s"
     )
 
@@ -372,10 +374,15 @@ def _accept_late(job: Job, done: dict) -> None:
     """Take a result for a job that is no longer processing, if the rules allow it.
 
     An abandoned job's result is still welcome while its slot waits for a server: take the
-    slot back and accept. Otherwise explain why not (raising rolls the slot back too).
+    slot back and accept. Not once its text so far was kept and paid (generations/handover.py):
+    its slot continues from that text. Otherwise explain why not (raising rolls the slot back
+    too).
     """
-    current = Job.objects.filter(id=job.id).values_list("state", flat=True).first()
-    if current == Job.State.ABANDONED:
+    current, kept = Job.objects.filter(id=job.id).values_list("state", "tokens").first() or (
+        None,
+        0,
+    )
+    if current == Job.State.ABANDONED and not kept:
         slot_back = Prompt.objects.filter(
             id=job.prompt_id, state=Prompt.State.LIVE, waiting__gt=0
         ).update(
@@ -383,27 +390,36 @@ def _accept_late(job: Job, done: dict) -> None:
             # The reaper counted this job as a failure; it was only late.
             faulted_jobs=Greatest(F("faulted_jobs") - 1, Value(0)),
         )
-        if slot_back and Job.objects.filter(id=job.id, state=current).update(**done):
+        appended = {**done, "text": Concat(F("text"), Value(done["text"]))}
+        if slot_back and Job.objects.filter(id=job.id, state=current).update(**appended):
             return
     if current == Job.State.DONE or Job.objects.filter(id=job.id, state=Job.State.DONE).exists():
         raise BadRequest(f"Job {job.id} was already submitted.", rc="DuplicateGen")
+    if kept:
+        raise NotFound(
+            f"Job {job.id} stalled; its text so far was kept and paid, and another server "
+            "continues it.",
+            rc="AbortedGen",
+        )
     raise NotFound(
         f"Job {job.id} ran out of time and its slot went to another server.", rc="AbortedGen"
     )
 
 
-def job_fault(*, job: Job, now: datetime | None = None) -> None:
-    """A server gave up on its job: put the slot back in the queue."""
+def job_fault(*, job: Job, now: datetime | None = None, text: str = "") -> None:
+    """A server gave up on its job: put the slot back in the queue. With `text` (what it
+    generated before it stopped) the next server continues from it (generations/handover.py)."""
     now = now or timezone.now()
-    with transaction.atomic():
-        moved = Job.objects.filter(id=job.id, state=Job.State.PROCESSING).update(
-            state=Job.State.FAULTED, finished=now
-        )
-        if not moved:
-            if Job.objects.filter(id=job.id, state=Job.State.DONE).exists():
-                raise BadRequest(f"Job {job.id} was already submitted.", rc="DuplicateGen")
-            raise NotFound(f"Job {job.id} is no longer processing.", rc="AbortedGen")
-        Server.objects.filter(pk=job.server_id).update(uncompleted_jobs=F("uncompleted_jobs") + 1)
-        slot_return(prompt_id=job.prompt_id, now=now)
-    progress_drop(job.prompt_id)
+    if not job_give_back(
+        job_id=job.id,
+        prompt_id=job.prompt_id,
+        server_id=job.server_id,
+        state=Job.State.FAULTED,
+        now=now,
+        submitted=text,
+        by_its_server=True,
+    ):
+        if Job.objects.filter(id=job.id, state=Job.State.DONE).exists():
+            raise BadRequest(f"Job {job.id} was already submitted.", rc="DuplicateGen")
+        raise NotFound(f"Job {job.id} is no longer processing.", rc="AbortedGen")
     logger.info("job %s faulted by server %s", job.id, job.server_id)

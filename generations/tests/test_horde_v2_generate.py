@@ -269,6 +269,7 @@ def test_a_whole_round_trip_through_v2(api, horde, carol, dave):
             "id": popped["id"],
             "worker_id": str(server.id),
             "worker_name": "dave-1",
+            "workers": [{"id": str(server.id), "name": "dave-1"}],
             "model": "tiny-llm",
             "state": "ok",
             "text": "x" * 20,

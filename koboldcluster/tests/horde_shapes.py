@@ -76,6 +76,8 @@ GENERATION = {
     "id": UUID,
     "worker_id": UUID,
     "worker_name": str,
+    # This cluster's extension (issue 25): every server that produced the text, first to last.
+    "workers": Optional([{"id": str, "name": str}]),
     "model": str,
     "state": str,
     "text": str,
