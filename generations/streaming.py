@@ -23,10 +23,11 @@ from django.conf import settings
 from accounts.models import User
 from generations.frontend import RequestFaulted, cancel_gone, give_up, wait_seconds
 from generations.intake import GenerationRequest, prompt_create
+from generations.liveness import stall_seconds
 from generations.openai_shapes import cut_at_stop
 from generations.progress_store import progress_text
 from generations.status import PromptStatus, prompt_status
-from generations.waiting import reap_stalled, stall_check_in
+from generations.waiting import STALL_MARGIN_SECONDS, reap_stalled, stall_check_in
 from koboldcluster import metrics, shutdown, wakeups
 from koboldcluster.errors import ApiError
 
@@ -119,6 +120,9 @@ async def _updates(prompt_id: object, timeout: float) -> AsyncIterator[Update]:
                 yield Update(text)
                 now = loop.time()
                 check_status = now - last_check > RECHECK_SECONDS or now >= stall_at
+                # A progress post is a sign of life of the job that sent it: if it is the
+                # last, the job stalls STALL_SECONDS from now (then a status check).
+                stall_at = now + stall_seconds() + STALL_MARGIN_SECONDS
             else:  # no new text: maybe the submit (which removes it) woke us
                 check_status = True
             if check_status:
