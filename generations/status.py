@@ -112,6 +112,14 @@ class PromptStatus:
         ]
         return [*kept, job]
 
+    def serving(self) -> list[dict[str, str]]:
+        """The servers at work on the prompt now: {"id", "name"} each."""
+        return [
+            {"id": str(job.server_id) if job.server_id else "", "name": self.server_name(job)}
+            for job in self.jobs
+            if job.state == Job.State.PROCESSING
+        ]
+
     def servers_of(self, job: Job) -> list[dict[str, str]]:
         """The servers that produced `job`'s text, first to last: {"id", "name"} each."""
         return [
@@ -296,8 +304,8 @@ def _remaining(job: Job, status: PromptStatus, max_length: int, now: datetime) -
     """Seconds a job in flight should still need: by its server's speed, else its deadline."""
     elapsed = (now - job.started).total_seconds()
     speed = status.server_speeds.get(job.server_id, 0.0) if job.server_id else 0.0
-    if speed > 0:
-        return max(0.0, max_length / speed - elapsed)
+    if speed > 0:  # a continuation has only what the servers before it left to generate
+        return max(0.0, max(max_length - job.carried_tokens, 1) / speed - elapsed)
     return max(0.0, (job.deadline - now).total_seconds())
 
 

@@ -276,6 +276,12 @@ STATUS = shape(
         "is_possible": serializers.BooleanField(
             help_text="Some active server could serve it (or one is at work on it)."
         ),
+        "processing_workers": shape(
+            "HordeProcessingWorker",
+            {"id": serializers.CharField(), "name": serializers.CharField()},
+            many=True,
+            help_text="The servers at work on it now (this cluster's extension).",
+        ),
         "generations": GENERATION,
     },
 )
@@ -304,6 +310,7 @@ def status_body(status: PromptStatus) -> dict[str, Any]:
         "queue_position": outlook.queue_position,
         "kudos": float(status.tokens),
         "is_possible": outlook.is_possible,
+        "processing_workers": status.serving(),
         "generations": [
             {
                 "id": str(job.id),

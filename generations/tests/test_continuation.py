@@ -138,7 +138,9 @@ def test_a_chain_of_three_servers_pays_each_its_part_and_charges_the_sum(
     assert status["kudos"] == 4.0
 
 
-def test_kept_text_that_uses_the_whole_max_length_is_the_generation(submit_prompt, pop, submit, api):
+def test_kept_text_that_uses_the_whole_max_length_is_the_generation(
+    submit_prompt, pop, submit, api
+):
     prompt_id = submit_prompt(PROMPT, params={"n": 1, "max_length": 2})
     first = pop().json()
 
@@ -163,9 +165,7 @@ def test_a_request_for_several_generations_starts_the_slot_again(submit_prompt, 
     assert not LedgerEntry.objects.exists()
 
 
-def test_kept_text_moves_no_kudos_when_the_server_serves_its_owner(
-    submit_prompt, pop, submit, bob
-):
+def test_kept_text_moves_no_kudos_when_the_server_serves_its_owner(submit_prompt, pop, submit, bob):
     from accounts.keys import apikey_issue
 
     _, key = apikey_issue(user=bob)
@@ -192,9 +192,7 @@ def test_a_continuation_prefers_a_server_of_the_same_model(submit_prompt, pop, s
     assert pop(name="bob-2").json()["id"] is not None
 
 
-def test_without_another_server_of_the_model_any_server_may_continue(
-    submit_prompt, pop, submit
-):
+def test_without_another_server_of_the_model_any_server_may_continue(submit_prompt, pop, submit):
     pop(name="other-1", model="other-llm")
     submit_prompt(PROMPT, params={"n": 1, "max_length": 16})
     first = pop().json()

@@ -233,6 +233,7 @@ def test_status_before_any_server_has_every_key(api, horde, carol):
         "queue_position": 1,
         "kudos": 0.0,
         "is_possible": False,
+        "processing_workers": [],
         "generations": [],
     }
 

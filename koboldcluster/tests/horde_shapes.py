@@ -95,6 +95,8 @@ STATUS = {
     "queue_position": int,
     "kudos": float,
     "is_possible": bool,
+    # This cluster's extension (issue 25): the servers at work on it now.
+    "processing_workers": Optional([{"id": str, "name": str}]),
     "generations": [GENERATION],
 }
 
