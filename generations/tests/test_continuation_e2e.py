@@ -134,9 +134,10 @@ def drop_out(
     return data, stream.first_event_after(dropped) - dropped
 
 
-def assert_continued(data: list[str], face: str) -> None:
+def assert_continued(data: list[str], face: str, url: str) -> None:
     """The stream is a's tokens then b's, ending normally; it is the stored generation; the
-    ledger paid a for its kept text and b for its part, and charged the client for both."""
+    ledger paid a for its kept text and b for its part, and charged the client for both;
+    the AI Horde status names both servers."""
     from accounts.models import LedgerEntry
     from generations.models import Job
 
@@ -154,6 +155,10 @@ def assert_continued(data: list[str], face: str) -> None:
         assert json.loads(data[-2])["choices"][0]["finish_reason"] == "length"
     else:
         assert json.loads(data[-1])["finish_reason"] == "length"
+    status = requests.get(f"{url}/api/v2/generate/text/status/{last.prompt_id}").json()
+    assert [w["name"] for w in status["generations"][0]["workers"]] == ["a-gpu", "b-gpu"]
+    assert status["generations"][0]["text"] == last.text
+    assert status["kudos"] == TOKENS
     paid = {(e.kind, e.job_id): (e.tokens, e.kudos) for e in LedgerEntry.objects.all()}
     assert paid == {
         ("usage", kept.id): (kept.tokens, -kept.tokens),
@@ -174,7 +179,7 @@ def test_a_killed_bridges_stream_is_continued_by_the_next(cluster, bridge_proces
     if os.environ.get("DEBUG_LOG"):
         print(time.time(), cluster.output() if hasattr(cluster, "output") else "")
 
-    assert_continued(data, face)
+    assert_continued(data, face, cluster.url)
     assert Job.objects.get(server__name="a-gpu").state == Job.State.ABANDONED
 
 
@@ -194,7 +199,7 @@ class TestSigterm:
         data, seconds = drop_out(bridge_process, urls, "openai", backends, "term")
         print(f"\nSIGTERM to the next token at the client: {seconds:.2f} s")
 
-        assert_continued(data, "openai")
+        assert_continued(data, "openai", cluster.url)
         assert Job.objects.get(server__name="a-gpu").state == Job.State.FAULTED
 
 
@@ -206,7 +211,7 @@ def test_across_two_nodes_a_killed_bridges_stream_is_continued(
     node_a, node_b = two_nodes_pg_redis
     data, _ = drop_out(bridge_process, (node_a.url, node_b.url), "openai", backends, "kill")
 
-    assert_continued(data, "openai")
+    assert_continued(data, "openai", node_a.url)
 
 
 @pytest.fixture

@@ -198,6 +198,29 @@ def test_a_waiting_client_gets_the_next_servers_answer_when_the_first_stalls(clu
     assert (late.status_code, late.json()["rc"]) == (404, "AbortedGen")
 
 
+def test_a_waiting_client_gets_the_joined_text_and_the_names_of_both_servers(cluster):
+    """A KoboldAI client waiting (not streaming) for a generation whose first server
+    stalled after some text: its answer is the joined text, and says who produced it."""
+    volunteer = Volunteer(cluster.url)
+    volunteer.pop("a")
+    volunteer.pop("b")
+    answers: list[requests.Response] = []
+    body = {"prompt": "Once", "max_length": 8}
+    url = f"{cluster.url}/api/v1/generate"
+    client = threading.Thread(target=lambda: answers.append(requests.post(url, json=body)))
+    client.start()
+    first = volunteer.pop_job("a")
+    assert volunteer.progress(first, " w1").json() == {"ok": True}  # then a goes quiet
+
+    second = volunteer.pop_job("b")
+    assert second["payload"]["prompt"] == "Once w1"
+    volunteer.post("/generate/submit", id=second["id"], generation=" from b")
+    client.join(30)
+
+    assert answers[0].json() == {"results": [{"text": " w1 from b"}]}
+    assert answers[0].headers["X-KoboldCluster-Servers"] == "a, b"
+
+
 WAITING_FACES = [
     ("/api/v1/generate", {"prompt": "Once", "max_length": 8}),
     ("/api/extra/generate/stream", {"prompt": "Once", "max_length": 8}),
