@@ -26,7 +26,7 @@ from accounts.identity import (
     verify_owner,
 )
 from generations import events
-from generations.handover import job_give_back
+from generations.handover import continuation_cut_at_stops, job_give_back
 from generations.models import Job, Prompt, prompt_lifetime, reward_tokens, reward_tokens_sql
 from generations.progress_store import progress_drop
 from generations.sql import (
@@ -62,6 +62,8 @@ class Delivery:
     # Whether kudos move for it (the owner earns them, the requester pays them): not for its
     # own prompts, nor for prompts sent from the submitting server's address block.
     earns: bool = True
+    # A continuation's job (generations/handover.py): its text begins with earlier servers'.
+    continues: bool = False
 
 
 def earns(requester_id: int, owner_id: int, origin: str) -> bool:
@@ -105,6 +107,7 @@ def delivery_for(*, job_id: object, credentials: Credentials, now: datetime) -> 
         max_length=row[6],
         prompt_expires_at=aware(row[7]),
         earns=earns(row[5], owner.pk, row[8]),
+        continues=bool(row[9]),
     )
 
 
@@ -160,6 +163,8 @@ def job_submit(
         if delivery is None:
             return 0
     job = delivery.job
+    if delivery.continues:  # rare: stop sequences apply to the joined text
+        continuation_cut_at_stops(job.id)
     progress_drop(job.prompt_id)  # the stored generation replaces the text so far
     events.prompt_changed(job.prompt_id)
     logger.info("job %s done by server %s: %s tokens", job.id, job.server_id, job.tokens)
@@ -239,16 +244,16 @@ def _accept_first(
         f"UPDATE generations_job SET {_done_set(reward)} "
         "WHERE id = %s AND state = 'processing' AND EXISTS (SELECT 1 FROM generations_prompt p "
         "WHERE p.id = generations_job.prompt_id AND p.expires_at > %s) "
-        f"RETURNING prompt_id, server_id, model, started, tokens, {_RETURNED_PROMPT}, "
+        f"RETURNING prompt_id, server_id, model, started, tokens, carried_tokens, "
+        f"{_RETURNED_PROMPT}, "
         f"(SELECT json_array({USER_COLUMNS}) FROM servers_server s JOIN accounts_user u "
         "ON u.id = s.owner_id WHERE s.id = generations_job.server_id)",
         [*_done_params(done, reward_params), uid(job_id), dt_param(now)],
     )
     if not rows:
         return None
-    prompt_id, server_id, model, started, tokens, requester, max_length, expires, origin, user = (
-        rows[0]
-    )
+    prompt_id, server_id, model, started, tokens, carried, *prompt_row, user = rows[0]
+    requester, max_length, expires, origin = prompt_row
     owner = user_from_row(json.loads(user))
     if credentials.api_user is None and not password_check_is_quick(owner, credentials.password):
         raise _SlowOwnerCheck
@@ -267,7 +272,7 @@ def _accept_first(
         tokens=tokens,
     )
     paid = earns(requester, owner.pk, origin)
-    return Delivery(job, requester, owner.pk, max_length, aware(expires), paid)
+    return Delivery(job, requester, owner.pk, max_length, aware(expires), paid, carried > 0)
 
 
 class _SlowOwnerCheck(Exception):

@@ -15,6 +15,10 @@ kept hand-over advances the generation by at least one token, so it does not cou
 failure of the prompt. When the kept text already used the whole max_length, it is the
 generation: the job is done.
 
+The prompt's stop sequences apply to the whole: kept text that holds one is the generation
+(cut after it, as KoboldAI keeps it), and a continuation's stored text is cut at the first one
+even when it spans the hand-over, which the next server's backend could not see.
+
 A continuation goes preferably to a server of the same model: a prompt that took any model
 is narrowed to the model of the kept text when another active server serves it.
 """
@@ -107,8 +111,27 @@ def _text_so_far(job_id: object, prompt_id: object, submitted: str) -> TextSoFar
 _KEEP_FIELDS = (
     "text", "carried_tokens", "model", "server_id", "server__owner_id", "prompt_id",
     "prompt__user_id", "prompt__n", "prompt__max_length", "prompt__state", "prompt__origin",
-    "prompt__any_model",
+    "prompt__any_model", "prompt__params",
 )  # fmt: skip
+
+
+def cut_at_stop(text: str, params: dict) -> tuple[str, bool]:
+    """`text` up to and including its first complete stop sequence (the prompt's
+    `stop_sequence`, as KoboldAI keeps it), and whether one was found."""
+    stops = [s for s in (params or {}).get("stop_sequence") or () if isinstance(s, str) and s]
+    ends = [text.find(stop) + len(stop) for stop in stops if stop in text]
+    return (text[: min(ends)], True) if ends else (text, False)
+
+
+def continuation_cut_at_stops(job_id: object) -> None:
+    """A continuation's backend saw only its own part: a stop sequence that spans the
+    hand-over (or lies in the carried text) ends the joined text there."""
+    row = Job.objects.filter(id=job_id).values_list("text", "prompt__params").first()
+    if row is None:
+        return
+    text, stopped = cut_at_stop(*row)
+    if stopped and text != row[0]:
+        Job.objects.filter(id=job_id).update(text=text)
 
 
 def _keep(job_id: object, so_far: TextSoFar, now: datetime, *, by_its_server: bool) -> bool:
@@ -119,16 +142,18 @@ def _keep(job_id: object, so_far: TextSoFar, now: datetime, *, by_its_server: bo
     if row is None:
         return False
     prefix, carried, model, server_id, owner_id, prompt_id, requester_id = row[:7]
-    n, max_length, prompt_state, origin, any_model = row[7:]
+    n, max_length, prompt_state, origin, any_model, params = row[7:]
     own = so_far.text
     if so_far.whole:
         own = own[len(prefix) :] if own.startswith(prefix) else ""
     if not own or n != 1 or prompt_state != Prompt.State.LIVE or server_id is None:
         return False
+    whole, stopped = cut_at_stop(prefix + own, params)
+    own = whole[len(prefix) :]
     tokens = count_tokens(own, max(max_length - carried, 1))
-    finished = carried + tokens >= max_length
+    finished = stopped or carried + tokens >= max_length
     Job.objects.filter(id=job_id).update(
-        text=prefix + own, tokens=tokens, **({"state": Job.State.DONE} if finished else {})
+        text=whole, tokens=tokens, **({"state": Job.State.DONE} if finished else {})
     )
     earns = requester_id != owner_id
     if by_its_server:

@@ -200,3 +200,30 @@ def test_without_another_server_of_the_model_any_server_may_continue(submit_prom
     fault(submit, first["id"], "abcdefgh")
 
     assert pop(name="other-1", model="other-llm").json()["payload"]["prompt"].endswith("abcdefgh")
+
+
+def test_stop_sequences_apply_to_the_joined_text(submit_prompt, pop, submit):
+    """A stop sequence split by the hand-over ("\\nYou:" as "\\nY" + "ou:") ends the joined
+    text, as it would have ended one server's (KoboldAI keeps the stop sequence)."""
+    pop(name="bob-2")
+    params = {"n": 1, "max_length": 40, "stop_sequence": ["\nYou:"]}
+    submit_prompt(PROMPT, params=params)
+    first = pop().json()
+    fault(submit, first["id"], "Hello there\nY")
+
+    second = pop(name="bob-2").json()
+    submit(second["id"], "ou: and more")
+
+    assert Job.objects.get(id=second["id"]).text == "Hello there\nYou:"
+
+
+def test_kept_text_that_holds_a_stop_sequence_is_the_generation(submit_prompt, pop, submit):
+    params = {"n": 1, "max_length": 40, "stop_sequence": ["\nYou:"]}
+    prompt_id = submit_prompt(PROMPT, params=params)
+    first = pop().json()
+
+    fault(submit, first["id"], "Hello there\nYou: and")
+
+    job = Job.objects.get(id=first["id"])
+    assert (job.state, job.text) == (Job.State.DONE, "Hello there\nYou:")
+    assert Prompt.objects.get(id=prompt_id).waiting == 0
