@@ -26,7 +26,7 @@ from accounts.identity import (
     verify_owner,
 )
 from generations import events
-from generations.handover import continuation_cut_at_stops, job_give_back
+from generations.handover import continuation_cut_at_stops, job_fault
 from generations.models import Job, Prompt, prompt_lifetime, reward_tokens, reward_tokens_sql
 from generations.progress_store import progress_drop
 from generations.sql import (
@@ -409,22 +409,3 @@ def _accept_late(job: Job, done: dict) -> None:
     raise NotFound(
         f"Job {job.id} ran out of time and its slot went to another server.", rc="AbortedGen"
     )
-
-
-def job_fault(*, job: Job, now: datetime | None = None, text: str = "") -> None:
-    """A server gave up on its job: put the slot back in the queue. With `text` (what it
-    generated before it stopped) the next server continues from it (generations/handover.py)."""
-    now = now or timezone.now()
-    if not job_give_back(
-        job_id=job.id,
-        prompt_id=job.prompt_id,
-        server_id=job.server_id,
-        state=Job.State.FAULTED,
-        now=now,
-        submitted=text,
-        by_its_server=True,
-    ):
-        if Job.objects.filter(id=job.id, state=Job.State.DONE).exists():
-            raise BadRequest(f"Job {job.id} was already submitted.", rc="DuplicateGen")
-        raise NotFound(f"Job {job.id} is no longer processing.", rc="AbortedGen")
-    logger.info("job %s faulted by server %s", job.id, job.server_id)

@@ -32,12 +32,14 @@ from datetime import datetime
 from django.conf import settings
 from django.db import transaction
 from django.db.models import F
+from django.utils import timezone
 
 from accounts.models import LedgerEntry
 from generations import events
 from generations.models import Job, Prompt, PromptModel, count_tokens
 from generations.progress_store import progress_drop, progress_text
 from koboldcluster.clients import current_client
+from koboldcluster.errors import BadRequest, NotFound
 from servers.models import Server
 
 logger = logging.getLogger(__name__)
@@ -97,6 +99,25 @@ def job_give_back(
             slot_return(prompt_id=prompt_id, now=now)
     progress_drop(prompt_id)
     return True
+
+
+def job_fault(*, job: Job, now: datetime | None = None, text: str = "") -> None:
+    """A server gave up on its job: put the slot back in the queue. With `text` (what it
+    generated before it stopped) the next server continues from it (generations/handover.py)."""
+    now = now or timezone.now()
+    if not job_give_back(
+        job_id=job.id,
+        prompt_id=job.prompt_id,
+        server_id=job.server_id,
+        state=Job.State.FAULTED,
+        now=now,
+        submitted=text,
+        by_its_server=True,
+    ):
+        if Job.objects.filter(id=job.id, state=Job.State.DONE).exists():
+            raise BadRequest(f"Job {job.id} was already submitted.", rc="DuplicateGen")
+        raise NotFound(f"Job {job.id} is no longer processing.", rc="AbortedGen")
+    logger.info("job %s faulted by server %s", job.id, job.server_id)
 
 
 def _text_so_far(job_id: object, prompt_id: object, submitted: str) -> TextSoFar | None:
