@@ -230,7 +230,9 @@ def _jobs_for_servers(url: str, count: int) -> list[str]:
     session = requests.Session()
     ids = []
     for index in range(count):
-        body = {"username": "bench-owner", "password": PASSWORD, "name": f"hb-{index}"}
+        # At most MAX_SERVERS_PER_ACCOUNT (50) servers per account: 50 to an account.
+        owner = f"bench-owner-{index // 50}"
+        body = {"username": owner, "password": PASSWORD, "name": f"hb-{index}"}
         body.update(model="bench", max_length=80, max_content_length=2048)
         session.post(f"{url}/generate/pop", json=body, timeout=30)  # online first
         prompt = {"prompt": f"Heartbeat {index}", "params": {"n": 1, "max_length": 16}}
@@ -273,7 +275,7 @@ class Heartbeats:
         at = self.started + self.interval * index / len(self.jobs)
         while at < self.until:
             time.sleep(max(at - time.monotonic(), 0))
-            body = {"id": job, "password": PASSWORD}
+            body = {"id": job, "password": PASSWORD}  # the owner's, whoever it is
             answer = session.post(f"{self.url}/generate/progress", json=body, timeout=30)
             with self._lock:
                 self.count += 1
