@@ -102,8 +102,8 @@ def job_give_back(
 
 
 def job_fault(*, job: Job, now: datetime | None = None, text: str = "") -> None:
-    """A server gave up on its job: put the slot back in the queue. With `text` (what it
-    generated before it stopped) the next server continues from it (generations/handover.py)."""
+    """A server gave up on its job (a faulted submit): put the slot back in the queue. With
+    `text` (what it generated before it stopped) the next server continues from it."""
     now = now or timezone.now()
     if not job_give_back(
         job_id=job.id,
