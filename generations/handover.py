@@ -87,13 +87,15 @@ def job_give_back(
     `submitted` is the text of a faulted submit; without it, the job's latest progress is
     its text so far. `by_its_server`: the job's server asked (a faulted submit), so the
     request's address tells whether the server serves its own address block (no kudos)."""
-    so_far = _text_so_far(job_id, prompt_id, submitted)
     with transaction.atomic():
         moved = Job.objects.filter(id=job_id, state=Job.State.PROCESSING).update(
             state=state, finished=now
         )
         if not moved:
             return False
+        # Read once the job is no longer processing: a progress post stored before this
+        # is seen, and one stored after it finds its job gone and removes its text.
+        so_far = _text_so_far(job_id, prompt_id, submitted)
         if so_far is None or not _keep(job_id, so_far, now, by_its_server=by_its_server):
             Server.objects.filter(pk=server_id).update(uncompleted_jobs=F("uncompleted_jobs") + 1)
             slot_return(prompt_id=prompt_id, now=now)
