@@ -69,11 +69,20 @@ def settings_from(config: Config) -> Settings:
 
 
 def install_signal_handlers(bridge: Bridge) -> None:
-    """First Ctrl-C (or SIGTERM): stop popping, finish the jobs in progress. Second: quit now."""
+    """First Ctrl-C: stop popping, finish the jobs in progress. Second: quit now.
+
+    SIGTERM (a service manager stopping the bridge, which will not wait for long): stop
+    popping and hand every unfinished job back at once with its text so far, which the
+    cluster has another server continue (bridge/handback.py), then leave."""
     presses = 0
 
     def handle(signum: int, frame: FrameType | None) -> None:
         nonlocal presses
+        if signum == getattr(signal, "SIGTERM", None) and not bridge.hand_back.is_set():
+            bridge.stop.set()
+            bridge.hand_back.set()  # the main thread hands them back (not in a handler)
+            log.warning("stopping: handing the jobs in progress back to the cluster")
+            return
         presses += 1
         if presses == 1:
             bridge.stop.set()

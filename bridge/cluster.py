@@ -152,8 +152,10 @@ class ClusterProtocol(Protocol):
         ClusterRejected."""
         ...
 
-    def give_back(self, job: Job) -> Submitted:
-        """Report the job as failed so the cluster hands its slot to another server, unpaid."""
+    def give_back(self, job: Job, text: str = "") -> Submitted:
+        """Report the job as failed so the cluster hands its slot to another server. `text`
+        is what the backend generated before it stopped: our cluster keeps it, pays it and
+        has the next server continue from it (others ignore it)."""
         ...
 
     def leave(self, capabilities: Capabilities) -> bool:
@@ -370,8 +372,8 @@ class OriginalClusterProtocol(_HttpCluster):
     ) -> Submitted:
         return self._submit(job, {"generation": text, **_counts(tokens, prompt)})
 
-    def give_back(self, job: Job) -> Submitted:
-        return self._submit(job, {"generation": "", "state": "faulted"})
+    def give_back(self, job: Job, text: str = "") -> Submitted:
+        return self._submit(job, {"generation": text, "state": "faulted"})
 
     def _submit(self, job: Job, fields: dict[str, Any]) -> Submitted:
         body = {"id": job.id, **fields, **self._credentials(with_username=False)}
@@ -493,7 +495,8 @@ class HordeProtocol(_HttpCluster):
         fields = {"generation": text, "state": "ok", **_counts(tokens, prompt)}
         return self._submit(job.id, fields)
 
-    def give_back(self, job: Job) -> Submitted:
+    def give_back(self, job: Job, text: str = "") -> Submitted:
+        # The AI Horde's faulted submit carries no text: the next worker starts again.
         return self._submit(job.id, {"generation": "", "state": "faulted"})
 
     def _submit(self, job_id: str, fields: dict[str, Any]) -> Submitted:

@@ -61,6 +61,18 @@ class ProgressSender:
             self._changed.notify_all()
         return not self.gone
 
+    @property
+    def text_so_far(self) -> str:
+        """The latest text the backend streamed (what a give-back hands over)."""
+        with self._changed:
+            return self._latest
+
+    def withdraw(self) -> None:
+        """The job is handed back: `update` says stop (the backend is aborted), nothing more
+        is posted."""
+        self.gone = True
+        self.close()
+
     def close(self) -> None:
         """The generation ended: post nothing more (the submit carries the whole text)."""
         with self._changed:

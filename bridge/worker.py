@@ -27,6 +27,7 @@ from bridge.cluster import (
     NoWork,
     Submitted,
 )
+from bridge.handback import InFlight
 from bridge.heartbeat import heartbeat_for
 from bridge.kobold import (
     Generation,
@@ -169,8 +170,10 @@ class Worker:
         clock: Clock,
         wait: Wait | None = None,
         politeness: Politeness | None = None,
+        in_flight: InFlight | None = None,
     ) -> None:
         self.cluster = cluster
+        self.in_flight = in_flight or InFlight()
         self.kobold = kobold
         self.settings = settings
         self.stop = stop
@@ -296,9 +299,10 @@ class Worker:
             if self.settings.log_prompts:
                 log.info("job %s prompt: %r", _short(job), job.payload.get("prompt"))
             generated = self._generate(job)
-            if generated is not None:
+            if generated is not None and not self.in_flight.handed_back(job):
                 self._deliver(job, *generated)
         finally:
+            self.in_flight.finished(job)
             self.stats.add(in_flight=-1)
 
     def _generate(self, job: Job) -> tuple[Generation, float] | None:
@@ -325,6 +329,7 @@ class Worker:
             # timeout: the cluster sized the ttl to this server's speed, so wait that long.
             patience = deadline - started + LATE_GRACE
             sender = self._progress_sender(job)
+            self.in_flight.generating(job, sender)  # SIGTERM hands it back from here on
             # The cluster gives back a job whose server goes quiet (bridge/heartbeat.py).
             heartbeat = heartbeat_for(self.cluster, job, sender)
             try:
@@ -354,6 +359,13 @@ class Worker:
                 failures += 1
                 # Make the next pop wait until KoboldAI answers again.
                 self.watcher.invalidate()
+                so_far = sender.text_so_far if sender is not None else ""
+                if so_far and not self.in_flight.handed_back(job):
+                    # Trying again would start from nothing: the cluster continues the
+                    # text so far on another server at once instead.
+                    log.warning("job %s: %s", _short(job), error)
+                    self._give_back(job, "the backend failed mid-generation", text=so_far)
+                    return None
                 if failures >= self.settings.max_attempts:
                     log.warning("job %s: %s", _short(job), error)
                     self._give_back(job, f"{failures} tries failed")
@@ -446,13 +458,16 @@ class Worker:
             log.error("job %s: the cluster refused the result: %s", _short(job), result.message)
             self.stats.add(dropped=1)
 
-    def _give_back(self, job: Job, reason: str, *, count: bool = True) -> None:
-        """Report the job as faulted so its slot goes to another server now, not at its ttl.
-        One try only: if it fails, the cluster re-queues the job when the ttl passes anyway."""
+    def _give_back(self, job: Job, reason: str, *, count: bool = True, text: str = "") -> None:
+        """Report the job as faulted so its slot goes to another server now, not at its ttl,
+        with its text so far (`text`), which the next server continues. One try only: if it
+        fails, the cluster re-queues the job when it stalls or its ttl passes anyway."""
+        if self.in_flight.handed_back(job):
+            return  # SIGTERM gave it back already
         if count:
             self.stats.add(given_back=1)
         try:
-            result = self.cluster.give_back(job)
+            result = self.cluster.give_back(job, text)
         except ClusterUnavailable as error:
             log.warning("job %s: could not give it back (%s): %s", _short(job), reason, error)
             return
@@ -480,6 +495,9 @@ class Bridge:
         self.watcher = ModelWatcher(kobold, settings, clock)
         self.politeness = Politeness(kobold, settings, clock)
         self.fatal: ClusterRejected | None = None
+        self.in_flight = InFlight()
+        # Set by SIGTERM: hand every unfinished job back now instead of finishing it.
+        self.hand_back = threading.Event()
         self._clock = clock
         self._threads: list[threading.Thread] = []
 
@@ -494,6 +512,7 @@ class Bridge:
                 watcher=self.watcher,
                 clock=self._clock,
                 politeness=self.politeness,
+                in_flight=self.in_flight,
             )
             # Daemon threads: a second Ctrl-C must be able to end the process at once even
             # while a worker waits on KoboldAI.
@@ -524,6 +543,12 @@ class Bridge:
         delivers it only between waits)."""
         next_summary = self._clock() + self.settings.summary_interval
         while alive := [thread for thread in self._threads if thread.is_alive()]:
+            if self.hand_back.is_set():
+                # SIGTERM: the unfinished jobs go back with their text so far, and the
+                # workers (maybe blocked in a backend request) are left to the exit.
+                handed = self.in_flight.hand_back_all(self.cluster)
+                self.stats.add(given_back=handed)
+                return
             if (
                 self.stop.is_set()
                 and self.stats.in_flight == 0

@@ -16,7 +16,7 @@ from datetime import datetime
 
 from django.db import transaction
 from django.db.models import F, Value
-from django.db.models.functions import Greatest
+from django.db.models.functions import Concat, Greatest
 from django.utils import timezone
 
 from accounts.identity import (
@@ -26,7 +26,7 @@ from accounts.identity import (
     verify_owner,
 )
 from generations import events
-from generations.lifecycle import slot_return
+from generations.handover import continuation_cut_at_stops, job_fault
 from generations.models import Job, Prompt, prompt_lifetime, reward_tokens, reward_tokens_sql
 from generations.progress_store import progress_drop
 from generations.sql import (
@@ -42,7 +42,7 @@ from koboldcluster.clients import current_client
 from koboldcluster.errors import BadRequest, NotFound
 from koboldcluster.rows import aware, instance
 from servers.models import Server
-from servers.records import PROMPT_TAIL, delivered_sql, record_failure, result_facts
+from servers.records import PROMPT_TAIL, delivered_sql, result_facts
 from servers.services import Credentials
 
 logger = logging.getLogger(__name__)
@@ -65,6 +65,8 @@ class Delivery:
     earns: bool = True
     # The end of the prompt's text: the server's record tells prompts apart by it.
     prompt_tail: str = ""
+    # A continuation's job (generations/handover.py): its text begins with earlier servers'.
+    continues: bool = False
 
 
 def earns(requester_id: int, owner_id: int, origin: str) -> bool:
@@ -84,7 +86,7 @@ def _tail(column: str) -> str:
 
 _LOOKUP = (
     "SELECT j.id, j.prompt_id, j.server_id, j.model, j.started, p.user_id, p.max_length, "
-    f"p.expires_at, p.origin, {{tail}}, {USER_COLUMNS} FROM generations_job j "
+    f"p.expires_at, p.origin, j.text, {{tail}}, {USER_COLUMNS} FROM generations_job j "
     "JOIN generations_prompt p ON p.id = j.prompt_id "
     "JOIN servers_server s ON s.id = j.server_id JOIN accounts_user u ON u.id = s.owner_id "
     "WHERE j.id = %s AND p.expires_at > %s"
@@ -97,7 +99,7 @@ def delivery_for(*, job_id: object, credentials: Credentials, now: datetime) -> 
     if not rows:
         raise NotFound(f"Job {job_id} is unknown or has expired.", rc="InvalidJobID")
     row = rows[0]
-    owner = user_from_row(row[10:])
+    owner = user_from_row(row[11:])
     verify_owner(owner=owner, password=credentials.password, api_user=credentials.api_user)
     job = instance(
         Job,
@@ -106,6 +108,7 @@ def delivery_for(*, job_id: object, credentials: Credentials, now: datetime) -> 
         server_id=as_uuid(row[2]),
         model=row[3],
         started=aware(row[4]),
+        text=row[9],  # a continuation's carried text (generations/handover.py), else ""
     )
     return Delivery(
         job,
@@ -114,7 +117,8 @@ def delivery_for(*, job_id: object, credentials: Credentials, now: datetime) -> 
         max_length=row[6],
         prompt_expires_at=aware(row[7]),
         earns=earns(row[5], owner.pk, row[8]),
-        prompt_tail=row[9],
+        continues=bool(row[9]),
+        prompt_tail=row[10],
     )
 
 
@@ -170,6 +174,8 @@ def job_submit(
         if delivery is None:
             return 0
     job = delivery.job
+    if delivery.continues:  # rare: stop sequences apply to the joined text
+        continuation_cut_at_stops(job.id)
     progress_drop(job.prompt_id)  # the stored generation replaces the text so far
     events.prompt_changed(job.prompt_id)
     logger.info("job %s done by server %s: %s tokens", job.id, job.server_id, job.tokens)
@@ -189,7 +195,7 @@ def _deliver(
     delivery = delivery_for(job_id=job_id, credentials=credentials, now=now)
     job = delivery.job
     if state == Job.State.FAULTED:
-        job_fault(job=job, now=now)
+        job_fault(job=job, now=now, text=done["text"])
         return None
     tokens, distrust = reward_tokens(done["text"], delivery.max_length, token_count)
     if distrust:
@@ -209,9 +215,10 @@ def _bare(entry: dict) -> dict:
 
 
 def _done_set(tokens: str = "%s") -> str:
-    """The SET list of an accepted job (`tokens`: the SQL of its reward, a parameter by default)."""
+    """The SET list of an accepted job (`tokens`: the SQL of its reward, a parameter by default).
+    The text is appended: a continuation's job holds the text it continues (handover.py)."""
     return (
-        f"state = 'done', text = %s, tokens = {tokens}, finished = %s, seed = %s, "
+        f"state = 'done', text = text || %s, tokens = {tokens}, finished = %s, seed = %s, "
         "censored = %s, gen_metadata = %s, prompt_tokens = %s, prompt_trimmed = %s"
     )
 
@@ -248,17 +255,16 @@ def _accept_first(
         f"UPDATE generations_job SET {_done_set(reward)} "
         "WHERE id = %s AND state = 'processing' AND EXISTS (SELECT 1 FROM generations_prompt p "
         "WHERE p.id = generations_job.prompt_id AND p.expires_at > %s) "
-        f"RETURNING prompt_id, server_id, model, started, tokens, {_RETURNED_PROMPT}, "
+        f"RETURNING prompt_id, server_id, model, started, tokens, carried_tokens, "
+        f"{_RETURNED_PROMPT}, "
         f"(SELECT json_array({USER_COLUMNS}) FROM servers_server s JOIN accounts_user u "
         "ON u.id = s.owner_id WHERE s.id = generations_job.server_id)",
         [*_done_params(done, reward_params), uid(job_id), dt_param(now)],
     )
     if not rows:
         return None
-    (
-        prompt_id, server_id, model, started, tokens, requester, max_length, expires, origin,
-        tail, user,
-    ) = rows[0]  # fmt: skip
+    prompt_id, server_id, model, started, tokens, carried, *prompt_row, user = rows[0]
+    requester, max_length, expires, origin, tail = prompt_row
     owner = user_from_row(json.loads(user))
     if credentials.api_user is None and not password_check_is_quick(owner, credentials.password):
         raise _SlowOwnerCheck
@@ -277,7 +283,9 @@ def _accept_first(
         tokens=tokens,
     )
     paid = earns(requester, owner.pk, origin)
-    return Delivery(job, requester, owner.pk, max_length, aware(expires), paid, tail)
+    return Delivery(
+        job, requester, owner.pk, max_length, aware(expires), paid, tail, continues=carried > 0
+    )
 
 
 class _SlowOwnerCheck(Exception):
@@ -395,10 +403,15 @@ def _accept_late(job: Job, done: dict) -> None:
     """Take a result for a job that is no longer processing, if the rules allow it.
 
     An abandoned job's result is still welcome while its slot waits for a server: take the
-    slot back and accept. Otherwise explain why not (raising rolls the slot back too).
+    slot back and accept. Not once its text so far was kept and paid (generations/handover.py):
+    its slot continues from that text. Otherwise explain why not (raising rolls the slot back
+    too).
     """
-    current = Job.objects.filter(id=job.id).values_list("state", flat=True).first()
-    if current == Job.State.ABANDONED:
+    current, kept = Job.objects.filter(id=job.id).values_list("state", "tokens").first() or (
+        None,
+        0,
+    )
+    if current == Job.State.ABANDONED and not kept:
         slot_back = Prompt.objects.filter(
             id=job.prompt_id, state=Prompt.State.LIVE, waiting__gt=0
         ).update(
@@ -406,27 +419,17 @@ def _accept_late(job: Job, done: dict) -> None:
             # The reaper counted this job as a failure; it was only late.
             faulted_jobs=Greatest(F("faulted_jobs") - 1, Value(0)),
         )
-        if slot_back and Job.objects.filter(id=job.id, state=current).update(**done):
+        appended = {**done, "text": Concat(F("text"), Value(done["text"]))}
+        if slot_back and Job.objects.filter(id=job.id, state=current).update(**appended):
             return
     if current == Job.State.DONE or Job.objects.filter(id=job.id, state=Job.State.DONE).exists():
         raise BadRequest(f"Job {job.id} was already submitted.", rc="DuplicateGen")
+    if kept:
+        raise NotFound(
+            f"Job {job.id} stalled; its text so far was kept and paid, and another server "
+            "continues it.",
+            rc="AbortedGen",
+        )
     raise NotFound(
         f"Job {job.id} ran out of time and its slot went to another server.", rc="AbortedGen"
     )
-
-
-def job_fault(*, job: Job, now: datetime | None = None) -> None:
-    """A server gave up on its job: put the slot back in the queue."""
-    now = now or timezone.now()
-    with transaction.atomic():
-        moved = Job.objects.filter(id=job.id, state=Job.State.PROCESSING).update(
-            state=Job.State.FAULTED, finished=now
-        )
-        if not moved:
-            if Job.objects.filter(id=job.id, state=Job.State.DONE).exists():
-                raise BadRequest(f"Job {job.id} was already submitted.", rc="DuplicateGen")
-            raise NotFound(f"Job {job.id} is no longer processing.", rc="AbortedGen")
-        record_failure(server_id=job.server_id, abandoned=False)
-        slot_return(prompt_id=job.prompt_id, now=now)
-    progress_drop(job.prompt_id)
-    logger.info("job %s faulted by server %s", job.id, job.server_id)

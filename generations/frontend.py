@@ -13,6 +13,7 @@ import contextlib
 import logging
 from dataclasses import dataclass
 from datetime import datetime
+from urllib.parse import quote
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -33,6 +34,42 @@ from servers.models import Server
 logger = logging.getLogger(__name__)
 
 ANY_MODEL = ("", "*")
+
+
+# The front-end faces' honest waits (issue 25): where the request stands in the queue and
+# how long it should still take at the servers' measured speeds (v2's queue_position and
+# wait_time), and which servers produced its text.
+QUEUE_POSITION_HEADER = "X-KoboldCluster-Queue-Position"
+WAIT_SECONDS_HEADER = "X-KoboldCluster-Wait-Seconds"
+SERVERS_HEADER = "X-KoboldCluster-Servers"
+
+
+def wait_headers(status: PromptStatus) -> dict[str, str]:
+    """The queue position and wait estimate of a status read with its outlook."""
+    outlook = status.outlook
+    if outlook is None:
+        return {}
+    return {
+        QUEUE_POSITION_HEADER: str(outlook.queue_position),
+        WAIT_SECONDS_HEADER: str(outlook.wait_time),
+    }
+
+
+def servers_header(status: PromptStatus) -> dict[str, str]:
+    """The servers that produced the first generation, first to last, by name (each
+    percent-encoded: a name may hold any character), comma-separated."""
+    if not status.generations:
+        return {}
+    names = [quote(part["name"], safe=" ") for part in status.servers_of(status.generations[0])]
+    return {SERVERS_HEADER: ", ".join(names)}
+
+
+def outlook_headers(prompt_id: object) -> dict[str, str]:
+    """`wait_headers` of the prompt now (a status read with its outlook); {} once gone."""
+    try:
+        return wait_headers(prompt_status(prompt_id=prompt_id, outlook=True))
+    except NotFound:
+        return {}
 
 
 class WaitedTooLong(ApiError):
@@ -132,6 +169,12 @@ def give_up(prompt_id: object, timeout: float) -> WaitedTooLong:
     the wait the measured server speeds predicted."""
     before = prompt_status(prompt_id=prompt_id, outlook=True)
     status = prompt_cancel(prompt_id=prompt_id)
+    error = _waited_too_long(before, status, timeout)
+    error.headers.update(wait_headers(before))
+    return error
+
+
+def _waited_too_long(before: PromptStatus, status: PromptStatus, timeout: float) -> WaitedTooLong:
     if not able_servers(prompt=status.prompt):
         models = ", ".join(status.prompt.models) or "any model"
         return WaitedTooLong(
@@ -180,17 +223,19 @@ def genkey_abort(*, user: User, genkey: str) -> bool:
     return True
 
 
-def genkey_text_so_far(*, user: User, genkey: str) -> str:
+def genkey_check(*, user: User, genkey: str) -> tuple[str, dict[str, str]]:
     """The text so far of the caller's generation sent with `genkey` (KoboldCpp's check):
-    its server's latest progress, the stored generation once done, else ""."""
+    its server's latest progress, the stored generation once done, else ""; and the honest
+    wait's headers (queue position, wait estimate, and the servers once done)."""
     prompt_id = genkey_prompt(user, genkey)
     if prompt_id is None:
-        return ""
+        return "", {}
     progress = progress_text(prompt_id)
-    if progress is not None:
-        return progress[1]
     try:
-        status = prompt_status(prompt_id=prompt_id)
+        status = prompt_status(prompt_id=prompt_id, outlook=True)
     except NotFound:
-        return ""
-    return status.generations[0].text if status.generations else ""
+        return "", {}
+    headers = {**wait_headers(status), **servers_header(status)}
+    if progress is not None:
+        return progress[1], headers
+    return (status.generations[0].text if status.generations else ""), headers

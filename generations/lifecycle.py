@@ -1,10 +1,10 @@
 """The life cycle around the queue: failed and overdue jobs give their slots back, expired
 prompts are wiped.
 
-A slot comes back when its server gives up (`slot_return`, called by submit's faulted path)
-or misses its deadline (`jobs_reap`, every minute); the MAX_JOB_FAILURES-th failure faults the
-prompt. `prompts_purge` deletes expired prompts with all their text (every minute); the
-ledger keeps its counts, never text.
+A slot comes back when its server gives up (submit's faulted path) or misses its deadline or
+stalls (`jobs_reap`, every minute); generations/handover.py gives it back, continued from the
+job's text so far when there is some. `prompts_purge` deletes expired prompts with all their
+text (every minute); the ledger keeps its counts, never text.
 """
 
 from __future__ import annotations
@@ -13,39 +13,19 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import F
 from django.utils import timezone
 
-from generations import events
+from generations.handover import job_give_back
 from generations.liveness import stall_seconds, stalled
 from generations.models import Job, Prompt
-from generations.progress_store import progress_drop
 from generations.vacuum import vacuum_after_purge
-from servers.records import record_failure
 
 logger = logging.getLogger(__name__)
 
 # Expired prompts deleted per transaction: a backlog is purged in many short transactions,
 # so that it never holds the write lock (SQLite) for long.
 PURGE_BATCH = 100
-
-
-def slot_return(*, prompt_id: object, now: datetime) -> None:
-    """Give a failed job's slot back; the MAX_JOB_FAILURES-th failure faults the prompt."""
-    Prompt.objects.filter(id=prompt_id, state=Prompt.State.LIVE).update(
-        waiting=F("waiting") + 1, faulted_jobs=F("faulted_jobs") + 1, last_activity=now
-    )
-    faulted = Prompt.objects.filter(
-        id=prompt_id,
-        state=Prompt.State.LIVE,
-        faulted_jobs__gte=settings.KOBOLDCLUSTER["MAX_JOB_FAILURES"],
-    ).update(state=Prompt.State.FAULTED, waiting=0)
-    events.queue_changed()
-    events.prompt_changed(prompt_id)
-    if faulted:
-        logger.info("prompt %s faulted after repeated job failures", prompt_id)
 
 
 def jobs_reap(*, now: datetime | None = None) -> int:
@@ -92,17 +72,17 @@ def _stalled_rows(now: datetime) -> list[tuple[object, object, object]]:
 def _abandon(
     job_id: object, prompt_id: object, server_id: object, *, now: datetime, why: str = "reaped"
 ) -> int:
-    """Give one processing job's slot back (1), unless it ended meanwhile (0)."""
-    with transaction.atomic():
-        # Only from processing: the server may have submitted or failed it a moment ago.
-        moved = Job.objects.filter(id=job_id, state=Job.State.PROCESSING).update(
-            state=Job.State.ABANDONED, finished=now
-        )
-        if not moved:
-            return 0
-        record_failure(server_id=server_id, abandoned=True)
-        slot_return(prompt_id=prompt_id, now=now)
-    progress_drop(prompt_id)
+    """Give one processing job's slot back (1), unless it ended meanwhile (0); its text so
+    far, if any, is kept and continued (generations/handover.py)."""
+    # Only from processing: the server may have submitted or failed it a moment ago.
+    if not job_give_back(
+        job_id=job_id,
+        prompt_id=prompt_id,
+        server_id=server_id,
+        state=Job.State.ABANDONED,
+        now=now,
+    ):
+        return 0
     logger.info("job %s of prompt %s %s: abandoned by server %s", job_id, prompt_id, why, server_id)
     return 1
 

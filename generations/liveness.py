@@ -78,6 +78,22 @@ def stalled(jobs: Iterable[tuple[object, datetime]], now: datetime) -> list[obje
     return [job_id for job_id in old if str(job_id) in signs and signs[str(job_id)] < limit]
 
 
+def stall_due(jobs: Iterable[tuple[object, datetime]], now: datetime) -> float | None:
+    """Seconds until the first of the processing jobs (id, started) given could be judged
+    stalled, if none shows a sign of life meanwhile (0 when one is due now); None when none
+    showed a sign of life yet (those keep the ttl rule). A wait sleeps until then, so that a
+    stall is noticed on time, not at its next periodic check."""
+    jobs = list(jobs)
+    signs = last_signs(job_id for job_id, _ in jobs)
+    quiet = stall_seconds()
+    due = [
+        max(started.timestamp(), signs[str(job_id)]) + quiet
+        for job_id, started in jobs
+        if str(job_id) in signs
+    ]
+    return max(min(due) - now.timestamp(), 0.0) if due else None
+
+
 def marks_sweep() -> int:
     """Remove the marks older than MARK_KEEP_SECONDS (files; Redis expires its own)."""
     if _in_cache():

@@ -76,6 +76,9 @@ class Prompt(models.Model):
     # The client's `Idempotency-Key` header: a retry of the create with the same key from
     # the same caller (user and client) gets this prompt instead of a new one (intake.py).
     idempotency_key = models.CharField(max_length=255, blank=True, default="", db_default="")
+    # The job whose text the next server continues (generations/handover.py): its server
+    # dropped out after producing text, which was kept and paid; None for a fresh start.
+    continues = models.UUIDField(null=True, blank=True)
     # Last: from here on `models` in this class body is the field, not django.db.models.
     models = models.JSONField(default=list, blank=True, help_text="Acceptable models; [] = any.")
 
@@ -185,6 +188,10 @@ class Job(models.Model):
     # The requester's rating (generations/ratings.py); deleted with the prompt, like the text.
     rating = models.CharField(max_length=4, blank=True, default="", db_default="")
     rating_reason = models.CharField(max_length=500, blank=True, default="", db_default="")
+    # A continuation (generations/handover.py): `text` begins with the text of earlier
+    # servers of the prompt, worth this many tokens (paid to them); `tokens` is this job's
+    # own part. The whole generation is worth carried_tokens + tokens.
+    carried_tokens = models.PositiveIntegerField(default=0, db_default=0)
 
     class Meta:
         indexes = [
@@ -212,12 +219,23 @@ class Job(models.Model):
         if prompt.whole_context:
             context = max(context, self.server.max_context_length)
         return {
-            "prompt": prompt.text,
+            "prompt": prompt.text + self.text,  # a continuation: what earlier servers wrote
             **prompt.params,
             "n": 1,
-            "max_length": prompt.max_length,
+            "max_length": self.remaining_length,
             "max_context_length": context,
         }
+
+    @property
+    def remaining_length(self) -> int:
+        """The tokens this job may still generate: the prompt's max_length less the carried
+        text's tokens (the cluster's count, generations/handover.py), at least 1."""
+        return max(self.prompt.max_length - self.carried_tokens, 1)
+
+    @property
+    def whole_tokens(self) -> int:
+        """Tokens of the whole generation: the carried text's and this job's own."""
+        return self.carried_tokens + self.tokens
 
 
 def prompt_lifetime() -> timedelta:

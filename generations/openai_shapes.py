@@ -86,7 +86,7 @@ def cut_at_stop(text: str, stops: list[str]) -> tuple[str, bool]:
 
 
 def finish_reason(job: Job, stopped: bool, max_tokens: int) -> str:
-    return "length" if not stopped and job.tokens >= max_tokens else "stop"
+    return "length" if not stopped and job.whole_tokens >= max_tokens else "stop"
 
 
 def usage(prompt: str, status: PromptStatus) -> dict[str, int]:

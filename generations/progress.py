@@ -49,8 +49,11 @@ def job_progress(*, job_id: object, credentials: Credentials, text: str | None) 
         return
     # Stored first, then checked: a submit that lands between a check and the store would
     # find nothing to drop, and the text would outlive the job (and the prompt's wipe).
-    # The submit commits before it drops the progress, so one of the two removes it.
-    progress_store(prompt_id=job.prompt_id, job_id=job.id, text=text[:MAX_PROGRESS_CHARS])
+    # The submit commits before it drops the progress, so one of the two removes it. A
+    # continuation's text so far begins with the text it continues (generations/handover.py,
+    # read by the lookup): a stream shows the whole generation, one server after another.
+    whole = (job.text + text)[:MAX_PROGRESS_CHARS]
+    progress_store(prompt_id=job.prompt_id, job_id=job.id, text=whole)
     if not wanted.exists():
         progress_drop(job.prompt_id)
         raise NotFound(f"Job {job.id} is no longer wanted.", rc="AbortedGen")

@@ -187,7 +187,13 @@ def _remember_idle(key: tuple, skipped: dict[str, int]) -> _IdleAnswer:
 
 _CLAIM_RETURNS = (
     "id, user_id, text, params, max_length, max_context_length, any_model, models, "
-    "softprompt, batching, waiting, whole_context"
+    "softprompt, batching, waiting, whole_context, continues"
+)
+# A continuation's job starts with the text of the job it continues (generations/handover.py),
+# read by the job's own INSERT: no statement more, and '' / 0 for a fresh start.
+_CARRIED_TEXT = "COALESCE((SELECT k.text FROM generations_job k WHERE k.id = {}), '')"
+_CARRIED_TOKENS = (
+    "COALESCE((SELECT k.carried_tokens + k.tokens FROM generations_job k WHERE k.id = {}), 0)"
 )
 
 
@@ -262,10 +268,12 @@ def _with_job_sql(
         ttl_params = [floor, server.speed, max(ceiling, floor)]
     sql = (
         f"WITH c AS ({claim}), j AS (INSERT INTO generations_job (id, prompt_id, server_id, "
-        "model, state, started, deadline, text, tokens, censored, gen_metadata) "
+        "model, state, started, deadline, text, tokens, censored, gen_metadata, carried_tokens) "
         f"SELECT %s, c.id, %s, {model}, 'processing', %s, "
-        f"%s + make_interval(secs => ({ttl})::float8), '', 0, false, '[]'::jsonb FROM c "
-        f"RETURNING id, model, deadline) SELECT c.*, j.id, j.model, j.deadline FROM c, j"
+        f"%s + make_interval(secs => ({ttl})::float8), {_CARRIED_TEXT.format('c.continues')}, "
+        f"0, false, '[]'::jsonb, {_CARRIED_TOKENS.format('c.continues')} FROM c "
+        "RETURNING id, model, deadline, text, carried_tokens) "
+        "SELECT c.*, j.id, j.model, j.deadline, j.text, j.carried_tokens FROM c, j"
     )
     values = [uuid.uuid4(), server.id, first, list(server.models), first, now, now, *ttl_params]
     return sql, [*params, *values]
@@ -273,7 +281,7 @@ def _with_job_sql(
 
 def _job_from(row: tuple, server: Server, now: datetime) -> Job:
     """The job `_with_job_sql` inserted, with its claimed prompt."""
-    *claimed, job_id, model, deadline = row
+    *claimed, job_id, model, deadline, text, carried_tokens = row
     return instance(
         Job,
         id=job_id,
@@ -282,6 +290,8 @@ def _job_from(row: tuple, server: Server, now: datetime) -> Job:
         model=model,
         started=now,
         deadline=deadline,
+        text=text,
+        carried_tokens=carried_tokens,
     )
 
 
@@ -301,6 +311,7 @@ def _claimed_prompt(row: tuple | list) -> Prompt:
         batching=bool(row[9]),
         waiting=row[10],
         whole_context=bool(row[11]),
+        continues=as_uuid(row[12]) if row[12] is not None else None,
     )
 
 
@@ -319,31 +330,38 @@ def _create_jobs(row: tuple, server: Server, amount: int, now: datetime) -> list
         more = 0
     deadline = now + timedelta(seconds=server.job_ttl(prompt.max_length))
     model = prompt.model_for(server.models)
-    jobs = [
+    ids = [uuid.uuid4() for _ in range(1 + more)]
+    carried = uuid_param(prompt.continues) if prompt.continues else None
+    row = (
+        f"(%s, %s, %s, %s, 'processing', %s, %s, {_CARRIED_TEXT.format('%s')}, 0, %s, %s, "
+        f"{_CARRIED_TOKENS.format('%s')})"
+    )
+    values: list[object] = []
+    for job_id in ids:
+        values += [
+            uuid_param(job_id), uuid_param(prompt.id), uuid_param(server.id), model,
+            dt_param(now), dt_param(deadline), carried, False, json_param([]), carried,
+        ]  # fmt: skip
+    inserted = fetch(
+        "INSERT INTO generations_job (id, prompt_id, server_id, model, state, started, "
+        f"deadline, text, tokens, censored, gen_metadata, carried_tokens) VALUES "
+        f"{', '.join([row] * len(ids))} RETURNING text, carried_tokens",
+        values,
+    )
+    return [
         instance(
             Job,
-            id=uuid.uuid4(),
+            id=job_id,
             prompt=prompt,
             server=server,
             model=model,
             started=now,
             deadline=deadline,
+            text=text,
+            carried_tokens=carried_tokens,
         )
-        for _ in range(1 + more)
+        for job_id, (text, carried_tokens) in zip(ids, inserted, strict=True)
     ]
-    rows = ", ".join(["(%s, %s, %s, %s, 'processing', %s, %s, '', 0, %s, %s)"] * len(jobs))
-    values: list[object] = []
-    for job in jobs:
-        values += [
-            uuid_param(job.id), uuid_param(prompt.id), uuid_param(server.id), model,
-            dt_param(now), dt_param(deadline), False, json_param([]),
-        ]  # fmt: skip
-    execute(
-        "INSERT INTO generations_job (id, prompt_id, server_id, model, state, started, "
-        f"deadline, text, tokens, censored, gen_metadata) VALUES {rows}",
-        values,
-    )
-    return jobs
 
 
 def _skipped(profile: ServerProfile, now: datetime) -> dict[str, int]:

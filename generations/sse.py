@@ -131,7 +131,7 @@ async def kobold_tokens(*, prompt_id: Any) -> AsyncIterator[bytes]:
 def _kobold_finish(status: PromptStatus) -> str:
     """ "length" when the generation used all of max_length, else "stop" (as KoboldCpp)."""
     jobs = status.generations
-    return "length" if jobs and jobs[0].tokens >= status.prompt.max_length else "stop"
+    return "length" if jobs and jobs[0].whole_tokens >= status.prompt.max_length else "stop"
 
 
 def _kobold_event(body: dict[str, Any]) -> bytes:

@@ -90,11 +90,42 @@ class PromptStatus:
 
     @property
     def tokens(self) -> int:
-        """Tokens charged so far: those of the delivered generations."""
-        return sum(job.tokens for job in self.generations)
+        """Tokens charged so far: those of the delivered generations, and of the text kept
+        from servers that dropped out (a continuation's carried text, generations/handover.py).
+        A job that ended without text is worth 0."""
+        return sum(job.tokens for job in self.jobs if job.state != Job.State.PROCESSING)
 
     def server_name(self, job: Job) -> str:
         return self.server_names.get(job.server_id, "") if job.server_id else ""
+
+    def producers(self, job: Job) -> list[Job]:
+        """The jobs whose text `job`'s text is made of, first to last: those that dropped out
+        after producing text it continues (generations/handover.py), then `job` itself."""
+        if not job.carried_tokens:
+            return [job]
+        kept = [
+            other
+            for other in self.jobs
+            if other.state in (Job.State.FAULTED, Job.State.ABANDONED)
+            and other.tokens
+            and other.started <= job.started
+        ]
+        return [*kept, job]
+
+    def serving(self) -> list[dict[str, str]]:
+        """The servers at work on the prompt now: {"id", "name"} each."""
+        return [
+            {"id": str(job.server_id) if job.server_id else "", "name": self.server_name(job)}
+            for job in self.jobs
+            if job.state == Job.State.PROCESSING
+        ]
+
+    def servers_of(self, job: Job) -> list[dict[str, str]]:
+        """The servers that produced `job`'s text, first to last: {"id", "name"} each."""
+        return [
+            {"id": str(part.server_id) if part.server_id else "", "name": self.server_name(part)}
+            for part in self.producers(job)
+        ]
 
 
 _PROMPT_COLUMNS = (
@@ -103,7 +134,8 @@ _PROMPT_COLUMNS = (
 )
 _JOB_COLUMNS = (
     "j.id, j.state, j.text, j.tokens, j.model, j.seed, j.censored, j.gen_metadata, "
-    "j.server_id, j.started, j.deadline, s.name, s.speed, j.prompt_tokens, j.prompt_trimmed"
+    "j.server_id, j.started, j.deadline, s.name, s.speed, j.prompt_tokens, j.prompt_trimmed, "
+    "j.carried_tokens"
 )
 # The queue up to and including the prompt (when it still waits), as one bounded read. The
 # prompt's key is a scalar subquery, so that both databases bound the walk of the queue index
@@ -185,13 +217,14 @@ def _status_from_rows(rows: list[tuple], *, outlook: bool) -> PromptStatus:
             deadline=aware(row[24]),
             prompt_tokens=row[27],
             prompt_trimmed=row[28],
+            carried_tokens=row[29],
         )
         status.jobs.append(job)
         if job.server_id is not None:
             status.server_names[job.server_id] = row[25]
             status.server_speeds[job.server_id] = row[26]
     if outlook:
-        status.ahead = (first[29] or 0, int(first[30] or 0), int(first[31] or 0))
+        status.ahead = (first[30] or 0, int(first[31] or 0), int(first[32] or 0))
     return status
 
 
@@ -271,8 +304,8 @@ def _remaining(job: Job, status: PromptStatus, max_length: int, now: datetime) -
     """Seconds a job in flight should still need: by its server's speed, else its deadline."""
     elapsed = (now - job.started).total_seconds()
     speed = status.server_speeds.get(job.server_id, 0.0) if job.server_id else 0.0
-    if speed > 0:
-        return max(0.0, max_length / speed - elapsed)
+    if speed > 0:  # a continuation has only what the servers before it left to generate
+        return max(0.0, max(max_length - job.carried_tokens, 1) / speed - elapsed)
     return max(0.0, (job.deadline - now).total_seconds())
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
@@ -22,10 +23,11 @@ from django.conf import settings
 from accounts.models import User
 from generations.frontend import RequestFaulted, cancel_gone, give_up, wait_seconds
 from generations.intake import GenerationRequest, prompt_create
+from generations.liveness import stall_seconds
 from generations.openai_shapes import cut_at_stop
 from generations.progress_store import progress_text
 from generations.status import PromptStatus, prompt_status
-from generations.waiting import reap_stalled
+from generations.waiting import STALL_MARGIN_SECONDS, reap_stalled, stall_check_in
 from koboldcluster import metrics, shutdown, wakeups
 from koboldcluster.errors import ApiError
 
@@ -52,17 +54,21 @@ KEEPALIVE = Update("", keepalive=True)
 class ServerReplaced(ApiError):
     """The text a stream already sent is not the beginning of the text now generated: its
     job went back to the queue (its server failed, vanished or stalled) and another server
-    generates it from the start. The stream cannot take back what it sent, so it ends with
-    this error rather than garble the answer (continuing a generation is not built yet)."""
+    generates it from the start. That is rare: a job given back after it produced text is
+    continued from that text (generations/handover.py), and its stream goes on. It is not
+    when the text so far was lost (a request for several generations, or a progress post
+    that raced the hand-over). The stream cannot take back what it sent, so it ends with
+    this error rather than garble the answer."""
 
     status_code = 502
     default_rc = "ServerReplaced"
 
     def __init__(self) -> None:
         super().__init__(
-            "The server generating this stream dropped out and another server started the "
-            "generation again; the text already sent is not part of its answer. Send the "
-            "request again (the stream was cancelled)."
+            "The server generating this stream dropped out and its text could not be "
+            "continued: another server started the generation again, and the text already "
+            "sent is not part of its answer. Send the request again (the stream was "
+            "cancelled)."
         )
 
 
@@ -103,6 +109,7 @@ async def _updates(prompt_id: object, timeout: float) -> AsyncIterator[Update]:
     read_progress = sync_to_async(progress_text, thread_sensitive=False)
     last_text: str | None = None
     last_check = last_sent = loop.time()
+    stall_at = math.inf  # when a job of the prompt could have stalled (a status check then)
     async with wakeups.listening(wakeups.topic_for_prompt(prompt_id)) as wake:
         while True:
             # The text so far first: it is what most wake-ups bring, and cheap to read.
@@ -111,7 +118,11 @@ async def _updates(prompt_id: object, timeout: float) -> AsyncIterator[Update]:
             if text is not None and text != last_text:
                 last_text, last_sent = text, loop.time()
                 yield Update(text)
-                check_status = loop.time() - last_check > RECHECK_SECONDS
+                now = loop.time()
+                check_status = now - last_check > RECHECK_SECONDS or now >= stall_at
+                # A progress post is a sign of life of the job that sent it: if it is the
+                # last, the job stalls STALL_SECONDS from now (then a status check).
+                stall_at = now + stall_seconds() + STALL_MARGIN_SECONDS
             else:  # no new text: maybe the submit (which removes it) woke us
                 check_status = True
             if check_status:
@@ -121,6 +132,7 @@ async def _updates(prompt_id: object, timeout: float) -> AsyncIterator[Update]:
                     yield _final(status)
                     return
                 await reap_stalled(status)
+                stall_at = loop.time() + await stall_check_in(status)
             remaining = deadline - loop.time()
             if remaining <= 0:
                 raise await sync_to_async(give_up)(prompt_id, timeout)
@@ -128,7 +140,8 @@ async def _updates(prompt_id: object, timeout: float) -> AsyncIterator[Update]:
                 last_sent = loop.time()
                 yield KEEPALIVE
             quiet = last_sent + keepalive_seconds() - loop.time()
-            await wake.wait(max(min(RECHECK_SECONDS, remaining, quiet), 0))
+            stall = stall_at - loop.time()
+            await wake.wait(max(min(RECHECK_SECONDS, remaining, quiet, stall), 0))
             if shutdown.is_stopping():
                 raise shutdown.ServerStopping()
 

@@ -27,7 +27,14 @@ from accounts.identity import anonymous_user
 from accounts.models import User
 from generations.chat import estimate_tokens
 from generations.fitting import LIMITS_HEADER, Fit, fitted
-from generations.frontend import generate, genkey_abort, genkey_text_so_far, served_models
+from generations.frontend import (
+    generate,
+    genkey_abort,
+    genkey_check,
+    outlook_headers,
+    served_models,
+    servers_header,
+)
 from generations.idempotency import IDEMPOTENCY_KEY_HEADER, idempotency_key
 from generations.intake import GenerationRequest
 from generations.serializers import GenerationParamsSerializer, PromptTextField, split_params
@@ -218,9 +225,8 @@ class GenerateView(AsyncAPIView):
         user, generation, fit = await self.parse(request)
         status = await generate(user=user, request=generation)
         texts = [job.text for job in status.generations] or [""]
-        return Response(
-            {"results": [{"text": text} for text in texts]}, headers={LIMITS_HEADER: fit.header()}
-        )
+        headers = {LIMITS_HEADER: fit.header(), **servers_header(status)}
+        return Response({"results": [{"text": text} for text in texts]}, headers=headers)
 
     async def parse(self, request: Request) -> tuple[User, GenerationRequest, Fit]:
         """The caller, the queue request of a KoboldAI generate body fitted to the servers
@@ -269,7 +275,8 @@ class StreamView(GenerateView):
         if generation.n > 1:
             raise BadRequest("Streaming takes n = 1 only.", rc="ValidationError")
         prompt_id = await start(user=user, request=generation)
-        return event_stream(kobold_tokens(prompt_id=prompt_id), {LIMITS_HEADER: fit.header()})
+        headers = {LIMITS_HEADER: fit.header(), **await sync_to_async(outlook_headers)(prompt_id)}
+        return event_stream(kobold_tokens(prompt_id=prompt_id), headers)
 
 
 CHECK = shape(
@@ -313,8 +320,8 @@ class CheckView(KoboldView):
         data = validated(self.Input, body)
         user = api_user(request) or anonymous_user()
         genkey = data.get("genkey") or ""
-        text = genkey_text_so_far(user=user, genkey=genkey) if genkey else ""
-        return Response({"results": [{"text": text}]})
+        text, headers = genkey_check(user=user, genkey=genkey) if genkey else ("", {})
+        return Response({"results": [{"text": text}]}, headers=headers)
 
 
 class AbortView(KoboldView):

@@ -28,7 +28,14 @@ from accounts.models import User
 from generations import chat
 from generations.chat import MODEL_NAME_MAX
 from generations.fitting import LIMITS_HEADER, Fit, fitted
-from generations.frontend import ServedModel, generate, models_for, served_models
+from generations.frontend import (
+    ServedModel,
+    generate,
+    models_for,
+    outlook_headers,
+    served_models,
+    servers_header,
+)
 from generations.idempotency import IDEMPOTENCY_KEY_HEADER, idempotency_key
 from generations.intake import GenerationRequest
 from generations.openai_shapes import (
@@ -334,8 +341,10 @@ class CompletionsView(AsyncOpenAIView):
                 chat=False,
                 include_usage=data["include_usage"],
             )
+            headers |= await sync_to_async(outlook_headers)(prompt_id)
             return event_stream(chunks, headers)
         status = await generate(user=user, request=generation)
+        headers |= servers_header(status)
         body = completion_body(
             status=status,
             prompt=data["prompt"],
@@ -403,8 +412,10 @@ class ChatCompletionsView(AsyncOpenAIView):
                 chat=True,
                 include_usage=data["include_usage"],
             )
+            headers |= await sync_to_async(outlook_headers)(prompt_id)
             return event_stream(chunks, headers)
         status = await generate(user=user, request=generation)
+        headers |= servers_header(status)
         answer = completion_body(
             status=status, prompt=text, stops=stops, max_tokens=max_tokens, chat=True
         )

@@ -236,6 +236,14 @@ GENERATION = shape(
         "id": serializers.UUIDField(help_text="The job's id."),
         "worker_id": serializers.CharField(help_text='The server\'s id ("" if it was deleted).'),
         "worker_name": serializers.CharField(),
+        "workers": shape(
+            "HordeGenerationWorker",
+            {"id": serializers.CharField(), "name": serializers.CharField()},
+            many=True,
+            help_text="Every server that produced the text, first to last: more than one when "
+            "a server dropped out and the next continued its text (this cluster's extension; "
+            "the last is worker_id/worker_name).",
+        ),
         "model": serializers.CharField(help_text='Never null; "" if unknown.'),
         "state": serializers.ChoiceField(["ok", "censored", "csam"]),
         "text": serializers.CharField(),
@@ -262,10 +270,17 @@ STATUS = shape(
             help_text="1-based place in the queue; 0 when nothing waits; 1001 means beyond 1000."
         ),
         "kudos": serializers.FloatField(
-            help_text="Tokens charged so far (those of the delivered generations)."
+            help_text="Tokens charged so far: the delivered generations', and the text kept "
+            "from servers that dropped out."
         ),
         "is_possible": serializers.BooleanField(
             help_text="Some active server could serve it (or one is at work on it)."
+        ),
+        "processing_workers": shape(
+            "HordeProcessingWorker",
+            {"id": serializers.CharField(), "name": serializers.CharField()},
+            many=True,
+            help_text="The servers at work on it now (this cluster's extension).",
         ),
         "generations": GENERATION,
     },
@@ -295,11 +310,13 @@ def status_body(status: PromptStatus) -> dict[str, Any]:
         "queue_position": outlook.queue_position,
         "kudos": float(status.tokens),
         "is_possible": outlook.is_possible,
+        "processing_workers": status.serving(),
         "generations": [
             {
                 "id": str(job.id),
                 "worker_id": str(job.server_id) if job.server_id else "",
                 "worker_name": status.server_name(job),
+                "workers": status.servers_of(job),
                 "model": job.model,
                 "state": generation_state(job),
                 "text": job.text,

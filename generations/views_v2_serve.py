@@ -284,7 +284,9 @@ class TextSubmitView(APIView):
         reward = job_submit(
             job_id=data["id"],
             credentials=Credentials(api_user=user),
-            text=data["generation"],
+            # A faulted submit's text is a placeholder for the AI Horde's workers ("faulted"):
+            # not a text so far to continue from (the original API's submit keeps it).
+            text="" if data["state"] == "faulted" else data["generation"],
             state=data["state"],
             seed=data.get("seed"),
             gen_metadata=[dict(entry) for entry in metadata],

@@ -32,6 +32,8 @@ class ApiError(Exception):
         self.rc = rc or self.default_rc
         # Seconds a client should wait before trying again (the Retry-After header).
         self.retry_after = retry_after
+        # More response headers (e.g. a time-out's queue position and wait estimate).
+        self.headers: dict[str, str] = {}
 
 
 class BadRequest(ApiError):
@@ -110,8 +112,12 @@ _DRF_CODES: dict[type[exceptions.APIException], str] = {
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     """DRF's EXCEPTION_HANDLER: every error the API raises becomes `{"message", "rc"}`."""
     if isinstance(exc, ApiError):
-        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
-        return Response(error_body(exc.message, exc.rc), status=exc.status_code, headers=headers)
+        headers = dict(exc.headers)
+        if exc.retry_after is not None:
+            headers["Retry-After"] = str(exc.retry_after)
+        return Response(
+            error_body(exc.message, exc.rc), status=exc.status_code, headers=headers or None
+        )
     if isinstance(exc, exceptions.ValidationError):
         return validation_response(exc.detail)
     if isinstance(exc, RequestDataTooBig):  # Django would log it at ERROR with a traceback

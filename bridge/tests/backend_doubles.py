@@ -116,6 +116,9 @@ class FakeKoboldCpp(FakeKoboldAI):
         self.queue = 0  # perf: requests waiting
         self.perf_calls = 0
         self.streams = 0  # generate/stream requests answered
+        # perf's last_token_count: the last generation's true count when set, else PERF's.
+        self.true_counts = False
+        self.last_tokens = 0
 
     def _handle(self, request: _Handler, method: str) -> None:
         path = request.path.split("?")[0].rstrip("/")
@@ -137,7 +140,9 @@ class FakeKoboldCpp(FakeKoboldAI):
             with self._lock:
                 self.perf_calls += 1
                 busy = self.owner_busy or self._active > 0
-            request.send_json(200, {**PERF, "queue": self.queue, "idle": 0 if busy else 1})
+                counted = self.last_tokens if self.true_counts else PERF["last_token_count"]
+            perf = {**PERF, "last_token_count": counted, "queue": self.queue}
+            request.send_json(200, {**perf, "idle": 0 if busy else 1})
         elif method == "POST" and path == "/api/extra/generate/stream":
             self._stream(request)
         elif method == "POST" and path == "/api/extra/tokencount":
@@ -182,6 +187,7 @@ class FakeKoboldCpp(FakeKoboldAI):
             with self._lock:
                 self.generated += 1
                 self.streams += 1
+                self.last_tokens = len(text) // 4
         except OSError:
             pass
         finally:

@@ -72,6 +72,7 @@ class FakeCluster:
         self.popped: list[Capabilities] = []
         self.submitted: list[tuple[str, str]] = []
         self.given_back: list[str] = []
+        self.given_back_texts: list[str] = []
         self.token_counts: list[int | None] = []  # what each submit reported, in order
         self.on_pop: Callable[[], None] | None = None
         self._lock = threading.Lock()
@@ -100,9 +101,10 @@ class FakeCluster:
             self.token_counts.append(tokens)
         return answer or Submitted("accepted", estimate_tokens(text))
 
-    def give_back(self, job: Job) -> Submitted:
+    def give_back(self, job: Job, text: str = "") -> Submitted:
         with self._lock:
             self.given_back.append(job.id)
+            self.given_back_texts.append(text)
         return Submitted("accepted", 0)
 
 

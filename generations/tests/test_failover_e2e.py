@@ -7,11 +7,12 @@ with the project's bridge killed with SIGKILL mid-job.
 A retried create with the same Idempotency-Key waits for the same prompt on every waiting
 face.
 
-A stream whose job goes to another server never garbles.
+A stream whose job goes to another server is continued, never garbled.
 Two servers of the same model, driven over the API by the test: the first streams some
-text, then gives its job back; the second generates the prompt again from the start. The
-client must not get the second server's text after the first one's: its stream ends with a
-clear error (OpenAI's `{"error": ...}` then `[DONE]`, KoboldCpp's `finish_reason: "error"`).
+text, then gives its job back (or goes quiet); the second gets the prompt followed by that
+text and the remaining length, and its text is appended: the client's stream has the first
+server's text, then the second's, and ends normally; the stored generation is the joined
+text, and the ledger paid each server for its part.
 """
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ def replace_the_server(
     volunteer: Volunteer, url: str, body: dict, text_of: Any, how: str = "faulted"
 ) -> Stream:
     """Server a streams " w1 w2" and gives its job back (`faulted`), or goes quiet
-    (`stalled`: the stream's own wait gives it back); server b starts it again."""
+    (`stalled`: the stream's own wait gives it back); server b continues it."""
     volunteer.pop("a")  # both online before the prompt comes (else it is refused at once)
     volunteer.pop("b")
     stream = Stream(url, body)
@@ -109,14 +110,41 @@ def replace_the_server(
         given = volunteer.post("/generate/submit", id=first["id"], generation="", state="faulted")
         assert given.status_code == 200, given.text
     second = volunteer.pop_job("b")
+    # The prompt followed by the kept text, and what is left of max_length (8 less the
+    # 2 tokens of " w1 w2" by the cluster's count: a quarter of its characters).
+    assert second["payload"]["prompt"] == "Once w1 w2", second
+    assert second["payload"]["max_length"] == 6, second
     volunteer.progress(second, " v1")
+    stream.wait_for(lambda data: text_of(data) == " w1 w2 v1", "the second server's text")
+    volunteer.post("/generate/submit", id=second["id"], generation=" v1 v2")
     stream.wait_for(lambda data: data and data[-1].startswith(("[DONE]", '{"token": ""')), "end")
-    volunteer.post("/generate/submit", id=second["id"], generation=" v1 v2 v3")
     return stream
 
 
+def assert_joined_and_paid_fairly() -> None:
+    """The stored generation is the joined text; a was paid for its kept text, b for its part."""
+    from accounts.models import LedgerEntry
+    from generations.models import Job
+
+    jobs = {job.server.name: job for job in Job.objects.select_related("server")}
+    assert jobs["a"].state in (Job.State.FAULTED, Job.State.ABANDONED)
+    assert (jobs["a"].text, jobs["a"].tokens) == (" w1 w2", 2)
+    assert (jobs["b"].state, jobs["b"].text) == (Job.State.DONE, " w1 w2 v1 v2")
+    assert (jobs["b"].carried_tokens, jobs["b"].tokens) == (2, 2)
+    paid = {
+        (entry.kind, entry.job_id): entry.tokens
+        for entry in LedgerEntry.objects.filter(job_id__isnull=False)
+    }
+    assert paid == {
+        ("usage", jobs["a"].id): 2,
+        ("contribution", jobs["a"].id): 2,
+        ("usage", jobs["b"].id): 2,
+        ("contribution", jobs["b"].id): 2,
+    }
+
+
 @pytest.mark.parametrize("how", ["faulted", "stalled"])
-def test_an_openai_stream_whose_server_is_replaced_ends_with_an_error(cluster, how):
+def test_an_openai_stream_whose_server_is_replaced_is_continued(cluster, how):
     volunteer = Volunteer(cluster.url)
     body = {"model": "tiny", "prompt": "Once", "max_tokens": 8, "stream": True}
 
@@ -127,13 +155,13 @@ def test_an_openai_stream_whose_server_is_replaced_ends_with_an_error(cluster, h
     stream = replace_the_server(volunteer, f"{cluster.url}/v1/completions", body, text_of, how)
     data = stream.end()
 
-    assert text_of(data) == " w1 w2"  # nothing of the second server's text
+    assert text_of(data) == " w1 w2 v1 v2"
     assert data[-1] == "[DONE]"
-    error = json.loads(data[-2])["error"]
-    assert error["code"] == "ServerReplaced" and "another server" in error["message"], error
+    assert json.loads(data[-2])["choices"][0]["finish_reason"] == "stop"
+    assert_joined_and_paid_fairly()
 
 
-def test_a_koboldcpp_stream_whose_server_is_replaced_ends_with_finish_reason_error(cluster):
+def test_a_koboldcpp_stream_whose_server_is_replaced_is_continued(cluster):
     volunteer = Volunteer(cluster.url)
     body = {"prompt": "Once", "max_length": 8}
 
@@ -143,9 +171,9 @@ def test_a_koboldcpp_stream_whose_server_is_replaced_ends_with_finish_reason_err
     url = f"{cluster.url}/api/extra/generate/stream"
     data = replace_the_server(volunteer, url, body, text_of).end()
 
-    assert text_of(data) == " w1 w2"
-    last = json.loads(data[-1])
-    assert last["finish_reason"] == "error" and "another server" in last["error"], last
+    assert text_of(data) == " w1 w2 v1 v2"
+    assert json.loads(data[-1])["finish_reason"] == "stop"
+    assert_joined_and_paid_fairly()
 
 
 def test_a_waiting_client_gets_the_next_servers_answer_when_the_first_stalls(cluster):
@@ -168,6 +196,29 @@ def test_a_waiting_client_gets_the_next_servers_answer_when_the_first_stalls(clu
     assert answers[0].json() == {"results": [{"text": " from b"}]}
     late = volunteer.post("/generate/submit", id=first["id"], generation=" from a")
     assert (late.status_code, late.json()["rc"]) == (404, "AbortedGen")
+
+
+def test_a_waiting_client_gets_the_joined_text_and_the_names_of_both_servers(cluster):
+    """A KoboldAI client waiting (not streaming) for a generation whose first server
+    stalled after some text: its answer is the joined text, and says who produced it."""
+    volunteer = Volunteer(cluster.url)
+    volunteer.pop("a")
+    volunteer.pop("b")
+    answers: list[requests.Response] = []
+    body = {"prompt": "Once", "max_length": 8}
+    url = f"{cluster.url}/api/v1/generate"
+    client = threading.Thread(target=lambda: answers.append(requests.post(url, json=body)))
+    client.start()
+    first = volunteer.pop_job("a")
+    assert volunteer.progress(first, " w1").json() == {"ok": True}  # then a goes quiet
+
+    second = volunteer.pop_job("b")
+    assert second["payload"]["prompt"] == "Once w1"
+    volunteer.post("/generate/submit", id=second["id"], generation=" from b")
+    client.join(30)
+
+    assert answers[0].json() == {"results": [{"text": " w1 from b"}]}
+    assert answers[0].headers["X-KoboldCluster-Servers"] == "a, b"
 
 
 WAITING_FACES = [

@@ -158,6 +158,10 @@ def test_a_request_an_idle_server_could_serve_times_out_as_queued_too_long(api, 
     response = api.post("/api/v1/generate", {"prompt": "Once", "max_length": 16}, format="json")
     assert response.status_code == 504
     assert response.json()["rc"] == "Timeout" and "queue" in response.json()["message"]
+    # Its place and the wait the servers' measured speeds predicted (never measured: the
+    # estimate falls back to a token a second).
+    assert response["X-KoboldCluster-Queue-Position"] == "1"
+    assert response["X-KoboldCluster-Wait-Seconds"] == "16"
     assert not Prompt.objects.queued().exists()
 
 

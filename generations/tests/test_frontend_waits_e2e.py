@@ -45,6 +45,9 @@ def test_a_queued_stream_sends_keepalives_then_an_error_with_its_place(cluster):
     started, lines = time.monotonic(), []
     with requests.post(f"{cluster.url}/v1/completions", json=body, stream=True, timeout=30) as r:
         assert r.status_code == 200
+        # Where it stands when the stream starts: first in the queue.
+        assert r.headers["X-KoboldCluster-Queue-Position"] == "1"
+        assert int(r.headers["X-KoboldCluster-Wait-Seconds"]) >= 0
         for line in r.iter_lines(decode_unicode=True):
             lines.append((round(time.monotonic() - started, 1), line))
     comments = [at for at, line in lines if line.startswith(":")]

@@ -233,6 +233,7 @@ def test_status_before_any_server_has_every_key(api, horde, carol):
         "queue_position": 1,
         "kudos": 0.0,
         "is_possible": False,
+        "processing_workers": [],
         "generations": [],
     }
 
@@ -269,6 +270,7 @@ def test_a_whole_round_trip_through_v2(api, horde, carol, dave):
             "id": popped["id"],
             "worker_id": str(server.id),
             "worker_name": "dave-1",
+            "workers": [{"id": str(server.id), "name": "dave-1"}],
             "model": "tiny-llm",
             "state": "ok",
             "text": "x" * 20,

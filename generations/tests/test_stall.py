@@ -185,3 +185,26 @@ def test_old_marks_are_swept(heartbeat, popped, time_machine, store):
 
     assert marks_sweep() == (1 if store == "files" else 0)  # the cache expires its own
     assert last_signs([job_id]) == {}
+
+
+def test_a_wait_sleeps_until_its_job_could_have_stalled(heartbeat, popped, time_machine):
+    """A front-end wait wakes when the stall becomes due (the last sign of life plus the
+    stall time), not at its next periodic check; without a sign of life, not for a stall."""
+    import math
+
+    from asgiref.sync import async_to_sync
+
+    from generations.waiting import STALL_MARGIN_SECONDS, stall_check_in
+
+    prompt_id, job_id = popped
+    at(time_machine, 8)
+    assert async_to_sync(stall_check_in)(prompt_status(prompt_id=prompt_id)) == math.inf
+    at(time_machine, 5)
+    heartbeat(job_id)
+    at(time_machine, 8)
+
+    seconds = async_to_sync(stall_check_in)(prompt_status(prompt_id=prompt_id))
+
+    assert seconds == pytest.approx(20 - 8 + STALL_MARGIN_SECONDS)
+    at(time_machine, 20.1)
+    assert stalled_jobs_reap(prompt_id=prompt_id, jobs=prompt_status(prompt_id=prompt_id).jobs) == 1

@@ -76,6 +76,8 @@ GENERATION = {
     "id": UUID,
     "worker_id": UUID,
     "worker_name": str,
+    # This cluster's extension (issue 25): every server that produced the text, first to last.
+    "workers": Optional([{"id": str, "name": str}]),
     "model": str,
     "state": str,
     "text": str,
@@ -93,6 +95,8 @@ STATUS = {
     "queue_position": int,
     "kudos": float,
     "is_possible": bool,
+    # This cluster's extension (issue 25): the servers at work on it now.
+    "processing_workers": Optional([{"id": str, "name": str}]),
     "generations": [GENERATION],
 }
 
