@@ -44,7 +44,8 @@ def run_together(count: int, work: Callable[[int], Any]) -> list[Any]:
 
 
 def test_40_concurrent_pops_hand_out_exactly_the_30_slots_of_10_prompts(submit_prompt):
-    User.objects.create_user("bob", password=SERVER_PASSWORD)
+    # Trusted: an untrusted account may run only UNTRUSTED_SERVERS_PER_ACCOUNT (20) servers.
+    User.objects.create_user("bob", password=SERVER_PASSWORD, trusted=True)
     for i in range(10):
         submit_prompt(f"prompt {i}", params={"n": 3, "max_length": 16})
 

@@ -27,7 +27,10 @@ from bridge.tests.kai_double import fake_text
 pytestmark = [pytest.mark.e2e]
 
 PROMPT = "Once upon a time"
-TOKENS = 40  # 2 s of tokens at 50 ms each
+# 8 s of tokens at 50 ms each: the first bridge is still generating when it is stopped, even
+# if the second bridge takes seconds to start on a loaded machine (with 2 s, in a full parallel
+# run, the first had sometimes finished: nothing was left to continue).
+TOKENS = 160
 MODEL = "koboldcpp/FakeModel-7B-Q4_K_M"
 
 
