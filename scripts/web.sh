@@ -7,12 +7,20 @@
 # that trickles its headers, and an idle keep-alive connection alike -- so slow or silent
 # clients cannot hold capacity. uvicorn (alone or under gunicorn) keeps such connections open
 # for ever: it times out only keep-alive connections after a response.
+#
+# Thousands of servers wait at once, each a long-polling request on a connection of its own:
+# every web process takes up to WEB_MAX_CONCURRENCY requests at once (granian's back-pressure;
+# its default, the backlog divided by the workers, left 2,000 waiting pops queued unanswered),
+# the kernel queues up to WEB_BACKLOG new connections (a burst of reconnecting servers), and
+# the process may open as many files as the system allows it (one per connection).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 exec "${KOBOLDCLUSTER_PYTHON:-.venv/bin/python}" -m granian koboldcluster.asgi:application \
     --interface asginl \
     --host "${HOST:-0.0.0.0}" --port "${PORT:-5001}" \
     --workers "${WEB_WORKERS:-2}" \
+    --backpressure "${WEB_MAX_CONCURRENCY:-10000}" --backlog "${WEB_BACKLOG:-4096}" \
     --http 1 --http1-header-read-timeout "$(( ${WEB_HEADER_TIMEOUT:-10} * 1000 ))" \
     --respawn-failed-workers --workers-kill-timeout "${WEB_KILL_TIMEOUT:-10}" \
     --no-ws --access-log "$@"
