@@ -18,7 +18,8 @@ Roles (any together in one process):
   --streams M     M clients keep a stream (`/api/extra/generate/stream`) open each: the time
                   from a progress post to its token reaching the client is noted.
 It runs `--duration` seconds (or until SIGINT/SIGTERM), prints `{"event": "ready", ...}` once
-every volunteer's first pop was sent, then one JSON line of results.
+every volunteer's first pop was sent, then one JSON line of results; SIGUSR1 prints the
+results so far (`"event": "snapshot"`) and starts the dispatch latencies afresh.
 """
 
 from __future__ import annotations
@@ -99,9 +100,16 @@ class Load:
         self.results = Results()
         self.stopping = asyncio.Event()
         self.tag = args.tag or uuid.uuid4().hex[:6]
+        # A test cluster's self-signed certificate (scripts/bench_cluster.py) is not checked.
+        self.ssl = not args.insecure
+
+    def snapshot(self) -> None:
+        """SIGUSR1: the results so far; the dispatch latencies start again from none."""
+        print(json.dumps({**self.results.summary(), "event": "snapshot"}), flush=True)
+        self.results.dispatch.clear()
 
     async def run(self) -> None:
-        connector = aiohttp.TCPConnector(limit=0, force_close=False)
+        connector = aiohttp.TCPConnector(limit=0, ssl=self.ssl)
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as self.session:
             tasks = [asyncio.create_task(self._volunteers())]
@@ -151,7 +159,7 @@ class Load:
 
     async def _volunteer(self, server: dict[str, Any]) -> None:
         """Pop with `wait` for ever on one connection of its own; serve what comes."""
-        connector = aiohttp.TCPConnector(limit=1)
+        connector = aiohttp.TCPConnector(limit=1, ssl=self.ssl)
         async with aiohttp.ClientSession(connector=connector) as own:
             body, cut_off = {**server, "wait": 30}, None
             while not self.stopping.is_set():
@@ -266,6 +274,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--hold", type=float, default=30, help="seconds a stream's job lasts")
     parser.add_argument("--progress-every", type=float, default=2.0)
     parser.add_argument("--tag", default="", help="names' prefix (several processes: distinct)")
+    parser.add_argument("--insecure", action="store_true", help="do not check TLS certificates")
     return parser.parse_args(argv)
 
 
@@ -274,6 +283,7 @@ def main(argv: list[str]) -> None:
     loop = asyncio.new_event_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, load.stopping.set)
+    loop.add_signal_handler(signal.SIGUSR1, load.snapshot)
     loop.run_until_complete(load.run())
     print(json.dumps(load.results.summary()), flush=True)
 
