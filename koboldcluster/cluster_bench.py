@@ -26,11 +26,13 @@ class Balancer:
     nodes: tuple[tuple[str, str], ...]  # (name, "address:port")
     certificate: str  # the PEM file (certificate and key) TLS is served with
     state_dir: str  # where the stats socket goes (the benchmark's own folder)
+    maxconn: int | None = None  # lower than deploy/'s, for a machine with fewer open files
 
 
 def render_haproxy(template: str, balancer: Balancer) -> str:
     """deploy/haproxy/haproxy.cfg with the benchmark's web nodes between the markers, its
-    certificate and its stats socket; every other line as written."""
+    certificate, its stats socket and (if given) a lower maxconn; every other line as
+    written."""
     lines, out, inside, replaced = template.splitlines(), [], False, False
     for line in lines:
         stripped = line.strip()
@@ -46,6 +48,8 @@ def render_haproxy(template: str, balancer: Balancer) -> str:
             continue
         if "ssl crt " in line and SET_BY_BENCH in line:
             line = re.sub(r"ssl crt \S+", f"ssl crt {balancer.certificate}", line)
+        if stripped.startswith("maxconn ") and SET_BY_BENCH in line and balancer.maxconn:
+            line = re.sub(r"maxconn \d+", f"maxconn {balancer.maxconn}", line)
         if stripped.startswith("stats socket "):
             line = re.sub(
                 r"stats socket \S+", f"stats socket {balancer.state_dir}/admin.sock", line

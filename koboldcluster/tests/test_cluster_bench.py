@@ -39,6 +39,10 @@ def test_the_balancer_gets_the_benchmarks_nodes_and_nothing_else_changes(tmp_pat
     assert servers == ["server n1 1.2.3.4:5"]
     assert f"ssl crt {tmp_path}/c.pem" in rendered
     assert f"stats socket {tmp_path}/admin.sock" in rendered
+    assert "maxconn 100000" in rendered  # deploy/'s own, unless asked otherwise
+    lower = cluster_bench.Balancer(nodes=(("n", "1:2"),), certificate="c", state_dir="s", maxconn=9)
+    assert "maxconn 100000" not in cluster_bench.render_haproxy(template, lower)
+    assert "    maxconn 9  #" in cluster_bench.render_haproxy(template, lower)
     # Every other line as written: the time-outs the README promises among them.
     kept = [
         line for line in template.splitlines() if "server " not in line and "ssl crt" not in line
@@ -83,7 +87,9 @@ def test_haproxy_accepts_the_deployments_configuration(tmp_path):
     pem.write_text((tmp_path / "cert.pem").read_text() + pem.read_text())
     config = tmp_path / "haproxy.cfg"
     template = cluster_bench.DEPLOY_HAPROXY.read_text()
-    config.write_text(cluster_bench.render_haproxy(template, _balancer(tmp_path)))
+    balancer = _balancer(tmp_path)
+    balancer = cluster_bench.Balancer(**{**balancer.__dict__, "maxconn": 1000})  # any machine
+    config.write_text(cluster_bench.render_haproxy(template, balancer))
     checked = subprocess.run(["haproxy", "-c", "-f", str(config)], capture_output=True, text=True)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     broken = tmp_path / "broken.cfg"

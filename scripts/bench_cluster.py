@@ -1,0 +1,578 @@
+#!/usr/bin/env python3
+"""The benchmark across hosts: the reference deployment (deploy/) on test hosts made of
+network namespaces, driven through its balancer (README "Benchmark across hosts").
+
+Hosts (scripts/netns.py; every packet a host sends waits --delay-ms, 1 ms, in netem):
+  lb 10.77.0.10      HAProxy with deploy/haproxy/haproxy.cfg (its web nodes, a self-signed
+                     certificate and the stats socket put in; TLS ends here)
+  web1..3 .11-.13    scripts/web.sh with the env of deploy/cluster.env and web.env
+  db .20             a PostgreSQL of its own (initdb'd into a temporary folder)
+  redis .21          a redis-server of its own
+  sched .30          migrate, ensure_schedules, qcluster (the scheduler unit's commands)
+  vol .40            the volunteers (scripts/load.py)
+  cli .41            the clients (scripts/load.py)
+
+For each count of web nodes (--nodes 1,2,3) on a fresh database: the volunteers long-poll
+through the balancer; then clients post --prompts per second (dispatch latency, CPU per
+generation of each web node, PostgreSQL, Redis and HAProxy, Redis commands and WAL bytes per
+generation), then hold --streams streams (the delay of streamed tokens, client minus
+volunteer). --ramp rates: prompts at rising rates on the most nodes, to see what gives
+first. --kill-at S: a separate run in which one web node is killed (SIGKILL, its whole
+process group) S seconds into the load. Every namespace and process it made is removed at
+the end, whatever happens. Root only; never part of the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+from bench_node import LOAD_ENV, PYTHON, WAITERS  # noqa: E402
+from netns import Hosts  # noqa: E402
+
+from koboldcluster import cluster_bench, procstat  # noqa: E402
+
+LB, DB, REDIS = "10.77.0.10", "10.77.0.20", "10.77.0.21"
+WEB = {f"web{i}": f"10.77.0.{10 + i}" for i in (1, 2, 3)}
+URL = f"https://{LB}"
+
+
+class Cluster:
+    """One deployment on the test hosts; `start(nodes)`, `measure`, `stop`."""
+
+    def __init__(self, hosts: Hosts, folder: Path) -> None:
+        self.hosts, self.folder = hosts, folder
+        self.web: dict[str, subprocess.Popen] = {}
+        self.others: dict[str, subprocess.Popen] = {}
+        self.database = ""
+
+    # -- the shared parts ------------------------------------------------------------------
+    def start_services(self) -> None:
+        data = self.folder / "pg"
+        self.folder.chmod(0o755)  # PostgreSQL runs as its own user
+        data.mkdir()
+        os.chown(data, _uid("postgres"), -1)
+        subprocess.run(
+            [
+                "runuser",
+                "-u",
+                "postgres",
+                "--",
+                "initdb",
+                "-D",
+                str(data),
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+            ],
+            check=True,
+            capture_output=True,
+        )
+        with open(data / "pg_hba.conf", "a") as hba:
+            hba.write("host all all 10.77.0.0/24 trust\n")
+        self.others["postgres"] = self.hosts.popen(
+            "db",
+            [
+                "runuser",
+                "-u",
+                "postgres",
+                "--",
+                "postgres",
+                "-D",
+                str(data),
+                "-k",
+                str(data),
+                "-c",
+                f"listen_addresses={DB}",
+                "-c",
+                "max_connections=200",
+                "-c",
+                "shared_buffers=256MB",
+                "-c",
+                "fsync=on",
+            ],
+            stdout=self._log("postgres"),
+            stderr=subprocess.STDOUT,
+        )
+        self.others["redis"] = self.hosts.popen(
+            "redis",
+            [
+                "redis-server",
+                "--bind",
+                REDIS,
+                "--port",
+                "6379",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "no",
+                "--maxmemory-policy",
+                "noeviction",
+            ],
+            stdout=self._log("redis"),
+            stderr=subprocess.STDOUT,
+        )
+        _until(lambda: self.psql("postgres", "SELECT 1") == "1", "PostgreSQL")
+        _until(lambda: self.redis("PING") == "PONG", "Redis")
+
+    def psql(self, database: str, query: str) -> str:
+        return self.hosts.run(
+            "db", "psql", "-h", DB, "-U", "postgres", "-d", database, "-tAc", query, check=False
+        ).strip()
+
+    def redis(self, *command: str) -> str:
+        return self.hosts.run("redis", "redis-cli", "-h", REDIS, *command, check=False).strip()
+
+    def env(self, database: str, node: str) -> dict[str, str]:
+        """deploy/cluster.env and web.env, with the test hosts' addresses."""
+        var = self.folder / node
+        var.mkdir(exist_ok=True)
+        return {
+            **os.environ,
+            **LOAD_ENV,
+            "DATABASE_URL": f"postgres://postgres@{DB}:5432/{database}",
+            "REDIS_URL": f"redis://{REDIS}:6379/0",
+            "SECRET_KEY": "bench-cluster-secret-key-the-same-on-every-node",
+            "ALLOWED_HOSTS": "*",
+            "KOBOLDCLUSTER_TRUSTED_PROXIES": LB,
+            "HOST": "0.0.0.0",
+            "PORT": "5001",
+            "WEB_WORKERS": "2",
+            "KOBOLDCLUSTER_VAR_DIR": str(var),
+            "PROMETHEUS_MULTIPROC_DIR": str(var / "prometheus"),
+            "PYTHONUNBUFFERED": "1",
+        }
+
+    # -- one deployment --------------------------------------------------------------------
+    def start(self, nodes: int) -> None:
+        self.database = f"kcb_{nodes}_{int(time.time())}"
+        self.psql("postgres", f"CREATE DATABASE {self.database}")
+        self.redis("FLUSHALL")
+        env = self.env(self.database, "sched")
+        for command in (["migrate", "--noinput", "-v", "0"], ["ensure_schedules"]):
+            done = self.hosts.popen(
+                "sched",
+                [PYTHON, "manage.py", *command],
+                cwd=ROOT,
+                env=env,
+                stdout=self._log("sched"),
+                stderr=subprocess.STDOUT,
+            )
+            if done.wait() != 0:
+                raise RuntimeError(f"manage.py {command[0]} failed; see {self.folder}/sched.log")
+        self.others["sched"] = self.hosts.popen(
+            "sched",
+            [PYTHON, "manage.py", "qcluster"],
+            cwd=ROOT,
+            env=env,
+            stdout=self._log("sched"),
+            stderr=subprocess.STDOUT,
+        )
+        for name in list(WEB)[:nodes]:
+            self.web[name] = self.hosts.popen(
+                name,
+                ["scripts/web.sh"],
+                cwd=ROOT,
+                env=self.env(self.database, name),
+                stdout=self._log(name),
+                stderr=subprocess.STDOUT,
+            )
+        for name in self.web:
+            _until(lambda name=name: self.get(name, "/readyz").startswith("{"), f"{name} ready")
+        self.others["haproxy"] = self._start_balancer()
+        _until(lambda: self.get("cli", "/healthz", URL).startswith("{"), "the balancer")
+
+    def _start_balancer(self) -> subprocess.Popen:
+        pem = self.folder / "cluster.pem"
+        if not pem.exists():
+            subprocess.run(
+                [
+                    "openssl",
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "rsa:2048",
+                    "-nodes",
+                    "-days",
+                    "2",
+                    "-subj",
+                    "/CN=cluster.test",
+                    "-keyout",
+                    str(pem),
+                    "-out",
+                    str(self.folder / "cert.pem"),
+                ],
+                check=True,
+                capture_output=True,
+            )
+            pem.write_text((self.folder / "cert.pem").read_text() + pem.read_text())
+        balancer = cluster_bench.Balancer(
+            nodes=tuple((name, f"{WEB[name]}:5001") for name in self.web),
+            certificate=str(pem),
+            state_dir=str(self.folder),
+            maxconn=_haproxy_maxconn(),
+        )
+        config = self.folder / "haproxy.cfg"
+        template = cluster_bench.DEPLOY_HAPROXY.read_text()
+        config.write_text(cluster_bench.render_haproxy(template, balancer))
+        self.hosts.run("lb", "haproxy", "-c", "-q", "-f", str(config))
+        return self.hosts.popen(
+            "lb",
+            ["haproxy", "-W", "-db", "-f", str(config)],
+            stdout=self._log("haproxy"),
+            stderr=subprocess.STDOUT,
+        )
+
+    def get(self, host: str, path: str, base: str | None = None) -> str:
+        url = f"{base or f'http://{WEB[host]}:5001'}{path}"
+        where = "lb" if base else host
+        return self.hosts.run(where, "curl", "-sk", "--max-time", "10", url, check=False)
+
+    def waiters(self) -> float:
+        """Pops waiting now on every live web node (each node's /metrics adds its processes)."""
+        total = 0.0
+        for name, process in self.web.items():
+            if process.poll() is None:
+                total += sum(map(float, WAITERS.findall(self.get(name, "/metrics"))))
+        return total
+
+    def stop(self) -> None:
+        for process in [
+            *self.web.values(),
+            self.others.pop("haproxy", None),
+            self.others.pop("sched", None),
+        ]:
+            if process is not None:
+                self.hosts.stop(process)
+        self.web = {}
+
+    # -- readings --------------------------------------------------------------------------
+    def reading(self) -> dict[str, Any]:
+        parts = {
+            name: procstat.group_usage(process.pid).cpu
+            for name, process in self.web.items()
+            if process.poll() is None
+        }
+        for name in ("postgres", "redis", "haproxy"):
+            parts[name] = procstat.usage(procstat.tree_pids(self.others[name].pid)).cpu
+        return {
+            "cpu": parts,
+            "redis": cluster_bench.commandstats_calls(self.redis("INFO", "commandstats")),
+            "wal": self.psql(self.database, "SELECT pg_current_wal_lsn()"),
+            "at": time.monotonic(),
+        }
+
+    def _log(self, name: str) -> Any:
+        return open(self.folder / f"{name}.log", "a")  # noqa: SIM115 - closed with the process
+
+
+def _haproxy_maxconn() -> int:
+    """The most connections HAProxy can hold within this machine's hard limit of open files
+    (two each, and some to spare)."""
+    import resource
+
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    return min(100000, (hard - 200) // 2)
+
+
+def _uid(user: str) -> int:
+    import pwd
+
+    return pwd.getpwnam(user).pw_uid
+
+
+def _until(condition: Any, what: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out waiting for {what}")
+        time.sleep(0.5)
+
+
+def load(hosts: Hosts, host: str, *args: str) -> subprocess.Popen:
+    command = [
+        PYTHON,
+        str(ROOT / "scripts" / "load.py"),
+        "--url",
+        URL,
+        "--insecure",
+        "--duration",
+        "3600",
+        *args,
+    ]
+    return hosts.popen(host, command, stdout=subprocess.PIPE, text=True)
+
+
+def event(process: subprocess.Popen, name: str, sig: int | None = None) -> dict[str, Any]:
+    if sig is not None:
+        process.send_signal(sig)
+    for line in process.stdout:
+        found = json.loads(line)
+        if found.get("event") == name:
+            return found
+    raise RuntimeError(f"the load process ended before {name!r}")
+
+
+def spent(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    cpu = {name: after["cpu"][name] - before["cpu"].get(name, 0.0) for name in after["cpu"]}
+    return {
+        "cpu": cpu,
+        "seconds": after["at"] - before["at"],
+        "shares": {name: seconds / (after["at"] - before["at"]) for name, seconds in cpu.items()},
+        "redis": cluster_bench.calls_between(before["redis"], after["redis"]),
+        "wal": cluster_bench.wal_bytes(before["wal"], after["wal"]),
+    }
+
+
+def idle_phase(cluster: Cluster, args: argparse.Namespace) -> dict[str, Any]:
+    """The volunteers waiting, nothing else, for --seconds: what waiting costs each part."""
+    before = cluster.reading()
+    time.sleep(args.seconds)
+    return spent(before, cluster.reading())
+
+
+def generations_phase(
+    cluster: Cluster, args: argparse.Namespace, rate: float, fleet: subprocess.Popen
+) -> dict[str, Any]:
+    """Prompts at `rate` per second for --seconds, every one served at once: what each part
+    spent, from before the first prompt to after the last was served, and the generations."""
+    served_before = event(fleet, "snapshot", signal.SIGUSR1)["prompts_served"]
+    before = cluster.reading()
+    clients = load(cluster.hosts, "cli", "--prompts", str(rate), "--tag", f"p{rate:g}")
+    time.sleep(args.seconds)
+    posted = event(clients, "results", signal.SIGTERM)
+    clients.wait()
+    time.sleep(1)  # the last jobs submitted
+    after = cluster.reading()
+    served = event(fleet, "snapshot", signal.SIGUSR1)
+    generations = served["prompts_served"] - served_before
+    return {
+        "rate": rate,
+        "posted": posted,
+        "generations": generations,
+        "dispatch_ms": served["dispatch_ms"],
+        **spent(before, after),
+    }
+
+
+def fleet_args(args: argparse.Namespace, tag: str) -> list[str]:
+    return ["--volunteers", str(args.volunteers), "--ramp", str(args.ramp_connections),
+            "--hold", str(args.hold), "--tag", tag]  # fmt: skip
+
+
+def run_nodes(cluster: Cluster, args: argparse.Namespace, nodes: int) -> dict[str, Any]:
+    cluster.start(nodes)
+    fleet = load(cluster.hosts, "vol", *fleet_args(args, f"n{nodes}"))
+    try:
+        event(fleet, "ready")
+        _until(lambda: cluster.waiters() >= 0.98 * args.volunteers, "the volunteers waiting", 180)
+        result: dict[str, Any] = {"nodes": nodes, "waiting": cluster.waiters()}
+        result["idle"] = idle_phase(cluster, args)
+        result["generations"] = generations_phase(cluster, args, args.prompts, fleet)
+        result["dispatch_ms"] = result["generations"]["dispatch_ms"]
+        streams = load(cluster.hosts, "cli", "--streams", str(args.streams), "--tag", f"s{nodes}")
+        time.sleep(args.seconds)
+        result["streams"] = event(streams, "results", signal.SIGTERM)
+        streams.wait()
+        if args.ramp:
+            result["ramp"] = ramp(cluster, args, fleet)
+        result["fleet"] = event(fleet, "results", signal.SIGTERM)
+        return result
+    finally:
+        cluster.hosts.stop(fleet)
+        cluster.stop()
+
+
+def ramp(cluster: Cluster, args: argparse.Namespace, fleet: subprocess.Popen) -> list[Any]:
+    """Prompts at rising rates: dispatch latency and each part's share of a core, until the
+    latency passes a second or a part uses a whole core."""
+    steps = []
+    for rate in (float(r) for r in args.ramp.split(",")):
+        step = generations_phase(cluster, args, rate, fleet)
+        step["first_saturated"] = cluster_bench.first_saturated(step["shares"])
+        steps.append(step)
+        print(f"  ramp {rate:g}/s: {summary_of(step)}", flush=True)
+        if step["first_saturated"] or step["dispatch_ms"].get("p99", 0) > 1000:
+            break
+    return steps
+
+
+def failure(cluster: Cluster, args: argparse.Namespace) -> dict[str, Any]:
+    """Kill one web node (SIGKILL to its process group) during the load; count."""
+    nodes = max(int(n) for n in args.nodes.split(","))
+    cluster.start(nodes)
+    fleet = load(cluster.hosts, "vol", *fleet_args(args, "kill"))
+    try:
+        event(fleet, "ready")
+        _until(lambda: cluster.waiters() >= 0.98 * args.volunteers, "the volunteers waiting", 180)
+        clients = load(
+            cluster.hosts,
+            "cli",
+            "--prompts",
+            str(args.prompts),
+            "--streams",
+            str(args.streams),
+            "--tag",
+            "killc",
+        )
+        timeline, started, victim = [], time.monotonic(), list(cluster.web)[-1]
+        killed = None
+        while time.monotonic() - started < args.kill_at + args.seconds:
+            if killed is None and time.monotonic() - started >= args.kill_at:
+                os.killpg(cluster.web[victim].pid, signal.SIGKILL)
+                killed = time.monotonic()
+            timeline.append((round(time.monotonic() - started, 1), cluster.waiters()))
+            time.sleep(1)
+        posted = event(clients, "results", signal.SIGTERM)
+        clients.wait()
+        sent = set(posted["sent_nonces"])
+        deadline = time.monotonic() + args.drain
+        while True:  # jobs a dead node handed out come back when the reaper takes them back
+            served = event(fleet, "snapshot", signal.SIGUSR1)["served_nonces"]
+            if sent <= set(served) or time.monotonic() > deadline:
+                break
+            time.sleep(10)
+        return {
+            "nodes": nodes,
+            "victim": victim,
+            "kill_at": args.kill_at,
+            "timeline": timeline,
+            "prompts_acknowledged": len(sent),
+            "served": len(sent & set(served)),
+            "lost": sorted(sent - set(served)),
+            "duplicated": {n: c for n, c in served.items() if c > 1 and n in sent},
+            "prompt_errors": posted["errors"],
+            "stream_errors": posted["stream_errors"],
+            "streams_done": posted["streams_done"],
+            "fleet": event(fleet, "snapshot", signal.SIGUSR1),
+        }
+    finally:
+        cluster.hosts.stop(fleet)
+        cluster.stop()
+
+
+def summary_of(step: dict[str, Any]) -> str:
+    shares = ", ".join(f"{k} {100 * v:.0f}%" for k, v in sorted(step["shares"].items()))
+    return f"dispatch {step['dispatch_ms']}, CPU share of a core: {shares}"
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    """The README's table: one column per count of web nodes. CPU per generation is what the
+    generations phase cost beyond the volunteers' waiting (the idle phase, same length)."""
+    rows: dict[str, list[str]] = {}
+
+    def row(name: str, value: str) -> None:
+        rows.setdefault(name, []).append(value)
+
+    for result in results:
+        phase, idle = result["generations"], result["idle"]
+        count = max(phase["generations"], 1)
+        seconds = phase["seconds"]
+
+        def net(part: str, phase=phase, idle=idle, seconds=seconds, count=count) -> float:
+            """Milliseconds per generation beyond what waiting costs."""
+            waiting = idle["shares"].get(part, 0.0) * seconds
+            return 1000 * max(phase["cpu"].get(part, 0.0) - waiting, 0.0) / count
+
+        dispatch, streams = result["dispatch_ms"], result["streams"]["token_delay_ms"]
+        post = phase["posted"]["prompt_post_ms"]
+        webs = sorted(k for k in phase["cpu"] if k.startswith("web"))
+        row("volunteers waiting", f"{result['waiting']:.0f}")
+        row("web CPU while they wait (% of a core, all nodes)",
+            f"{100 * sum(idle['shares'][k] for k in webs):.1f}")  # fmt: skip
+        row("dispatch mean / p99 (ms)", f"{dispatch.get('mean')} / {dispatch.get('p99')}")
+        row("prompt POST mean / p99 (ms)", f"{post.get('mean')} / {post.get('p99')}")
+        row("streamed token delay mean / p99 (ms)", f"{streams.get('mean')} / {streams.get('p99')}")
+        row("stream errors", json.dumps(result["streams"]["stream_errors"]) or "none")
+        row("generations / s", f"{phase['generations'] / seconds:.1f}")
+        each = " / ".join(f"{net(k):.1f}" for k in webs)
+        row("web CPU per generation, all nodes (each) (ms)", f"{sum(map(net, webs)):.1f} ({each})")
+        for part in ("postgres", "redis", "haproxy"):
+            row(f"{part} CPU per generation (ms)", f"{net(part):.2f}")
+        row("Redis commands per generation", f"{sum(phase['redis'].values()) / count:.1f}")
+        row("WAL bytes per generation", f"{phase['wal'] / count:.0f}")
+    head = "| | " + " | ".join(f"{r['nodes']} web node(s)" for r in results) + " |"
+    lines = [head, "|---" * (len(results) + 1) + "|"]
+    lines += [f"| {name} | " + " | ".join(values) + " |" for name, values in rows.items()]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--nodes", default="1,2,3", help="counts of web nodes, one run each")
+    parser.add_argument("--volunteers", type=int, default=1000)
+    parser.add_argument("--prompts", type=float, default=10, help="prompts per second")
+    parser.add_argument("--streams", type=int, default=100)
+    parser.add_argument("--seconds", type=float, default=30, help="length of each phase")
+    parser.add_argument("--hold", type=float, default=20, help="seconds a stream's job lasts")
+    parser.add_argument("--ramp-connections", type=float, default=200)
+    parser.add_argument("--ramp", default="", help="rising prompt rates on the most nodes")
+    parser.add_argument("--kill-at", type=float, default=0, help="a node-failure run")
+    parser.add_argument("--drain", type=float, default=240, help="seconds to wait for late jobs")
+    parser.add_argument("--delay-ms", type=float, default=1.0)
+    parser.add_argument("--json", default="", help="write every figure to this file")
+    args = parser.parse_args()
+    hosts = Hosts(args.delay_ms)
+    report: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-cluster-") as folder:
+        try:
+            hosts.build_switch()
+            for name, octet in (
+                ("lb", 10),
+                ("web1", 11),
+                ("web2", 12),
+                ("web3", 13),
+                ("db", 20),
+                ("redis", 21),
+                ("sched", 30),
+                ("vol", 40),
+                ("cli", 41),
+            ):
+                hosts.add(name, octet)
+            report["netem_delay_ms"] = args.delay_ms if hosts.delayed else 0
+            if not hosts.delayed:
+                print("No delay between the hosts: this kernel has no netem.", flush=True)
+            cluster = Cluster(hosts, Path(folder))
+            cluster.start_services()
+            counts = [int(n) for n in args.nodes.split(",")] if not args.kill_at else []
+            report["runs"] = []
+            for nodes in counts:
+                keep_ramp = args.ramp if nodes == max(counts) else ""
+                result = run_nodes(
+                    cluster, argparse.Namespace(**{**vars(args), "ramp": keep_ramp}), nodes
+                )
+                report["runs"].append(result)
+                step = {**result["generations"], "dispatch_ms": result["dispatch_ms"]}
+                print(f"{nodes} node(s): {summary_of(step)}", flush=True)
+            if report["runs"]:
+                print(table(report["runs"]))
+            if args.kill_at:
+                report["failure"] = failure(cluster, args)
+                print(json.dumps({k: v for k, v in report["failure"].items() if k != "fleet"}))
+        except BaseException:
+            for log in sorted(Path(folder).glob("*.log")):  # what went wrong, before it goes
+                print(f"--- {log.name}:\n{log.read_text()[-1500:]}", file=sys.stderr)
+            raise
+        finally:
+            hosts.cleanup()
+        if args.json:
+            Path(args.json).write_text(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
