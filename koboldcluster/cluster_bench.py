@@ -99,6 +99,20 @@ def first_saturated(shares: dict[str, float], limit: float = 0.9) -> str | None:
     return name if share >= limit else None
 
 
+def haproxy_status(csv: str, backend: str = "web") -> dict[str, str]:
+    """Each server's status (UP, DOWN, ...) in `backend`, from HAProxy's stats as CSV."""
+    lines = csv.splitlines()
+    if not lines or not lines[0].startswith("# "):
+        return {}
+    names = lines[0][2:].split(",")
+    found = {}
+    for line in lines[1:]:
+        row = dict(zip(names, line.split(","), strict=False))
+        if row.get("pxname") == backend and row.get("svname") not in ("BACKEND", "FRONTEND"):
+            found[row["svname"]] = row.get("status", "")
+    return found
+
+
 def merge_counts(counts: Iterable[dict[str, int]]) -> dict[str, int]:
     merged: dict[str, int] = {}
     for count in counts:

@@ -245,11 +245,20 @@ class Cluster:
 
     def waiters(self) -> float:
         """Pops waiting now on every live web node (each node's /metrics adds its processes)."""
-        total = 0.0
-        for name, process in self.web.items():
-            if process.poll() is None:
-                total += sum(map(float, WAITERS.findall(self.get(name, "/metrics"))))
-        return total
+        return sum(self.waiters_per_node().values())
+
+    def waiters_per_node(self) -> dict[str, float]:
+        return {
+            name: sum(map(float, WAITERS.findall(self.get(name, "/metrics"))))
+            for name, process in self.web.items()
+            if process.poll() is None
+        }
+
+    def balancer_view(self) -> dict[str, str]:
+        """What HAProxy says of each web node (its stats page, on the balancer's loopback)."""
+        csv = self.hosts.run("lb", "curl", "-s", "--max-time", "5", "http://127.0.0.1:8404/;csv",
+                             check=False)  # fmt: skip
+        return cluster_bench.haproxy_status(csv)
 
     def stop(self) -> None:
         for process in [
@@ -436,7 +445,8 @@ def failure(cluster: Cluster, args: argparse.Namespace) -> dict[str, Any]:
             if killed is None and time.monotonic() - started >= args.kill_at:
                 os.killpg(cluster.web[victim].pid, signal.SIGKILL)
                 killed = time.monotonic()
-            timeline.append((round(time.monotonic() - started, 1), cluster.waiters()))
+            now = round(time.monotonic() - started, 1)
+            timeline.append((now, cluster.waiters_per_node(), cluster.balancer_view()))
             time.sleep(1)
         posted = event(clients, "results", signal.SIGTERM)
         clients.wait()

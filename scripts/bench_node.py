@@ -184,7 +184,11 @@ def run(args: argparse.Namespace, folder: str) -> dict[str, Any]:
         loads.append(start_load(node.url, "--ramp", str(args.ramp), *trickle))
         time.sleep(args.streams / args.ramp + 5)  # the streams are open
         busy = node.usage()
+        clients_before = procstat.usage(p.pid for p in loads).cpu
         report["trickle"] = {**_memory(busy), "cpu_share": cpu_over(node, args.trickle_seconds)}
+        # The load generator shares the machine: its own CPU, for the record.
+        used = procstat.usage(p.pid for p in loads).cpu - clients_before
+        report["trickle"]["load_generator_cpu_share"] = round(used / args.trickle_seconds, 3)
         clients = finish_load(loads.pop())
         volunteers = finish_load(loads.pop())
         report["trickle"].update(

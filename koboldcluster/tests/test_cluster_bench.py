@@ -161,3 +161,15 @@ def test_this_process_is_read_from_proc():
     assert os.getpid() in procstat.group_pids(os.getpgid(0))
     assert procstat.percentile([3, 1, 2], 0.5) == 2
     assert procstat.percentile([], 0.99) == 0.0
+
+
+def test_haproxy_says_which_web_nodes_are_down():
+    csv = (
+        "# pxname,svname,qcur,status,weight\n"
+        "cluster,FRONTEND,,OPEN,\n"
+        "web,web1,0,UP,1\n"
+        "web,web2,0,DOWN,1\n"
+        "web,BACKEND,0,UP,2\n"
+    )
+    assert cluster_bench.haproxy_status(csv) == {"web1": "UP", "web2": "DOWN"}
+    assert cluster_bench.haproxy_status("") == {}
