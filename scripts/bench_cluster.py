@@ -46,6 +46,9 @@ from koboldcluster import cluster_bench, procstat  # noqa: E402
 LB, DB, REDIS = "10.77.0.10", "10.77.0.20", "10.77.0.21"
 WEB = {f"web{i}": f"10.77.0.{10 + i}" for i in (1, 2, 3)}
 URL = f"https://{LB}"
+TRANSACTIONS = (
+    "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = current_database()"
+)
 
 
 class Cluster:
@@ -283,6 +286,7 @@ class Cluster:
             "cpu": parts,
             "redis": cluster_bench.commandstats_calls(self.redis("INFO", "commandstats")),
             "wal": self.psql(self.database, "SELECT pg_current_wal_lsn()"),
+            "transactions": int(self.psql(self.database, TRANSACTIONS) or 0),
             "at": time.monotonic(),
         }
 
@@ -345,6 +349,7 @@ def spent(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
         "shares": {name: seconds / (after["at"] - before["at"]) for name, seconds in cpu.items()},
         "redis": cluster_bench.calls_between(before["redis"], after["redis"]),
         "wal": cluster_bench.wal_bytes(before["wal"], after["wal"]),
+        "transactions": after["transactions"] - before["transactions"],
     }
 
 
@@ -516,6 +521,9 @@ def table(results: list[dict[str, Any]]) -> str:
             row(f"{part} CPU per generation (ms)", f"{net(part):.2f}")
         row("Redis commands per generation", f"{sum(phase['redis'].values()) / count:.1f}")
         row("WAL bytes per generation", f"{phase['wal'] / count:.0f}")
+        waiting = idle["transactions"] * seconds / max(idle["seconds"], 1)
+        row("PostgreSQL transactions per generation",
+            f"{(phase['transactions'] - waiting) / count:.1f}")  # fmt: skip
     head = "| | " + " | ".join(f"{r['nodes']} web node(s)" for r in results) + " |"
     lines = [head, "|---" * (len(results) + 1) + "|"]
     lines += [f"| {name} | " + " | ".join(values) + " |" for name, values in rows.items()]
