@@ -521,9 +521,10 @@ def table(results: list[dict[str, Any]]) -> str:
             row(f"{part} CPU per generation (ms)", f"{net(part):.2f}")
         row("Redis commands per generation", f"{sum(phase['redis'].values()) / count:.1f}")
         row("WAL bytes per generation", f"{phase['wal'] / count:.0f}")
-        waiting = idle["transactions"] * seconds / max(idle["seconds"], 1)
-        row("PostgreSQL transactions per generation",
-            f"{(phase['transactions'] - waiting) / count:.1f}")  # fmt: skip
+        if "transactions" in phase:
+            waiting = idle["transactions"] * seconds / max(idle["seconds"], 1)
+            row("PostgreSQL transactions per generation",
+                f"{(phase['transactions'] - waiting) / count:.1f}")  # fmt: skip
     head = "| | " + " | ".join(f"{r['nodes']} web node(s)" for r in results) + " |"
     lines = [head, "|---" * (len(results) + 1) + "|"]
     lines += [f"| {name} | " + " | ".join(values) + " |" for name, values in rows.items()]
