@@ -14,7 +14,8 @@ Roles (any together in one process):
                   machine's monotonic clock, the same in every network namespace). A stream's
                   job is held `--hold` seconds with progress every `--progress-every` seconds,
                   each progress text ending in the monotonic time it was sent.
-  --prompts R     R prompts per second to `/generate/prompt`, each naming the time of its POST.
+  --prompts R     R prompts per second to `/generate/prompt` (open loop: not waiting for the
+                  last answer), each naming the time of its POST.
   --streams M     M clients keep a stream (`/api/extra/generate/stream`) open each: the time
                   from a progress post to its token reaching the client is noted.
 It runs `--duration` seconds (or until SIGINT/SIGTERM), prints `{"event": "ready", ...}` once
@@ -43,6 +44,7 @@ SERVERS_PER_ACCOUNT = 50
 PASSWORD = "load-password"
 MODEL = "load-model"
 TIME_MARK = re.compile(r"t=(\d+\.\d+)")
+MAX_IN_FLIGHT = 500  # prompts posted and not answered yet
 
 
 @dataclass
@@ -57,7 +59,8 @@ class Results:
     pops: int = 0
     streams_done: int = 0
     stream_errors: Counter[str] = field(default_factory=Counter)
-    reconnects: list[float] = field(default_factory=list)  # seconds a volunteer was cut off
+    # Seconds from a volunteer's failed pop to sending the pop that got through.
+    reconnects: list[float] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         duplicates = sum(1 for count in self.jobs.values() if count > 1)
@@ -163,12 +166,13 @@ class Load:
         async with aiohttp.ClientSession(connector=connector) as own:
             body, cut_off = {**server, "wait": 30}, None
             while not self.stopping.is_set():
+                started = time.monotonic()
                 try:
                     async with own.post(
                         f"{self.url}/generate/pop", json=body, timeout=aiohttp.ClientTimeout(60)
                     ) as response:
-                        answer = await response.json(content_type=None)
                         status = response.status
+                        answer = await response.json(content_type=None) if status == 200 else {}
                 except (aiohttp.ClientError, TimeoutError, ValueError) as error:
                     self.results.errors[f"pop {type(error).__name__}"] += 1
                     cut_off = cut_off or time.monotonic()
@@ -179,8 +183,8 @@ class Load:
                     cut_off = cut_off or time.monotonic()
                     await asyncio.sleep(1)
                     continue
-                if cut_off is not None:
-                    self.results.reconnects.append(time.monotonic() - cut_off)
+                if cut_off is not None:  # cut off until the pop that got through was sent
+                    self.results.reconnects.append(started - cut_off)
                     cut_off = None
                 self.results.pops += 1
                 if answer.get("id"):
@@ -216,17 +220,29 @@ class Load:
             return None
 
     async def _prompts(self) -> None:
-        interval, index = 1 / self.args.prompts, 0
-        started = time.monotonic()
-        while not self.stopping.is_set():
-            nonce = f"{self.tag}-{index}"
-            sent = time.monotonic()
-            ask = {"prompt": f"prompt {nonce} t={sent:.6f}", "params": {"n": 1, "max_length": 16}}
-            if await self._post(self.session, "/generate/prompt", ask, "prompt") is not None:
-                self.results.post_rtt.append(time.monotonic() - sent)
-                self.results.sent.append(nonce)
-            index += 1
-            await asyncio.sleep(max(0.0, started + index * interval - time.monotonic()))
+        """Open loop: a prompt every 1/R seconds whether or not the last was answered (at
+        most MAX_IN_FLIGHT at once), as independent clients send them."""
+        interval, index, started = 1 / self.args.prompts, 0, time.monotonic()
+        in_flight: set[asyncio.Task[None]] = set()
+        try:
+            while not self.stopping.is_set():
+                if len(in_flight) < MAX_IN_FLIGHT:
+                    task = asyncio.create_task(self._prompt(f"{self.tag}-{index}"))
+                    in_flight.add(task)
+                    task.add_done_callback(in_flight.discard)
+                else:
+                    self.results.errors["prompt not sent: too many in flight"] += 1
+                index += 1
+                await asyncio.sleep(max(0.0, started + index * interval - time.monotonic()))
+        finally:
+            await asyncio.gather(*in_flight, return_exceptions=True)
+
+    async def _prompt(self, nonce: str) -> None:
+        sent = time.monotonic()
+        ask = {"prompt": f"prompt {nonce} t={sent:.6f}", "params": {"n": 1, "max_length": 16}}
+        if await self._post(self.session, "/generate/prompt", ask, "prompt") is not None:
+            self.results.post_rtt.append(time.monotonic() - sent)
+            self.results.sent.append(nonce)
 
     async def _stream(self, index: int) -> None:
         """Keep one stream open: a new one as soon as the last ends."""
