@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import statistics
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -105,6 +107,7 @@ class Command(BaseCommand):
         finally:
             if self.web is not None:
                 self.web.stop()
+                shutil.rmtree(self.web.metrics_dir, ignore_errors=True)
             _Driver.close_connections()
             teardown_databases(old_config, verbosity=0)
 
@@ -254,7 +257,10 @@ def _start_web(workers: str) -> Any:
     database, rate limits off."""
     from koboldcluster.testing import ClusterProcess
 
-    web = ClusterProcess({"WEB_WORKERS": workers})
+    # As ./run.sh sets it: the web processes keep their metrics in files (multiprocess mode).
+    metrics = tempfile.mkdtemp(prefix="benchmark-metrics-")
+    web = ClusterProcess({"WEB_WORKERS": workers, "PROMETHEUS_MULTIPROC_DIR": metrics})
+    web.metrics_dir = metrics
     web.start()
     return web
 
