@@ -367,7 +367,8 @@ def generations_phase(
     spent, from before the first prompt to after the last was served, and the generations."""
     served_before = event(fleet, "snapshot", signal.SIGUSR1)["prompts_served"]
     before = cluster.reading()
-    clients = load(cluster.hosts, "cli", "--prompts", str(rate), "--tag", f"p{rate:g}")
+    tag = f"p{rate:g}-{int(time.monotonic())}"  # each phase's prompts apart from the last's
+    clients = load(cluster.hosts, "cli", "--prompts", str(rate), "--tag", tag)
     time.sleep(args.seconds)
     posted = event(clients, "results", signal.SIGTERM)
     clients.wait()

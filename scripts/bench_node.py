@@ -8,9 +8,10 @@ scripts/load.py through real HTTP connections, and reads the server's processes 
 1. started, no connections: CPU over `--idle-seconds`, memory, open files;
 2. `--volunteers` servers long-polling (`wait: 30`): memory and open files per waiting
    connection, CPU over `--idle-seconds` (their re-pops every 30 s included);
-3. a steady trickle of `--prompts` prompts per second and `--streams` open streams (served
-   by the volunteers, a progress every 2 s): CPU, dispatch latency (prompt POST → a waiting
-   volunteer's pop answered), delay of streamed tokens, errors.
+3. a steady trickle of `--prompts` prompts per second: CPU, dispatch latency (prompt POST →
+   a waiting volunteer's pop answered);
+4. the same with `--streams` open streams (served by the volunteers, a progress every 2 s):
+   CPU, dispatch latency, delay of streamed tokens, errors.
 
 Run as root or with a file-descriptor limit above twice the connections (`ulimit -n`).
 Prints one line per phase and a JSON summary (`--json`). Never part of the test suite.
@@ -180,27 +181,9 @@ def run(args: argparse.Namespace, folder: str) -> dict[str, Any]:
         }
         say(f"{args.volunteers} volunteers waiting", report["waiting"])
 
-        trickle = ["--prompts", str(args.prompts), "--streams", str(args.streams), "--tag", "c"]
-        loads.append(start_load(node.url, "--ramp", str(args.ramp), *trickle))
-        time.sleep(args.streams / args.ramp + 5)  # the streams are open
-        busy = node.usage()
-        clients_before = procstat.usage(p.pid for p in loads).cpu
-        report["trickle"] = {**_memory(busy), "cpu_share": cpu_over(node, args.trickle_seconds)}
-        # The load generator shares the machine: its own CPU, for the record.
-        used = procstat.usage(p.pid for p in loads).cpu - clients_before
-        report["trickle"]["load_generator_cpu_share"] = round(used / args.trickle_seconds, 3)
-        clients = finish_load(loads.pop())
-        volunteers = finish_load(loads.pop())
-        report["trickle"].update(
-            dispatch_ms=volunteers["dispatch_ms"],
-            prompt_post_ms=clients["prompt_post_ms"],
-            token_delay_ms=clients["token_delay_ms"],
-            first_token_ms=clients["first_token_ms"],
-            prompts_sent=clients["prompts_sent"],
-            prompts_served=volunteers["prompts_served"],
-            duplicate_jobs=volunteers["duplicate_jobs"],
-            errors={**volunteers["errors"], **clients["errors"], **clients["stream_errors"]},
-        )
+        report["prompts"] = trickle_phase(node, loads, args, streams=0)
+        say(f"+ {args.prompts}/s prompts", report["prompts"])
+        report["trickle"] = trickle_phase(node, loads, args, streams=args.streams)
         say(f"+ {args.prompts}/s prompts and {args.streams} streams", report["trickle"])
     finally:
         for load in loads:
@@ -209,6 +192,50 @@ def run(args: argparse.Namespace, folder: str) -> dict[str, Any]:
             load.wait()
         node.stop()
     return report
+
+
+def trickle_phase(
+    node: Node, loads: list[subprocess.Popen], args: argparse.Namespace, streams: int
+) -> dict[str, Any]:
+    """A steady trickle of prompts (and `streams` streams) for --trickle-seconds, the
+    volunteers (loads[0]) serving them: CPU, memory, dispatch latency, errors."""
+    clients_args = [
+        "--prompts",
+        str(args.prompts),
+        "--streams",
+        str(streams),
+        "--tag",
+        f"c{streams}",
+    ]
+    wait_event_after(loads[0], signal.SIGUSR1, "snapshot")  # the dispatch latencies start afresh
+    clients = start_load(node.url, "--ramp", str(args.ramp), *clients_args)
+    loads.append(clients)
+    time.sleep(streams / args.ramp + 5)  # the streams are open
+    busy = node.usage()
+    generator_before = procstat.usage(p.pid for p in loads).cpu
+    figures = {**_memory(busy), "cpu_share": cpu_over(node, args.trickle_seconds)}
+    # The load generator shares the machine: its own CPU, for the record.
+    used = procstat.usage(p.pid for p in loads).cpu - generator_before
+    figures["load_generator_cpu_share"] = round(used / args.trickle_seconds, 3)
+    posted = finish_load(loads.pop())
+    served = wait_event_after(loads[0], signal.SIGUSR1, "snapshot")
+    unserved = set(posted["sent_nonces"]) - set(served["served_nonces"])
+    figures.update(
+        dispatch_ms=served["dispatch_ms"],
+        prompt_post_ms=posted["prompt_post_ms"],
+        token_delay_ms=posted["token_delay_ms"],
+        first_token_ms=posted["first_token_ms"],
+        prompts_sent=posted["prompts_sent"],
+        prompts_not_served=len(unserved),
+        duplicate_jobs=served["duplicate_jobs"],
+        errors={**served["errors"], **posted["errors"], **posted["stream_errors"]},
+    )
+    return figures
+
+
+def wait_event_after(load: subprocess.Popen, sig: int, event: str) -> dict[str, Any]:
+    load.send_signal(sig)
+    return wait_event(load, event)
 
 
 def _memory(usage: procstat.Usage) -> dict[str, Any]:
