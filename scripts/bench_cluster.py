@@ -547,6 +547,9 @@ def main() -> None:
     parser.add_argument("--delay-ms", type=float, default=1.0)
     parser.add_argument("--json", default="", help="write every figure to this file")
     args = parser.parse_args()
+    if args.seconds < 30:  # each phase must hold every volunteer's one re-pop (wait: 30)
+        parser.error("--seconds must be 30 or more: the waiting and the generations phases "
+                     "must each hold one re-pop of every volunteer")  # fmt: skip
     hosts = Hosts(args.delay_ms)
     report: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="bench-cluster-") as folder:
