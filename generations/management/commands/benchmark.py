@@ -259,7 +259,9 @@ def _start_web(workers: str) -> Any:
 
     # As ./run.sh sets it: the web processes keep their metrics in files (multiprocess mode).
     metrics = tempfile.mkdtemp(prefix="benchmark-metrics-")
-    web = ClusterProcess({"WEB_WORKERS": workers, "PROMETHEUS_MULTIPROC_DIR": metrics})
+    web = ClusterProcess(
+        {"WEB_WORKERS": workers, "PROMETHEUS_MULTIPROC_DIR": metrics, "WEB_ACCESS_LOG": "off"}
+    )
     web.metrics_dir = metrics
     web.start()
     return web
