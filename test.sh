@@ -9,6 +9,7 @@ ensure_venv requirements-dev.txt
 ensure_postgres
 ensure_redis
 ensure_chromium
+ensure_haproxy
 
 echo "== ruff"
 .venv/bin/ruff check .

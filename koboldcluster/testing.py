@@ -146,6 +146,9 @@ class ClusterProcess(ManagedProcess):
             "PORT": str(self.port),
             "WEB_WORKERS": "1",
             "WEB_KILL_TIMEOUT": "5",
+            # Tests read the access log (no request answered with a 5xx); the benchmarks
+            # turn it off, as ./run.sh serves.
+            "WEB_ACCESS_LOG": "on",
             **(env or {}),
         }
         # Rate limits would trip tests that hammer the cluster; a test may turn them on.

@@ -76,3 +76,20 @@ ensure_chromium() {
         echo "chromium is not installed (sudo apt install chromium): the browser test is skipped." >&2
     fi
 }
+
+ensure_haproxy() {
+    # deploy/'s balancer configuration is checked by HAProxy itself (haproxy -c) in the tests,
+    # and run by scripts/bench_cluster.py: Debian's haproxy, never started as a service here.
+    if command -v haproxy >/dev/null 2>&1; then
+        return
+    fi
+    if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+        echo "Installing haproxy (Debian) for the deployment's configuration test ..."
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get install -y -qq haproxy >/dev/null 2>&1 \
+            || { apt-get update -qq && apt-get install -y -qq haproxy >/dev/null; } || true
+    fi
+    if ! command -v haproxy >/dev/null 2>&1; then
+        echo "haproxy is not installed (sudo apt install haproxy): its configuration test is skipped." >&2
+    fi
+}

@@ -8,14 +8,26 @@
 # clients cannot hold capacity. uvicorn (alone or under gunicorn) keeps such connections open
 # for ever: it times out only keep-alive connections after a response.
 #
+# Thousands of servers wait at once, each a long-polling request on a connection of its own:
+# every web process takes up to WEB_MAX_CONCURRENCY requests at once (granian's back-pressure;
+# its default, the backlog divided by the workers, left 2,000 waiting pops queued unanswered),
+# the kernel queues up to WEB_BACKLOG new connections (a burst of reconnecting servers), and
+# the process may open as many files as the system allows it (one per connection).
+#
 # --loop asyncio: granian would take uvloop wherever it happens to be installed, and the drain
 # on SIGTERM (koboldcluster/shutdown.py) needs asyncio's loop, whose signal handlers it can read.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+# A line per request costs the web process about 0.05 ms of CPU per request (the hot ones take 1-1.5);
+# behind a balancer, the balancer logs them (deploy/haproxy/haproxy.cfg).
+access_log=--no-access-log
+[ "${WEB_ACCESS_LOG:-off}" = on ] && access_log=--access-log
 exec "${KOBOLDCLUSTER_PYTHON:-.venv/bin/python}" -m granian koboldcluster.asgi:application \
     --interface asginl --loop asyncio \
     --host "${HOST:-0.0.0.0}" --port "${PORT:-5001}" \
     --workers "${WEB_WORKERS:-2}" \
+    --backpressure "${WEB_MAX_CONCURRENCY:-10000}" --backlog "${WEB_BACKLOG:-4096}" \
     --http 1 --http1-header-read-timeout "$(( ${WEB_HEADER_TIMEOUT:-10} * 1000 ))" \
     --respawn-failed-workers --workers-kill-timeout "${WEB_KILL_TIMEOUT:-10}" \
-    --no-ws --access-log "$@"
+    --no-ws "$access_log" "$@"

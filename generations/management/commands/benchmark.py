@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import statistics
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -23,6 +25,9 @@ from django.core.management.base import BaseCommand, CommandParser
 from django.db import connection, connections
 from django.test.utils import override_settings, setup_databases, teardown_databases
 from django.utils import timezone
+
+from koboldcluster.benchmark_http import HttpDriver
+from koboldcluster.benchmark_http import measure as measure_http
 
 # A sample per measured request: its CPU milliseconds (the statements each request sends are
 # asserted by generations/tests/test_hot_path_queries.py).
@@ -56,8 +61,20 @@ class Command(BaseCommand):
             help="Measure every size this many times, in turn; report each request's lowest "
             "median (the run least disturbed by anything else on the machine).",
         )
+        parser.add_argument(
+            "--http",
+            action="store_true",
+            help="Also send the original API's requests through the web server as ./run.sh "
+            "starts it (scripts/web.sh), over one kept-alive HTTP connection, and report the "
+            "web server's CPU per request (koboldcluster/benchmark_http.py).",
+        )
+        parser.add_argument(
+            "--workers", default="1", help="Web processes (WEB_WORKERS) for --http."
+        )
 
-    def handle(self, *args: Any, sizes: str, rounds: int, repeat: int, **options: Any) -> None:
+    def handle(
+        self, *args: Any, sizes: str, rounds: int, repeat: int, http: bool, **options: Any
+    ) -> None:
         queue_sizes = [int(size) for size in sizes.split(",")]
         self.stdout.write(
             f"Benchmark on {connection.vendor}: {rounds} rounds per queue size, {repeat} time(s)"
@@ -67,21 +84,34 @@ class Command(BaseCommand):
         # check before each request. The same settings serve the sync thread's connection.
         connection.settings_dict["CONN_HEALTH_CHECKS"] = False
         limits_off = {**settings.KOBOLDCLUSTER, "RATE_LIMITS_ENABLED": False}
+        self.web = None
         try:
+            if http:
+                self.web = _start_web(options["workers"])
             medians: dict[int, dict[str, float]] = {}
+            through_http: dict[int, dict[str, float]] = {}
             with override_settings(KOBOLDCLUSTER=limits_off, DEBUG=False):
                 for _ in range(repeat):
                     for size in queue_sizes:
-                        for name, samples in self._measure(size, rounds).items():
-                            median = statistics.median(samples)
+                        samples, over_http = self._measure(size, rounds)
+                        for name, values in samples.items():
+                            median = statistics.median(values)
                             best = medians.setdefault(size, {}).get(name, median)
                             medians[size][name] = min(best, median)
+                        for name, mean in over_http.items():
+                            best = through_http.setdefault(size, {}).get(name, mean)
+                            through_http[size][name] = min(best, mean)
             self._report(medians, queue_sizes)
+            if through_http:
+                self._report_http(medians, through_http, queue_sizes, options["workers"])
         finally:
+            if self.web is not None:
+                self.web.stop()
+                shutil.rmtree(self.web.metrics_dir, ignore_errors=True)
             _Driver.close_connections()
             teardown_databases(old_config, verbosity=0)
 
-    def _measure(self, size: int, rounds: int) -> dict[str, list[Sample]]:
+    def _measure(self, size: int, rounds: int) -> tuple[dict[str, list[Sample]], dict[str, float]]:
         from accounts.keys import account_register
         from generations.models import Prompt
 
@@ -126,7 +156,16 @@ class Command(BaseCommand):
             _timed(
                 samples["submit_v2"], api.post, "/api/v2/generate/text/submit", result, server_key
             )
-        return samples
+        over_http: dict[str, float] = {}
+        if self.web is not None:
+            driver = HttpDriver(self.web.url, self.web.pgid)
+            try:
+                over_http = measure_http(
+                    driver, rounds, key=key, server=server, idle=idle, password=PASSWORD
+                )
+            finally:
+                driver.close()
+        return samples, over_http
 
     def _fill_queue(self, size: int) -> None:
         """Waiting prompts like real traffic: most accept any model, some name models."""
@@ -184,6 +223,48 @@ class Command(BaseCommand):
                     f"one generation (create + pop + submit, {api} API) at {size}: "
                     f"{total:.2f} ms CPU"
                 )
+
+    def _report_http(
+        self,
+        in_process: dict[int, dict[str, float]],
+        through_http: dict[int, dict[str, float]],
+        sizes: list[int],
+        workers: str,
+    ) -> None:
+        self.stdout.write("")
+        self.stdout.write(
+            f"Through HTTP (scripts/web.sh, {workers} worker(s), one kept-alive connection): "
+            "the web server's CPU per request (mean over batches), next to the in-process median"
+        )
+        for size in sizes:
+            self.stdout.write(f"{'request':<11}{f'HTTP @{size}':>15}{'in-process':>12}{'extra':>8}")
+            for name in HTTP_OPERATIONS:
+                http, inside = through_http[size][name], in_process[size][name]
+                self.stdout.write(f"{name:<11}{http:>15.2f}{inside:>12.2f}{http - inside:>8.2f}")
+            http = sum(through_http[size][p] for p in ("create", "pop", "submit"))
+            inside = sum(in_process[size][p] for p in ("create", "pop", "submit"))
+            self.stdout.write(
+                f"one generation (create + pop + submit) through HTTP at {size}: {http:.2f} ms "
+                f"CPU (in-process {inside:.2f} ms)"
+            )
+
+
+HTTP_OPERATIONS = ("create", "pop", "submit", "status", "idle_pop")
+
+
+def _start_web(workers: str) -> Any:
+    """The web server as ./run.sh starts it (its log level and all), on the benchmark's
+    database, rate limits off."""
+    from koboldcluster.testing import ClusterProcess
+
+    # As ./run.sh sets it: the web processes keep their metrics in files (multiprocess mode).
+    metrics = tempfile.mkdtemp(prefix="benchmark-metrics-")
+    web = ClusterProcess(
+        {"WEB_WORKERS": workers, "PROMETHEUS_MULTIPROC_DIR": metrics, "WEB_ACCESS_LOG": "off"}
+    )
+    web.metrics_dir = metrics
+    web.start()
+    return web
 
 
 class _Driver:

@@ -50,7 +50,9 @@ class Command(BaseCommand):
     def _run(self, count: int, prompts: int, idle_seconds: int, opts: dict[str, Any]) -> None:
         from koboldcluster.testing import ClusterProcess
 
-        web = ClusterProcess({"WEB_WORKERS": opts["workers"], "LOG_LEVEL": "WARNING"})
+        web = ClusterProcess(
+            {"WEB_WORKERS": opts["workers"], "LOG_LEVEL": "WARNING", "WEB_ACCESS_LOG": "off"}
+        )
         fleet = Fleet(count=count)
         try:
             web.start()

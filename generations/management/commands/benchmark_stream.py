@@ -71,7 +71,9 @@ class Command(BaseCommand):
 
         self.stdout.write(f"Stream benchmark on {connection.vendor}, {workers} workers")
         old_config = setup_databases(verbosity=0, interactive=False)
-        web = ClusterProcess({"WEB_WORKERS": workers, "LOG_LEVEL": "WARNING"})
+        web = ClusterProcess(
+            {"WEB_WORKERS": workers, "LOG_LEVEL": "WARNING", "WEB_ACCESS_LOG": "off"}
+        )
         bridge = None
         try:
             with TimedKoboldCpp(tokens=TOKENS) as backend, tempfile.TemporaryDirectory() as tmp:
