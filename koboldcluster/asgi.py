@@ -33,7 +33,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from asgiref.sync import SyncToAsync, sync_to_async
+from asgiref.sync import AsyncToSync, SyncToAsync, sync_to_async
 from django.conf import settings
 from django.core import signals
 from django.core.asgi import get_asgi_application
@@ -256,8 +256,12 @@ async def _on_sync_thread(function: Callable[..., Any], *args: Any) -> Any:
     ThreadSensitiveContext: asgiref's one sync thread, so the same database connection), in
     a copy of the context, without asgiref's bookkeeping for nested calls and for context
     changes to carry back, which the direct lane makes neither of: a tenth of a millisecond
-    per request less through HTTP (README "Benchmark", "Through HTTP")."""
+    per request less through HTTP (README "Benchmark", "Through HTTP"). Under an
+    `async_to_sync` (the tests' client, koboldcluster/asgi_client.py) it is sync_to_async
+    itself, which runs the function on the calling thread, with its database connection."""
     loop = asyncio.get_running_loop()
+    if getattr(AsyncToSync.executors, "current", None) or loop in AsyncToSync.loop_thread_executors:
+        return await sync_to_async(function)(*args)
     run = contextvars.copy_context().run
     return await loop.run_in_executor(SyncToAsync.single_thread_executor, run, function, *args)
 
