@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 GOOD, BAD = "good", "bad"
 REASON_MAX = 500
 # The ids the faces answer: the AI Horde's and the original API's UUIDs, OpenAI's
-# "cmpl-<hex>" and "chatcmpl-<hex>" (generations/openai_shapes.py).
+# "cmpl-<hex>" and "chatcmpl-<hex>" (generations/api/openai/shapes.py).
 _OPENAI_ID = re.compile(r"^(?:chat)?cmpl-([0-9a-f]{32})$")
 
 

@@ -26,6 +26,14 @@ from accounts.authentication import BearerApiKeyAuthentication, api_user
 from accounts.identity import anonymous_user
 from accounts.models import User
 from generations import chat
+from generations.api.openai.shapes import (
+    Unsupported,
+    completion_body,
+    openai_error,
+    openai_exception_handler,
+    refuse_unsupported,
+)
+from generations.api.sse import event_stream, openai_chunks
 from generations.chat import MODEL_NAME_MAX
 from generations.fitting import LIMITS_HEADER, Fit, fitted
 from generations.frontend import (
@@ -38,19 +46,11 @@ from generations.frontend import (
 )
 from generations.idempotency import IDEMPOTENCY_KEY_HEADER, idempotency_key
 from generations.intake import GenerationRequest
-from generations.openai_shapes import (
-    Unsupported,
-    completion_body,
-    openai_error,
-    openai_exception_handler,
-    refuse_unsupported,
-)
-from generations.serializers import (
+from generations.params import (
     GenerationParamsSerializer,
     split_params,
     validate_prompt_text,
 )
-from generations.sse import event_stream, openai_chunks
 from generations.streaming import start
 from generations.trusted_only import TRUSTED_ONLY_HEADER, trusted_only
 from koboldcluster.api import validated

@@ -15,9 +15,9 @@ from typing import Any
 
 from django.http import StreamingHttpResponse
 
-from generations.openai_shapes import cut_at_stop, finish_reason, openai_error, usage
+from generations.api.openai.shapes import finish_reason, openai_error, usage
 from generations.status import PromptStatus
-from generations.streaming import Deltas, follow
+from generations.streaming import Deltas, cut_at_stop, follow
 from koboldcluster.errors import ApiError
 
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
