@@ -89,7 +89,7 @@ def rate_limits(settings: Any, time_machine: Any) -> Callable[..., None]:
     """
 
     def turn_on(**rates: str) -> None:
-        from koboldcluster.settings import parse_rate
+        from koboldcluster.env import parse_rate
 
         next_minute = timezone.now().replace(second=0, microsecond=0) + timedelta(minutes=1)
         time_machine.move_to(next_minute + timedelta(seconds=1))

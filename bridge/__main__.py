@@ -22,10 +22,12 @@ from types import FrameType  # noqa: E402
 from bridge import BRIDGE_AGENT, __version__  # noqa: E402
 from bridge.cluster import PROTOCOLS  # noqa: E402
 from bridge.config import Config, ConfigError, load_config  # noqa: E402
+from bridge.contracts import Settings  # noqa: E402
 from bridge.detect import detect  # noqa: E402
 from bridge.kobold import KoboldError  # noqa: E402
 from bridge.retry import Backoff  # noqa: E402
-from bridge.worker import Bridge, Settings, log, summary_log  # noqa: E402
+from bridge.threads import Bridge  # noqa: E402
+from bridge.worker import log, summary_log  # noqa: E402
 
 EXIT_FATAL = 1
 EXIT_CONFIG = 2

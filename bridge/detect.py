@@ -15,9 +15,10 @@ from typing import Any, Literal
 
 import requests
 
+from bridge.flavours import FLAVOURS
 from bridge.kobold import KoboldClient, KoboldError, KoboldUnreachable
 from bridge.net import ThreadSessions, describe_network_error, json_body
-from bridge.openai_backend import FLAVOURS, OpenAIClient
+from bridge.openai_backend import OpenAIClient
 
 Backend = KoboldClient | OpenAIClient
 Protocol = Literal["kobold", "openai"]

@@ -18,6 +18,7 @@ OpenAI face removes the stop itself.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -101,3 +102,12 @@ def _whole(value: Any) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         return None
     return value
+
+
+def estimate_tokens(text: str, max_length: object = None) -> int:
+    """The cluster's count (DESIGN §4.6: a quarter of the characters, rounded up, at most the
+    job's `max_length`), used when the cluster did not tell us its own."""
+    tokens = math.ceil(len(text) / 4) if text else 0
+    if isinstance(max_length, int) and not isinstance(max_length, bool) and max_length > 0:
+        return min(tokens, max_length)
+    return tokens

@@ -14,12 +14,12 @@ import json
 import logging
 import re
 import threading
-from dataclasses import dataclass
 from typing import Any
 
 import requests
 
 from bridge.fitting import PromptFit, cut_at_stop, fit_payload
+from bridge.flavours import Flavour, gguf_name
 from bridge.kobold import (
     Generation,
     GenerationFailed,
@@ -43,51 +43,6 @@ DEFAULT_MAX_LENGTH = 512
 # Ollama's context when the model's Modelfile sets no num_ctx (its OpenAI endpoints cannot
 # change it per request).
 OLLAMA_DEFAULT_CONTEXT = 2048
-
-
-@dataclass(frozen=True)
-class Flavour:
-    """One kind of OpenAI-compatible server."""
-
-    kind: str  # the key of bridge.translate.DIALECTS
-    label: str  # for log lines: "llama.cpp server"
-    trusts_usage: bool = True  # KoboldCpp's OpenAI endpoints report a fixed 100 tokens
-    # POST path, body and answer key of its tokenizer endpoint, when it has one.
-    tokenizer: tuple[str, str, str] | None = None
-
-
-# path, the body's field for the text, the answer's field: a list of tokens or a count.
-TOKENIZERS = {
-    # llama.cpp: {"content"} -> {"tokens": [...]}; add_special counts the BOS it will add.
-    "llamacpp": ("/tokenize", "content", "tokens"),
-    # vLLM: {"model", "prompt"} -> {"count", "tokens", ...}.
-    "vllm": ("/tokenize", "prompt", "count"),
-    # TabbyAPI: {"text"} -> {"tokens": [...], "length"}.
-    "tabbyapi": ("/v1/token/encode", "text", "length"),
-}
-
-
-FLAVOURS = {
-    flavour.kind: flavour
-    for flavour in (
-        Flavour("llamacpp", "llama.cpp server", tokenizer=TOKENIZERS["llamacpp"]),
-        Flavour("ollama", "Ollama"),
-        Flavour("vllm", "vLLM", tokenizer=TOKENIZERS["vllm"]),
-        Flavour("tabbyapi", "TabbyAPI", tokenizer=TOKENIZERS["tabbyapi"]),
-        Flavour("textgen", "text-generation-webui"),
-        Flavour("openai", "OpenAI-compatible server"),
-        Flavour("koboldcpp", "KoboldCpp (OpenAI API)", trusts_usage=False),
-    )
-}
-
-
-def gguf_name(model_id: str) -> str | None:
-    """`koboldcpp/<file name without .gguf>` for a GGUF file path, as KoboldCpp names the
-    same file and as the AI Horde's model reference names GGUF models; None otherwise."""
-    if not model_id.lower().endswith(".gguf"):
-        return None
-    stem = re.split(r"[\\/]", model_id)[-1][: -len(".gguf")]
-    return f"koboldcpp/{stem}"
 
 
 class OpenAIClient:

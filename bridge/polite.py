@@ -9,7 +9,7 @@ import threading
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from bridge.worker import Clock, KoboldAPI, Settings
+    from bridge.contracts import Clock, KoboldAPI, Settings
 
 log = logging.getLogger("bridge")
 

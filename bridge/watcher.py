@@ -12,7 +12,7 @@ from bridge.cluster import Capabilities
 from bridge.kobold import KoboldError, ModelInfo
 
 if TYPE_CHECKING:
-    from bridge.worker import Clock, KoboldAPI, Settings
+    from bridge.contracts import Clock, KoboldAPI, Settings
 
 log = logging.getLogger("bridge")
 

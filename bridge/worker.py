@@ -10,13 +10,9 @@ view of the backend's current model and one record of when the owner last used i
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import timedelta
-from typing import Protocol
 
 from bridge.cluster import (
     ClusterProtocol,
@@ -27,25 +23,20 @@ from bridge.cluster import (
     NoWork,
     Submitted,
 )
+from bridge.contracts import Clock, KoboldAPI, Settings
+from bridge.fitting import estimate_tokens
 from bridge.handback import InFlight
 from bridge.heartbeat import heartbeat_for
 from bridge.kobold import (
     Generation,
     KoboldBusy,
     KoboldError,
-    ModelInfo,
-    OnText,
     PayloadRefused,
 )
 from bridge.polite import Politeness
 from bridge.progress import ProgressSender
-from bridge.retry import Backoff
+from bridge.stats import Stats, format_kudos
 from bridge.watcher import ModelWatcher
-
-# Seconds on a monotonic scale. `Bridge` is the one place it is chosen (`time.monotonic`
-# unless a test injects another); every other part gets it from there, so that no time read
-# from one clock is ever compared with a time read from another.
-Clock = Callable[[], float]
 
 log = logging.getLogger("bridge")
 # The closing summary goes through its own logger so that --quiet still shows it.
@@ -58,98 +49,8 @@ DEFAULT_TTL = 150.0
 LATE_GRACE = 60.0
 
 
-class KoboldAPI(Protocol):
-    """What the loop needs from the backend (`KoboldClient`, `OpenAIClient`, or a fake)."""
-
-    url: str
-    label: str  # "KoboldAI", "KoboldCpp", "llama.cpp server" ...
-    streams: bool  # whether generate() can call back with the text so far
-
-    def model_info(self) -> ModelInfo: ...
-
-    def generate(
-        self, payload: dict, timeout: float | None = None, on_text: OnText | None = None
-    ) -> Generation: ...
-
-    def busy(self, ours: int) -> str | None:
-        """Why the backend should get no job now (its owner uses it), or None."""
-        ...
-
-
-@dataclass
-class Settings:
-    """How the loop behaves; __main__ fills it from the Config, tests with short delays."""
-
-    interval: float = 1.0  # wait when there is no work
-    threads: int = 1
-    max_length: int | None = None  # overrides, capped by what the backend allows
-    max_context_length: int | None = None
-    model_name: str | None = None  # advertise this instead of the backend's model name
-    pause_when_busy: float = 0.0  # after the owner used the backend, wait this long
-    refresh_interval: float = 30.0  # re-read the backend's model and limits this often
-    summary_interval: float = 300.0
-    maintenance_interval: float = 30.0  # poll slowly while the cluster has us in maintenance
-    max_attempts: int = 4  # tries to generate one job before giving it back
-    submit_patience: float = 600.0  # keep retrying a submit this long: the result is paid work
-    stop_grace: float = 10.0  # after Ctrl-C, keep retrying a submit only this long
-    log_prompts: bool = False
-    backoff: Backoff = field(default_factory=Backoff)
-    # 503 means KoboldAI is busy with someone else right now: retry soon, not after minutes.
-    busy_backoff: Backoff = field(default_factory=lambda: Backoff(cap=4.0))
-
-
-def estimate_tokens(text: str, max_length: object = None) -> int:
-    """The cluster's count (DESIGN §4.6: a quarter of the characters, rounded up, at most the
-    job's `max_length`), used when the cluster did not tell us its own."""
-    tokens = math.ceil(len(text) / 4) if text else 0
-    if isinstance(max_length, int) and not isinstance(max_length, bool) and max_length > 0:
-        return min(tokens, max_length)
-    return tokens
-
-
 def _short(job: Job) -> str:
     return job.id[:8]
-
-
-def format_duration(seconds: float) -> str:
-    return str(timedelta(seconds=int(seconds)))
-
-
-def format_kudos(kudos: float) -> str:
-    """At most two decimals, none when whole: 16, 3.4, 0.25."""
-    return f"{kudos:.2f}".rstrip("0").rstrip(".")
-
-
-class Stats:
-    """Counters shared by every worker thread."""
-
-    def __init__(self, clock: Clock) -> None:
-        self._clock = clock
-        self._lock = threading.Lock()
-        self.started = clock()
-        self.done = 0
-        self.given_back = 0  # returned unpaid: refused payload, repeated errors, a stop
-        self.dropped = 0  # expired, refused by the cluster or abandoned: nobody was paid
-        self.tokens = 0
-        self.kudos = 0.0  # the AI Horde protocol's rewards, when the cluster reports them
-        self.seconds = 0.0  # time spent generating, for the average speed
-        self.in_flight = 0
-        self.popping = 0  # workers waiting for a pop's answer (long-polls last seconds)
-
-    def add(self, **counts: float) -> None:
-        with self._lock:
-            for name, value in counts.items():
-                setattr(self, name, getattr(self, name) + value)
-
-    def summary(self) -> str:
-        with self._lock:
-            speed = self.tokens / self.seconds if self.seconds else 0.0
-            kudos = f"{format_kudos(self.kudos)} kudos; " if self.kudos else ""
-            return (
-                f"{self.done} jobs done, {self.given_back} given back, {self.dropped} dropped; "
-                f"{self.tokens} tokens at {speed:.1f} tokens/s; {kudos}"
-                f"up {format_duration(self._clock() - self.started)}"
-            )
 
 
 Wait = Callable[[float, bool], None]
@@ -311,18 +212,7 @@ class Worker:
         deadline = received + (job.ttl if job.ttl is not None else DEFAULT_TTL)
         failures = busy = 0
         while True:
-            if self.stop.is_set():
-                self._give_back(job, "stopping before it was generated")
-                return None
-            if self._clock() > deadline:
-                # The cluster may already have handed the slot to another server.
-                log.warning(
-                    "job %s: its ttl (%.0f s) passed before it could be generated; dropping it",
-                    _short(job),
-                    deadline - received,
-                )
-                self._give_back(job, "ttl passed", count=False)
-                self.stats.add(dropped=1)
+            if not self._still_wanted(job, received, deadline):
                 return None
             started = self._clock()
             # A slow server's long job may legitimately take more than KoboldClient's default
@@ -333,19 +223,7 @@ class Worker:
             # The cluster gives back a job whose server goes quiet (bridge/heartbeat.py).
             heartbeat = heartbeat_for(self.cluster, job, sender)
             try:
-                if sender is None:
-                    generation = self.kobold.generate(job.payload, patience)
-                else:
-                    generation = self.kobold.generate(job.payload, patience, on_text=sender.update)
-                if sender is not None and sender.gone:
-                    # Cancelled by its client (or its slot went elsewhere): the backend was
-                    # stopped; the text so far is delivered, and paid if the cluster takes it.
-                    log.info(
-                        "job %s: the cluster no longer wants it; stopped %s, delivering the "
-                        "text so far",
-                        _short(job),
-                        self.kobold.label,
-                    )
+                generation = self._backend_generate(job, patience, sender)
                 return generation, self._clock() - started
             except KoboldBusy:
                 busy += 1
@@ -357,34 +235,76 @@ class Worker:
                 return None
             except KoboldError as error:
                 failures += 1
-                # Make the next pop wait until KoboldAI answers again.
-                self.watcher.invalidate()
-                so_far = sender.text_so_far if sender is not None else ""
-                if so_far and not self.in_flight.handed_back(job):
-                    # Trying again would start from nothing: the cluster continues the
-                    # text so far on another server at once instead.
-                    log.warning("job %s: %s", _short(job), error)
-                    self._give_back(job, "the backend failed mid-generation", text=so_far)
+                delay = self._after_failure(job, error, failures, sender)
+                if delay is None:
                     return None
-                if failures >= self.settings.max_attempts:
-                    log.warning("job %s: %s", _short(job), error)
-                    self._give_back(job, f"{failures} tries failed")
-                    return None
-                delay = self.settings.backoff.delay(failures)
-                log.warning(
-                    "job %s: retrying in %.1f s (try %d of %d): %s",
-                    _short(job),
-                    delay,
-                    failures + 1,
-                    self.settings.max_attempts,
-                    error,
-                )
             finally:
                 if sender is not None:
                     sender.close()
                 if heartbeat is not None:
                     heartbeat.close()
             self._wait(delay, True)
+
+    def _still_wanted(self, job: Job, received: float, deadline: float) -> bool:
+        """Whether to try (again) to generate the job; if not, it is given back or dropped."""
+        if self.stop.is_set():
+            self._give_back(job, "stopping before it was generated")
+            return False
+        if self._clock() > deadline:
+            # The cluster may already have handed the slot to another server.
+            log.warning(
+                "job %s: its ttl (%.0f s) passed before it could be generated; dropping it",
+                _short(job),
+                deadline - received,
+            )
+            self._give_back(job, "ttl passed", count=False)
+            self.stats.add(dropped=1)
+            return False
+        return True
+
+    def _backend_generate(
+        self, job: Job, patience: float, sender: ProgressSender | None
+    ) -> Generation:
+        if sender is None:
+            return self.kobold.generate(job.payload, patience)
+        generation = self.kobold.generate(job.payload, patience, on_text=sender.update)
+        if sender.gone:
+            # Cancelled by its client (or its slot went elsewhere): the backend was
+            # stopped; the text so far is delivered, and paid if the cluster takes it.
+            log.info(
+                "job %s: the cluster no longer wants it; stopped %s, delivering the text so far",
+                _short(job),
+                self.kobold.label,
+            )
+        return generation
+
+    def _after_failure(
+        self, job: Job, error: KoboldError, failures: int, sender: ProgressSender | None
+    ) -> float | None:
+        """The seconds to wait before trying the job again, or None: it was given back."""
+        # Make the next pop wait until KoboldAI answers again.
+        self.watcher.invalidate()
+        so_far = sender.text_so_far if sender is not None else ""
+        if so_far and not self.in_flight.handed_back(job):
+            # Trying again would start from nothing: the cluster continues the
+            # text so far on another server at once instead.
+            log.warning("job %s: %s", _short(job), error)
+            self._give_back(job, "the backend failed mid-generation", text=so_far)
+            return None
+        if failures >= self.settings.max_attempts:
+            log.warning("job %s: %s", _short(job), error)
+            self._give_back(job, f"{failures} tries failed")
+            return None
+        delay = self.settings.backoff.delay(failures)
+        log.warning(
+            "job %s: retrying in %.1f s (try %d of %d): %s",
+            _short(job),
+            delay,
+            failures + 1,
+            self.settings.max_attempts,
+            error,
+        )
+        return delay
 
     def _progress_sender(self, job: Job) -> ProgressSender | None:
         """A sender of the text so far, when the backend streams and the cluster takes it."""
@@ -473,92 +393,3 @@ class Worker:
             return
         log.info("job %s: given back to the cluster (%s)", _short(job), reason)
         log.debug("job %s: give-back answered %s", _short(job), result.outcome)
-
-
-class Bridge:
-    """Runs `settings.threads` workers and the periodic summary until stopped."""
-
-    def __init__(
-        self,
-        *,
-        cluster: ClusterProtocol,
-        kobold: KoboldAPI,
-        settings: Settings,
-        stop: threading.Event | None = None,
-        clock: Clock = time.monotonic,
-    ) -> None:
-        self.cluster = cluster
-        self.kobold = kobold
-        self.settings = settings
-        self.stop = stop or threading.Event()
-        self.stats = Stats(clock)
-        self.watcher = ModelWatcher(kobold, settings, clock)
-        self.politeness = Politeness(kobold, settings, clock)
-        self.fatal: ClusterRejected | None = None
-        self.in_flight = InFlight()
-        # Set by SIGTERM: hand every unfinished job back now instead of finishing it.
-        self.hand_back = threading.Event()
-        self._clock = clock
-        self._threads: list[threading.Thread] = []
-
-    def start(self) -> None:
-        for number in range(1, self.settings.threads + 1):
-            worker = Worker(
-                cluster=self.cluster,
-                kobold=self.kobold,
-                settings=self.settings,
-                stop=self.stop,
-                stats=self.stats,
-                watcher=self.watcher,
-                clock=self._clock,
-                politeness=self.politeness,
-                in_flight=self.in_flight,
-            )
-            # Daemon threads: a second Ctrl-C must be able to end the process at once even
-            # while a worker waits on KoboldAI.
-            thread = threading.Thread(
-                target=self._run, args=(worker,), name=f"worker-{number}", daemon=True
-            )
-            self._threads.append(thread)
-            thread.start()
-
-    def _run(self, worker: Worker) -> None:
-        try:
-            worker.run()
-        except ClusterRejected as error:
-            if self.fatal is None:
-                self.fatal = error
-            self.stop.set()
-
-    def leave(self) -> None:
-        """Tell the cluster this server stops (after a clean stop), so that it is shown as
-        inactive now and requests stop waiting for it."""
-        capabilities = self.watcher.last
-        if capabilities is not None and self.cluster.leave(capabilities):
-            log.info("told the cluster this server is leaving")
-
-    def join(self, poll: float = 0.2) -> None:
-        """Wait for every worker to end, logging the summary every `summary_interval`.
-        Polls with a short timeout so the main thread stays responsive to Ctrl-C (Windows
-        delivers it only between waits)."""
-        next_summary = self._clock() + self.settings.summary_interval
-        while alive := [thread for thread in self._threads if thread.is_alive()]:
-            if self.hand_back.is_set():
-                # SIGTERM: the unfinished jobs go back with their text so far, and the
-                # workers (maybe blocked in a backend request) are left to the exit.
-                handed = self.in_flight.hand_back_all(self.cluster)
-                self.stats.add(given_back=handed)
-                return
-            if (
-                self.stop.is_set()
-                and self.stats.in_flight == 0
-                and self.stats.popping >= len(alive)
-            ):
-                # Every worker left waits in a long-poll that may last many seconds and would
-                # only bring a job to give back: stop now. The cluster hands a job claimed by
-                # an abandoned pop to another server when its ttl passes.
-                return
-            alive[0].join(poll)
-            if self._clock() >= next_summary:
-                log.info("summary: %s", self.stats.summary())
-                next_summary += self.settings.summary_interval

@@ -31,7 +31,7 @@ from django.utils import timezone
 from accounts.models import User
 from generations.intake import GenerationRequest, prompt_create
 from generations.models import Job, Prompt
-from generations.serializers import GenerationParamsSerializer, split_params
+from generations.params import GenerationParamsSerializer, split_params
 from koboldcluster.api import validated
 from servers.models import CanaryJob, CanaryRound, Server
 from servers.records import record_canary

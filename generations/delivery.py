@@ -4,14 +4,14 @@
 owns its server, then either give the slot back (`faulted`) or store the text, append the
 usage and contribution pair to the ledger, credit the server and keep the prompt alive. The
 exactly-once guard is the conditional UPDATE `… WHERE state = 'processing'`; on PostgreSQL
-the writes are one statement (data-modifying CTEs), on SQLite a few in one transaction.
+the writes are one statement (data-modifying CTEs), on SQLite a few in one transaction
+(the payment's statements: `generations/payment.py`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
 from datetime import datetime
 
 from django.db import transaction
@@ -27,7 +27,15 @@ from accounts.identity import (
 )
 from generations import events
 from generations.handover import continuation_cut_at_stops, job_fault
-from generations.models import Job, Prompt, prompt_lifetime, reward_tokens, reward_tokens_sql
+from generations.models import Job, Prompt, reward_tokens, reward_tokens_sql
+from generations.payment import (
+    Delivery,
+    accept_and_pay_in_one,
+    done_params,
+    done_set,
+    earns,
+    pay,
+)
 from generations.progress_store import progress_drop
 from generations.sql import (
     as_uuid,
@@ -35,46 +43,17 @@ from generations.sql import (
     execute,
     fetch,
     is_postgres,
-    json_param,
 )
 from generations.sql import uuid_param as uid
-from koboldcluster.clients import current_client
 from koboldcluster.errors import BadRequest, NotFound
 from koboldcluster.rows import aware, instance
-from servers.models import Server
-from servers.records import PROMPT_TAIL, delivered_sql, result_facts
+from servers.records import PROMPT_TAIL
 from servers.services import Credentials
 
 logger = logging.getLogger(__name__)
 
 # What a server may report about a generation (the AI Horde's text metadata: only this).
 CSAM_METADATA = {"type": "censorship", "value": "csam"}
-
-
-@dataclass(frozen=True)
-class Delivery:
-    """A job being submitted, with what paying for it needs (read in one statement)."""
-
-    job: Job
-    requester_id: int
-    owner_id: int  # of the server, when the job was looked up
-    max_length: int
-    prompt_expires_at: datetime
-    # Whether kudos move for it (the owner earns them, the requester pays them): not for its
-    # own prompts, nor for prompts sent from the submitting server's address block.
-    earns: bool = True
-    # The end of the prompt's text: the server's record tells prompts apart by it.
-    prompt_tail: str = ""
-    # A continuation's job (generations/handover.py): its text begins with earlier servers'.
-    continues: bool = False
-
-
-def earns(requester_id: int, owner_id: int, origin: str) -> bool:
-    """A server serving its owner, or requests from its own address (another account, the
-    anonymous one), makes priority out of nothing: such a job moves no kudos either way
-    (its tokens are still counted as used and contributed). As the AI Horde pays no kudos
-    to a worker for its owner's own requests."""
-    return requester_id != owner_id and not (origin and origin == current_client())
 
 
 def _tail(column: str) -> str:
@@ -166,7 +145,7 @@ def job_submit(
             with transaction.atomic():
                 delivery = _accept_first(job_id, credentials, done, token_count, now)
                 if delivery is not None:
-                    _pay(delivery, delivery.job.tokens, now, text)
+                    pay(delivery, delivery.job.tokens, now, text)
         except _SlowOwnerCheck:
             delivery = None  # rolled back: checked first, outside the write transaction
     if delivery is None:
@@ -202,39 +181,16 @@ def _deliver(
         logger.info("job %s: token_count not used (%s); counted %s", job.id, distrust, tokens)
     job.tokens = done["tokens"] = tokens
     # PostgreSQL: one statement, a transaction of its own (no BEGIN and COMMIT round trips).
-    if not (is_postgres() and _accept_and_pay_in_one(delivery, done, now)):
+    if not (is_postgres() and accept_and_pay_in_one(delivery, done, now)):
         with transaction.atomic():
             if not _accept(job, done):
                 _accept_late(job, done)
-            _pay(delivery, tokens, now, done["text"])
+            pay(delivery, tokens, now, done["text"])
     return delivery
 
 
 def _bare(entry: dict) -> dict:
     return {"type": entry.get("type"), "value": entry.get("value")}
-
-
-def _done_set(tokens: str = "%s") -> str:
-    """The SET list of an accepted job (`tokens`: the SQL of its reward, a parameter by default).
-    The text is appended: a continuation's job holds the text it continues (handover.py)."""
-    return (
-        f"state = 'done', text = text || %s, tokens = {tokens}, finished = %s, seed = %s, "
-        "censored = %s, gen_metadata = %s, prompt_tokens = %s, prompt_trimmed = %s"
-    )
-
-
-def _done_params(done: dict, tokens_params: list[object] | None = None) -> list[object]:
-    """The values of `_done_set` (`tokens_params`: those of its `tokens` expression)."""
-    return [
-        done["text"],
-        *([done["tokens"]] if tokens_params is None else tokens_params),
-        dt_param(done["finished"]),
-        done["seed"],
-        done["censored"],
-        json_param(done["gen_metadata"]),
-        done["prompt_tokens"],
-        done["prompt_trimmed"],
-    ]
 
 
 def _accept_first(
@@ -252,14 +208,14 @@ def _accept_first(
     """
     reward, reward_params = reward_tokens_sql(done["text"], token_count, _PROMPT_OF_JOB)
     rows = fetch(
-        f"UPDATE generations_job SET {_done_set(reward)} "
+        f"UPDATE generations_job SET {done_set(reward)} "
         "WHERE id = %s AND state = 'processing' AND EXISTS (SELECT 1 FROM generations_prompt p "
         "WHERE p.id = generations_job.prompt_id AND p.expires_at > %s) "
         f"RETURNING prompt_id, server_id, model, started, tokens, carried_tokens, "
         f"{_RETURNED_PROMPT}, "
         f"(SELECT json_array({USER_COLUMNS}) FROM servers_server s JOIN accounts_user u "
         "ON u.id = s.owner_id WHERE s.id = generations_job.server_id)",
-        [*_done_params(done, reward_params), uid(job_id), dt_param(now)],
+        [*done_params(done, reward_params), uid(job_id), dt_param(now)],
     )
     if not rows:
         return None
@@ -303,100 +259,11 @@ def _accept(job: Job, done: dict) -> bool:
     """The exactly-once step: only a processing job becomes done."""
     return (
         execute(
-            f"UPDATE generations_job SET {_done_set()} WHERE id = %s AND state = 'processing'",
-            [*_done_params(done), uid(job.id)],
+            f"UPDATE generations_job SET {done_set()} WHERE id = %s AND state = 'processing'",
+            [*done_params(done), uid(job.id)],
         )
         == 1
     )
-
-
-def _ledger_sql(source: str) -> str:
-    """INSERT of the usage and contribution pair, once per row of `source`."""
-    columns = "created, user_id, kind, tokens, kudos, server_id, job_id, model"
-    pair = " UNION ALL ".join(
-        f"SELECT %s, %s, '{kind}', %s, %s, %s, %s, %s FROM {source}"
-        for kind in ("usage", "contribution")
-    )
-    return f"INSERT INTO accounts_ledgerentry ({columns}) {pair}"
-
-
-def _ledger_params(delivery: Delivery, tokens: int, now: datetime) -> list[object]:
-    job, kudos = delivery.job, tokens if delivery.earns else 0
-    usage = [dt_param(now), delivery.requester_id, tokens, -kudos]
-    contribution = [dt_param(now), delivery.owner_id, tokens, kudos]
-    tail = [uid(job.server_id), uid(job.id), job.model]
-    return [*usage, *tail, *contribution, *tail]
-
-
-def _credit_sql(
-    delivery: Delivery, tokens: int, now: datetime, text: str, condition: str = ""
-) -> tuple[str, list[object]]:
-    """The server's credit and its record (servers/records.py) as one UPDATE: every
-    right-hand side sees the row as it was before this statement."""
-    job = delivery.job
-    seconds = (now - job.started).total_seconds()
-    measured = tokens > 0 and seconds > 0
-    sample = tokens / seconds if measured else 0.0
-    weight = Server.SPEED_SMOOTHING
-    facts = result_facts(
-        text=text, tokens=tokens, seconds=seconds, model=job.model, prompt=delivery.prompt_tail
-    )
-    record, record_params = delivered_sql(facts)
-    sql = (
-        "UPDATE servers_server SET tokens_generated = tokens_generated + %s, "
-        "requests_fulfilled = requests_fulfilled + 1, speed = CASE WHEN %s THEN speed "
-        f"WHEN requests_fulfilled = 0 THEN %s ELSE speed * %s + %s END, {record} "
-        f"WHERE id = %s{condition}"
-    )
-    params = [tokens, not measured, sample, 1 - weight, sample * weight, *record_params]
-    return sql, [*params, uid(job.server_id)]
-
-
-def _touch_due(delivery: Delivery, now: datetime) -> bool:
-    """Whether the prompt's expiry should move (a write only when it moves noticeably)."""
-    expiry = prompt_lifetime()
-    return delivery.prompt_expires_at < now + expiry - expiry / 20
-
-
-def _touch_params(delivery: Delivery, now: datetime) -> list[object]:
-    return [dt_param(now), dt_param(now + prompt_lifetime()), uid(delivery.job.prompt_id)]
-
-
-_TOUCH = "UPDATE generations_prompt SET last_activity = %s, expires_at = %s WHERE id = %s"
-
-
-def _pay(delivery: Delivery, tokens: int, now: datetime, text: str) -> None:
-    """Ledger pair, server credit and record, and prompt activity, in the caller's
-    transaction."""
-    execute(_ledger_sql("(SELECT 1) one"), _ledger_params(delivery, tokens, now))
-    execute(*_credit_sql(delivery, tokens, now, text))
-    if _touch_due(delivery, now):
-        execute(_TOUCH, _touch_params(delivery, now))
-
-
-def _accept_and_pay_in_one(delivery: Delivery, done: dict, now: datetime) -> bool:
-    """PostgreSQL: accept, pay, credit and touch in one statement; False if not processing.
-
-    Each data-modifying part reads `done`, so nothing is written unless the job was
-    processing (then the caller goes the way of a late result).
-    """
-    job, tokens = delivery.job, done["tokens"]
-    parts = [
-        f"done AS (UPDATE generations_job SET {_done_set()} WHERE id = %s "
-        "AND state = 'processing' RETURNING id)",
-        f"paid AS ({_ledger_sql('done')})",
-    ]
-    credit, credit_params = _credit_sql(
-        delivery, tokens, now, done["text"], " AND EXISTS (SELECT 1 FROM done)"
-    )
-    parts.append(f"credit AS ({credit})")
-    params = [*_done_params(done), uid(job.id)]
-    params += _ledger_params(delivery, tokens, now)
-    params += credit_params
-    if _touch_due(delivery, now):
-        parts.append(f"touch AS ({_TOUCH} AND EXISTS (SELECT 1 FROM done))")
-        params += _touch_params(delivery, now)
-    return fetch(f"WITH {', '.join(parts)} SELECT COUNT(*) FROM done", params)[0][0] == 1
 
 
 def _accept_late(job: Job, done: dict) -> None:

@@ -110,8 +110,28 @@ def prompt_create(*, user: User, request: GenerationRequest, now: datetime | Non
         )
     client_limits.refuse_large_n(user, request.n)
     server_ids = _known_servers(request.server_ids)
+    prompt = _new_prompt(user, request, server_ids, now)
+    queued = _queue(prompt, user, server_ids, now)
+    if queued is not prompt:
+        return queued  # the caller's earlier prompt with the same idempotency key
+    logger.info(
+        "prompt %s queued: user=%s n=%s max_length=%s max_context_length=%s models=%s",
+        prompt.id,
+        user.pk,
+        prompt.n,
+        prompt.max_length,
+        prompt.max_context_length,
+        len(prompt.models),
+    )
+    return prompt
+
+
+def _new_prompt(
+    user: User, request: GenerationRequest, server_ids: list[object], now: datetime
+) -> Prompt:
+    """The prompt a request makes, not yet saved."""
     listed = Prompt.Workers.EXCEPT if request.servers_excluded else Prompt.Workers.ONLY
-    prompt = instance(
+    return instance(
         Prompt,
         id=uuid.uuid4(),
         user=user,
@@ -139,6 +159,11 @@ def prompt_create(*, user: User, request: GenerationRequest, now: datetime | Non
         last_activity=now,
         expires_at=now + prompt_lifetime(),
     )
+
+
+def _queue(prompt: Prompt, user: User, server_ids: list[object], now: datetime) -> Prompt:
+    """Insert the prompt within the user's waiting slots limit, and return it; or, with an
+    idempotency key already used by a live prompt of the caller's, return that one."""
     # Two submits of one user at once must not both see room for one more: the account's
     # row is locked first. Not the anonymous user's: every caller without a key shares it, and
     # making all of them wait for each other is the lock convoy the AI Horde suffered.
@@ -153,7 +178,7 @@ def prompt_create(*, user: User, request: GenerationRequest, now: datetime | Non
         # sent together, one implicit transaction in which the INSERT, a statement of its
         # own, reads the user's waiting slots after the lock is held.
         if not _insert_within_limit(prompt, user, now, lock=lock):
-            _refuse(prompt, user, request.n, now)
+            _refuse(prompt, user, prompt.n, now)
         events.queue_changed(PromptFacts.of(prompt, frozenset()))
     else:
         try:
@@ -164,15 +189,6 @@ def prompt_create(*, user: User, request: GenerationRequest, now: datetime | Non
             if first is None:
                 raise
             return first
-    logger.info(
-        "prompt %s queued: user=%s n=%s max_length=%s max_context_length=%s models=%s",
-        prompt.id,
-        user.pk,
-        prompt.n,
-        prompt.max_length,
-        prompt.max_context_length,
-        len(prompt.models),
-    )
     return prompt
 
 

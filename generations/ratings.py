@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 GOOD, BAD = "good", "bad"
 REASON_MAX = 500
 # The ids the faces answer: the AI Horde's and the original API's UUIDs, OpenAI's
-# "cmpl-<hex>" and "chatcmpl-<hex>" (generations/openai_shapes.py).
+# "cmpl-<hex>" and "chatcmpl-<hex>" (generations/api/openai/shapes.py).
 _OPENAI_ID = re.compile(r"^(?:chat)?cmpl-([0-9a-f]{32})$")
 
 
@@ -76,17 +76,7 @@ def generation_rate(
     now = now or timezone.now()
     if rating not in (GOOD, BAD):
         raise BadRequest('The rating must be "good" or "bad".', rc="ValidationError")
-    prompt = (
-        Prompt.objects.live(now).filter(pk=prompt_id).only("user_id", "client", "workers").first()
-    )
-    if prompt is None:
-        raise NotFound(f"Request {prompt_id} is unknown or has expired.", rc="RequestNotFound")
-    if prompt.user_id != user.pk or prompt.client != prompt_client(user):
-        raise Forbidden(
-            f"Only whoever sent request {prompt_id} may rate it (the same API key; without "
-            "one, the same address).",
-            rc="NotYourRequest",
-        )
+    prompt = _own_live_prompt(prompt_id, user, now)
     done = list(
         Job.objects.filter(prompt_id=prompt_id, state=Job.State.DONE)
         .order_by("started", "id")
@@ -120,3 +110,19 @@ def generation_rate(
         servers_review(server_ids=servers, now=now)
     logger.info("request %s: %s generations rated %s", prompt_id, len(rated), rating)
     return Rated(rating=rating, generations=rated)
+
+
+def _own_live_prompt(prompt_id: uuid.UUID, user: User, now: datetime) -> Prompt:
+    """The request to rate: 404 unless it is live, 403 unless it is the caller's."""
+    prompt = (
+        Prompt.objects.live(now).filter(pk=prompt_id).only("user_id", "client", "workers").first()
+    )
+    if prompt is None:
+        raise NotFound(f"Request {prompt_id} is unknown or has expired.", rc="RequestNotFound")
+    if prompt.user_id != user.pk or prompt.client != prompt_client(user):
+        raise Forbidden(
+            f"Only whoever sent request {prompt_id} may rate it (the same API key; without "
+            "one, the same address).",
+            rc="NotYourRequest",
+        )
+    return prompt

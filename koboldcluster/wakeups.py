@@ -25,29 +25,33 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
-import hashlib
 import logging
 import os
 import socket
-import tempfile
 import threading
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Hashable
 from functools import partial
-from pathlib import Path
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import connections, transaction
+
+from koboldcluster.wakeup_senders import (
+    MAX_DATAGRAM,
+    SENDER,
+    datagram_broadcast,
+    redis_channel,
+    redis_publish,
+    socket_dir,
+)
 
 logger = logging.getLogger(__name__)
 
 QUEUE = "queue"
 # Topics whose waiters are woken one at a time (see the module docstring).
 RELAYED_TOPICS = frozenset({QUEUE})
-MAX_DATAGRAM = 1024
-_SENDER = uuid.uuid4().hex[:12]  # this process, so it ignores its own broadcasts
 
 _UNKNOWN = object()
 _recheckers: dict[str, Callable[[], Hashable]] = {}
@@ -71,9 +75,9 @@ def notify(topic: str) -> None:
             hub.wake_threadsafe(topic)
     try:
         if settings.REDIS_URL:
-            _redis_publish(topic)
+            redis_publish(topic)
         else:
-            _datagram_broadcast(topic, own={hub.socket_path for hub in hubs})
+            datagram_broadcast(topic, own={hub.socket_path for hub in hubs})
     except Exception:  # a lost wake-up only delays a waiter until the re-check
         logger.warning("wake-up %s not sent to other processes", topic, exc_info=True)
 
@@ -231,7 +235,7 @@ class _Hub:
     # --- across processes -------------------------------------------------------------------
 
     def _bind_datagram_socket(self) -> None:
-        path = _socket_dir() / f"{os.getpid()}-{uuid.uuid4().hex[:12]}.sock"  # one per hub
+        path = socket_dir() / f"{os.getpid()}-{uuid.uuid4().hex[:12]}.sock"  # one per hub
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         sock.setblocking(False)
         sock.bind(str(path))
@@ -256,13 +260,13 @@ class _Hub:
             client = aioredis.Redis.from_url(settings.REDIS_URL)
             try:
                 async with client.pubsub() as pubsub:
-                    await pubsub.subscribe(_redis_channel())
+                    await pubsub.subscribe(redis_channel())
                     # (Re)subscribed: anything may have been missed meanwhile.
                     self.fingerprints = dict.fromkeys(self.fingerprints, _UNKNOWN)
                     async for message in pubsub.listen():
                         if message.get("type") == "message":
                             sender, _, topic = message["data"].decode().partition(" ")
-                            if sender != _SENDER:
+                            if sender != SENDER:
                                 self.wake_from_elsewhere(topic)
             except asyncio.CancelledError:
                 raise
@@ -340,67 +344,3 @@ def release_connections() -> None:
     for connection in connections.all(initialized_only=True):
         if not connection.in_atomic_block:
             connection.close_if_unusable_or_obsolete()
-
-
-# --- sending --------------------------------------------------------------------------------
-
-_redis_client = None
-_sender_socket: socket.socket | None = None
-
-
-def _redis_channel() -> str:
-    database = settings.DATABASES["default"]
-    return f"koboldcluster:wakeups:{database.get('HOST') or ''}:{database['NAME']}"
-
-
-def _redis_publish(topic: str) -> None:
-    global _redis_client
-    if _redis_client is None:
-        import redis
-
-        _redis_client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=1)
-    _redis_client.publish(_redis_channel(), f"{_SENDER} {topic}")
-
-
-_socket_dirs: dict[str, Path] = {}
-
-
-def _socket_dir() -> Path:
-    """Where listening processes keep their sockets (short: a socket path has ≤ 107 bytes).
-    Made once per process and setting: every notification reads it."""
-    configured = str(
-        settings.KOBOLDCLUSTER.get("WAKEUP_SOCKET_DIR") or settings.VAR_DIR / "wakeups"
-    )
-    directory = _socket_dirs.get(configured)
-    if directory is None:
-        directory = Path(configured)
-        if len(configured) > 60:
-            digest = hashlib.sha256(configured.encode()).hexdigest()[:16]
-            directory = Path(tempfile.gettempdir()) / f"koboldcluster-wakeups-{digest}"
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        _socket_dirs[configured] = directory
-    return directory
-
-
-def _datagram_broadcast(topic: str, own: set[str | None]) -> None:
-    global _sender_socket
-    if _sender_socket is None:
-        _sender_socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        _sender_socket.setblocking(False)
-    data = topic.encode()[:MAX_DATAGRAM]
-    try:
-        entries = list(os.scandir(_socket_dir()))
-    except FileNotFoundError:  # removed meanwhile, with every socket in it: nobody to tell
-        _socket_dirs.clear()
-        return
-    for entry in entries:
-        if entry.path in own or not entry.name.endswith(".sock"):
-            continue
-        try:
-            _sender_socket.sendto(data, entry.path)
-        except (ConnectionRefusedError, FileNotFoundError):
-            # Its process is gone: the socket file stays behind until someone removes it.
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(entry.path)
-        except (BlockingIOError, OSError):
-            pass  # its buffer is full (a busy process): the re-check catches up

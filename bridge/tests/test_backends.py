@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 
 from bridge.detect import NoBackend, detect
+from bridge.flavours import gguf_name
 from bridge.kobold import KoboldClient, KoboldUnreachable, ModelInfo
-from bridge.openai_backend import OpenAIClient, gguf_name
+from bridge.openai_backend import OpenAIClient
 from bridge.tests.backend_doubles import FakeKoboldCpp, FakeOpenAIServer
 from bridge.tests.kai_double import FakeKoboldAI, fake_text
 from bridge.translate import DIALECTS, translate

@@ -23,7 +23,8 @@ from bridge.cluster import (
     NoWork,
     Submitted,
 )
-from bridge.config import PROTOCOL_NAMES, Config
+from bridge.config import Config
+from bridge.options import PROTOCOL_NAMES
 from bridge.tests.cluster_double import V2_EMPTY_PAYLOAD, V2_POP, V2_SUBMIT, ScriptedCluster
 
 CAPS = Capabilities("KoboldAI/OPT-13B-Erebus", 80, 1024)

@@ -20,6 +20,8 @@ from bridge.cluster import (
     NoWork,
     Submitted,
 )
+from bridge.contracts import Settings
+from bridge.fitting import estimate_tokens
 from bridge.kobold import (
     Generation,
     GenerationFailed,
@@ -28,17 +30,12 @@ from bridge.kobold import (
     ModelInfo,
     PayloadRefused,
 )
+from bridge.polite import Politeness
 from bridge.retry import Backoff
-from bridge.worker import (
-    Bridge,
-    ModelWatcher,
-    Politeness,
-    Settings,
-    Stats,
-    Worker,
-    estimate_tokens,
-    format_kudos,
-)
+from bridge.stats import Stats, format_kudos
+from bridge.threads import Bridge
+from bridge.watcher import ModelWatcher
+from bridge.worker import Worker
 
 JOB_ID = "5b7f0c2e-8d37-4a57-9a0e-3c8f3f1d2a11"
 SHORT = JOB_ID[:8]

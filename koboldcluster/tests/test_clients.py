@@ -10,7 +10,7 @@ import requests
 from django.test import RequestFactory
 
 from koboldcluster.clients import address_block, client_address
-from koboldcluster.settings import parse_networks
+from koboldcluster.env import parse_networks
 
 PROMPT = {"prompt": "hi", "params": {"max_length": 16}}
 

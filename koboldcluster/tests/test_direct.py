@@ -222,7 +222,7 @@ def test_hosts_outside_allowed_hosts_are_left_to_django(both, settings):
 
 
 def test_a_database_outage_and_a_crash_answer_the_same(both, bob, monkeypatch):
-    from generations import views
+    from generations.api.original import views
 
     def outage(*args: Any, **kwargs: Any) -> None:
         raise OperationalError("the database went away")

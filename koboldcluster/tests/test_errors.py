@@ -28,7 +28,7 @@ def test_a_bug_is_a_json_500_without_a_trace(api, monkeypatch):
     def explode(**kwargs):
         raise RuntimeError("secret internals")
 
-    monkeypatch.setattr("accounts.views.tokens_by_username", lambda field: explode())
+    monkeypatch.setattr("accounts.api.original.views.tokens_by_username", lambda field: explode())
     api.raise_request_exception = False
 
     response = api.get("/usage")

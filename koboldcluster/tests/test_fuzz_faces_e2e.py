@@ -33,7 +33,7 @@ WAITING = re.compile(r"^/(v1/(chat/)?completions|api/(v1|latest)/generate|api/ex
 CHECKS = [status_code_conformance, content_type_conformance, response_schema_conformance]
 # A stream's body is documented as `type: string` (text/event-stream); schemathesis 4 checks
 # each SSE event against that schema and finds an object: the schema of the streams needs
-# an event schema (generations/sse.py, the lead's rework). Until then their status and
+# an event schema (generations/api/sse.py, the lead's rework). Until then their status and
 # content type are checked, not their events (schemathesis checks those with every check).
 
 

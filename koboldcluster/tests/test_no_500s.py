@@ -97,7 +97,7 @@ def test_a_database_error_mid_request_is_a_503_with_retry_after(api, monkeypatch
     def lost(**kwargs: object) -> None:
         raise OperationalError("server closed the connection unexpectedly")
 
-    monkeypatch.setattr("generations.views.prompt_create", lost)
+    monkeypatch.setattr("generations.api.original.views.prompt_create", lost)
 
     with caplog.at_level(logging.INFO):
         response = api.post("/generate/prompt", {"prompt": "hi"}, format="json")

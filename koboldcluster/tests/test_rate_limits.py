@@ -10,7 +10,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.utils import timezone
 
 from accounts.identity import anonymous_user
-from koboldcluster.settings import env_rate
+from koboldcluster.env import env_rate
 
 pytestmark = pytest.mark.django_db
 

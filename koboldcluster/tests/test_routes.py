@@ -3,8 +3,8 @@
 The URL patterns, the direct lane, holding, the waiting paths and the latency metrics all
 derive from it; a route written anywhere else in the server's code fails here. Clients of the
 API write its paths as any client does: the tests, the bridge (a separate program that
-imports no Django), the benchmark commands (which drive the API as clients) and the tests'
-real processes (koboldcluster/testing.py); docstrings
+imports no Django), the benchmark commands and scripts (which drive the API as clients) and
+the tests' real processes (koboldcluster/testing.py); docstrings
 and comments are documentation.
 """
 
@@ -25,6 +25,8 @@ CLIENTS = (
     "generations/management/commands/",
     "stats/management/commands/",
     "koboldcluster/testing.py",  # starts real server processes for the tests and asks them
+    "koboldcluster/benchmark_http.py",  # `benchmark --http`: a client over real HTTP
+    "scripts/",  # the cluster benchmarks' load generators and deployments (issue 27)
 )
 
 

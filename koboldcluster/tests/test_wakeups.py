@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from koboldcluster import wakeups
+from koboldcluster import wakeup_senders, wakeups
 
 
 @pytest.fixture(autouse=True)
@@ -100,14 +100,16 @@ def test_another_process_wakes_a_waiter_through_its_datagram_socket():
     async def main() -> bool:
         async with wakeups.listening("prompt:e") as listener:
             # As another process would: a datagram to every socket in the directory.
-            threading.Timer(0.1, wakeups._datagram_broadcast, args=("prompt:e", set())).start()
+            threading.Timer(
+                0.1, wakeup_senders.datagram_broadcast, args=("prompt:e", set())
+            ).start()
             return await listener.wait(5)
 
     assert asyncio.run(main()) is True
 
 
 def test_a_socket_left_by_a_dead_process_is_removed():
-    directory = wakeups._socket_dir()
+    directory = wakeup_senders.socket_dir()
     stale = directory / "1-deadbeef0000.sock"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(str(stale))
@@ -118,15 +120,17 @@ def test_a_socket_left_by_a_dead_process_is_removed():
 
 def test_a_socket_directory_removed_meanwhile_is_made_again(tmp_path, settings):
     settings.KOBOLDCLUSTER = {**settings.KOBOLDCLUSTER, "WAKEUP_SOCKET_DIR": str(tmp_path / "w")}
-    directory = wakeups._socket_dir()
+    directory = wakeup_senders.socket_dir()
     directory.rmdir()
 
     wakeups.notify("prompt:g")  # nobody to tell, and no error
 
     async def main() -> bool:
         async with wakeups.listening("prompt:h") as listener:  # a new hub binds its socket
-            threading.Timer(0.1, wakeups._datagram_broadcast, args=("prompt:h", set())).start()
+            threading.Timer(
+                0.1, wakeup_senders.datagram_broadcast, args=("prompt:h", set())
+            ).start()
             return await listener.wait(5)
 
     assert asyncio.run(main()) is True
-    assert wakeups._socket_dir().is_dir()
+    assert wakeup_senders.socket_dir().is_dir()

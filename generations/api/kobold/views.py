@@ -25,6 +25,7 @@ import koboldcluster
 from accounts.authentication import BearerApiKeyAuthentication, api_user
 from accounts.identity import anonymous_user
 from accounts.models import User
+from generations.api.sse import event_stream, kobold_tokens
 from generations.chat import estimate_tokens
 from generations.fitting import LIMITS_HEADER, Fit, fitted
 from generations.frontend import (
@@ -37,8 +38,7 @@ from generations.frontend import (
 )
 from generations.idempotency import IDEMPOTENCY_KEY_HEADER, idempotency_key
 from generations.intake import GenerationRequest
-from generations.serializers import GenerationParamsSerializer, PromptTextField, split_params
-from generations.sse import event_stream, kobold_tokens
+from generations.params import GenerationParamsSerializer, PromptTextField, split_params
 from generations.streaming import start
 from generations.trusted_only import TRUSTED_ONLY_HEADER, trusted_only
 from koboldcluster.api import validated

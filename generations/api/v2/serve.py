@@ -13,13 +13,12 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.authentication import HasApiKey, api_user
+from generations.api.fields import SERVER_LIMIT, GenerationField, PromptCounts
+from generations.api.v2.views import UNKNOWN_CLIENT
 from generations.delivery import job_submit
 from generations.long_poll import PopAttempt, PopReply, WaitField, respond
 from generations.models import Job
 from generations.queue import PopResult, job_pop, jobs_claim
-from generations.serializers import PromptCounts
-from generations.views import SERVER_LIMIT, GenerationField
-from generations.views_v2 import UNKNOWN_CLIENT
 from koboldcluster.api import validated
 from koboldcluster.errors import BadRequest
 from koboldcluster.fields import (

@@ -16,13 +16,14 @@ from rest_framework.views import APIView
 
 from accounts.authentication import LenientApiKeyAuthentication, api_user
 from accounts.identity import anonymous_user
+from generations.api.fields import prompt_uuid
+from generations.api.v2.params import HordeParamsSerializer
 from generations.delivery import CSAM_METADATA
 from generations.idempotency import IDEMPOTENCY_KEY_HEADER, idempotency_key
 from generations.intake import GenerationRequest, prompt_create
 from generations.models import Job
-from generations.serializers import HordeParamsSerializer, PromptTextField, split_params
+from generations.params import PromptTextField, split_params
 from generations.status import PromptStatus, able_servers, prompt_cancel, prompt_status
-from generations.views import prompt_uuid
 from koboldcluster.api import parse_uuid, validated
 from koboldcluster.errors import BadRequest, NotFound
 from koboldcluster.fields import (

@@ -15,9 +15,9 @@ from typing import Any
 
 from django.http import StreamingHttpResponse
 
-from generations.openai_shapes import cut_at_stop, finish_reason, openai_error, usage
+from generations.api.openai.shapes import finish_reason, openai_error, usage
 from generations.status import PromptStatus
-from generations.streaming import Deltas, follow
+from generations.streaming import Deltas, cut_at_stop, follow
 from koboldcluster.errors import ApiError
 
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -85,10 +85,7 @@ async def openai_chunks(
                 status = update.status
                 if status.generations:
                     head["model"] = status.generations[0].model
-                    _, stopped = cut_at_stop(status.generations[0].text, stops)
-                    finish = finish_reason(status.generations[0], stopped, max_tokens)
-                else:
-                    finish = "stop"
+                finish = _openai_finish(status, stops, max_tokens)
                 if piece:
                     yield chunk(piece)
                 yield chunk(None, finish)
@@ -98,6 +95,13 @@ async def openai_chunks(
         code = error.rc or "error"
         yield _data(openai_error(error.message, error.status_code, code=code))
     yield b"data: [DONE]\n\n"
+
+
+def _openai_finish(status: PromptStatus, stops: list[str], max_tokens: int) -> str:
+    if not status.generations:
+        return "stop"
+    _, stopped = cut_at_stop(status.generations[0].text, stops)
+    return finish_reason(status.generations[0], stopped, max_tokens)
 
 
 def _role_choice() -> dict[str, Any]:

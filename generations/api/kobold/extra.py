@@ -15,8 +15,8 @@ from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from generations.api.kobold.views import KOBOLD, VALUE, KoboldView, largest_context
 from generations.selectors import performance
-from generations.views_kobold import KOBOLD, VALUE, KoboldView, largest_context
 from koboldcluster.openapi import shape
 
 STARTED = time.time()

@@ -14,19 +14,25 @@ from rest_framework.views import APIView
 
 from accounts.authentication import LenientApiKeyAuthentication, api_user
 from accounts.identity import user_for_request
+from generations.api.fields import (
+    SERVER_LIMIT,
+    GenerationField,
+    PromptCounts,
+    prompt_uuid,
+    server_credentials,
+)
 from generations.delivery import job_submit
 from generations.idempotency import IDEMPOTENCY_KEY_HEADER, idempotency_key
 from generations.intake import GenerationRequest, prompt_create
 from generations.long_poll import PopAttempt, PopReply, WaitField, respond
-from generations.queue import PopResult, job_pop, jobs_claim
-from generations.serializers import (
+from generations.params import (
     GenerationParamsSerializer,
-    PromptCounts,
     PromptTextField,
     split_params,
 )
+from generations.queue import PopResult, job_pop, jobs_claim
 from generations.status import PromptStatus, prompt_cancel, prompt_status
-from koboldcluster.api import parse_uuid, validated
+from koboldcluster.api import validated
 from koboldcluster.fields import (
     BIGINT_RANGE,
     INT_MAX,
@@ -40,11 +46,9 @@ from koboldcluster.fields import (
 )
 from koboldcluster.openapi import KUDOS_ARE_TOKENS, error, shape
 from servers.models import Server
-from servers.services import CheckIn, Credentials
+from servers.services import CheckIn
 
 ORIGINAL = ["Original cluster API"]
-# The most a server may declare as its max_length or context: what its columns hold.
-SERVER_LIMIT = 2**31 - 1
 
 
 class PromptCreateView(APIView):
@@ -164,10 +168,6 @@ class PromptStatusView(APIView):
         return Response(_status_body(status))
 
 
-def prompt_uuid(value: str) -> object:
-    return parse_uuid(value, rc="RequestNotFound", what="Request")
-
-
 class PopView(PopReply, APIView):
     throttle_scope = "worker"
 
@@ -253,7 +253,7 @@ class PopView(PopReply, APIView):
             threads=data["threads"],
         )
         return job_pop(
-            credentials=_credentials(request, data),
+            credentials=server_credentials(request, data),
             check_in=check_in,
             priority_usernames=data.get("priority_usernames") or [],
             leaving=data["leaving"],
@@ -281,25 +281,6 @@ class PopView(PopReply, APIView):
             return PopAttempt.of(result, body)
         body = {"id": str(result.job.id), "payload": result.job.payload(), "ttl": result.ttl}
         return PopAttempt.of(result, body)
-
-
-def _credentials(request: Any, data: dict[str, Any]) -> Credentials:
-    """From the body, or the API key's user (`request.user`, a DRF or a direct request's)."""
-    return Credentials(
-        username=data.get("username"), password=data.get("password"), api_user=api_user(request)
-    )
-
-
-class GenerationField(StrictCharField):
-    """Generated text, kept exactly; NUL (which PostgreSQL cannot store) becomes U+FFFD."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(allow_blank=True, trim_whitespace=False, **kwargs)
-
-    def to_internal_value(self, data: Any) -> str:
-        if isinstance(data, str):
-            data = data.replace("\x00", "\ufffd")
-        return super().to_internal_value(data)
 
 
 class SubmitView(APIView):
@@ -339,7 +320,7 @@ class SubmitView(APIView):
     def reply(data: dict[str, Any], request: Any) -> dict[str, Any]:
         reward = job_submit(
             job_id=data["id"],
-            credentials=_credentials(request, data),
+            credentials=server_credentials(request, data),
             text=data["generation"],
             state=data["state"],
             seed=data.get("seed"),

@@ -13,6 +13,7 @@ from rest_framework.response import Response
 from generations.chat import estimate_tokens
 from generations.models import Job
 from generations.status import PromptStatus
+from generations.streaming import cut_at_stop
 from koboldcluster.errors import BadRequest, exception_handler
 
 # OpenAI's error `type` per status (what its SDKs and clients branch on).
@@ -77,12 +78,6 @@ def refuse_unsupported(data: dict[str, Any], fields: dict[str, str]) -> None:
     for name, why in fields.items():
         if data.get(name) not in (None, False, 0, "", [], {}):
             raise Unsupported(f"'{name}' is not supported by this cluster: {why}", param=name)
-
-
-def cut_at_stop(text: str, stops: list[str]) -> tuple[str, bool]:
-    """The text up to its first stop sequence (KoboldAI keeps it; OpenAI does not)."""
-    cut = min((i for i in (text.find(s) for s in stops if s) if i >= 0), default=-1)
-    return (text[:cut], True) if cut >= 0 else (text, False)
 
 
 def finish_reason(job: Job, stopped: bool, max_tokens: int) -> str:

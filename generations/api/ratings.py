@@ -21,9 +21,9 @@ from rest_framework.views import APIView
 from accounts.authentication import BearerApiKeyAuthentication, api_user
 from accounts.identity import anonymous_user, user_for_request
 from accounts.models import User
+from generations.api.kobold.views import KOBOLD, KoboldView
 from generations.frontend import genkey_prompt
 from generations.ratings import BAD, GOOD, REASON_MAX, generation_rate, request_id
-from generations.views_kobold import KOBOLD, KoboldView
 from koboldcluster.api import validated
 from koboldcluster.errors import NotFound
 from koboldcluster.fields import InputSerializer, StrictCharField, StrictIntegerField, optional_text

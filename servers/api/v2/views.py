@@ -19,10 +19,10 @@ from koboldcluster.api import validated
 from koboldcluster.errors import NotFound
 from koboldcluster.fields import InputSerializer, StrictBooleanField, StrictCharField
 from koboldcluster.openapi import APIKEY_HEADER, APIKEY_HEADER_REQUIRED, error, many, shape
+from servers.api.original.views import server_or_404
 from servers.models import Server
 from servers.services import server_delete, server_modify
 from servers.trust import server_standing
-from servers.views import server_or_404
 
 WORKER_TYPES = ("image", "text", "interrogation")
 

@@ -16,8 +16,9 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.authentication import HasApiKey, api_user
+from generations.api.fields import GenerationField, server_credentials
+from generations.api.original.views import ORIGINAL
 from generations.progress import job_progress
-from generations.views import ORIGINAL, GenerationField, _credentials
 from koboldcluster.api import validated
 from koboldcluster.fields import InputSerializer, optional_text
 from koboldcluster.openapi import APIKEY_HEADER_REQUIRED, error, shape
@@ -64,7 +65,7 @@ class ProgressView(APIView):
     @staticmethod
     def reply(data: dict[str, Any], request: Any) -> dict[str, Any]:
         """The answer to a valid request (this view's, and the direct lane's)."""
-        credentials = _credentials(request, data)
+        credentials = server_credentials(request, data)
         job_progress(job_id=data["id"], credentials=credentials, text=data.get("text"))
         return {"ok": True}
 

@@ -1,4 +1,5 @@
-"""Validation of generation parameters, shared by the original API and the Horde v2 API.
+"""What a generation may ask for: its parameters and prompt text, checked the same for every face
+and for the canaries.
 
 Only parameters KoboldAI's generate endpoint knows reach a server; each is checked against
 the range KoboldAI (and horde-sdk's worker models) accept, so a payload can never crash a bridge.
@@ -11,7 +12,6 @@ from typing import Any
 from django.conf import settings
 from rest_framework import serializers
 
-from koboldcluster.errors import BadRequest
 from koboldcluster.fields import (
     BoundedListField,
     InputSerializer,
@@ -21,26 +21,6 @@ from koboldcluster.fields import (
     StrictIntegerField,
     StringListField,
 )
-
-
-class PromptCounts(serializers.Serializer):
-    """What a submit may say of the prompt the backend saw (both submit APIs)."""
-
-    prompt_tokens = StrictIntegerField(
-        min_value=0,
-        max_value=2**31 - 1,
-        required=False,
-        help_text="This cluster's extension: the backend's count of the prompt's tokens as "
-        "the bridge sent it (after any trimming).",
-    )
-    prompt_trimmed = StrictIntegerField(
-        min_value=0,
-        max_value=2**31 - 1,
-        default=0,
-        help_text="This cluster's extension: the tokens the bridge cut from the front of "
-        "the prompt to fit the backend's context (0: none).",
-    )
-
 
 # The columns of a prompt; everything else in params is a sampler setting passed through.
 SHAPE_PARAMS = ("n", "max_length", "max_context_length")
@@ -111,42 +91,6 @@ class GenerationParamsSerializer(InputSerializer):
         if attrs["max_context_length"] < attrs["max_length"]:
             raise serializers.ValidationError(
                 {"max_context_length": "Must be at least max_length."}
-            )
-        return attrs
-
-
-class HordeParamsSerializer(GenerationParamsSerializer):
-    """The AI Horde's `params` (research §2.1): its defaults, its minimums and its error codes.
-
-    The maxima stay the cluster's own (KOBOLDCLUSTER_MAX_N, _MAX_LENGTH, _MAX_CONTEXT_LENGTH).
-    """
-
-    max_length = StrictIntegerField(min_value=16, default=80)
-    max_context_length = StrictIntegerField(min_value=80, default=2048)
-
-    def validate_sampler_order(self, value: list[int]) -> list[int]:
-        if len(set(value)) < 7:
-            raise BadRequest(
-                "sampler_order must list at least 7 distinct samplers.",
-                rc="MissingFullSamplerOrder",
-            )
-        return value
-
-    def validate_stop_sequence(self, value: list[str]) -> list[str]:
-        if len(set(value)) > 128:
-            raise BadRequest("At most 128 stop sequences.", rc="TooManyStopSequences")
-        if sum(len(s) for s in value) > 2000:
-            raise BadRequest(
-                "At most 2000 characters of stop sequences.", rc="ExcessiveStopSequence"
-            )
-        return value
-
-    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-        if attrs["max_context_length"] < attrs["max_length"]:
-            raise BadRequest(
-                f"max_context_length ({attrs['max_context_length']}) must be at least "
-                f"max_length ({attrs['max_length']}).",
-                rc="TokenOverflow",
             )
         return attrs
 

@@ -1,0 +1,1 @@
+"""The accounts app's API faces, one package each (the same layout as `generations/api/`)."""

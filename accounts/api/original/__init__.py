@@ -1,0 +1,1 @@
+"""The original cluster API's account endpoints: usage and contributions."""

@@ -1,0 +1,1 @@
+"""The KoboldAI API (and KoboldCpp's extras), as Kobold front-ends speak it."""

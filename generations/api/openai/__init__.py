@@ -1,0 +1,1 @@
+"""The OpenAI API's completions and chat completions, as OpenAI clients speak it."""

@@ -1,0 +1,1 @@
+"""The AI Horde v2 API's workers endpoints."""

@@ -1,0 +1,1 @@
+"""The stats app's API faces, one package each (the same layout as `generations/api/`)."""
