@@ -55,7 +55,7 @@ if not settings.configured:  # a web process (not a test or a command driving th
 
 # The waiting endpoints (`//` as the ApiMiddleware reads it, a single `/`), async views: the
 # front-end APIs wait for their generation (generations/waiting.py), streams to clients
-# (generations/sse.py). Declared in the route table (koboldcluster/routes.py).
+# (generations/api/sse.py). Declared in the route table (koboldcluster/routes.py).
 WAITING_PATHS = routes.waiting_paths()
 _SLASHES = re.compile(r"//+")
 
