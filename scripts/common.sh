@@ -90,6 +90,6 @@ ensure_haproxy() {
             || { apt-get update -qq && apt-get install -y -qq haproxy >/dev/null; } || true
     fi
     if ! command -v haproxy >/dev/null 2>&1; then
-        echo "haproxy is not installed (sudo apt install haproxy): its configuration test is skipped." >&2
+        echo "haproxy is not installed (sudo apt install haproxy): its configuration test will fail." >&2
     fi
 }
