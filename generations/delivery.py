@@ -65,7 +65,10 @@ def _tail(column: str) -> str:
 
 _LOOKUP = (
     "SELECT j.id, j.prompt_id, j.server_id, j.model, j.started, p.user_id, p.max_length, "
-    f"p.expires_at, p.origin, j.text, {{tail}}, {USER_COLUMNS} FROM generations_job j "
+    # A processing job's text is a continuation's carried text; once the job is done it is
+    # the whole generation, which a late progress post must not take for a prefix.
+    "p.expires_at, p.origin, CASE WHEN j.state = 'processing' THEN j.text ELSE '' END, "
+    f"{{tail}}, {USER_COLUMNS} FROM generations_job j "
     "JOIN generations_prompt p ON p.id = j.prompt_id "
     "JOIN servers_server s ON s.id = j.server_id JOIN accounts_user u ON u.id = s.owner_id "
     "WHERE j.id = %s AND p.expires_at > %s"

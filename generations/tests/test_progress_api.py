@@ -64,6 +64,29 @@ def test_the_submit_drops_the_progress_and_later_progress_is_refused(
     assert progress_text(prompt_of(job_id)) is None
 
 
+def test_a_late_progress_post_never_shows_the_submitted_text_twice(
+    post_progress, submit_generation, job_id, monkeypatch
+):
+    """A bridge's progress thread may post once more after its submit: what it stores for
+    a moment (before it finds its job done and drops it) is its own text, a beginning of the
+    generation, not the stored generation followed by it (a stream would have sent that)."""
+    from generations import progress as progress_module
+
+    stored = []
+    real_store = progress_module.progress_store
+
+    def spy(**kwargs):
+        stored.append(kwargs["text"])
+        real_store(**kwargs)
+
+    monkeypatch.setattr(progress_module, "progress_store", spy)
+    submit_generation(job_id, "Once upon a time")
+
+    assert post_progress(job_id, "Once upon").status_code == 404
+    assert stored == ["Once upon"]
+    assert progress_text(prompt_of(job_id)) is None
+
+
 def test_a_cancelled_requests_job_is_told_to_stop_and_its_text_so_far_is_paid(
     api, post_progress, submit_generation, job_id
 ):
