@@ -65,9 +65,9 @@ def _tail(column: str) -> str:
 
 _LOOKUP = (
     "SELECT j.id, j.prompt_id, j.server_id, j.model, j.started, p.user_id, p.max_length, "
-    # A processing job's text is a continuation's carried text; once the job is done it is
-    # the whole generation, which a late progress post must not take for a prefix.
-    "p.expires_at, p.origin, CASE WHEN j.state = 'processing' THEN j.text ELSE '' END, "
+    # A processing job's text is a continuation's carried text (else ""); NULL once the job
+    # ended: then it is the whole generation, which a late progress post must not show.
+    "p.expires_at, p.origin, CASE WHEN j.state = 'processing' THEN j.text END, "
     f"{{tail}}, {USER_COLUMNS} FROM generations_job j "
     "JOIN generations_prompt p ON p.id = j.prompt_id "
     "JOIN servers_server s ON s.id = j.server_id JOIN accounts_user u ON u.id = s.owner_id "
@@ -90,7 +90,8 @@ def delivery_for(*, job_id: object, credentials: Credentials, now: datetime) -> 
         server_id=as_uuid(row[2]),
         model=row[3],
         started=aware(row[4]),
-        text=row[9],  # a continuation's carried text (generations/handover.py), else ""
+        # A continuation's carried text (generations/handover.py), else ""; None: it ended.
+        text=row[9],
     )
     return Delivery(
         job,

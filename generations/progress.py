@@ -47,6 +47,8 @@ def job_progress(*, job_id: object, credentials: Credentials, text: str | None) 
             raise NotFound(f"Job {job.id} is no longer wanted.", rc="AbortedGen")
         mark_alive(job.id)
         return
+    if job.text is None:  # it ended (submitted, given back): nothing to show or keep
+        raise NotFound(f"Job {job.id} is no longer wanted.", rc="AbortedGen")
     # Stored first, then checked: a submit that lands between a check and the store would
     # find nothing to drop, and the text would outlive the job (and the prompt's wipe).
     # The submit commits before it drops the progress, so one of the two removes it. A
