@@ -2,7 +2,7 @@
 
 The pop views are ordinary synchronous views: they parse, authenticate, rate-limit, check the
 server in and try once, exactly as without `wait`. When that finds nothing and the server
-asked to wait, `respond` attaches a hold to the response (`koboldcluster.holding`): between
+asked to wait, `respond` attaches a `Hold` to the response (`koboldcluster.holding`): between
 tries it holds no thread and no database connection, and each try after a `"queue"` wake-up
 is the claim alone (one synchronous callable: pop and shape the answer). The answer is the
 first try that gets a job, or the last one when the time is up, in the same shape as an
@@ -16,7 +16,6 @@ import asyncio
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -28,7 +27,7 @@ from rest_framework.response import Response
 
 from generations.models import Prompt
 from generations.queue import PopResult
-from koboldcluster import metrics, shutdown, wakeups
+from koboldcluster import holding, metrics, shutdown, wakeups
 from koboldcluster.errors import error_body
 from koboldcluster.fields import StrictFloatField
 from koboldcluster.outage import RETRY_AFTER_SECONDS
@@ -84,13 +83,6 @@ class PopReply:
         return cls.answer(cls.pop_once(data, request)).body  # type: ignore[attr-defined]
 
 
-@dataclass(frozen=True)
-class Retry:
-    seconds: float
-    attempt: Callable[[], PopAttempt]
-    account: int = 0
-
-
 # Pops held now in this process, per account (the event loop's and the sync thread's: the
 # GIL keeps a dict's item updates whole).
 _held_pops: Counter[int] = Counter()
@@ -99,52 +91,68 @@ _held_pops: Counter[int] = Counter()
 def respond(
     first: PopAttempt, *, wait: float, attempt: Callable[[], PopAttempt], account: int = 0
 ) -> Response:
-    """The pop's answer; with `wait` and no job, held for more tries (`_hold`)."""
+    """The pop's answer; with `wait` and no job, held for more tries (`HeldPop`)."""
     response = Response(first.body)
     seconds = min(wait, settings.KOBOLDCLUSTER["POP_WAIT_MAX_SECONDS"])
     if not first.taken and seconds > 0:
-        retry = Retry(seconds=seconds, attempt=attempt, account=account)
-        response.hold = partial(_hold, response, first, retry)  # type: ignore[attr-defined]
+        held = HeldPop(response, first, seconds=seconds, attempt=attempt, account=account)
+        holding.attach(response, holding.Hold(until_news=held.until_news))
     return response
 
 
-async def _hold(
-    response: Response, first: PopAttempt, retry: Retry, wake: wakeups.Listener
-) -> None:
-    """Try again at each wake-up until a job is taken or the time is up; answer the last try.
+@dataclass(frozen=True)
+class HeldPop:
+    """A pop that found nothing and asked to wait: its response (already through the
+    middleware), the first try's answer, how long it may wait, the claim to try again, and
+    whose pop it is (HELD_POPS_PER_ACCOUNT)."""
 
-    An account with HELD_POPS_PER_ACCOUNT pops held here already gets the first answer at
-    once: every wake-up tries each held pop again, so none may hold them without end."""
-    if _held_pops[retry.account] >= settings.KOBOLDCLUSTER["HELD_POPS_PER_ACCOUNT"]:
-        return
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + retry.seconds
-    attempt = first
-    metrics.LONG_POLL_WAITERS.inc()
-    _held_pops[retry.account] += 1
-    try:
+    response: Response
+    first: PopAttempt
+    seconds: float
+    attempt: Callable[[], PopAttempt]
+    account: int = 0
+
+    async def until_news(self, wake: wakeups.Listener) -> None:
+        """Try again at each wake-up until a job is taken or the time is up; answer the last
+        try.
+
+        An account with HELD_POPS_PER_ACCOUNT pops held here already gets the first answer at
+        once: every wake-up tries each held pop again, so none may hold them without end."""
+        if _held_pops[self.account] >= settings.KOBOLDCLUSTER["HELD_POPS_PER_ACCOUNT"]:
+            return
+        metrics.LONG_POLL_WAITERS.inc()
+        _held_pops[self.account] += 1
+        try:
+            attempt = await self._tries(wake)
+        except (OperationalError, InterfaceError) as lost:
+            # The held tries run after the middleware: answered here as
+            # DatabaseOutageMiddleware answers any other request whose connection failed.
+            outage_logger.warning("database unavailable during a held pop: %s", type(lost).__name__)
+            self.response.status_code = 503
+            self.response["Retry-After"] = str(RETRY_AFTER_SECONDS)
+            message = "The database is unavailable for a moment: try again."
+            _render_again(self.response, error_body(message, "DatabaseUnavailable"))
+            return
+        finally:
+            metrics.LONG_POLL_WAITERS.dec()
+            _held_pops[self.account] -= 1
+            if _held_pops[self.account] <= 0:
+                del _held_pops[self.account]
+        if attempt is not self.first:
+            _render_again(self.response, attempt.body)
+
+    async def _tries(self, wake: wakeups.Listener) -> PopAttempt:
+        """The tries, one per wake-up, until one takes a job or the time is up: the last."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.seconds
+        attempt = self.first
         while not attempt.taken and loop.time() < deadline:
             if not wake.pending:  # a wake-up during the try may mean it missed the news
                 wake.done(pass_on=attempt.others_may_serve)
             if not await wake.wait(deadline - loop.time()) or shutdown.is_stopping():
                 break  # time is up and nothing changed since the last try: its answer holds
-            attempt = await sync_to_async(_try_and_release)(retry.attempt)
-    except (OperationalError, InterfaceError) as lost:
-        # The held tries run after the middleware: answered here as DatabaseOutageMiddleware
-        # answers any other request whose connection failed.
-        outage_logger.warning("database unavailable during a held pop: %s", type(lost).__name__)
-        response.status_code = 503
-        response["Retry-After"] = str(RETRY_AFTER_SECONDS)
-        message = "The database is unavailable for a moment: try again."
-        _render_again(response, error_body(message, "DatabaseUnavailable"))
-        return
-    finally:
-        metrics.LONG_POLL_WAITERS.dec()
-        _held_pops[retry.account] -= 1
-        if _held_pops[retry.account] <= 0:
-            del _held_pops[retry.account]
-    if attempt is not first:
-        _render_again(response, attempt.body)
+            attempt = await sync_to_async(_try_and_release)(self.attempt)
+        return attempt
 
 
 def _render_again(response: Response, body: dict[str, Any]) -> None:

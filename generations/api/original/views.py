@@ -31,7 +31,8 @@ from generations.params import (
     split_params,
 )
 from generations.queue import PopResult, job_pop, jobs_claim
-from generations.status import PromptStatus, prompt_cancel, prompt_status
+from generations.status import prompt_cancel, prompt_status
+from generations.status_shapes import StatusApi, status_body
 from koboldcluster.api import validated
 from koboldcluster.fields import (
     BIGINT_RANGE,
@@ -111,17 +112,8 @@ class PromptCreateView(APIView):
         return {"id": str(prompt.id)}
 
 
-def _status_body(status: PromptStatus) -> dict[str, Any]:
-    return {
-        "finished": status.finished,
-        "processing": status.processing,
-        "restarted": status.restarted,
-        "waiting": status.waiting,
-        "done": status.done,
-        "faulted": status.faulted,
-        "generations": [job.text for job in status.generations],
-    }
-
+# The status this API answers (generations.status_shapes).
+STATUS_API = StatusApi.ORIGINAL
 
 ORIGINAL_STATUS = shape(
     "PromptStatus",
@@ -154,7 +146,9 @@ class PromptStatusView(APIView):
 
     @staticmethod
     def reply(prompt_id: uuid.UUID) -> dict[str, Any]:
-        return _status_body(prompt_status(prompt_id=prompt_id))
+        return status_body(
+            prompt_status(prompt_id=prompt_id, outlook=STATUS_API.outlook), STATUS_API
+        )
 
     @extend_schema(
         operation_id="prompt_cancel",
@@ -164,8 +158,8 @@ class PromptStatusView(APIView):
         responses={200: ORIGINAL_STATUS, 404: error("RequestNotFound")},
     )
     def delete(self, request: Request, prompt_id: str) -> Response:
-        status = prompt_cancel(prompt_id=prompt_uuid(prompt_id))
-        return Response(_status_body(status))
+        status = prompt_cancel(prompt_id=prompt_uuid(prompt_id), outlook=STATUS_API.outlook)
+        return Response(status_body(status, STATUS_API))
 
 
 class PopView(PopReply, APIView):

@@ -18,12 +18,11 @@ from accounts.authentication import LenientApiKeyAuthentication, api_user
 from accounts.identity import anonymous_user
 from generations.api.fields import prompt_uuid
 from generations.api.v2.params import HordeParamsSerializer
-from generations.delivery import CSAM_METADATA
 from generations.idempotency import IDEMPOTENCY_KEY_HEADER, idempotency_key
 from generations.intake import GenerationRequest, prompt_create
-from generations.models import Job
 from generations.params import PromptTextField, split_params
-from generations.status import PromptStatus, able_servers, prompt_cancel, prompt_status
+from generations.status import able_servers, prompt_cancel, prompt_status
+from generations.status_shapes import StatusApi, status_body
 from koboldcluster.api import parse_uuid, validated
 from koboldcluster.errors import BadRequest, NotFound
 from koboldcluster.fields import (
@@ -254,6 +253,9 @@ GENERATION = shape(
     many=True,
 )
 
+# The status this API answers (generations.status_shapes).
+STATUS_API = StatusApi.HORDE
+
 STATUS = shape(
     "HordeRequestStatus",
     {
@@ -288,47 +290,6 @@ STATUS = shape(
 )
 
 
-def generation_state(job: Job) -> str:
-    if any(
-        {"type": m.get("type"), "value": m.get("value")} == CSAM_METADATA for m in job.gen_metadata
-    ):
-        return "csam"
-    return "censored" if job.censored else "ok"
-
-
-def status_body(status: PromptStatus) -> dict[str, Any]:
-    """The AI Horde's status object; every key always present, counts as JSON integers."""
-    outlook = status.outlook
-    assert outlook is not None  # the views ask for it
-    return {
-        "finished": status.finished,
-        "processing": status.processing,
-        "restarted": status.restarted,
-        "waiting": status.waiting,
-        "done": status.done,
-        "faulted": status.faulted,
-        "wait_time": outlook.wait_time,
-        "queue_position": outlook.queue_position,
-        "kudos": float(status.tokens),
-        "is_possible": outlook.is_possible,
-        "processing_workers": status.serving(),
-        "generations": [
-            {
-                "id": str(job.id),
-                "worker_id": str(job.server_id) if job.server_id else "",
-                "worker_name": status.server_name(job),
-                "workers": status.servers_of(job),
-                "model": job.model,
-                "state": generation_state(job),
-                "text": job.text,
-                "seed": job.seed or 0,
-                "gen_metadata": job.gen_metadata,
-            }
-            for job in status.generations
-        ],
-    }
-
-
 class TextStatusView(APIView):
     throttle_scope = "status"
     # Anyone holding the id may poll or cancel; a key only selects the account's rate limit.
@@ -347,7 +308,9 @@ class TextStatusView(APIView):
 
     @staticmethod
     def reply(prompt_id: object) -> dict[str, Any]:
-        return status_body(prompt_status(prompt_id=prompt_id, outlook=True))
+        return status_body(
+            prompt_status(prompt_id=prompt_id, outlook=STATUS_API.outlook), STATUS_API
+        )
 
     @extend_schema(
         operation_id="horde_text_cancel",
@@ -358,5 +321,5 @@ class TextStatusView(APIView):
         responses={200: STATUS, 404: error("RequestNotFound")},
     )
     def delete(self, request: Request, prompt_id: str) -> Response:
-        status = prompt_cancel(prompt_id=prompt_uuid(prompt_id), outlook=True)
-        return Response(status_body(status))
+        status = prompt_cancel(prompt_id=prompt_uuid(prompt_id), outlook=STATUS_API.outlook)
+        return Response(status_body(status, STATUS_API))
