@@ -1,4 +1,4 @@
-"""The status page at `/`, its live part, and the README as a page."""
+"""The status page at `/`, its live part, and the README with its docs/ pages as a page."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from django.views.decorators.http import require_safe
 
 from koboldcluster.throttling import throttled
 from stats import charts
+from stats.manual import manual_markdown
 from stats.status import ClusterStatus, cluster_status
 
 # How often the page fetches its live part.
@@ -91,12 +92,13 @@ def status_live(request: HttpRequest) -> HttpResponse:
 
 @lru_cache(maxsize=1)
 def _readme_html() -> str:
-    text = (Path(settings.BASE_DIR) / "README.md").read_text(encoding="utf-8")
+    text = manual_markdown(Path(settings.BASE_DIR))
     return markdown.markdown(text, extensions=["toc", "fenced_code", "tables"])
 
 
 @require_safe
 @throttled("info")
 def readme(request: HttpRequest) -> HttpResponse:
-    """The project's README, so that links to its sections work from any cluster."""
+    """The project's README and its docs/ pages, so that links to their sections work from
+    any cluster."""
     return render(request, "stats/readme.html", {"body": mark_safe(_readme_html())})  # noqa: S308

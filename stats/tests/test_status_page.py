@@ -125,3 +125,16 @@ def test_the_script_and_the_readme_are_served(api, db):
     assert api.get("/static/stats/status.js").status_code == 200
     readme = api.get("/readme").content.decode()
     assert 'id="join-the-cluster"' in readme
+
+
+def test_the_readme_page_holds_the_docs_pages_and_every_link_on_it_lands(api, db):
+    """The status page links sections that live in docs/ (Trust and quality); /readme serves
+    the README with the docs/ pages it links, their links turned into anchors of the page."""
+    page = api.get("/readme").content.decode()
+    ids = set(re.findall(r'id="([^"]+)"', page))
+    targets = re.findall(r'href="#([^"]+)"', page)
+
+    assert {"join-the-cluster", "trust-and-quality", "configuration", "privacy"} <= ids
+    assert len(targets) > 50
+    assert [target for target in targets if target not in ids] == []
+    assert re.findall(r'href="[^"#]*\.md[^"]*"', page) == []
