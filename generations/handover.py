@@ -38,6 +38,7 @@ from accounts.models import LedgerEntry
 from generations import events
 from generations.models import Job, Prompt, PromptModel, count_tokens
 from generations.progress_store import progress_drop, progress_text
+from generations.stops import cut_at_stop
 from koboldcluster.clients import current_client
 from koboldcluster.errors import BadRequest, NotFound
 from servers.models import Server
@@ -142,12 +143,10 @@ _KEEP_FIELDS = (
 )  # fmt: skip
 
 
-def cut_at_stop(text: str, params: dict) -> tuple[str, bool]:
+def _kept_at_stop(text: str, params: dict) -> tuple[str, bool]:
     """`text` up to and including its first complete stop sequence (the prompt's
     `stop_sequence`, as KoboldAI keeps it), and whether one was found."""
-    stops = [s for s in (params or {}).get("stop_sequence") or () if isinstance(s, str) and s]
-    ends = [text.find(stop) + len(stop) for stop in stops if stop in text]
-    return (text[: min(ends)], True) if ends else (text, False)
+    return cut_at_stop(text, (params or {}).get("stop_sequence") or (), keep=True)
 
 
 def continuation_cut_at_stops(job_id: object) -> None:
@@ -156,7 +155,7 @@ def continuation_cut_at_stops(job_id: object) -> None:
     row = Job.objects.filter(id=job_id).values_list("text", "prompt__params").first()
     if row is None:
         return
-    text, stopped = cut_at_stop(*row)
+    text, stopped = _kept_at_stop(*row)
     if stopped and text != row[0]:
         Job.objects.filter(id=job_id).update(text=text)
 
@@ -177,7 +176,7 @@ def _keep(
         own = own[len(prefix) :] if own.startswith(prefix) else ""
     if not own or n != 1 or prompt_state != Prompt.State.LIVE or server_id is None:
         return False
-    whole, stopped = cut_at_stop(prefix + own, params)
+    whole, stopped = _kept_at_stop(prefix + own, params)
     own = whole[len(prefix) :]
     tokens = count_tokens(own, max(max_length - carried, 1))
     finished = stopped or carried + tokens >= max_length

@@ -26,6 +26,7 @@ from generations.intake import GenerationRequest, prompt_create
 from generations.liveness import stall_seconds
 from generations.progress_store import progress_text
 from generations.status import PromptStatus, prompt_status
+from generations.stops import cut_at_stop
 from generations.waiting import STALL_MARGIN_SECONDS, reap_stalled, stall_check_in
 from koboldcluster import metrics, shutdown, wakeups
 from koboldcluster.errors import ApiError
@@ -191,9 +192,3 @@ class Deltas:
             logger.info("a stream's text does not continue what it sent: its server was replaced")
             raise ServerReplaced()
         return ""
-
-
-def cut_at_stop(text: str, stops: list[str]) -> tuple[str, bool]:
-    """The text up to its first stop sequence (KoboldAI keeps it; OpenAI does not)."""
-    cut = min((i for i in (text.find(s) for s in stops if s) if i >= 0), default=-1)
-    return (text[:cut], True) if cut >= 0 else (text, False)

@@ -17,7 +17,8 @@ from django.http import StreamingHttpResponse
 
 from generations.api.openai.shapes import finish_reason, openai_error, usage
 from generations.status import PromptStatus
-from generations.streaming import Deltas, cut_at_stop, follow
+from generations.stops import cut_at_stop
+from generations.streaming import Deltas, follow
 from koboldcluster.errors import ApiError
 
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}

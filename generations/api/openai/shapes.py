@@ -13,7 +13,7 @@ from rest_framework.response import Response
 from generations.chat import estimate_tokens
 from generations.models import Job
 from generations.status import PromptStatus
-from generations.streaming import cut_at_stop
+from generations.stops import cut_at_stop
 from koboldcluster.errors import BadRequest, exception_handler
 
 # OpenAI's error `type` per status (what its SDKs and clients branch on).
