@@ -1,0 +1,170 @@
+/* A wire with a delay between the test hosts, for kernels without netem (scripts/netns.py).
+
+   Runs in the switch namespace, where the other end of every host's veth pair is:
+       wire DELAY_US PORT...
+   It reads every frame a host sends (an AF_PACKET socket on each port), holds it DELAY_US and
+   then sends it out of the port behind which its destination MAC was last seen (a learning
+   switch: broadcast, multicast and unknown destinations go out of every other port). The delay
+   is the same for every frame, so one first-in first-out ring releases them in order; ppoll
+   sleeps to the nanosecond until the oldest is due.
+
+   Frames are read and written with their virtio-net header (PACKET_VNET_HDR), as QEMU's tap
+   does: a host's TCP segments of up to 64 KiB (veth's GSO/TSO) and their unfinished checksums
+   cross the wire whole, as they cross a veth pair or netem, and the kernel finishes them on the
+   way out; so the hosts' offloads stay on and a large response is a few frames here, not one
+   per 1,500 bytes. PACKET_IGNORE_OUTGOING keeps the wire's own sends off its sockets.
+
+   Not a proxy: every frame, TCP's handshakes and acknowledgements among them, crosses as it was
+   sent, only later. Prints "ready" when its ports are open; on SIGTERM or SIGINT, a JSON line
+   on stderr of what it carried. Compiled and cached by scripts/netns.py. */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <linux/if_ether.h>
+#include <linux/if_packet.h>
+#include <net/if.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+
+#ifndef PACKET_IGNORE_OUTGOING
+#define PACKET_IGNORE_OUTGOING 23 /* Linux 4.20 */
+#endif
+#define VNET_HEADER 10            /* struct virtio_net_hdr, before the Ethernet header */
+#define LARGEST (VNET_HEADER + 65536 + 64)
+#define MAX_PORTS 32
+#define RING 65536                /* frames held at once; more are dropped, as by a full queue */
+#define MACS 1024
+#define BURST 64                  /* frames read from one port before looking at the others */
+
+struct held { int64_t due; uint32_t ports; uint32_t length; unsigned char *frame; };
+struct seen { unsigned char mac[6]; int port; };
+
+static struct held ring[RING];
+static unsigned head, tail; /* tail: oldest; head: next free */
+static struct seen table[MACS];
+static int macs;
+static struct pollfd polls[MAX_PORTS];
+static int nports;
+static unsigned long long carried_frames, carried_bytes, dropped;
+static volatile sig_atomic_t stopping;
+
+static int64_t now_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
+static int open_port(const char *name) {
+    int fd = socket(AF_PACKET, SOCK_RAW | SOCK_NONBLOCK, htons(ETH_P_ALL));
+    int one = 1, buffer = 4 << 20;
+    struct sockaddr_ll where = {.sll_family = AF_PACKET, .sll_protocol = htons(ETH_P_ALL)};
+    where.sll_ifindex = (int)if_nametoindex(name);
+    if (fd < 0 || where.sll_ifindex == 0
+        || setsockopt(fd, SOL_PACKET, PACKET_VNET_HDR, &one, sizeof one)
+        || setsockopt(fd, SOL_PACKET, PACKET_IGNORE_OUTGOING, &one, sizeof one)
+        || setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &buffer, sizeof buffer)
+        || bind(fd, (struct sockaddr *)&where, sizeof where)) {
+        perror(name);
+        exit(1);
+    }
+    return fd;
+}
+
+/* The port a MAC was last seen behind, or -1; `learn` records it. */
+static int lookup(const unsigned char *mac) {
+    for (int i = 0; i < macs; i++)
+        if (memcmp(table[i].mac, mac, 6) == 0) return table[i].port;
+    return -1;
+}
+
+static void learn(const unsigned char *mac, int port) {
+    for (int i = 0; i < macs; i++)
+        if (memcmp(table[i].mac, mac, 6) == 0) { table[i].port = port; return; }
+    if (macs < MACS) { memcpy(table[macs].mac, mac, 6); table[macs++].port = port; }
+}
+
+static void hold(int from, const unsigned char *frame, ssize_t length, int64_t due) {
+    const unsigned char *destination = frame + VNET_HEADER, *source = destination + 6;
+    learn(source, from);
+    int to = (destination[0] & 1) ? -1 : lookup(destination);
+    if (to == from) return; /* for a host behind the port it came from */
+    uint32_t ports = to >= 0 ? 1u << to : (uint32_t)((1ull << nports) - 1) & ~(1u << from);
+    if (head - tail == RING || !(ring[head % RING].frame = malloc((size_t)length))) {
+        dropped++;
+        return;
+    }
+    memcpy(ring[head % RING].frame, frame, (size_t)length);
+    ring[head % RING].due = due;
+    ring[head % RING].ports = ports;
+    ring[head % RING].length = (uint32_t)length;
+    head++;
+}
+
+static void receive(int port, int64_t due) {
+    static unsigned char frame[LARGEST];
+    for (int i = 0; i < BURST; i++) {
+        ssize_t length = recv(polls[port].fd, frame, sizeof frame, 0);
+        if (length < 0) return; /* EAGAIN: nothing more now */
+        if (length > VNET_HEADER + 14) hold(port, frame, length, due);
+    }
+}
+
+static void release(int64_t now) {
+    while (tail != head && ring[tail % RING].due <= now) {
+        struct held *h = &ring[tail % RING];
+        for (int port = 0; port < nports; port++) {
+            if (!(h->ports & (1u << port))) continue;
+            if (send(polls[port].fd, h->frame, h->length, 0) < 0) {
+                dropped++; /* the receiving host's backlog is full: lost, as on a wire */
+            } else {
+                carried_frames++;
+                carried_bytes += h->length - VNET_HEADER;
+            }
+        }
+        free(h->frame);
+        tail++;
+    }
+}
+
+static void stop(int signal) { (void)signal; stopping = 1; }
+
+int main(int argc, char **argv) {
+    if (argc < 3 || argc - 2 > MAX_PORTS) {
+        fprintf(stderr, "usage: %s DELAY_US PORT... (at most %d ports)\n", argv[0], MAX_PORTS);
+        return 2;
+    }
+    int64_t delay = atoll(argv[1]) * 1000;
+    for (nports = 0; nports < argc - 2; nports++)
+        polls[nports] = (struct pollfd){.fd = open_port(argv[nports + 2]), .events = POLLIN};
+    struct sigaction on_stop = {.sa_handler = stop}; /* no SA_RESTART: ppoll returns EINTR */
+    sigaction(SIGTERM, &on_stop, NULL);
+    sigaction(SIGINT, &on_stop, NULL);
+    printf("ready\n");
+    fflush(stdout);
+    while (!stopping) {
+        struct timespec wait, *until = NULL;
+        if (tail != head) {
+            int64_t left = ring[tail % RING].due - now_ns();
+            if (left < 0) left = 0;
+            wait = (struct timespec){.tv_sec = left / 1000000000, .tv_nsec = left % 1000000000};
+            until = &wait;
+        }
+        if (ppoll(polls, (nfds_t)nports, until, NULL) < 0 && errno != EINTR) {
+            perror("ppoll");
+            return 1;
+        }
+        int64_t now = now_ns();
+        for (int port = 0; port < nports; port++)
+            if (polls[port].revents & POLLIN) receive(port, now + delay);
+        release(now);
+    }
+    fprintf(stderr, "{\"frames\": %llu, \"bytes\": %llu, \"dropped\": %llu}\n",
+            carried_frames, carried_bytes, dropped);
+    return 0;
+}
