@@ -327,6 +327,7 @@ def main() -> None:
             hosts.cleanup()
             if hosts.carried and "delay" in report:  # what the wire carried, if any
                 report["delay"]["carried"] = hosts.carried
+                print(f"The wire carried: {hosts.carried}", flush=True)
         if args.json:
             Path(args.json).write_text(json.dumps(report, indent=1))
 

@@ -16,7 +16,10 @@
 
    Not a proxy: every frame, TCP's handshakes and acknowledgements among them, crosses as it was
    sent, only later. Prints "ready" when its ports are open; on SIGTERM or SIGINT, a JSON line
-   on stderr of what it carried. Compiled and cached by scripts/netns.py. */
+   on stderr: what it carried; the CPU it spent, user and system (the system time includes the
+   receiving hosts' network stack, which the kernel runs in the sender's context); and how late
+   past their delay the frames left (the time it took to be woken and to send what was due:
+   what a busy machine adds to the delay). Compiled and cached by scripts/netns.py. */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
@@ -29,6 +32,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
 
@@ -52,6 +56,11 @@ static int macs;
 static struct pollfd polls[MAX_PORTS];
 static int nports;
 static unsigned long long carried_frames, carried_bytes, dropped;
+/* How late frames left, past their due time (the machine's load, the wake-up): in steps of
+   LATE_STEP ns, the last step counting all later ones. */
+#define LATE_STEP 50000
+#define LATE_STEPS 1000
+static unsigned long long late[LATE_STEPS], late_total_ns, late_most_ns, released;
 static volatile sig_atomic_t stopping;
 
 static int64_t now_ns(void) {
@@ -118,6 +127,11 @@ static void receive(int port, int64_t due) {
 static void release(int64_t now) {
     while (tail != head && ring[tail % RING].due <= now) {
         struct held *h = &ring[tail % RING];
+        int64_t behind = now - h->due;
+        late[behind / LATE_STEP < LATE_STEPS ? behind / LATE_STEP : LATE_STEPS - 1]++;
+        late_total_ns += (unsigned long long)behind;
+        if ((unsigned long long)behind > late_most_ns) late_most_ns = (unsigned long long)behind;
+        released++;
         for (int port = 0; port < nports; port++) {
             if (!(h->ports & (1u << port))) continue;
             if (send(polls[port].fd, h->frame, h->length, 0) < 0) {
@@ -130,6 +144,14 @@ static void release(int64_t now) {
         free(h->frame);
         tail++;
     }
+}
+
+/* The step below which 99 % of the frames left, in microseconds. */
+static unsigned long long late_p99_us(void) {
+    unsigned long long seen = 0;
+    for (int step = 0; step < LATE_STEPS; step++)
+        if ((seen += late[step]) * 100 >= released * 99) return (step + 1ull) * LATE_STEP / 1000;
+    return 0;
 }
 
 static void stop(int signal) { (void)signal; stopping = 1; }
@@ -164,7 +186,15 @@ int main(int argc, char **argv) {
             if (polls[port].revents & POLLIN) receive(port, now + delay);
         release(now);
     }
-    fprintf(stderr, "{\"frames\": %llu, \"bytes\": %llu, \"dropped\": %llu}\n",
-            carried_frames, carried_bytes, dropped);
+    struct rusage spent;
+    getrusage(RUSAGE_SELF, &spent);
+    fprintf(stderr,
+            "{\"frames\": %llu, \"bytes\": %llu, \"dropped\": %llu, \"late_mean_us\": %llu, "
+            "\"late_p99_us\": %llu, \"late_max_us\": %llu, \"user_ms\": %ld, "
+            "\"system_ms\": %ld}\n",
+            carried_frames, carried_bytes, dropped, released ? late_total_ns / released / 1000 : 0,
+            late_p99_us(), late_most_ns / 1000,
+            spent.ru_utime.tv_sec * 1000 + spent.ru_utime.tv_usec / 1000,
+            spent.ru_stime.tv_sec * 1000 + spent.ru_stime.tv_usec / 1000);
     return 0;
 }

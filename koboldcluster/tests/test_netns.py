@@ -66,6 +66,7 @@ def test_the_wire_delays_each_way_and_carries_large_answers_and_goes_away():
     assert trips[len(trips) // 2] < 20  # and not much more, on a busy machine too
     assert measured["received"] == 5_000_000
     assert hosts.carried["frames"] > 60 and hosts.carried["bytes"] > 5_000_000
+    assert 0 < hosts.carried["late_p99_us"] <= 50_000  # how late past 1 ms frames left
     # Everything it made is gone: the wire, the server, the namespaces.
     assert wire.poll() is not None and server.poll() is not None
     listed = netns.sh("ip", "netns", "list")
