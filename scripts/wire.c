@@ -10,7 +10,7 @@
    due. While frames are held, one that arrives does not wake the wire: it waits in its socket
    until the wake-up for the first, before which it cannot be due. That halves the wake-ups
    (each costs a context switch, a timer and, at real-time priority, a preempted process): in a
-   test of 20 connections' round trips it took the wire from 22-32 us of CPU a frame to 7-9,
+   test of 20 connections' round trips it took the wire from 12-33 us of CPU a frame to 7-9,
    and the two hosts' own CPU back to what they spent over a kernel bridge.
 
    Frames are read and written with their virtio-net header (PACKET_VNET_HDR), as QEMU's tap
