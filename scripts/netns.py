@@ -12,7 +12,8 @@ else (the machine's own network is not there), and every packet between two host
   source, cached in var/wire/, and run at real-time priority so that the machine's load does
   not lengthen the delay more than it must). It is restarted with every host added: add the
   hosts before any traffic.
-Used by scripts/bench_cluster.py and its test; needs root (`ip`, `tc`).
+Used by scripts/bench_cluster.py and koboldcluster/tests/test_netns.py; needs root (`ip`, `tc`)
+and, for the wire, gcc.
 """
 
 from __future__ import annotations
