@@ -243,7 +243,8 @@ def table(results: list[dict[str, Any]]) -> str:
         row("dispatch mean / p99 (ms)", f"{dispatch.get('mean')} / {dispatch.get('p99')}")
         row("prompt POST mean / p99 (ms)", f"{post.get('mean')} / {post.get('p99')}")
         row("streamed token delay mean / p99 (ms)", f"{streams.get('mean')} / {streams.get('p99')}")
-        row("stream errors", json.dumps(result["streams"]["stream_errors"]) or "none")
+        errors = result["streams"]["stream_errors"]
+        row("stream errors", json.dumps(errors) if errors else "none")
         row("generations / s", f"{phase['generations'] / seconds:.1f}")
         each = " / ".join(f"{net(k):.1f}" for k in webs)
         row("web CPU per generation, all nodes (each) (ms)", f"{sum(map(net, webs)):.1f} ({each})")
