@@ -64,6 +64,12 @@ class Store(Protocol):
         """Run `insert` (which writes the prompt only within the limits) and insert the
         prompt's model names; with `lock_user`, that account's lock first. False: over."""
 
+    # --- Expired prompts purged (generations/lifecycle.py) ----------------------------------
+
+    def forget_deleted_text(self, purged_prompts: int) -> None:
+        """After a purge: make the database's files drop the deleted text too, where it
+        keeps copies (docs/privacy.md); outside a transaction, else on a later purge."""
+
 
 def store() -> Store:
     """The store of the database this process uses (it never changes)."""

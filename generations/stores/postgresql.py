@@ -36,6 +36,7 @@ from generations.payment import (
 )
 from generations.sql import execute, fetch
 from generations.sql import uuid_param as uid
+from generations.vacuum import vacuum_after_purge
 from koboldcluster.rows import instance
 from servers.models import Server
 from servers.services import Credentials
@@ -177,3 +178,12 @@ def _execute_after(first_sql: str, first: list[object], sql: str, params: list[o
         cursor.execute(f"{first_sql}; {sql}", [*first, *params])
         cursor.nextset()
         return cursor.rowcount
+
+
+# --- Expired prompts purged ------------------------------------------------------------------
+
+
+def forget_deleted_text(purged_prompts: int) -> None:
+    """PostgreSQL keeps deleted rows until VACUUM: after a large purge, vacuum the tables that
+    held the text (`generations/vacuum.py`)."""
+    vacuum_after_purge(purged_prompts)

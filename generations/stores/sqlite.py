@@ -11,7 +11,7 @@ import json
 import logging
 from datetime import datetime
 
-from django.db import transaction
+from django.db import connection, transaction
 
 from accounts.identity import USER_COLUMNS, password_check_is_quick, user_from_row, verify_owner
 from accounts.models import User
@@ -144,3 +144,23 @@ def insert_prompt(
         names = [value for name in prompt.models for value in (uuid_param(prompt.id), name)]
         execute(f"INSERT INTO generations_promptmodel (prompt_id, name) VALUES {rows}", names)
     return True
+
+
+# --- Expired prompts purged ------------------------------------------------------------------
+
+
+def forget_deleted_text(purged_prompts: int) -> None:
+    """Make SQLite drop deleted text from the disk, not only from its tables.
+
+    secure_delete (settings.py) zeroes the deleted rows in the pages, but the write-ahead log
+    still holds earlier copies of those pages until it is overwritten. Checkpointing copies
+    the zeroed pages into the database file and TRUNCATE empties the log. If readers keep it
+    busy, the next purge tries again.
+    """
+    if connection.in_atomic_block:
+        return
+    with connection.cursor() as cursor:
+        cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        busy, _, _ = cursor.fetchone()
+    if busy:
+        logger.warning("purge: the write-ahead log is busy; it is truncated on a later run")
