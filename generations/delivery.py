@@ -3,14 +3,14 @@
 `job_submit` is the whole use case for every API: find the job and check that the caller
 owns its server, then either give the slot back (`faulted`) or store the text, append the
 usage and contribution pair to the ledger, credit the server and keep the prompt alive. The
-exactly-once guard is the conditional UPDATE `… WHERE state = 'processing'`; on PostgreSQL
-the writes are one statement (data-modifying CTEs), on SQLite a few in one transaction
-(the payment's statements: `generations/payment.py`).
+exactly-once guard is the conditional UPDATE `… WHERE state = 'processing'`. Where the
+database can, fewer statements do the same (`generations/stores/`): SQLite accepts in the
+statement that reads the job, PostgreSQL accepts and pays in one statement after the lookup;
+otherwise a few in one transaction (the payment's statements: `generations/payment.py`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from datetime import datetime
 
@@ -19,32 +19,15 @@ from django.db.models import F, Value
 from django.db.models.functions import Concat, Greatest
 from django.utils import timezone
 
-from accounts.identity import (
-    USER_COLUMNS,
-    password_check_is_quick,
-    user_from_row,
-    verify_owner,
-)
+from accounts.identity import USER_COLUMNS, user_from_row, verify_owner
 from generations import events
 from generations.handover import continuation_cut_at_stops, job_fault
-from generations.models import Job, Prompt, reward_tokens, reward_tokens_sql
-from generations.payment import (
-    Delivery,
-    accept_and_pay_in_one,
-    done_params,
-    done_set,
-    earns,
-    pay,
-)
+from generations.models import Job, Prompt, reward_tokens
+from generations.payment import Delivery, done_params, done_set, earns, pay
 from generations.progress_store import progress_drop
-from generations.sql import (
-    as_uuid,
-    dt_param,
-    execute,
-    fetch,
-    is_postgres,
-)
+from generations.sql import as_uuid, dt_param, execute, fetch, right
 from generations.sql import uuid_param as uid
+from generations.stores import store
 from koboldcluster.errors import BadRequest, NotFound
 from koboldcluster.rows import aware, instance
 from servers.records import PROMPT_TAIL
@@ -54,13 +37,6 @@ logger = logging.getLogger(__name__)
 
 # What a server may report about a generation (the AI Horde's text metadata: only this).
 CSAM_METADATA = {"type": "censorship", "value": "csam"}
-
-
-def _tail(column: str) -> str:
-    """The last PROMPT_TAIL characters of a text column (servers/records.py: which prompt)."""
-    if is_postgres():
-        return f"right({column}, {PROMPT_TAIL})"
-    return f"substr({column}, -{PROMPT_TAIL})"
 
 
 _LOOKUP = (
@@ -77,7 +53,8 @@ _LOOKUP = (
 
 def delivery_for(*, job_id: object, credentials: Credentials, now: datetime) -> Delivery:
     """The job `job_id` if the caller owns its server: 404 when unknown or gone, 401/403 else."""
-    rows = fetch(_LOOKUP.format(tail=_tail("p.text")), [uid(job_id), dt_param(now)])
+    # The end of the prompt's text: the server's record tells prompts apart by it.
+    rows = fetch(_LOOKUP.format(tail=right("p.text", PROMPT_TAIL)), [uid(job_id), dt_param(now)])
     if not rows:
         raise NotFound(f"Job {job_id} is unknown or has expired.", rc="InvalidJobID")
     row = rows[0]
@@ -130,32 +107,16 @@ def job_submit(
     equal contributed tokens); the status shows them as such.
     """
     now = now or timezone.now()
-    metadata = list(gen_metadata or [])
-    if state == "csam" and CSAM_METADATA not in [_bare(m) for m in metadata]:
-        metadata.append(dict(CSAM_METADATA))
-    done = {
-        "state": Job.State.DONE,
-        "text": text,
-        "finished": now,
-        "seed": seed,
-        "censored": state in ("censored", "csam"),
-        "gen_metadata": metadata,
-        "prompt_tokens": prompt_tokens,
-        "prompt_trimmed": prompt_trimmed,
-    }
+    done = _done(text, state, seed, gen_metadata, prompt_tokens, prompt_trimmed, now)
     delivery = None
-    if state != Job.State.FAULTED and not is_postgres():
-        try:
-            with transaction.atomic():
-                delivery = _accept_first(job_id, credentials, done, token_count, now)
-                if delivery is not None:
-                    pay(delivery, delivery.job.tokens, now, text)
-        except _SlowOwnerCheck:
-            delivery = None  # rolled back: checked first, outside the write transaction
+    if state != Job.State.FAULTED:  # SQLite: accepted and paid before any lookup, if it can
+        delivery = store().accept_before_lookup(job_id, credentials, done, token_count, now)
     if delivery is None:
-        delivery = _deliver(job_id, credentials, state, done, token_count, now)
-        if delivery is None:
+        delivery = delivery_for(job_id=job_id, credentials=credentials, now=now)
+        if state == Job.State.FAULTED:
+            job_fault(job=delivery.job, now=now, text=text)
             return 0
+        _accept_and_pay(delivery, done, token_count, now)
     job = delivery.job
     if delivery.continues:  # rare: stop sequences apply to the joined text
         continuation_cut_at_stops(job.id)
@@ -165,98 +126,49 @@ def job_submit(
     return job.tokens
 
 
-def _deliver(
-    job_id: object,
-    credentials: Credentials,
+def _done(
+    text: str,
     state: str,
-    done: dict,
-    token_count: int | None,
+    seed: int | None,
+    gen_metadata: list[dict] | None,
+    prompt_tokens: int | None,
+    prompt_trimmed: int,
     now: datetime,
-) -> Delivery | None:
-    """Look the job up and check its owner, then give it back (`faulted`: None) or accept
-    it, on time or late, and pay."""
-    delivery = delivery_for(job_id=job_id, credentials=credentials, now=now)
+) -> dict:
+    """What an accepted job's row becomes (`done_set`; its tokens come with the reward)."""
+    metadata = list(gen_metadata or [])
+    if state == "csam" and CSAM_METADATA not in [_bare(m) for m in metadata]:
+        metadata.append(dict(CSAM_METADATA))
+    return {
+        "state": Job.State.DONE,
+        "text": text,
+        "finished": now,
+        "seed": seed,
+        "censored": state in ("censored", "csam"),
+        "gen_metadata": metadata,
+        "prompt_tokens": prompt_tokens,
+        "prompt_trimmed": prompt_trimmed,
+    }
+
+
+def _accept_and_pay(delivery: Delivery, done: dict, token_count: int | None, now: datetime) -> None:
+    """Accept a looked-up job, on time or late, and pay its reward, all or nothing."""
     job = delivery.job
-    if state == Job.State.FAULTED:
-        job_fault(job=job, now=now, text=done["text"])
-        return None
     tokens, distrust = reward_tokens(done["text"], delivery.max_length, token_count)
     if distrust:
         logger.info("job %s: token_count not used (%s); counted %s", job.id, distrust, tokens)
     job.tokens = done["tokens"] = tokens
     # PostgreSQL: one statement, a transaction of its own (no BEGIN and COMMIT round trips).
-    if not (is_postgres() and accept_and_pay_in_one(delivery, done, now)):
-        with transaction.atomic():
-            if not _accept(job, done):
-                _accept_late(job, done)
-            pay(delivery, tokens, now, done["text"])
-    return delivery
+    if store().accept_and_pay_in_one(delivery, done, now):
+        return
+    with transaction.atomic():
+        if not _accept(job, done):
+            _accept_late(job, done)
+        pay(delivery, tokens, now, done["text"])
 
 
 def _bare(entry: dict) -> dict:
     return {"type": entry.get("type"), "value": entry.get("value")}
-
-
-def _accept_first(
-    job_id: object, credentials: Credentials, done: dict, token_count: int | None, now: datetime
-) -> Delivery | None:
-    """SQLite: accept a processing job of a live prompt in the statement that reads what
-    paying for it needs, then check the caller owns its server (raising: the caller's
-    transaction rolls the acceptance back; `_SlowOwnerCheck` when that check would hash a
-    password). None when the job was not processing, or is unknown or expired: then the
-    lookup tells which (`_deliver`).
-
-    The reward depends on the prompt's max_length, so the statement works it out itself
-    (`reward_tokens_sql`); SQLite has no data-modifying CTEs, and a lookup first would be
-    one statement more per submit.
-    """
-    reward, reward_params = reward_tokens_sql(done["text"], token_count, _PROMPT_OF_JOB)
-    rows = fetch(
-        f"UPDATE generations_job SET {done_set(reward)} "
-        "WHERE id = %s AND state = 'processing' AND EXISTS (SELECT 1 FROM generations_prompt p "
-        "WHERE p.id = generations_job.prompt_id AND p.expires_at > %s) "
-        f"RETURNING prompt_id, server_id, model, started, tokens, carried_tokens, "
-        f"{_RETURNED_PROMPT}, "
-        f"(SELECT json_array({USER_COLUMNS}) FROM servers_server s JOIN accounts_user u "
-        "ON u.id = s.owner_id WHERE s.id = generations_job.server_id)",
-        [*done_params(done, reward_params), uid(job_id), dt_param(now)],
-    )
-    if not rows:
-        return None
-    prompt_id, server_id, model, started, tokens, carried, *prompt_row, user = rows[0]
-    requester, max_length, expires, origin, tail = prompt_row
-    owner = user_from_row(json.loads(user))
-    if credentials.api_user is None and not password_check_is_quick(owner, credentials.password):
-        raise _SlowOwnerCheck
-    verify_owner(owner=owner, password=credentials.password, api_user=credentials.api_user)
-    expected, distrust = reward_tokens(done["text"], max_length, token_count)
-    if distrust:
-        logger.info("job %s: token_count not used (%s); counted %s", job_id, distrust, tokens)
-    assert tokens == expected, (tokens, expected)  # the SQL and the rule agree (tested)
-    job = instance(
-        Job,
-        id=as_uuid(job_id),
-        prompt_id=as_uuid(prompt_id),
-        server_id=as_uuid(server_id),
-        model=model,
-        started=aware(started),
-        tokens=tokens,
-    )
-    paid = earns(requester, owner.pk, origin)
-    return Delivery(
-        job, requester, owner.pk, max_length, aware(expires), paid, tail, continues=carried > 0
-    )
-
-
-class _SlowOwnerCheck(Exception):
-    """The owner's password would be hashed: not while holding SQLite's write lock."""
-
-
-_PROMPT_OF_JOB = "(SELECT {} FROM generations_prompt p WHERE p.id = generations_job.prompt_id)"
-_RETURNED_PROMPT = ", ".join(
-    _PROMPT_OF_JOB.format(c)
-    for c in ("user_id", "max_length", "expires_at", "origin", f"substr(text, -{PROMPT_TAIL})")
-)
 
 
 def _accept(job: Job, done: dict) -> bool:

@@ -16,7 +16,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from accounts.identity import LOCK_ACCOUNT_SQL, lock_account
+from accounts.identity import lock_account
 from accounts.models import User
 from accounts.selectors import balance_sql
 from generations import events
@@ -24,19 +24,8 @@ from generations import limits as client_limits
 from generations.idempotency import first_prompt
 from generations.matching import PromptFacts
 from generations.models import Prompt, PromptWorker, prompt_lifetime
-from generations.sql import (
-    dt_param,
-    execute,
-    execute_after,
-    fetch,
-    greatest,
-    is_postgres,
-    json_cast,
-    json_param,
-    least,
-    one_round_trip,
-    uuid_param,
-)
+from generations.sql import dt_param, fetch, greatest, json_cast, json_param, least, uuid_param
+from generations.stores import store
 from koboldcluster.clients import current_public_client
 from koboldcluster.errors import BadRequest, NotFound, TooManyRequests
 from koboldcluster.rows import instance
@@ -173,7 +162,7 @@ def _queue(prompt: Prompt, user: User, server_ids: list[object], now: datetime) 
         first = first_prompt(prompt, now)
         if first is not None:
             return first
-    if not server_ids and one_round_trip() and not prompt.idempotency_key:
+    if not server_ids and not prompt.idempotency_key and store().sends_lock_with_insert():
         # PostgreSQL, in one round trip without BEGIN and COMMIT: the lock and the INSERT are
         # sent together, one implicit transaction in which the INSERT, a statement of its
         # own, reads the user's waiting slots after the lock is held.
@@ -240,7 +229,8 @@ def _insert_within_limit(prompt: Prompt, user: User, now: datetime, *, lock: boo
 
     One statement reads the user's waiting slots and balance and writes the row; on
     PostgreSQL the model names go in the same statement, and with `lock` the account's lock
-    goes first in the same round trip (`one_round_trip`). False when over the limit.
+    goes first in the same round trip (`Store.sends_lock_with_insert`). False when over the
+    limit.
     """
     key_sql, key_params = _sort_key_sql(user, now)
     values = [
@@ -265,22 +255,8 @@ def _insert_within_limit(prompt: Prompt, user: User, now: datetime, *, lock: boo
         )
         insert += f" AND {within}"
         params += within_params
-    if is_postgres() and prompt.models:
-        insert = (
-            f"WITH p AS ({insert} RETURNING id) INSERT INTO generations_promptmodel "
-            "(prompt_id, name) SELECT p.id, m.name FROM p, unnest(%s::text[]) AS m(name)"
-        )
-        params.append(prompt.models)
-    if lock:
-        return execute_after(LOCK_ACCOUNT_SQL, [user.pk], insert, params) > 0
-    if not prompt.models or is_postgres():
-        return execute(insert, params) > 0
-    if execute(insert, params) != 1:
-        return False
-    rows = ", ".join(["(%s, %s)"] * len(prompt.models))
-    names = [value for name in prompt.models for value in (uuid_param(prompt.id), name)]
-    execute(f"INSERT INTO generations_promptmodel (prompt_id, name) VALUES {rows}", names)
-    return True
+    # The model names: in the same statement (PostgreSQL) or the next (SQLite).
+    return store().insert_prompt(insert, params, prompt, lock_user=user if lock else None)
 
 
 def _refuse_over_limit(user: User, n: int, now: datetime) -> None:

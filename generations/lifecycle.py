@@ -13,13 +13,13 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from django.db import connection, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from generations.handover import job_give_back
 from generations.liveness import stall_seconds, stalled
 from generations.models import Job, Prompt
-from generations.vacuum import vacuum_after_purge
+from generations.stores import store
 
 logger = logging.getLogger(__name__)
 
@@ -120,23 +120,5 @@ def prompts_purge(*, now: datetime | None = None) -> PurgeResult:
             prompts += deleted.get(Prompt._meta.label, 0)
             jobs += deleted.get(Job._meta.label, 0)
     if prompts:
-        _forget_deleted_bytes()
-        vacuum_after_purge(prompts)
+        store().forget_deleted_text(prompts)
     return PurgeResult(prompts=prompts, jobs=jobs)
-
-
-def _forget_deleted_bytes() -> None:
-    """Make SQLite drop deleted text from the disk, not only from its tables.
-
-    secure_delete (settings.py) zeroes the deleted rows in the pages, but the write-ahead log
-    still holds earlier copies of those pages until it is overwritten. Checkpointing copies
-    the zeroed pages into the database file and TRUNCATE empties the log. If readers keep it
-    busy, the next purge tries again. PostgreSQL keeps deleted rows until VACUUM (README).
-    """
-    if connection.vendor != "sqlite" or connection.in_atomic_block:
-        return
-    with connection.cursor() as cursor:
-        cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        busy, _, _ = cursor.fetchone()
-    if busy:
-        logger.warning("purge: the write-ahead log is busy; it is truncated on a later run")

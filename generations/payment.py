@@ -1,9 +1,9 @@
 """Paying for an accepted job: the ledger pair, the server's credit and record, the prompt kept
 alive, written in the transaction that accepts it (`generations/delivery.py`).
 
-On SQLite, a few statements in the caller's transaction (`pay`); on PostgreSQL, the
-acceptance and every payment in one statement of data-modifying CTEs
-(`accept_and_pay_in_one`), a transaction of its own without BEGIN and COMMIT round trips.
+`pay` writes them in a few statements in the caller's transaction (SQLite always, PostgreSQL
+for a late result); PostgreSQL's store puts the same statements with the acceptance in one
+statement of data-modifying CTEs (`generations/stores/postgresql.py`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from generations.models import Job, prompt_lifetime
-from generations.sql import dt_param, execute, fetch, json_param
+from generations.sql import dt_param, execute, json_param
 from generations.sql import uuid_param as uid
 from koboldcluster.clients import current_client
 from servers.models import Server
@@ -69,7 +69,7 @@ def done_params(done: dict, tokens_params: list[object] | None = None) -> list[o
     ]
 
 
-def _ledger_sql(source: str) -> str:
+def ledger_sql(source: str) -> str:
     """INSERT of the usage and contribution pair, once per row of `source`."""
     columns = "created, user_id, kind, tokens, kudos, server_id, job_id, model"
     pair = " UNION ALL ".join(
@@ -79,7 +79,7 @@ def _ledger_sql(source: str) -> str:
     return f"INSERT INTO accounts_ledgerentry ({columns}) {pair}"
 
 
-def _ledger_params(delivery: Delivery, tokens: int, now: datetime) -> list[object]:
+def ledger_params(delivery: Delivery, tokens: int, now: datetime) -> list[object]:
     job, kudos = delivery.job, tokens if delivery.earns else 0
     usage = [dt_param(now), delivery.requester_id, tokens, -kudos]
     contribution = [dt_param(now), delivery.owner_id, tokens, kudos]
@@ -87,7 +87,7 @@ def _ledger_params(delivery: Delivery, tokens: int, now: datetime) -> list[objec
     return [*usage, *tail, *contribution, *tail]
 
 
-def _credit_sql(
+def credit_sql(
     delivery: Delivery, tokens: int, now: datetime, text: str, condition: str = ""
 ) -> tuple[str, list[object]]:
     """The server's credit and its record (servers/records.py) as one UPDATE: every
@@ -111,48 +111,23 @@ def _credit_sql(
     return sql, [*params, uid(job.server_id)]
 
 
-def _touch_due(delivery: Delivery, now: datetime) -> bool:
+def touch_due(delivery: Delivery, now: datetime) -> bool:
     """Whether the prompt's expiry should move (a write only when it moves noticeably)."""
     expiry = prompt_lifetime()
     return delivery.prompt_expires_at < now + expiry - expiry / 20
 
 
-def _touch_params(delivery: Delivery, now: datetime) -> list[object]:
+def touch_params(delivery: Delivery, now: datetime) -> list[object]:
     return [dt_param(now), dt_param(now + prompt_lifetime()), uid(delivery.job.prompt_id)]
 
 
-_TOUCH = "UPDATE generations_prompt SET last_activity = %s, expires_at = %s WHERE id = %s"
+TOUCH_SQL = "UPDATE generations_prompt SET last_activity = %s, expires_at = %s WHERE id = %s"
 
 
 def pay(delivery: Delivery, tokens: int, now: datetime, text: str) -> None:
     """Ledger pair, server credit and record, and prompt activity, in the caller's
     transaction."""
-    execute(_ledger_sql("(SELECT 1) one"), _ledger_params(delivery, tokens, now))
-    execute(*_credit_sql(delivery, tokens, now, text))
-    if _touch_due(delivery, now):
-        execute(_TOUCH, _touch_params(delivery, now))
-
-
-def accept_and_pay_in_one(delivery: Delivery, done: dict, now: datetime) -> bool:
-    """PostgreSQL: accept, pay, credit and touch in one statement; False if not processing.
-
-    Each data-modifying part reads `done`, so nothing is written unless the job was
-    processing (then the caller goes the way of a late result).
-    """
-    job, tokens = delivery.job, done["tokens"]
-    parts = [
-        f"done AS (UPDATE generations_job SET {done_set()} WHERE id = %s "
-        "AND state = 'processing' RETURNING id)",
-        f"paid AS ({_ledger_sql('done')})",
-    ]
-    credit, credit_params = _credit_sql(
-        delivery, tokens, now, done["text"], " AND EXISTS (SELECT 1 FROM done)"
-    )
-    parts.append(f"credit AS ({credit})")
-    params = [*done_params(done), uid(job.id)]
-    params += _ledger_params(delivery, tokens, now)
-    params += credit_params
-    if _touch_due(delivery, now):
-        parts.append(f"touch AS ({_TOUCH} AND EXISTS (SELECT 1 FROM done))")
-        params += _touch_params(delivery, now)
-    return fetch(f"WITH {', '.join(parts)} SELECT COUNT(*) FROM done", params)[0][0] == 1
+    execute(ledger_sql("(SELECT 1) one"), ledger_params(delivery, tokens, now))
+    execute(*credit_sql(delivery, tokens, now, text))
+    if touch_due(delivery, now):
+        execute(TOUCH_SQL, touch_params(delivery, now))

@@ -3,8 +3,9 @@
 `job_pop` is a
 server's whole pop: who it is, its check-in, its priority users and the claim of the best
 prompt it may serve (`generations.matching`). A claim is one conditional UPDATE
-(`waiting = waiting - 1 … AND waiting > 0`) and the job's INSERT in the same transaction (on
-PostgreSQL, for one job, a single statement: a data-modifying CTE), so
+(`waiting = waiting - 1 … AND waiting > 0`) and the job's INSERT in the same transaction
+(`generations/claims.py`; on PostgreSQL, for one job, a single statement: a data-modifying
+CTE, `generations/stores/postgresql.py`), so
 under any interleaving a slot goes to exactly one server, on SQLite (writers serialised by
 BEGIN IMMEDIATE) and PostgreSQL (row locks; READ COMMITTED re-checks the WHERE clause).
 An idle pop's answer is remembered briefly per server profile until the queue changes.
@@ -14,17 +15,16 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from django.conf import settings
-from django.db import transaction
 from django.utils import timezone
 
 from accounts.identity import priority_user_ids
 from generations import events
+from generations.claims import CLAIM_RETURNS
 from generations.matching import (
     QUEUE_ORDER_SQL,
     QUEUED_SQL,
@@ -35,20 +35,10 @@ from generations.matching import (
     servable_sql,
     skipped_sql,
 )
-from generations.models import Job, Prompt, prompt_lifetime
-from generations.sql import (
-    as_json,
-    as_uuid,
-    dt_param,
-    execute,
-    fetch,
-    is_postgres,
-    json_param,
-    placeholders,
-    uuid_param,
-)
+from generations.models import Job, prompt_lifetime
+from generations.sql import dt_param, fetch, placeholders
+from generations.stores import store
 from koboldcluster.errors import Forbidden
-from koboldcluster.rows import instance
 from servers.models import Server
 from servers.services import CheckIn, Credentials, server_for_pop, server_leave
 
@@ -185,18 +175,6 @@ def _remember_idle(key: tuple, skipped: dict[str, int]) -> _IdleAnswer:
     return answer
 
 
-_CLAIM_RETURNS = (
-    "id, user_id, text, params, max_length, max_context_length, any_model, models, "
-    "softprompt, batching, waiting, whole_context, continues"
-)
-# A continuation's job starts with the text of the job it continues (generations/handover.py),
-# read by the job's own INSERT: no statement more, and '' / 0 for a fresh start.
-_CARRIED_TEXT = "COALESCE((SELECT k.text FROM generations_job k WHERE k.id = {}), '')"
-_CARRIED_TOKENS = (
-    "COALESCE((SELECT k.carried_tokens + k.tokens FROM generations_job k WHERE k.id = {}), 0)"
-)
-
-
 def _claim(
     profile: ServerProfile,
     server: Server,
@@ -217,25 +195,17 @@ def _claim(
     claim = (
         "UPDATE generations_prompt SET waiting = waiting - 1, last_activity = %s, "
         f"expires_at = %s WHERE id = {picks} AND state = 'live' AND waiting > 0 "
-        f"AND expires_at > %s RETURNING {_CLAIM_RETURNS}"
+        f"AND expires_at > %s RETURNING {CLAIM_RETURNS}"
     )
     params = [now_p, dt_param(now + prompt_lifetime()), *pick_params, now_p]
-    one_job = is_postgres() and amount == 1
+    db = store()
     for _ in range(POP_ROUNDS):
-        if one_job:  # the claim and the job's INSERT in one statement (no BEGIN and COMMIT)
-            rows = fetch(*_with_job_sql(claim, params, server, now))
-            if rows:
-                jobs = [_job_from(rows[0], server, now)]
-                break
-        else:
-            with transaction.atomic():
-                rows = fetch(claim, params)
-                if rows:
-                    jobs = _create_jobs(rows[0], server, amount, now)
-                    break
+        jobs = db.claim(claim, params, server, amount, now)
+        if jobs:
+            break
         # Nothing claimed: nothing to serve, or (PostgreSQL) a racing pop took the slot of
         # the prompt we picked between our pick and our update. Only the latter tries again.
-        if not is_postgres() or not fetch(f"SELECT {picks}", pick_params)[0][0]:
+        if not db.lost_race(picks, pick_params):
             return []
     else:
         return []
@@ -247,121 +217,6 @@ def _claim(
         " ".join(str(job.id) for job in jobs),
     )
     return jobs
-
-
-def _with_job_sql(
-    claim: str, params: list[object], server: Server, now: datetime
-) -> tuple[str, list[object]]:
-    """PostgreSQL: `claim` and its job's INSERT as one statement, which works out the job's
-    model (Prompt.model_for) and deadline (Server.job_ttl) from the claimed row itself."""
-    first = server.models[0] if server.models else ""
-    model = (
-        "CASE WHEN c.any_model THEN %s ELSE COALESCE((SELECT m.name FROM unnest(%s::text[]) "
-        "WITH ORDINALITY AS m(name, i) WHERE c.models ? m.name ORDER BY m.i LIMIT 1), %s) END"
-    )
-    limits = settings.KOBOLDCLUSTER
-    floor, ceiling = limits["JOB_TTL_FLOOR_SECONDS"], limits["JOB_TTL_MAX_SECONDS"]
-    if server.speed <= 0:
-        ttl, ttl_params = "%s", [floor]
-    else:
-        ttl = "trunc(LEAST(GREATEST(%s::float8, 2 * c.max_length / %s::float8), %s::float8))"
-        ttl_params = [floor, server.speed, max(ceiling, floor)]
-    sql = (
-        f"WITH c AS ({claim}), j AS (INSERT INTO generations_job (id, prompt_id, server_id, "
-        "model, state, started, deadline, text, tokens, censored, gen_metadata, carried_tokens) "
-        f"SELECT %s, c.id, %s, {model}, 'processing', %s, "
-        f"%s + make_interval(secs => ({ttl})::float8), {_CARRIED_TEXT.format('c.continues')}, "
-        f"0, false, '[]'::jsonb, {_CARRIED_TOKENS.format('c.continues')} FROM c "
-        "RETURNING id, model, deadline, text, carried_tokens) "
-        "SELECT c.*, j.id, j.model, j.deadline, j.text, j.carried_tokens FROM c, j"
-    )
-    values = [uuid.uuid4(), server.id, first, list(server.models), first, now, now, *ttl_params]
-    return sql, [*params, *values]
-
-
-def _job_from(row: tuple, server: Server, now: datetime) -> Job:
-    """The job `_with_job_sql` inserted, with its claimed prompt."""
-    *claimed, job_id, model, deadline, text, carried_tokens = row
-    return instance(
-        Job,
-        id=job_id,
-        prompt=_claimed_prompt(claimed),
-        server=server,
-        model=model,
-        started=now,
-        deadline=deadline,
-        text=text,
-        carried_tokens=carried_tokens,
-    )
-
-
-def _claimed_prompt(row: tuple | list) -> Prompt:
-    """The prompt a claim returned (_CLAIM_RETURNS)."""
-    return instance(
-        Prompt,
-        id=as_uuid(row[0]),
-        user_id=row[1],
-        text=row[2],
-        params=as_json(row[3]),
-        max_length=row[4],
-        max_context_length=row[5],
-        any_model=bool(row[6]),
-        models=as_json(row[7]),
-        softprompt=row[8],
-        batching=bool(row[9]),
-        waiting=row[10],
-        whole_context=bool(row[11]),
-        continues=as_uuid(row[12]) if row[12] is not None else None,
-    )
-
-
-def _create_jobs(row: tuple, server: Server, amount: int, now: datetime) -> list[Job]:
-    """The claimed prompt's job(s), inserted in the claim's transaction."""
-    prompt = _claimed_prompt(row)
-    # The UPDATE holds the row (PostgreSQL) or the database (SQLite) until commit, so the
-    # slots read here are still there to take.
-    more = min(amount - 1, prompt.waiting) if prompt.batching else 0
-    if more > 0 and execute(
-        "UPDATE generations_prompt SET waiting = waiting - %s WHERE id = %s AND waiting >= %s",
-        [more, uuid_param(prompt.id), more],
-    ):
-        prompt.waiting -= more
-    else:
-        more = 0
-    deadline = now + timedelta(seconds=server.job_ttl(prompt.max_length))
-    model = prompt.model_for(server.models)
-    ids = [uuid.uuid4() for _ in range(1 + more)]
-    carried = uuid_param(prompt.continues) if prompt.continues else None
-    row = (
-        f"(%s, %s, %s, %s, 'processing', %s, %s, {_CARRIED_TEXT.format('%s')}, 0, %s, %s, "
-        f"{_CARRIED_TOKENS.format('%s')})"
-    )
-    values: list[object] = []
-    for job_id in ids:
-        values += [
-            uuid_param(job_id), uuid_param(prompt.id), uuid_param(server.id), model,
-            dt_param(now), dt_param(deadline), carried, False, json_param([]), carried,
-        ]  # fmt: skip
-    inserted = fetch(
-        "INSERT INTO generations_job (id, prompt_id, server_id, model, state, started, "
-        f"deadline, text, tokens, censored, gen_metadata, carried_tokens) VALUES "
-        f"{', '.join([row] * len(ids))} RETURNING text, carried_tokens",
-        values,
-    )
-    return [
-        instance(
-            Job,
-            id=job_id,
-            prompt=prompt,
-            server=server,
-            model=model,
-            started=now,
-            deadline=deadline,
-            text=text,
-            carried_tokens=carried_tokens,
-        )
-        for job_id, (text, carried_tokens) in zip(ids, inserted, strict=True)
-    ]
 
 
 def _skipped(profile: ServerProfile, now: datetime) -> dict[str, int]:

@@ -73,6 +73,11 @@ def greatest(*terms: str) -> str:
     return f"{'GREATEST' if is_postgres() else 'MAX'}({', '.join(terms)})"
 
 
+def right(column: str, length: int) -> str:
+    """The last `length` characters of a text column."""
+    return f"right({column}, {length})" if is_postgres() else f"substr({column}, -{length})"
+
+
 def fetch(sql: str, params: Sequence[object]) -> list[tuple]:
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
@@ -82,26 +87,4 @@ def fetch(sql: str, params: Sequence[object]) -> list[tuple]:
 def execute(sql: str, params: Sequence[object]) -> int:
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        return cursor.rowcount
-
-
-def one_round_trip() -> bool:
-    """Whether `execute_after` can send two statements at once: PostgreSQL with Django's
-    default client-side binding (a prepared statement holds only one)."""
-    options = connection.settings_dict.get("OPTIONS", {})
-    return is_postgres() and not options.get("server_side_binding")
-
-
-def execute_after(
-    first_sql: str, first: Sequence[object], sql: str, params: Sequence[object]
-) -> int:
-    """`first_sql`, then `sql`, sent together in one round trip; the rows `sql` changed.
-
-    Outside a transaction, PostgreSQL runs the two as one implicit transaction, each
-    statement with its own snapshot: `sql` sees what committed while `first_sql` waited for
-    a lock. Saves the round trips of BEGIN, the second statement and COMMIT.
-    """
-    with connection.cursor() as cursor:
-        cursor.execute(f"{first_sql}; {sql}", [*first, *params])
-        cursor.nextset()
         return cursor.rowcount

@@ -1,6 +1,6 @@
 """The job a pop creates runs on the right model and gets the right time, however the claim
 is written: on PostgreSQL one statement works both out from the claimed row itself
-(generations/queue.py `_with_job_sql`); everywhere they must be Prompt.model_for and
+(generations/stores/postgresql.py `_with_job_sql`); everywhere they must be Prompt.model_for and
 Server.job_ttl's answers."""
 
 from __future__ import annotations

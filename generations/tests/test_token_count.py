@@ -100,7 +100,8 @@ def test_v2_submit_pays_a_plausible_token_count_and_not_an_implausible_one(
 
 
 def test_the_sqlite_expression_of_the_reward_agrees_with_the_rule():
-    """SQLite's submit works the reward out in its one statement (delivery._accept_first)."""
+    """SQLite's submit works the reward out in its one statement (generations/stores/sqlite.py,
+    `accept_before_lookup`)."""
     import sqlite3
 
     from generations.models import reward_tokens_sql
