@@ -2,7 +2,8 @@
 """The benchmark across hosts: the reference deployment (deploy/) on test hosts made of
 network namespaces, driven through its balancer (README "Benchmark across hosts").
 
-Hosts (scripts/netns.py; every packet a host sends waits --delay-ms, 1 ms, in netem):
+Hosts (scripts/netns.py; every packet between two hosts waits --delay-ms, 1 ms, in netem or,
+on a kernel without it, in a userspace wire):
   lb 10.77.0.10      HAProxy with deploy/haproxy/haproxy.cfg (its web nodes, a self-signed
                      certificate and the stats socket put in; TLS ends here)
   web1..3 .11-.13    scripts/web.sh with the env of deploy/cluster.env and web.env
@@ -242,12 +243,16 @@ def table(results: list[dict[str, Any]]) -> str:
         row("dispatch mean / p99 (ms)", f"{dispatch.get('mean')} / {dispatch.get('p99')}")
         row("prompt POST mean / p99 (ms)", f"{post.get('mean')} / {post.get('p99')}")
         row("streamed token delay mean / p99 (ms)", f"{streams.get('mean')} / {streams.get('p99')}")
-        row("stream errors", json.dumps(result["streams"]["stream_errors"]) or "none")
+        errors = result["streams"]["stream_errors"]
+        row("stream errors", json.dumps(errors) if errors else "none")
         row("generations / s", f"{phase['generations'] / seconds:.1f}")
         each = " / ".join(f"{net(k):.1f}" for k in webs)
         row("web CPU per generation, all nodes (each) (ms)", f"{sum(map(net, webs)):.1f} ({each})")
-        for part in ("postgres", "redis", "haproxy"):
-            row(f"{part} CPU per generation (ms)", f"{net(part):.2f}")
+        for part in ("postgres", "redis", "haproxy", "wire"):
+            if part in phase["cpu"]:
+                row(f"{part} CPU per generation (ms)", f"{net(part):.2f}")
+        if "wire" in idle["shares"]:
+            row("wire CPU while they wait (% of a core)", f"{100 * idle['shares']['wire']:.1f}")
         row("Redis commands per generation", f"{sum(phase['redis'].values()) / count:.1f}")
         row("WAL bytes per generation", f"{phase['wal'] / count:.0f}")
         if "transactions" in phase:
@@ -295,9 +300,9 @@ def main() -> None:
                 ("cli", 41),
             ):
                 hosts.add(name, octet)
-            report["netem_delay_ms"] = args.delay_ms if hosts.delayed else 0
-            if not hosts.delayed:
-                print("No delay between the hosts: this kernel has no netem.", flush=True)
+            report["delay"] = {"ms": args.delay_ms if hosts.delayed else 0,
+                               "by": hosts.delay_method}  # fmt: skip
+            print(f"Delay between the hosts: {report['delay']}", flush=True)
             cluster = Cluster(hosts, Path(folder))
             cluster.start_services()
             counts = [int(n) for n in args.nodes.split(",")] if not args.kill_at else []
@@ -321,6 +326,9 @@ def main() -> None:
             raise
         finally:
             hosts.cleanup()
+            if hosts.carried and "delay" in report:  # what the wire carried, if any
+                report["delay"]["carried"] = hosts.carried
+                print(f"The wire carried: {hosts.carried}", flush=True)
         if args.json:
             Path(args.json).write_text(json.dumps(report, indent=1))
 

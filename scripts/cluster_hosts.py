@@ -258,6 +258,8 @@ class Cluster:
         }
         for name in ("postgres", "redis", "haproxy"):
             parts[name] = procstat.usage(procstat.tree_pids(self.others[name].pid)).cpu
+        if self.hosts.wire is not None:  # the delay between the hosts, where netem is missing
+            parts["wire"] = procstat.usage([self.hosts.wire.pid]).cpu
         return {
             "cpu": parts,
             "redis": cluster_bench.commandstats_calls(self.redis("INFO", "commandstats")),
