@@ -114,11 +114,32 @@ class OversizedBody(io.BytesIO):
     readline = read
 
 
-def _declared_length(scope: dict[str, Any]) -> int:
+def _body_length(scope: dict[str, Any]) -> int | None:
+    """The body's length when the request's head settles it: its Content-Length, or in HTTP/1
+    none at all without Content-Length and Transfer-Encoding (RFC 9112, 6.3). None when only
+    reading to its end tells (a chunked body, HTTP/2, a scope without a version)."""
+    declared = None
     for name, value in scope.get("headers", ()):
+        if name == b"transfer-encoding":
+            return None
         if name == b"content-length":
-            return int(value) if value.isdigit() else 0
-    return 0
+            declared = value
+    if declared is not None:
+        return int(declared) if declared.isdigit() else None
+    return 0 if scope.get("http_version") in ("1.0", "1.1") else None
+
+
+def _past_the_body(receive: Any) -> Any:
+    """`receive`, skipping what is left of the body: the empty last message that granian sends
+    after the body itself, which `read_body` leaves unread once it has the declared length."""
+
+    async def receive_after_body() -> dict[str, Any]:
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return message
+
+    return receive_after_body
 
 
 class ClusterASGIHandler(ASGIHandler):
@@ -180,13 +201,24 @@ class ClusterASGIHandler(ASGIHandler):
     async def read_body(self, receive: Any, scope: dict[str, Any] | None = None) -> Any:
         """The body, as Django's handler reads it (spooled to disk past
         FILE_UPLOAD_MAX_MEMORY_SIZE), but no more than DATA_UPLOAD_MAX_MEMORY_SIZE of it: a
-        larger one is not kept (an OversizedBody), and one declared larger is not read."""
+        larger one is not kept (an OversizedBody), and one declared larger is not read.
+
+        Read no further than the head says it goes: granian follows a body with an empty last
+        message, and a request without a body (a GET) still has one to receive, each one more
+        round trip between granian's threads and the event loop, about a tenth of a millisecond
+        of CPU per request (docs/benchmarks.md, "Through HTTP")."""
         limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
-        if limit is not None and scope is not None and _declared_length(scope) > limit:
+        length = _body_length(scope) if scope is not None else None
+        if limit is not None and (length or 0) > limit:
             return OversizedBody()
-        body = tempfile.SpooledTemporaryFile(max_size=settings.FILE_UPLOAD_MAX_MEMORY_SIZE)  # noqa: SIM115 - closed by the caller
+        if length == 0:
+            return io.BytesIO()
+        if length is not None and length <= settings.FILE_UPLOAD_MAX_MEMORY_SIZE:
+            body: Any = io.BytesIO()  # as the spooled file would keep it, for less
+        else:
+            body = tempfile.SpooledTemporaryFile(max_size=settings.FILE_UPLOAD_MAX_MEMORY_SIZE)  # noqa: SIM115 - closed by the caller
         size, more = 0, True
-        while more:
+        while more and size != length:
             message = await receive()
             if message["type"] == "http.disconnect":
                 body.close()
@@ -231,7 +263,8 @@ class ClusterASGIHandler(ASGIHandler):
             if not holding.is_held(response):
                 return response
             held = holding.finish(response, listener)
-            if not await _unless_client_leaves(held, self.listen_for_disconnect(receive)):
+            disconnect = self.listen_for_disconnect(_past_the_body(receive))
+            if not await _unless_client_leaves(held, disconnect):
                 return response
         metrics.observe_latency(route, started)
         return response

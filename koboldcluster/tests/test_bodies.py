@@ -80,3 +80,26 @@ def test_a_body_within_the_limit_is_read_as_sent():
     receive, _ = _receive_of([b'{"a":', b" 1}"])
     body = asyncio.run(application.read_body(receive, {"headers": []}))
     assert body.read() == b'{"a": 1}'
+
+
+def test_a_declared_body_is_read_without_the_empty_last_message_after_it():
+    """granian sends a body's bytes, then an empty last message: each receive is a round trip
+    between its threads and the event loop, so the handler stops at the declared length."""
+    receive, received = _receive_of([b'{"a":', b" 1}"])
+    scope = {"http_version": "1.1", "headers": [(b"content-length", b"8")]}
+    body = asyncio.run(application.read_body(receive, scope))
+    assert body.read() == b'{"a": 1}' and len(received) == 2
+
+
+@pytest.mark.parametrize(
+    ("scope", "receives"),
+    [
+        ({"http_version": "1.1", "headers": []}, 0),  # HTTP/1: no length, no chunks, no body
+        ({"http_version": "1.1", "headers": [(b"transfer-encoding", b"chunked")]}, 3),
+        ({"http_version": "2", "headers": []}, 3),  # HTTP/2 may send a body without a length
+    ],
+)
+def test_a_body_without_a_declared_length_is_read_to_its_end_if_there_may_be_one(scope, receives):
+    receive, received = _receive_of([b"ab", b"c"])
+    body = asyncio.run(application.read_body(receive, scope))
+    assert len(received) == receives and body.read() == (b"abc" if receives else b"")
