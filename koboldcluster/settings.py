@@ -60,6 +60,7 @@ INSTALLED_APPS = [
     "servers",
     "generations",
     "stats",
+    "benchmarks",
 ]
 
 MIDDLEWARE = [

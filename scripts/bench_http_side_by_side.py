@@ -8,7 +8,7 @@ work loads, its figures move more between runs minutes apart than a change of a 
 millisecond per request. Here every LABEL=CHECKOUT's web server (its scripts/web.sh, one
 worker, access log off, metrics in files, as the benchmark starts it) runs at once, each on
 its own copy of one freshly migrated SQLite database, and the benchmark's requests through
-HTTP (koboldcluster/benchmark_http.py: create, pop, submit, status, idle pop over one
+HTTP (benchmarks/through_http.py: create, pop, submit, status, idle pop over one
 kept-alive connection) go to them in alternating batches, so that the load falls on each
 alike. Prints, per server, the web server's CPU per request of each kind and per thread of
 its worker (`/proc/<pid>/task/<tid>/schedstat`: granian's runtime and callback threads, the
@@ -118,7 +118,7 @@ def thread_cpu(pids: list[int]) -> dict[str, int]:
 
 
 def measure_side_by_side(servers: list[dict[str, Any]], rounds: int, key: str) -> None:
-    from koboldcluster.benchmark_http import HttpDriver, measure
+    from benchmarks.through_http import HttpDriver, measure
 
     server = {"username": "bench-owner", "password": PASSWORD, "name": "bench-server"}
     server |= {"model": "bench-model", "max_length": 512, "max_content_length": 4096}

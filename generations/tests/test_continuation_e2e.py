@@ -6,8 +6,8 @@ goes quiet: the cluster notices the stall) or stopped with SIGTERM (it hands its
 with its text so far); a second bridge of the same model continues from that text. The
 client's stream, through the OpenAI face and the KoboldAI face, has the first bridge's
 tokens then the second's and ends normally; the stored generation is that joined text, and
-the ledger paid each server for its part. Timings are printed, never asserted (the README's
-measurements: scripts/failover_benchmark.py).
+the ledger paid each server for its part. Timings are printed, never asserted (the measurements:
+`manage.py benchmark_failover`, docs/failover.md).
 """
 
 from __future__ import annotations

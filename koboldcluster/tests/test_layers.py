@@ -1,4 +1,5 @@
-"""Imports run one way: koboldcluster (project glue) ← accounts ← servers ← generations ← stats.
+"""Imports run one way: koboldcluster (project glue) ← accounts ← servers ← generations ← stats
+← benchmarks (which measure them all, and which nothing imports).
 
 An app may import from the apps below it, never from one above: the rules of the lower apps
 must not depend on the higher ones. Tests and migrations are not checked.
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 BASE = Path(__file__).resolve().parents[2]
-LAYERS = ["koboldcluster", "accounts", "servers", "generations", "stats"]
+LAYERS = ["koboldcluster", "accounts", "servers", "generations", "stats", "benchmarks"]
 
 
 def _modules(package: str) -> list[Path]:

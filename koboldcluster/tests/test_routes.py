@@ -22,10 +22,8 @@ from koboldcluster.asgi import WAITING_PATHS
 ROOT = Path(__file__).resolve().parents[2]
 CLIENTS = (
     "bridge/",
-    "generations/management/commands/",
-    "stats/management/commands/",
+    "benchmarks/",  # the benchmark commands and their clients over real HTTP
     "koboldcluster/testing.py",  # starts real server processes for the tests and asks them
-    "koboldcluster/benchmark_http.py",  # `benchmark --http`: a client over real HTTP
     "scripts/",  # the cluster benchmarks' load generators and deployments (issue 27)
 )
 

@@ -26,8 +26,8 @@ from django.db import connection, connections
 from django.test.utils import override_settings, setup_databases, teardown_databases
 from django.utils import timezone
 
-from koboldcluster.benchmark_http import HttpDriver
-from koboldcluster.benchmark_http import measure as measure_http
+from benchmarks.through_http import HttpDriver
+from benchmarks.through_http import measure as measure_http
 
 # A sample per measured request: its CPU milliseconds (the statements each request sends are
 # asserted by generations/tests/test_hot_path_queries.py).
@@ -66,7 +66,7 @@ class Command(BaseCommand):
             action="store_true",
             help="Also send the original API's requests through the web server as ./run.sh "
             "starts it (scripts/web.sh), over one kept-alive HTTP connection, and report the "
-            "web server's CPU per request (koboldcluster/benchmark_http.py).",
+            "web server's CPU per request (benchmarks/through_http.py).",
         )
         parser.add_argument(
             "--workers", default="1", help="Web processes (WEB_WORKERS) for --http."

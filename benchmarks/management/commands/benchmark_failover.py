@@ -31,9 +31,9 @@ from django.core.management.base import BaseCommand, CommandParser
 from django.db import connection
 from django.test.utils import setup_databases, teardown_databases
 
+from benchmarks.management.commands.benchmark_dispatch import process_group_cpu, settle
 from bridge.tests.backend_doubles import FakeKoboldCpp
 from bridge.tests.processes import Process, start_bridge
-from generations.management.commands.benchmark_dispatch import process_group_cpu, settle
 
 PASSWORD = "bench-pass"
 TOKENS = 80  # 4 s of tokens at 50 ms each
