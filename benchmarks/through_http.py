@@ -17,7 +17,7 @@ from typing import Any
 
 import requests
 
-from koboldcluster import procstat
+from benchmarks import procstat
 
 BATCH = 50  # requests of one kind between two readings of the web server's CPU
 

@@ -3,8 +3,8 @@
 Django keeps a cache object per async context, and every request of the ASGI server runs in a
 context of its own, so each request that touched the cache made a cache object, a connection
 pool and a new connection to Redis (a TCP handshake and a HELLO): measured by
-scripts/bench_cluster.py as about four new connections per generation. Handing every cache
-object of the process the same pool keeps the connections open between requests, as
+benchmarks/scripts/bench_cluster.py as about four new connections per generation. Handing every
+cache object of the process the same pool keeps the connections open between requests, as
 CONN_MAX_AGE keeps the database's.
 """
 

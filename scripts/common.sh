@@ -79,7 +79,7 @@ ensure_chromium() {
 
 ensure_haproxy() {
     # deploy/'s balancer configuration is checked by HAProxy itself (haproxy -c) in the tests,
-    # and run by scripts/bench_cluster.py: Debian's haproxy, never started as a service here.
+    # and run by benchmarks/scripts/bench_cluster.py: Debian's haproxy, never started as a service here.
     if command -v haproxy >/dev/null 2>&1; then
         return
     fi

@@ -1,5 +1,5 @@
-"""The logic of the benchmarks across processes and hosts (scripts/bench_cluster.py,
-scripts/load.py, koboldcluster/procstat.py), and deploy/'s HAProxy configuration as HAProxy
+"""The logic of the benchmarks across processes and hosts (benchmarks/scripts/bench_cluster.py,
+benchmarks/scripts/load.py, benchmarks/procstat.py), and deploy/'s HAProxy configuration as HAProxy
 itself reads it. No timing is asserted: the benchmarks measure, these check the arithmetic."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from koboldcluster import cluster_bench, procstat
+from benchmarks import cluster_bench, procstat
 
-SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
 
 def _load_script():

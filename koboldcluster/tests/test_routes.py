@@ -24,7 +24,6 @@ CLIENTS = (
     "bridge/",
     "benchmarks/",  # the benchmark commands and their clients over real HTTP
     "koboldcluster/testing.py",  # starts real server processes for the tests and asks them
-    "scripts/",  # the cluster benchmarks' load generators and deployments (issue 27)
 )
 
 

@@ -8,7 +8,7 @@ import time
 import pytest
 import requests
 
-from koboldcluster import procstat
+from benchmarks import procstat
 from koboldcluster.testing import ClusterProcess, started, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)

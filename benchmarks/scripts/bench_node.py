@@ -3,7 +3,8 @@
 
 Starts the web server as ./run.sh does (scripts/web.sh, WEB_WORKERS processes) on a fresh
 SQLite database in a temporary folder (or `--database-url`), then drives it with
-scripts/load.py through real HTTP connections, and reads the server's processes from /proc:
+benchmarks/scripts/load.py through real HTTP connections, and reads the server's processes from
+/proc:
 
 1. started, no connections: CPU over `--idle-seconds`, memory, open files;
 2. `--volunteers` servers long-polling (`wait: 30`): memory and open files per waiting
@@ -33,9 +34,9 @@ from typing import IO, Any
 
 import requests
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-from koboldcluster import procstat  # noqa: E402
+from benchmarks import procstat  # noqa: E402
 
 PYTHON = str(ROOT / ".venv" / "bin" / "python")
 # Load-test settings: no rate limits, and room for every prompt and stream of the load
@@ -122,7 +123,15 @@ class _quiet:  # noqa: N801 - a tiny context manager, used like contextlib.suppr
 
 
 def start_load(url: str, *args: str) -> subprocess.Popen:
-    command = [PYTHON, str(ROOT / "scripts" / "load.py"), "--url", url, "--duration", "3600", *args]
+    command = [
+        PYTHON,
+        str(ROOT / "benchmarks" / "scripts" / "load.py"),
+        "--url",
+        url,
+        "--duration",
+        "3600",
+        *args,
+    ]
     return subprocess.Popen(command, stdout=subprocess.PIPE, text=True, start_new_session=True)
 
 

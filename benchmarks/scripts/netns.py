@@ -7,13 +7,13 @@ else (the machine's own network is not there), and every packet between two host
 (`delay_method`):
 - "netem": where the kernel has netem (CONFIG_NET_SCH_NETEM), the switch is a kernel bridge and
   each host's eth0 holds what it sends in `tc netem`;
-- "userspace wire": where it has not, the switch is scripts/wire.c, a learning switch that
-  holds every frame `delay_ms` before sending it on (compiled with gcc once per version of its
+- "userspace wire": where it has not, the switch is benchmarks/scripts/wire.c, a learning switch
+  that holds every frame `delay_ms` before sending it on (compiled with gcc once per version of its
   source, cached in var/wire/, and run at real-time priority so that the machine's load does
   not lengthen the delay more than it must). It is restarted with every host added: add the
   hosts before any traffic.
-Used by scripts/bench_cluster.py and koboldcluster/tests/test_netns.py; needs root (`ip`, `tc`)
-and, for the wire, gcc.
+Used by benchmarks/scripts/bench_cluster.py and benchmarks/tests/test_netns.py; needs root (`ip`,
+`tc`) and, for the wire, gcc.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ PREFIX = "kcb"
 NETWORK = "10.77.0"
 NETEM, WIRE = "netem", "userspace wire"
 WIRE_SOURCE = Path(__file__).resolve().with_name("wire.c")
-WIRE_CACHE = Path(__file__).resolve().parent.parent / "var" / "wire"
+WIRE_CACHE = Path(__file__).resolve().parents[2] / "var" / "wire"
 
 
 def sh(*args: str, check: bool = True, ns: str | None = None) -> str:
@@ -153,7 +153,8 @@ class Hosts:
 
 
 def wire_program() -> Path:
-    """scripts/wire.c compiled once per version of its source (the name holds its hash)."""
+    """benchmarks/scripts/wire.c compiled once per version of its source (its name holds the
+    hash)."""
     source = WIRE_SOURCE.read_bytes()
     program = WIRE_CACHE / f"wire-{hashlib.sha256(source).hexdigest()[:16]}"
     if not program.exists():

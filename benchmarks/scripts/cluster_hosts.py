@@ -1,6 +1,6 @@
 """The reference deployment (deploy/) on test hosts made of network namespaces, for
-scripts/bench_cluster.py: PostgreSQL and Redis of their own, the scheduler, the web nodes and
-HAProxy with deploy/'s configuration, and what each of them has spent so far."""
+benchmarks/scripts/bench_cluster.py: PostgreSQL and Redis of their own, the scheduler, the web nodes
+and HAProxy with deploy/'s configuration, and what each of them has spent so far."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(ROOT / "benchmarks" / "scripts"))
 from bench_node import LOAD_ENV, PYTHON, WAITERS  # noqa: E402
 from netns import Hosts  # noqa: E402
 
-from koboldcluster import cluster_bench, procstat  # noqa: E402
+from benchmarks import cluster_bench, procstat  # noqa: E402
 
 LB, DB, REDIS = "10.77.0.10", "10.77.0.20", "10.77.0.21"
 WEB = {f"web{i}": f"10.77.0.{10 + i}" for i in (1, 2, 3)}

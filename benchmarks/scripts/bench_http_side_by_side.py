@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The serving layer's cost, before and after a change, measured side by side.
 
-    .venv/bin/python scripts/bench_http_side_by_side.py before=/tmp/old-checkout after=.
+    .venv/bin/python benchmarks/scripts/bench_http_side_by_side.py before=/tmp/old-checkout after=.
 
 `manage.py benchmark --http` measures one web server after the other; on a machine that other
 work loads, its figures move more between runs minutes apart than a change of a tenth of a
@@ -31,7 +31,7 @@ from typing import Any
 
 import requests
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 PYTHON = str(ROOT / ".venv" / "bin" / "python")
 PASSWORD = "bench-password"

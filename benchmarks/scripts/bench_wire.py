@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-"""What the userspace wire (scripts/wire.c) costs, against a kernel bridge without delay.
+"""What the userspace wire (benchmarks/scripts/wire.c) costs, against a kernel bridge without delay.
 
-Two test hosts (scripts/netns.py), once on a bridge and once on the wire with --delay-ms: a
-server answers every 200 bytes with the same, a client keeps --connections of them going until
+Two test hosts (benchmarks/scripts/netns.py), once on a bridge and once on the wire with --delay-ms:
+a server answers every 200 bytes with the same, a client keeps --connections of them going until
 --trips round trips are done. Prints, for each, the wall time, the CPU of the client, the
 server and the wire per round trip (µs), and what the wire says it carried (frames, how late
 past the delay they left, its user and system time). Root only (docs/benchmarks.md, "The

@@ -1,4 +1,4 @@
-/* A wire with a delay between the test hosts, for kernels without netem (scripts/netns.py).
+/* A wire with a delay between the test hosts, for kernels without netem (benchmarks/scripts/netns.py).
 
    Runs in the switch namespace, where the other end of every host's veth pair is:
        wire DELAY_US PORT...
@@ -25,7 +25,7 @@
    receiving hosts' network stack, which the kernel runs in the sender's context); and how late
    past their delay the frames left (the time it took to be woken and to send what was due:
    what a busy machine adds to the delay, measured from the kernel's time stamp). Compiled and
-   cached by scripts/netns.py. */
+   cached by benchmarks/scripts/netns.py. */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>

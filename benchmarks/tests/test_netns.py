@@ -1,7 +1,7 @@
-"""The test hosts of the benchmark across hosts (scripts/netns.py) with the userspace wire that
-delays their packets where the kernel has no netem (scripts/wire.c): the delay is there, large
-answers cross it whole, and nothing is left behind. Network namespaces need root (the suite
-runs as root); gcc builds the wire."""
+"""The test hosts of the benchmark across hosts (benchmarks/scripts/netns.py) with the userspace
+wire that delays their packets where the kernel has no netem (benchmarks/scripts/wire.c): the delay
+is there, large answers cross it whole, and nothing is left behind. Network namespaces need root
+(the suite runs as root); gcc builds the wire."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import netns  # noqa: E402
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")

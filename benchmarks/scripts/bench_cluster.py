@@ -2,16 +2,16 @@
 """The benchmark across hosts: the reference deployment (deploy/) on test hosts made of
 network namespaces, driven through its balancer (README "Benchmark across hosts").
 
-Hosts (scripts/netns.py; every packet between two hosts waits --delay-ms, 1 ms, in netem or,
-on a kernel without it, in a userspace wire):
+Hosts (benchmarks/scripts/netns.py; every packet between two hosts waits --delay-ms, 1 ms, in netem
+or, on a kernel without it, in a userspace wire):
   lb 10.77.0.10      HAProxy with deploy/haproxy/haproxy.cfg (its web nodes, a self-signed
                      certificate and the stats socket put in; TLS ends here)
   web1..3 .11-.13    scripts/web.sh with the env of deploy/cluster.env and web.env
   db .20             a PostgreSQL of its own (initdb'd into a temporary folder)
   redis .21          a redis-server of its own
   sched .30          migrate, ensure_schedules, qcluster (the scheduler unit's commands)
-  vol .40            the volunteers (scripts/load.py)
-  cli .41            the clients (scripts/load.py)
+  vol .40            the volunteers (benchmarks/scripts/load.py)
+  cli .41            the clients (benchmarks/scripts/load.py)
 
 For each count of web nodes (--nodes 1,2,3) on a fresh database: the volunteers long-poll
 through the balancer; then clients post --prompts per second (dispatch latency, CPU per
@@ -36,20 +36,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(ROOT / "benchmarks" / "scripts"))
 from bench_node import PYTHON  # noqa: E402
 from cluster_hosts import URL, Cluster, until  # noqa: E402
 from netns import Hosts  # noqa: E402
 
-from koboldcluster import cluster_bench  # noqa: E402
+from benchmarks import cluster_bench  # noqa: E402
 
 
 def load(hosts: Hosts, host: str, *args: str) -> subprocess.Popen:
     command = [
         PYTHON,
-        str(ROOT / "scripts" / "load.py"),
+        str(ROOT / "benchmarks" / "scripts" / "load.py"),
         "--url",
         URL,
         "--insecure",

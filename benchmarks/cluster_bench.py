@@ -1,4 +1,4 @@
-"""The parts of scripts/bench_cluster.py that are plain logic, kept here to be tested.
+"""The parts of benchmarks/scripts/bench_cluster.py that are plain logic, kept here to be tested.
 
 The benchmark across hosts (README "Benchmark across hosts") builds test hosts as network
 namespaces, runs deploy/'s HAProxy configuration in front of its web nodes and reads what each

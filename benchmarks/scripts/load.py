@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Load for a running cluster through real HTTP connections: volunteers, prompts and streams.
 
-Used by scripts/bench_node.py (one web node) and scripts/bench_cluster.py (several nodes behind
-HAProxy, each role in a network namespace of its own), and by hand against any cluster that
-runs with rate limits off (KOBOLDCLUSTER_RATE_LIMITS=off). It imports nothing of the cluster:
-only aiohttp, so that it runs wherever the virtualenv does.
+Used by benchmarks/scripts/bench_node.py (one web node) and benchmarks/scripts/bench_cluster.py
+(several nodes behind HAProxy, each role in a network namespace of its own), and by hand against any
+cluster that runs with rate limits off (KOBOLDCLUSTER_RATE_LIMITS=off). It imports nothing of the
+cluster: only aiohttp, so that it runs wherever the virtualenv does.
 
 Roles (any together in one process):
   --volunteers N  N servers, each long-polling `/generate/pop` with `wait: 30` on a connection
@@ -104,7 +104,8 @@ class Load:
         self.results = Results()
         self.stopping = asyncio.Event()
         self.tag = args.tag or uuid.uuid4().hex[:6]
-        # A test cluster's self-signed certificate (scripts/bench_cluster.py) is not checked.
+        # A test cluster's self-signed certificate (benchmarks/scripts/bench_cluster.py) is not
+        # checked.
         self.ssl = not args.insecure
 
     def snapshot(self) -> None:
