@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import requests
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 from django.db import connection
 from django.test.utils import setup_databases, teardown_databases
@@ -229,9 +230,10 @@ def _jobs_for_servers(url: str, count: int) -> list[str]:
     """`count` servers, each popped one job of its own prompt: their job ids."""
     session = requests.Session()
     ids = []
+    per_account = settings.KOBOLDCLUSTER["UNTRUSTED_SERVERS_PER_ACCOUNT"]
     for index in range(count):
-        # At most MAX_SERVERS_PER_ACCOUNT (50) servers per account: 50 to an account.
-        owner = f"bench-owner-{index // 50}"
+        # An untrusted account may have UNTRUSTED_SERVERS_PER_ACCOUNT servers: that many each.
+        owner = f"bench-owner-{index // per_account}"
         body = {"username": owner, "password": PASSWORD, "name": f"hb-{index}"}
         body.update(model="bench", max_length=80, max_content_length=2048)
         session.post(f"{url}/generate/pop", json=body, timeout=30)  # online first
