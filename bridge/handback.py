@@ -40,11 +40,23 @@ class InFlight:
     def finished(self, job: Job) -> None:
         with self._lock:
             self._jobs.pop(job.id, None)
+            self._handed_back.discard(job.id)  # its worker is done with it
 
     def handed_back(self, job: Job) -> bool:
         """Whether the job was handed back meanwhile (its result must not be submitted)."""
         with self._lock:
             return job.id in self._handed_back
+
+    def take_back(self, job: Job) -> bool:
+        """Whether the caller (a worker giving its job back) is the one to do it: False when
+        SIGTERM's hand-back has it already. A worker stopping and SIGTERM's hand-back may
+        both reach a job at once; only one of them gives it back and counts it."""
+        with self._lock:
+            if job.id in self._handed_back:
+                return False
+            self._handed_back.add(job.id)
+            self._jobs.pop(job.id, None)
+            return True
 
     def hand_back_all(self, cluster: TakesGiveBacks) -> int:
         """Give every unfinished job back now, with its text so far; how many. The streamed

@@ -382,7 +382,7 @@ class Worker:
         """Report the job as faulted so its slot goes to another server now, not at its ttl,
         with its text so far (`text`), which the next server continues. One try only: if it
         fails, the cluster re-queues the job when it stalls or its ttl passes anyway."""
-        if self.in_flight.handed_back(job):
+        if not self.in_flight.take_back(job):
             return  # SIGTERM gave it back already
         if count:
             self.stats.add(given_back=1)
