@@ -44,7 +44,7 @@ from django.http import HttpRequest
 from django.http.response import HttpResponseBase
 from django.urls import get_resolver, set_script_prefix
 
-from koboldcluster import holding, metrics, routes, shutdown, wakeups
+from koboldcluster import holding, liveness, metrics, routes, shutdown, wakeups
 from koboldcluster.middleware import INLINE_MIDDLEWARE
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "koboldcluster.settings")
@@ -166,6 +166,9 @@ class ClusterASGIHandler(ASGIHandler):
         except RequestAborted:
             return
         set_script_prefix(get_script_prefix(scope))
+        if liveness.takes(scope, path):  # on the event loop: never behind the sync thread
+            await self.send_response(liveness.respond(self, scope, body, self.sync_handler), send)
+            return
         if self.lane and not scope.get("root_path") and await self._direct(scope, path, body, send):
             return
         handler = self.api_handler if path.startswith(API_PREFIXES) else self.sync_handler
