@@ -1,9 +1,10 @@
 """The one entry: every request comes in here (`koboldcluster.asgi:application`), whether
 granian serves it (`./run.sh`), `manage.py runserver` does (koboldcluster/management/commands/
 runserver.py), or a test's client (koboldcluster/asgi_client.py). What it does with a request
-follows from the route table (koboldcluster/routes.py): the direct lane first for the routes
-it takes, the long-poll pops held after their view (`_held`), the waiting endpoints on an
-async chain (`WAITING_PATHS`), every other request in one step on the sync thread.
+follows from the route table (koboldcluster/routes.py): the liveness probe on the event loop
+(koboldcluster/liveness.py), the direct lane first for the routes it takes, the long-poll pops
+held after their view (`_held`), the waiting endpoints on an async chain (`WAITING_PATHS`),
+every other request in one step on the sync thread.
 
 Ordinary views stay synchronous Django. Django's own ASGI handler would give every request a
 thread of its own for them, created for the request and dropped after it: measured here, that
