@@ -1,9 +1,10 @@
 """The one entry: every request comes in here (`koboldcluster.asgi:application`), whether
 granian serves it (`./run.sh`), `manage.py runserver` does (koboldcluster/management/commands/
 runserver.py), or a test's client (koboldcluster/asgi_client.py). What it does with a request
-follows from the route table (koboldcluster/routes.py): the direct lane first for the routes
-it takes, the long-poll pops held after their view (`_held`), the waiting endpoints on an
-async chain (`WAITING_PATHS`), every other request in one step on the sync thread.
+follows from the route table (koboldcluster/routes.py): the liveness probe on the event loop
+(koboldcluster/liveness.py), the direct lane first for the routes it takes, the long-poll pops
+held after their view (`_held`), the waiting endpoints on an async chain (`WAITING_PATHS`),
+every other request in one step on the sync thread.
 
 Ordinary views stay synchronous Django. Django's own ASGI handler would give every request a
 thread of its own for them, created for the request and dropped after it: measured here, that
@@ -44,7 +45,7 @@ from django.http import HttpRequest
 from django.http.response import HttpResponseBase
 from django.urls import get_resolver, set_script_prefix
 
-from koboldcluster import holding, metrics, routes, shutdown, wakeups
+from koboldcluster import holding, liveness, metrics, routes, shutdown, wakeups
 from koboldcluster.middleware import INLINE_MIDDLEWARE
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "koboldcluster.settings")
@@ -187,6 +188,9 @@ class ClusterASGIHandler(ASGIHandler):
         except RequestAborted:
             return
         set_script_prefix(get_script_prefix(scope))
+        if liveness.takes(scope, path):  # on the event loop: never behind the sync thread
+            await self.send_response(liveness.respond(self, scope, body, self.sync_handler), send)
+            return
         if self.lane and not scope.get("root_path") and await self._direct(scope, path, body, send):
             return
         handler = self.api_handler if path.startswith(API_PREFIXES) else self.sync_handler

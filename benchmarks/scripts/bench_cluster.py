@@ -278,6 +278,8 @@ def main() -> None:
     parser.add_argument("--kill-at", type=float, default=0, help="a node-failure run")
     parser.add_argument("--drain", type=float, default=240, help="seconds to wait for late jobs")
     parser.add_argument("--delay-ms", type=float, default=1.0)
+    parser.add_argument("--web-workers", type=int, default=0,
+                        help="processes per web node (default: deploy/web.env's)")  # fmt: skip
     parser.add_argument("--json", default="", help="write every figure to this file")
     args = parser.parse_args()
     if args.seconds < 30:  # each phase must hold every volunteer's one re-pop (wait: 30)
@@ -303,7 +305,9 @@ def main() -> None:
             report["delay"] = {"ms": args.delay_ms if hosts.delayed else 0,
                                "by": hosts.delay_method}  # fmt: skip
             print(f"Delay between the hosts: {report['delay']}", flush=True)
-            cluster = Cluster(hosts, Path(folder))
+            cluster = Cluster(hosts, Path(folder), args.web_workers)
+            report["web_workers"] = cluster.web_workers
+            print(f"Web processes per node: {cluster.web_workers}", flush=True)
             cluster.start_services()
             counts = [int(n) for n in args.nodes.split(",")] if not args.kill_at else []
             report["runs"] = []

@@ -27,11 +27,20 @@ TRANSACTIONS = (
 )
 
 
+def deployed_web_workers() -> int:
+    """WEB_WORKERS as the reference deployment sets it (deploy/web.env)."""
+    for line in (ROOT / "deploy" / "web.env").read_text().splitlines():
+        if line.startswith("WEB_WORKERS="):
+            return int(line.split("=", 1)[1].split("#")[0])
+    return 2  # scripts/web.sh's default
+
+
 class Cluster:
     """One deployment on the test hosts; `start(nodes)`, `measure`, `stop`."""
 
-    def __init__(self, hosts: Hosts, folder: Path) -> None:
+    def __init__(self, hosts: Hosts, folder: Path, web_workers: int = 0) -> None:
         self.hosts, self.folder = hosts, folder
+        self.web_workers = web_workers or deployed_web_workers()
         self.web: dict[str, subprocess.Popen] = {}
         self.others: dict[str, subprocess.Popen] = {}
         self.database = ""
@@ -131,7 +140,7 @@ class Cluster:
             "KOBOLDCLUSTER_TRUSTED_PROXIES": LB,
             "HOST": "0.0.0.0",
             "PORT": "5001",
-            "WEB_WORKERS": "2",
+            "WEB_WORKERS": str(self.web_workers),
             "KOBOLDCLUSTER_VAR_DIR": str(var),
             "PROMETHEUS_MULTIPROC_DIR": str(var / "prometheus"),
             "PYTHONUNBUFFERED": "1",
