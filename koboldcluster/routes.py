@@ -8,6 +8,7 @@ everything that needs a route derives from this table and writes none itself:
 - the direct lane's routes (`koboldcluster/direct.py`, the rows with `lane`);
 - the long-poll pops that may be held (`koboldcluster/holding.py`, `holds`);
 - the waiting endpoints, which take Django's async chain (`koboldcluster/asgi.py`, `waits`);
+- the liveness probe, answered on the event loop (`koboldcluster/liveness.py`, `on_loop`);
 - the latency histograms (`koboldcluster/metrics.py`, `metric`, labelled with the `face`);
 - which answers the suite checks against the OpenAPI schema (`koboldcluster/schema_check.py`).
 
@@ -22,7 +23,8 @@ To add an endpoint: add one `Endpoint` row below, next to its face's others, wit
 and only if it needs them: `lane` (the direct lane answers it: its view must have the
 lane's `reply`; see `koboldcluster/direct.py` and add its cases to `test_direct.py`),
 `holds` (a pop whose view may hold its answer), `waits` (an async view that waits for a
-generation), `metric` (POP or SUBMIT: timed by that histogram). Clients of the API (tests,
+generation), `on_loop` (a GET whose view touches no database, answered on the event loop:
+the liveness probe), `metric` (POP or SUBMIT: timed by that histogram). Clients of the API (tests,
 benchmarks, the bridge) write its paths as any client does.
 """
 
@@ -71,6 +73,7 @@ class Endpoint:
     lane: Lane | None = None
     holds: bool = False
     waits: bool = False
+    on_loop: bool = False
     metric: str | None = None
     regex: bool = False  # `path` is a regular expression (re_path)
     as_view: dict[str, Any] = field(default_factory=dict)
@@ -88,7 +91,7 @@ _PROMPT_ID = "generations.api.fields.prompt_uuid"
 
 TABLE: tuple[Endpoint, ...] = (
     Endpoint("admin/", "django.contrib.admin.site.urls", PAGE),
-    Endpoint("healthz", "koboldcluster.views_health.HealthView", OPERATOR),
+    Endpoint("healthz", "koboldcluster.views_health.HealthView", OPERATOR, on_loop=True),
     Endpoint("readyz", "koboldcluster.views_health.ReadyView", OPERATOR),
     # The AI Horde v2 API.
     Endpoint("api/v2/generate/text/async", "generations.api.v2.views.TextAsyncView", V2,
@@ -193,8 +196,8 @@ def _check(table: tuple[Endpoint, ...]) -> None:
     literal path (the lane's GETs by the part before their one last parameter)."""
     for endpoint in table:
         literal = "<" not in endpoint.path and not endpoint.regex
-        if (endpoint.holds or endpoint.waits) and not literal:
-            raise ValueError(f"{endpoint.path}: a held or waiting path takes no parameters")
+        if (endpoint.holds or endpoint.waits or endpoint.on_loop) and not literal:
+            raise ValueError(f"{endpoint.path}: a held, waiting or loop path takes no parameters")
         if endpoint.lane is not None and endpoint.lane.method == "GET":
             if literal or not endpoint.path.endswith(">") or endpoint.path.count("<") != 1:
                 raise ValueError(f"{endpoint.path}: a lane GET ends in its one parameter")
@@ -213,6 +216,11 @@ def held_paths() -> frozenset[str]:
 def waiting_paths() -> frozenset[str]:
     """The paths of the async views that wait for a generation or stream it."""
     return frozenset(endpoint.url for endpoint in TABLE if endpoint.waits)
+
+
+def loop_paths() -> frozenset[str]:
+    """The paths answered on the event loop: views that touch no database (liveness)."""
+    return frozenset(endpoint.url for endpoint in TABLE if endpoint.on_loop)
 
 
 def lane_endpoints() -> list[Endpoint]:
