@@ -93,16 +93,30 @@ def create_jobs(row: tuple, server: Server, amount: int, now: datetime) -> list[
         values,
     )
     return [
-        instance(
-            Job,
-            id=job_id,
-            prompt=prompt,
-            server=server,
-            model=model,
-            started=now,
-            deadline=deadline,
-            text=text,
-            carried_tokens=carried_tokens,
-        )
+        claimed_job(job_id, prompt, server, model, now, deadline, text, carried_tokens)
         for job_id, (text, carried_tokens) in zip(ids, inserted, strict=True)
     ]
+
+
+def claimed_job(
+    job_id: object,
+    prompt: Prompt,
+    server: Server,
+    model: str,
+    now: datetime,
+    deadline: datetime,
+    text: str,
+    carried_tokens: int,
+) -> Job:
+    """A job a claim inserted, with what its INSERT returned (a continuation's carried text)."""
+    return instance(
+        Job,
+        id=job_id,
+        prompt=prompt,
+        server=server,
+        model=model,
+        started=now,
+        deadline=deadline,
+        text=text,
+        carried_tokens=carried_tokens,
+    )

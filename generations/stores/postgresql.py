@@ -20,6 +20,7 @@ from generations.claims import (
     CARRIED_TEXT,
     CARRIED_TOKENS,
     claim_in_transaction,
+    claimed_job,
     claimed_prompt,
 )
 from generations.models import Job, Prompt
@@ -37,7 +38,6 @@ from generations.payment import (
 from generations.sql import execute, fetch
 from generations.sql import uuid_param as uid
 from generations.vacuum import vacuum_after_purge
-from koboldcluster.rows import instance
 from servers.models import Server
 from servers.services import Credentials
 
@@ -130,17 +130,8 @@ def _with_job_sql(
 def _job_from(row: tuple, server: Server, now: datetime) -> Job:
     """The job `_with_job_sql` inserted, with its claimed prompt."""
     *claimed, job_id, model, deadline, text, carried_tokens = row
-    return instance(
-        Job,
-        id=job_id,
-        prompt=claimed_prompt(claimed),
-        server=server,
-        model=model,
-        started=now,
-        deadline=deadline,
-        text=text,
-        carried_tokens=carried_tokens,
-    )
+    prompt = claimed_prompt(claimed)
+    return claimed_job(job_id, prompt, server, model, now, deadline, text, carried_tokens)
 
 
 # --- A prompt comes in -----------------------------------------------------------------------
