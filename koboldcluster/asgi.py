@@ -45,7 +45,7 @@ from django.http import HttpRequest
 from django.http.response import HttpResponseBase
 from django.urls import get_resolver, set_script_prefix
 
-from koboldcluster import holding, liveness, metrics, routes, shutdown, wakeups
+from koboldcluster import holding, lane_on_loop, liveness, metrics, routes, shutdown, wakeups
 from koboldcluster.middleware import INLINE_MIDDLEWARE
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "koboldcluster.settings")
@@ -159,6 +159,7 @@ class ClusterASGIHandler(ASGIHandler):
         self.lane = (
             direct if direct.is_enabled([m for m in settings.MIDDLEWARE if is_api(m)]) else None
         )
+        self.lane_on_loop = lane_on_loop.applies()  # SQLite: no hand-off to the sync thread
         self.waiting_handler = _handler_with(
             WAITING_MIDDLEWARE.__contains__, is_async=True, stand_ins=INLINE_MIDDLEWARE
         )
@@ -248,7 +249,10 @@ class ClusterASGIHandler(ASGIHandler):
             return False
         content = body.read()
         body.seek(0)
-        answer = await _on_sync_thread(self.lane.answer, *found, scope, content)
+        if self.lane_on_loop and not _under_async_to_sync():
+            answer = lane_on_loop.run(self.lane.answer, *found, scope, content)
+        else:
+            answer = await _on_sync_thread(self.lane.answer, *found, scope, content)
         if answer is None:
             return False
         await self.lane.send(answer, send)
@@ -296,11 +300,20 @@ async def _on_sync_thread(function: Callable[..., Any], *args: Any) -> Any:
     per request less through HTTP (README "Benchmark", "Through HTTP"). Under an
     `async_to_sync` (the tests' client, koboldcluster/asgi_client.py) it is sync_to_async
     itself, which runs the function on the calling thread, with its database connection."""
-    loop = asyncio.get_running_loop()
-    if getattr(AsyncToSync.executors, "current", None) or loop in AsyncToSync.loop_thread_executors:
+    if _under_async_to_sync():
         return await sync_to_async(function)(*args)
+    loop = asyncio.get_running_loop()
     run = contextvars.copy_context().run
     return await loop.run_in_executor(SyncToAsync.single_thread_executor, run, function, *args)
+
+
+def _under_async_to_sync() -> bool:
+    """Whether this loop runs under an `async_to_sync` (the tests' client): synchronous work
+    then belongs on the thread that called it, which holds the test's database connection."""
+    loop = asyncio.get_running_loop()
+    return bool(getattr(AsyncToSync.executors, "current", None)) or (
+        loop in AsyncToSync.loop_thread_executors
+    )
 
 
 async def _unless_client_leaves(work: Awaitable[None], disconnect: Awaitable[None]) -> bool:
