@@ -23,7 +23,9 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 # behind a balancer, the balancer logs them (deploy/haproxy/haproxy.cfg).
 access_log=--no-access-log
 [ "${WEB_ACCESS_LOG:-off}" = on ] && access_log=--access-log
-exec "${KOBOLDCLUSTER_PYTHON:-.venv/bin/python}" -m granian koboldcluster.asgi:application \
+# WEB_APP: another ASGI application under the same server and settings, for the benchmark of
+# what the serving layer alone costs (benchmarks/scripts/bench_serving_floor.py).
+exec "${KOBOLDCLUSTER_PYTHON:-.venv/bin/python}" -m granian "${WEB_APP:-koboldcluster.asgi:application}" \
     --interface asginl --loop asyncio \
     --host "${HOST:-0.0.0.0}" --port "${PORT:-5001}" \
     --workers "${WEB_WORKERS:-2}" \
