@@ -103,6 +103,8 @@ TEMPLATES = [
 DATABASE_URL = os.environ.get("DATABASE_URL") or f"sqlite:///{VAR_DIR / 'db.sqlite3'}"
 DATABASES = {"default": dj_database_url.parse(DATABASE_URL)}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # Django's backend with each statement's placeholders converted once (its docstring).
+    DATABASES["default"]["ENGINE"] = "koboldcluster.sqlite_backend"
     DATABASES["default"]["OPTIONS"] = {
         # Writers take the lock when their transaction starts and wait for it (timeout) instead
         # of failing with "database is locked" halfway through.

@@ -34,7 +34,7 @@ def free_port() -> int:
 def test_database_url() -> str:
     """DATABASE_URL of the database pytest-django is testing against."""
     settings = connection.settings_dict
-    if settings["ENGINE"] == "django.db.backends.sqlite3":
+    if connection.vendor == "sqlite":
         return f"sqlite:///{Path(settings['NAME']).resolve()}"
     user = settings.get("USER") or "postgres"
     password = f":{settings['PASSWORD']}" if settings.get("PASSWORD") else ""
