@@ -70,6 +70,19 @@ def counted_by_backend(backend: RealBackend, before: int, bridge: Process) -> in
     return backend.last_generated()
 
 
+def first_difference(streamed: str, stored: str) -> str:
+    """Where a streamed text and the stored one part, with the characters around it as
+    repr shows them (a random model writes control characters and split scripts)."""
+    at = next((i for i, (a, b) in enumerate(zip(streamed, stored, strict=False)) if a != b), None)
+    if at is None:
+        at = min(len(streamed), len(stored))
+    around = slice(max(at - 20, 0), at + 20)
+    return (
+        f"{len(streamed)} characters streamed, {len(stored)} stored, parting at {at}: "
+        f"streamed {streamed[around]!r}, stored {stored[around]!r}"
+    )
+
+
 def openai_client(cluster: Any) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{cluster.url}/v1", api_key="0000000000", max_retries=0)
 
@@ -304,7 +317,8 @@ def test_an_abort_stops_the_backend_and_the_text_so_far_is_delivered(
 
     [job] = wait_until(jobs, "the text so far", watch=[bridge, backend.process])
     assert 0 < job.tokens < longest
-    assert "".join(pieces) == job.text
+    streamed = "".join(pieces)
+    assert streamed == job.text, first_difference(streamed, job.text)
     # The backend itself stopped: llama.cpp cancels the task whose reader left; KoboldCpp
     # is told to abort its generation.
     wait_until(lambda: backend.cancelled() > cancelled, "the backend to stop", watch=[bridge])
