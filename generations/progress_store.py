@@ -30,12 +30,15 @@ def progress_store(*, prompt_id: object, job_id: object, text: str) -> None:
         return
     path = _file(prompt_id)
     spare = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
+    # Bytes, not text mode: reading text translates "\r" and "\r\n" to "\n", and a stream
+    # would then not add up to the stored generation.
+    content = value.encode("utf-8")
     try:
-        spare.write_text(value, encoding="utf-8")
+        spare.write_bytes(content)
     except FileNotFoundError:  # the directory was removed meanwhile: make it again
         _FOLDER.forget()
         spare = _file(prompt_id).with_name(spare.name)
-        spare.write_text(value, encoding="utf-8")
+        spare.write_bytes(content)
     os.replace(spare, path)  # readers see the old text or the new one, never half of it
 
 
@@ -75,7 +78,7 @@ def _read_file(path: Path) -> str | None:
         if stale:
             path.unlink()
             return None
-        return path.read_text(encoding="utf-8")
+        return path.read_bytes().decode("utf-8")  # exactly as stored (progress_store)
     except FileNotFoundError:
         return None
 

@@ -51,6 +51,15 @@ def test_the_owner_posts_the_text_so_far_and_only_the_latest_is_kept(post_progre
     assert (job.state, job.text) == (Job.State.PROCESSING, "")
 
 
+def test_the_text_so_far_is_kept_exactly_line_breaks_and_all(post_progress, job_id):
+    # A model writes carriage returns too: a stream that showed "\n" for one would not add
+    # up to the stored generation (it failed the real backends' abort test).
+    text = "one\rtwo\r\nthree\nfour\x85five\u2028six\r"
+
+    assert post_progress(job_id, text).status_code == 200
+    assert progress_text(prompt_of(job_id)) == (job_id, text)
+
+
 def test_the_submit_drops_the_progress_and_later_progress_is_refused(
     post_progress, submit_generation, job_id
 ):
