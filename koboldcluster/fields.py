@@ -10,6 +10,8 @@ import threading
 from functools import cached_property
 from typing import Any
 
+from django.core.exceptions import ValidationError as DjangoValidationError
+from rest_framework import fields as drf
 from rest_framework import serializers
 from rest_framework.utils.serializer_helpers import BindingDict
 from rest_framework.validators import ProhibitSurrogateCharactersValidator
@@ -158,3 +160,82 @@ class InputSerializer(serializers.Serializer):
         if serializer is None:
             serializer = instances[cls] = cls()
         return serializer.run_validation(data)
+
+    @cached_property
+    def _writable(self) -> list[drf.Field]:
+        return [field for field in self.fields.values() if not field.read_only]
+
+    @cached_property
+    def _skipped_when_missing(self) -> frozenset[str]:
+        return frozenset(f.field_name for f in self._writable if skipped_when_missing(f))
+
+    def to_internal_value(self, data: Any) -> dict[str, Any]:
+        """DRF's Serializer.to_internal_value, but a field that DRF would skip when a plain
+        dict lacks its key is passed over unasked (`skipped_when_missing`): most of a
+        request's optional fields are absent (22 of the 25 params of a usual prompt), and
+        asking each to skip itself was most of the validation: a create's body validates in
+        13 us instead of 51, a pop's in 16 instead of 27, a submit's in 9 instead of 16.
+        koboldcluster/tests/test_input_serializers.py compares it with DRF's."""
+        if type(data) is not dict or getattr(self.root, "partial", False):
+            return super().to_internal_value(data)  # HTML forms, partial updates: DRF's way
+        skipped = self._skipped_when_missing
+        validated: dict[str, Any] = {}
+        errors: dict[str, Any] = {}
+        for field in self._writable:  # from here on, DRF's loop as it is
+            name = field.field_name
+            if name in skipped and name not in data:
+                continue
+            validate_method = getattr(self, "validate_" + name, None)
+            try:
+                value = field.run_validation(field.get_value(data))
+                if validate_method is not None:
+                    value = validate_method(value)
+            except serializers.ValidationError as exc:
+                errors[name] = exc.detail
+            except DjangoValidationError as exc:
+                errors[name] = drf.get_error_detail(exc)
+            except drf.SkipField:
+                pass
+            else:
+                self.set_value(validated, field.source_attrs, value)
+        if errors:
+            raise serializers.ValidationError(errors)
+        return validated
+
+    @cached_property
+    def _has_read_only_defaults(self) -> bool:
+        return any(f.read_only and f.default is not drf.empty for f in self.fields.values())
+
+    def run_validators(self, value: Any) -> None:
+        """DRF's, which first collects the read-only fields' defaults for the validators:
+        with no validator and no such field there is nothing to run (2 us a request)."""
+        if self.validators or self._has_read_only_defaults:
+            super().run_validators(value)
+
+
+# The methods DRF calls on a field whose key is missing (get_value, then run_validation,
+# validate_empty_values and get_default), as the classes below define them: each gives
+# `empty` for a missing key of a plain dict, and SkipField for a field neither required nor
+# with a default when the serializer is not partial. A class that overrides any of them
+# otherwise may do something else, so its fields are asked like DRF asks them.
+_ASKS_NOTHING_ELSE_WHEN_MISSING = {
+    "get_value": {drf.Field.get_value, drf.ListField.get_value, drf.DictField.get_value},
+    "run_validation": {drf.Field.run_validation, drf.CharField.run_validation},
+    "validate_empty_values": {
+        drf.Field.validate_empty_values,
+        OptionField.validate_empty_values,  # differs for None only
+        StringListField.validate_empty_values,  # differs for None only
+    },
+    "get_default": {drf.Field.get_default},
+}
+
+
+def skipped_when_missing(field: drf.Field) -> bool:
+    """Whether DRF's Serializer.to_internal_value skips `field` when a plain dict lacks its
+    key (and the serializer is not partial), without calling anything else of it."""
+    if field.required or field.read_only or field.default is not drf.empty:
+        return False
+    return all(
+        getattr(type(field), method) in known
+        for method, known in _ASKS_NOTHING_ELSE_WHEN_MISSING.items()
+    )
