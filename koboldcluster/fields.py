@@ -256,6 +256,14 @@ class InputSerializer(serializers.Serializer):
     def _skipped_when_missing(self) -> frozenset[str]:
         return frozenset(f.field_name for f in self._writable if skipped_when_missing(f))
 
+    @cached_property
+    def _validate_methods(self) -> dict[str, Any]:
+        """Each field's `validate_<name>` method, or None (looked up once per instance, not
+        per field per request: a miss costs an AttributeError inside getattr)."""
+        return {
+            f.field_name: getattr(self, "validate_" + f.field_name, None) for f in self._writable
+        }
+
     def to_internal_value(self, data: Any) -> dict[str, Any]:
         """DRF's Serializer.to_internal_value, but a field that DRF would skip when a plain
         dict lacks its key is passed over unasked (`skipped_when_missing`): most of a
@@ -265,14 +273,14 @@ class InputSerializer(serializers.Serializer):
         koboldcluster/tests/test_input_serializers.py compares it with DRF's."""
         if type(data) is not dict or getattr(self.root, "partial", False):
             return super().to_internal_value(data)  # HTML forms, partial updates: DRF's way
-        skipped = self._skipped_when_missing
+        skipped, validate_methods = self._skipped_when_missing, self._validate_methods
         validated: dict[str, Any] = {}
         errors: dict[str, Any] = {}
         for field in self._writable:  # from here on, DRF's loop as it is
             name = field.field_name
             if name in skipped and name not in data:
                 continue
-            validate_method = getattr(self, "validate_" + name, None)
+            validate_method = validate_methods[name]
             try:
                 value = field.run_validation(field.get_value(data))
                 if validate_method is not None:
