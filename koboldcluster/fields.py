@@ -276,7 +276,7 @@ class InputSerializer(serializers.Serializer):
         skipped, validate_methods = self._skipped_when_missing, self._validate_methods
         validated: dict[str, Any] = {}
         errors: dict[str, Any] = {}
-        for field in self._writable:  # from here on, DRF's loop as it is
+        for field in self._writable:  # DRF's loop, but for the skip and the methods kept
             name = field.field_name
             if name in skipped and name not in data:
                 continue
