@@ -27,6 +27,7 @@ from functools import cache
 from typing import Any
 
 from django.conf import settings
+from django.core import signals
 from django.core.exceptions import DisallowedHost, RequestDataTooBig
 from django.core.handlers.asgi import ASGIRequest
 from django.core.handlers.exception import response_for_exception
@@ -42,7 +43,7 @@ from rest_framework.permissions import AllowAny
 from rest_framework.renderers import JSONRenderer
 from rest_framework.views import APIView
 
-from koboldcluster import clients, metrics, request_signals, routes
+from koboldcluster import clients, metrics, routes
 from koboldcluster.api import validated
 from koboldcluster.middleware import ApiMiddleware
 from koboldcluster.outage import database_unavailable
@@ -160,7 +161,7 @@ def answer(route: Route, rest: str | None, scope: dict[str, Any], body: bytes) -
         data = _json_object(body, scope)
         if data is None or not route.takes(data):
             return None
-    request_signals.request_started(sender=__name__, scope=scope)
+    signals.request_started.send(sender=__name__, scope=scope)
     try:
         try:
             request = ASGIRequest(scope, io.BytesIO(body))
@@ -173,7 +174,7 @@ def answer(route: Route, rest: str | None, scope: dict[str, Any], body: bytes) -
         finally:
             clients.forget(token)
     finally:
-        request_signals.request_finished(sender=__name__)
+        signals.request_finished.send(sender=__name__)
 
 
 def _respond(

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
-from typing import Any
 
 
 class ClientErrorsOneLine(logging.Filter):
@@ -17,23 +15,3 @@ class ClientErrorsOneLine(logging.Filter):
             record.levelno, record.levelname = logging.WARNING, "WARNING"
             record.exc_info = record.exc_text = record.stack_info = None
         return True
-
-
-class PlainFormatter(logging.Formatter):
-    """logging.Formatter, writing the date and time of a second once rather than for every
-    line in it (time.localtime and strftime: 1.4 us of the 8 a line costs; a generation logs
-    three lines). Same lines: the text is keyed by the whole second, which is all localtime
-    reads of it, and by the time zone in force (time.tzset, as Django's TIME_ZONE setting
-    calls it, makes a new time.tzname)."""
-
-    _second: tuple[int, Any, str] = (-1, None, "")
-
-    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802 - logging's name
-        if datefmt is not None or self.converter is not time.localtime or record.created < 0:
-            return super().formatTime(record, datefmt)
-        second, zone = int(record.created), time.tzname
-        cached_second, cached_zone, text = self._second
-        if cached_second != second or cached_zone is not zone:
-            text = time.strftime(self.default_time_format, time.localtime(second))
-            self._second = (second, zone, text)
-        return self.default_msec_format % (text, record.msecs)

@@ -244,12 +244,7 @@ SPECTACULAR_SETTINGS = {
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {
-        "plain": {
-            "class": "koboldcluster.logs.PlainFormatter",
-            "format": "%(asctime)s %(levelname)s %(name)s: %(message)s",
-        }
-    },
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "filters": {"client_errors": {"()": "koboldcluster.logs.ClientErrorsOneLine"}},
     "handlers": {
         "console": {
