@@ -25,6 +25,7 @@ that step, watching for the client to leave.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import io
 import os
@@ -53,6 +54,10 @@ if not settings.configured:  # a web process (not a test or a command driving th
     # Tells settings.py this is a web process (its database connection); processes it
     # starts would inherit it, so never set once settings are read.
     os.environ["KOBOLDCLUSTER_SERVING"] = "asgi"
+    # granian made the worker's loop the current one and sets its signal handlers next: the
+    # drain on SIGTERM goes in front of them (koboldcluster/shutdown.py).
+    with contextlib.suppress(RuntimeError):
+        shutdown.watch_signal_handlers(asyncio.get_event_loop_policy().get_event_loop())
 
 # The waiting endpoints (`//` as the ApiMiddleware reads it, a single `/`), async views: the
 # front-end APIs wait for their generation (generations/waiting.py), streams to clients

@@ -9,10 +9,14 @@ every open stream and waiting front-end request with a clear error (`ServerStopp
 until the process's requests are answered (at most DRAIN_SECONDS, well within granian's
 `--workers-kill-timeout`), and then hands over to granian's own handler.
 
-granian keeps its handler in the event loop's signal table (`loop.add_signal_handler`); asyncio
-has no public way to read it, so `install` reads `loop._signal_handlers`. If that changes,
-nothing is installed (a warning says so) and shutdown cuts requests as before; the SIGTERM
-end-to-end test (koboldcluster/tests/test_shutdown_e2e.py) notices.
+granian gives its handler to the worker's event loop (`loop.add_signal_handler`), and no event
+loop has a public way to read it back. So `watch_signal_handlers`, called when the application
+is imported (granian builds the worker's loop and makes it the current one first, and sets its
+handlers after), notes on the loop what it is given for SIGTERM and SIGINT; `install` reads
+that, or asyncio's own table (`loop._signal_handlers`) for a loop the application was imported
+before. Either works for asyncio's loop and uvloop's alike. If neither is there, nothing is
+installed (a warning says so) and shutdown cuts requests as before; the SIGTERM end-to-end
+test (koboldcluster/tests/test_shutdown_e2e.py) notices.
 """
 
 from __future__ import annotations
@@ -72,21 +76,50 @@ def is_stopping() -> bool:
     return _state is not None and _state.stopping.is_set()
 
 
+def watch_signal_handlers(loop: asyncio.AbstractEventLoop) -> None:
+    """Note on `loop` each handler it is given for SIGTERM and SIGINT from now on (granian's,
+    set after the application is imported), for `install`."""
+    given: dict[int, tuple[Callable, tuple]] = {}
+    add = loop.add_signal_handler
+
+    def add_and_note(signum: int, callback: Callable, *args: object) -> None:
+        add(signum, callback, *args)
+        if signum in _STOP_SIGNALS and callback is not _on_signal:
+            given[signum] = (callback, args)
+
+    try:
+        loop.add_signal_handler = add_and_note  # type: ignore[method-assign]
+        loop._stop_handlers = given  # type: ignore[attr-defined]
+    except AttributeError:  # a loop that takes no attributes: `install` tries asyncio's table
+        return
+
+
 def install(loop: asyncio.AbstractEventLoop) -> bool:
     """Put the drain in front of the loop's handlers of SIGTERM and SIGINT (granian's);
     whether it was installed. Nothing is done where the loop has no such handlers."""
-    table = getattr(loop, "_signal_handlers", None)
-    if not isinstance(table, dict):
+    handlers = _stop_handlers(loop)
+    if handlers is None:
         logger.warning("cannot read the event loop's signal handlers: no drain on shutdown")
         return False
-    installed = False
-    for signum in _STOP_SIGNALS:
-        previous = table.get(signum)
-        if previous is None:
-            continue
-        loop.add_signal_handler(signum, _on_signal, loop, previous._callback, previous._args)
-        installed = True
-    return installed
+    for signum, (callback, args) in handlers.items():
+        loop.add_signal_handler(signum, _on_signal, loop, callback, args)
+    return bool(handlers)
+
+
+def _stop_handlers(loop: asyncio.AbstractEventLoop) -> dict[int, tuple[Callable, tuple]] | None:
+    """The loop's handlers of SIGTERM and SIGINT: noted by `watch_signal_handlers`, or read
+    from asyncio's own table; None when neither can be read."""
+    noted = getattr(loop, "_stop_handlers", None)
+    if noted:
+        return dict(noted)
+    table = getattr(loop, "_signal_handlers", None)
+    if not isinstance(table, dict):
+        return None
+    return {
+        signum: (table[signum]._callback, table[signum]._args)
+        for signum in _STOP_SIGNALS
+        if signum in table
+    }
 
 
 def _on_signal(loop: asyncio.AbstractEventLoop, then: Callable, args: tuple) -> None:

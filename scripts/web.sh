@@ -14,8 +14,10 @@
 # the kernel queues up to WEB_BACKLOG new connections (a burst of reconnecting servers), and
 # the process may open as many files as the system allows it (one per connection).
 #
-# --loop asyncio: granian would take uvloop wherever it happens to be installed, and the drain
-# on SIGTERM (koboldcluster/shutdown.py) needs asyncio's loop, whose signal handlers it can read.
+# --loop uvloop: the direct lane runs on the event loop (koboldcluster/lane_on_loop.py), which
+# wakes several times a request; uvloop's wake-ups cost a generation through HTTP about 0.25 ms
+# less CPU than asyncio's loop (docs/benchmarks.md, "Through HTTP"). The drain on SIGTERM
+# (koboldcluster/shutdown.py) notes granian's signal handlers on either loop.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
@@ -26,7 +28,7 @@ access_log=--no-access-log
 # WEB_APP: another ASGI application under the same server and settings, for the benchmark of
 # what the serving layer alone costs (benchmarks/scripts/bench_serving_floor.py).
 exec "${KOBOLDCLUSTER_PYTHON:-.venv/bin/python}" -m granian "${WEB_APP:-koboldcluster.asgi:application}" \
-    --interface asginl --loop asyncio \
+    --interface asginl --loop uvloop \
     --host "${HOST:-0.0.0.0}" --port "${PORT:-5001}" \
     --workers "${WEB_WORKERS:-2}" \
     --backpressure "${WEB_MAX_CONCURRENCY:-10000}" --backlog "${WEB_BACKLOG:-4096}" \
