@@ -2,7 +2,8 @@
 granian serves it (`./run.sh`), `manage.py runserver` does (koboldcluster/management/commands/
 runserver.py), or a test's client (koboldcluster/asgi_client.py). What it does with a request
 follows from the route table (koboldcluster/routes.py): the liveness probe on the event loop
-(koboldcluster/liveness.py), the direct lane first for the routes it takes, the long-poll pops
+(koboldcluster/liveness.py), the direct lane first for the routes it takes (on SQLite on the
+event loop's own thread, koboldcluster/lane_on_loop.py), the long-poll pops
 held after their view (`_held`), the waiting endpoints on an async chain (`WAITING_PATHS`),
 every other request in one step on the sync thread.
 

@@ -3,16 +3,17 @@
 A server's pop, a generation's submit, a prompt's creation and its status poll are most of
 what the cluster serves: every idle server pops about once a second, clients poll. Through
 Django's handler, the API's middleware, the URL resolver and DRF's dispatch, each cost about
-as much again as its service. The direct lane answers these few requests in one step on the
-sync thread with the same parts, in the same order: the view's own authentication,
-permissions, throttles and input serializer, then its `reply` (the function its DRF view
-calls too). Every error on the way (a refused key, a rate limit, invalid input, what a
-service raises) is answered by a real instance of the view, with DRF's exception handling,
-and database outages and crashes as the middleware and Django answer them; every answer gets
-the headers the API's middleware adds. What the lane does not take is left to Django before
-anything is counted or changed: a body that is not JSON, a pop that asks to wait, a host not
-in ALLOWED_HOSTS, a method or path it does not know. `koboldcluster/tests/test_direct.py`
-sends requests both ways and compares the answers.
+as much again as its service. The direct lane answers these few requests in one step (on
+the sync thread, or on SQLite on the event loop's own: koboldcluster/lane_on_loop.py) with
+the same parts, in the same order: the view's own authentication, permissions, throttles and
+input serializer, then its `reply` (the function its DRF view calls too). Every error on
+the way (a refused key, a rate limit, invalid input, what a service raises) is answered by a
+real instance of the view, with DRF's exception handling, and database outages and crashes
+as the middleware and Django answer them; every answer gets the headers the API's middleware
+adds. What the lane does not take is left to Django before anything is counted or changed: a
+body that is not JSON, a pop that asks to wait, a host not in ALLOWED_HOSTS, a method or
+path it does not know. `koboldcluster/tests/test_direct.py` sends requests both ways and
+compares the answers.
 """
 
 from __future__ import annotations
