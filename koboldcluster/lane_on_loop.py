@@ -17,11 +17,14 @@ synchronous database calls in async code is asked only while the lane runs, and 
 no loop marked as running: the lane awaits nothing, so nothing can be scheduled behind its
 back, and the loop is marked again before anything else of the loop runs.
 
-Another process (a second web worker, the scheduler's purge) may hold SQLite's write lock: the
-loop then waits for it as the sync thread would (the connection's timeout), a few milliseconds
-at most for the cluster's own transactions. Nothing the sync thread does inside a transaction
-waits for the loop (nothing calls async_to_sync), so the two threads of one process cannot
-wait for each other.
+Another process (a second web worker, the scheduler) may hold SQLite's write lock: the loop
+then waits for it as the sync thread would (the connection's timeout), and so does everything
+else on the loop meanwhile (held pops' wake-ups, streams). The cluster's own write
+transactions hold it for milliseconds; the longest are the purge's, a batch of 100 expired
+prompts at a time and, once a minute, the checkpoint that truncates the write-ahead log
+(generations/stores/sqlite.py), as long as the disk takes to write it back. Nothing the sync thread
+does inside a transaction waits for the loop (nothing calls async_to_sync), so the two
+threads of one process cannot wait for each other.
 """
 
 from __future__ import annotations
