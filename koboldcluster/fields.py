@@ -41,9 +41,7 @@ class StrictCharField(serializers.CharField):
             self.fail("invalid")
         if self.max_length is not None and len(data) > self.max_length:
             self.fail("max_length", max_length=self.max_length)  # before any walk of it
-        try:
-            data.encode("utf-8")
-        except UnicodeEncodeError:
+        if not _encodable(data):
             self.fail("invalid_unicode")
         return super().to_internal_value(data)
 
@@ -127,6 +125,7 @@ _LENGTH_VALIDATORS = (django_validators.MinLengthValidator, django_validators.Ma
 
 
 def _encodable(text: str) -> bool:
+    """Whether `text` is valid Unicode (no lone surrogates): the encode finds it in C."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:

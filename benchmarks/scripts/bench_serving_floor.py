@@ -28,7 +28,7 @@ import requests
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 from benchmarks import procstat  # noqa: E402
-from koboldcluster.testing import free_port  # noqa: E402
+from koboldcluster.testing import free_port, wait_until  # noqa: E402
 
 BODY = {"prompt": "Hello", "params": {"max_length": 80}}
 
@@ -51,7 +51,7 @@ def measure(requests_per_kind: int, repeat: int) -> dict[str, float]:
     url = f"http://127.0.0.1:{port}/"
     try:
         with requests.Session() as session:
-            _wait_until_up(session, url)
+            wait_until(lambda: _answers(session, url), timeout=60, what="the web server")
             best: dict[str, float] = {}
             for _ in range(repeat):
                 for kind in ("GET", "POST"):
@@ -80,16 +80,11 @@ def _sender(session: requests.Session, url: str, kind: str):
     return lambda: session.post(url, json=BODY, timeout=10).raise_for_status()
 
 
-def _wait_until_up(session: requests.Session, url: str) -> None:
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            session.get(url, timeout=1)
-            return
-        except requests.ConnectionError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
+def _answers(session: requests.Session, url: str) -> bool:
+    try:
+        return session.get(url, timeout=1).ok
+    except requests.ConnectionError:
+        return False
 
 
 def main() -> None:
