@@ -55,10 +55,10 @@ if not settings.configured:  # a web process (not a test or a command driving th
     # Tells settings.py this is a web process (its database connection); processes it
     # starts would inherit it, so never set once settings are read.
     os.environ["KOBOLDCLUSTER_SERVING"] = "asgi"
-    # granian made the worker's loop the current one and sets its signal handlers next: the
-    # drain on SIGTERM goes in front of them (koboldcluster/shutdown.py).
-    with contextlib.suppress(RuntimeError):
-        shutdown.watch_signal_handlers(asyncio.get_event_loop_policy().get_event_loop())
+    # uvicorn imports the application in the worker's running loop, its signal handlers set:
+    # the drain on SIGTERM goes in front of them (koboldcluster/shutdown.py).
+    with contextlib.suppress(RuntimeError):  # no running loop: not served by uvicorn
+        shutdown.chain_signal_handlers(asyncio.get_running_loop())
 
 # The waiting endpoints (`//` as the ApiMiddleware reads it, a single `/`), async views: the
 # front-end APIs wait for their generation (generations/waiting.py), streams to clients
@@ -169,15 +169,11 @@ class ClusterASGIHandler(ASGIHandler):
         self.waiting_handler = _handler_with(
             WAITING_MIDDLEWARE.__contains__, is_async=True, stand_ins=INLINE_MIDDLEWARE
         )
-        self.drain_installed = False
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await super().__call__(scope, receive, send)  # Django's refusal of the rest
             return
-        if not self.drain_installed:  # in the worker's loop, which granian's signals use
-            self.drain_installed = True
-            shutdown.install(asyncio.get_running_loop())
         # Without ThreadSensitiveContext: no thread per request (see the module docstring).
         shutdown.request_started()
         try:

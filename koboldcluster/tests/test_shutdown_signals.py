@@ -1,7 +1,7 @@
-"""How the drain on SIGTERM finds granian's signal handlers (koboldcluster/shutdown.py): noted
-on the loop when the application is imported, before granian sets them, on asyncio's loop and
-uvloop's alike; the drain is then put in front of them. The drain itself is tested end to end
-(test_shutdown_e2e.py)."""
+"""How the drain on SIGTERM goes in front of uvicorn's signal handlers
+(koboldcluster/shutdown.py): uvicorn sets them with `signal.signal` before it imports the
+application, which then chains `shutdown.begin` in front of them, on its event loop. The
+drain itself is tested end to end (test_shutdown_e2e.py)."""
 
 from __future__ import annotations
 
@@ -9,48 +9,53 @@ import asyncio
 import signal
 
 import pytest
-import uvloop
 
 from koboldcluster import shutdown
 
-LOOPS = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+
+@pytest.fixture
+def stop_handlers():
+    """uvicorn's part, played by a recorder: the handlers it sets, restored afterwards."""
+    saved = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
+    received: list[int] = []
+    for signum in saved:
+        signal.signal(signum, lambda signum, frame: received.append(signum))
+    yield received
+    for signum, handler in saved.items():
+        signal.signal(signum, handler)
+    shutdown._state = None  # the process's state: fresh for the next test
 
 
-def granians_handler(signum, frame):  # what granian gives the loop (granian/_signals.py)
-    raise AssertionError("not called here")
+def test_a_stop_signal_begins_the_drain_on_the_loop_then_reaches_the_servers_handler(
+    stop_handlers,
+):
+    loop = asyncio.new_event_loop()
+    try:
+        assert shutdown.chain_signal_handlers(loop)
+        assert not shutdown.is_stopping()
+
+        signal.raise_signal(signal.SIGTERM)
+        assert stop_handlers == [signal.SIGTERM]  # uvicorn's handler ran at once
+        assert not shutdown.is_stopping()  # the drain waits for the loop
+        loop.run_until_complete(asyncio.sleep(0))
+        assert shutdown.is_stopping()
+
+        signal.raise_signal(signal.SIGINT)  # a second signal of the same stop
+        loop.run_until_complete(asyncio.sleep(0))
+        assert stop_handlers == [signal.SIGTERM, signal.SIGINT]
+    finally:
+        loop.close()
 
 
-@pytest.fixture(params=sorted(LOOPS))
-def loop(request):
-    loop = LOOPS[request.param]()
-    yield loop
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.remove_signal_handler(signum)
-    loop.close()
-
-
-def test_the_drain_goes_in_front_of_the_handlers_given_after_the_watch(loop):
-    shutdown.watch_signal_handlers(loop)
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, granians_handler, signum, None)
-    loop.add_signal_handler(signal.SIGUSR1, granians_handler)  # not a stop signal: not noted
-
-    assert shutdown.install(loop)
-    assert shutdown._stop_handlers(loop) == {
-        signal.SIGTERM: (granians_handler, (signal.SIGTERM, None)),
-        signal.SIGINT: (granians_handler, (signal.SIGINT, None)),
-    }  # the drain's own handler is not noted in their place
-    loop.remove_signal_handler(signal.SIGUSR1)
-
-
-def test_without_the_watch_only_asyncios_own_table_can_be_read(loop):
-    loop.add_signal_handler(signal.SIGTERM, granians_handler, signal.SIGTERM, None)
-
-    if isinstance(loop, uvloop.Loop):
-        assert shutdown._stop_handlers(loop) is None
-        assert not shutdown.install(loop)
-    else:
-        assert shutdown._stop_handlers(loop) == {
-            signal.SIGTERM: (granians_handler, (signal.SIGTERM, None))
-        }
-        assert shutdown.install(loop)
+def test_nothing_is_chained_where_no_handler_is_set():
+    saved = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    loop = asyncio.new_event_loop()
+    try:
+        assert not shutdown.chain_signal_handlers(loop)
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    finally:
+        loop.close()
+        signal.signal(signal.SIGTERM, saved[0])
+        signal.signal(signal.SIGINT, saved[1])

@@ -1,12 +1,12 @@
 """`manage.py runserver`: the cluster's ASGI application for development, reloading on changes.
 
-Django's own runserver serves WSGI, which granian never does: there long-poll pops held a
+Django's own runserver serves WSGI, which `./run.sh` never does: there long-poll pops held a
 thread, the waiting front-end requests ran in an event loop of their own, and neither the
 direct lane nor the entry's holding took part. So a developer saw another server than
 `./run.sh` runs. This one keeps runserver's arguments, its checks and Django's autoreloader,
 and serves the same application as `./run.sh` (`koboldcluster.asgi:application`, the one
-entry), through uvicorn in the reloaded process (uvicorn is a development requirement; granian
-reloads only with an extra package, and runs its workers in processes of its own).
+entry), through uvicorn in the reloaded process, on asyncio's loop and without the head time
+limit and worker processes of `./run.sh`'s server (koboldcluster/serve.py).
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from django.utils import autoreload
 
 class Command(runserver.Command):
     help = (
-        "Serve the cluster's ASGI application (what ./run.sh serves with granian) through "
-        "uvicorn for development, restarting it when the code changes."
+        "Serve the cluster's ASGI application (what ./run.sh serves) through uvicorn for "
+        "development, restarting it when the code changes."
     )
 
     def inner_run(self, *args: Any, **options: Any) -> None:
@@ -32,9 +32,8 @@ class Command(runserver.Command):
             import uvicorn
         except ImportError as missing:
             raise CommandError(
-                "runserver serves the ASGI application with uvicorn, a development "
-                "requirement: .venv/bin/pip install -r requirements-dev.txt (./run.sh serves "
-                "it with granian)"
+                "runserver serves the ASGI application with uvicorn: "
+                ".venv/bin/pip install -r requirements.txt"
             ) from missing
         if not options["skip_checks"]:
             self.stdout.write("Performing system checks...\n\n")
