@@ -131,7 +131,7 @@ def answers_match_the_schema(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def api() -> APIClient:
-    """DRF's test client, sending its requests into the ASGI application granian serves."""
+    """DRF's test client, sending its requests into the ASGI application the web server serves."""
     return APIClient()
 
 

@@ -1,6 +1,6 @@
 """The least an application can do behind the cluster's web server: the serving layer's floor.
 
-`benchmarks/scripts/bench_serving_floor.py` serves this under `scripts/web.sh` (granian, the
+`benchmarks/scripts/bench_serving_floor.py` serves this under `scripts/web.sh` (uvicorn, the
 cluster's flags) and measures the web server's CPU per request: what any request costs before
 the application does anything of its own. It reads a POST's body as the cluster's handler does
 (one `receive()`), answers a small JSON object in two `send()`s, as the direct lane does, and

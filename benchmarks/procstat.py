@@ -1,7 +1,7 @@
 """What a running program costs, read from /proc: CPU time, memory, threads and open files.
 
 The benchmarks measure the web server from outside, as an operator would: the user + system
-CPU time the kernel charged to its processes (the granian master and its workers: one process
+CPU time the kernel charged to its processes (the web server's master and its workers: one process
 group, or the processes under one parent), not wall time, so that other work on a shared
 machine does not count. Linux only.
 """

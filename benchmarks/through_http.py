@@ -1,7 +1,7 @@
 """`manage.py benchmark --http`: the same requests through the real web server and real HTTP.
 
 The in-process benchmark hands requests straight to the ASGI application: everything but the
-serving layer. Here the web server runs as `./run.sh` starts it (scripts/web.sh: granian, its
+serving layer. Here the web server runs as `./run.sh` starts it (scripts/web.sh: uvicorn, its
 HTTP parsing, access log, ASGI translation and thread hops all counted) on the benchmark's
 throwaway database, and one client sends the requests over one kept-alive connection, as a
 bridge or a client library does. The web server's CPU is read from /proc (every process of

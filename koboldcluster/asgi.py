@@ -1,11 +1,12 @@
 """The one entry: every request comes in here (`koboldcluster.asgi:application`), whether
-granian serves it (`./run.sh`), `manage.py runserver` does (koboldcluster/management/commands/
-runserver.py), or a test's client (koboldcluster/asgi_client.py). What it does with a request
-follows from the route table (koboldcluster/routes.py): the liveness probe on the event loop
-(koboldcluster/liveness.py), the direct lane first for the routes it takes (on SQLite on the
-event loop's own thread, koboldcluster/lane_on_loop.py), the long-poll pops
-held after their view (`_held`), the waiting endpoints on an async chain (`WAITING_PATHS`),
-every other request in one step on the sync thread.
+uvicorn serves it (`./run.sh`, koboldcluster/serve.py), `manage.py runserver` does
+(koboldcluster/management/commands/runserver.py), or a test's client
+(koboldcluster/asgi_client.py). What it does with a request follows from the route table
+(koboldcluster/routes.py): the liveness probe on the event loop (koboldcluster/liveness.py),
+the direct lane first for the routes it takes (on SQLite on the event loop's own thread,
+koboldcluster/lane_on_loop.py), the long-poll pops held after their view (`_held`), the
+waiting endpoints on an async chain (`WAITING_PATHS`), every other request in one step on the
+sync thread.
 
 Ordinary views stay synchronous Django. Django's own ASGI handler would give every request a
 thread of its own for them, created for the request and dropped after it: measured here, that
@@ -137,8 +138,9 @@ def _body_length(scope: dict[str, Any]) -> int | None:
 
 
 def _past_the_body(receive: Any) -> Any:
-    """`receive`, skipping what is left of the body: the empty last message that granian sends
-    after the body itself, which `read_body` leaves unread once it has the declared length."""
+    """`receive`, skipping what is left of the body: an empty last message that a server may
+    send after the body itself (granian did), which `read_body` leaves unread once it has the
+    declared length."""
 
     async def receive_after_body() -> dict[str, Any]:
         while True:
@@ -210,10 +212,10 @@ class ClusterASGIHandler(ASGIHandler):
         FILE_UPLOAD_MAX_MEMORY_SIZE), but no more than DATA_UPLOAD_MAX_MEMORY_SIZE of it: a
         larger one is not kept (an OversizedBody), and one declared larger is not read.
 
-        Read no further than the head says it goes: granian follows a body with an empty last
-        message, and a request without a body (a GET) still has one to receive, each one more
-        round trip between granian's threads and the event loop, about a tenth of a millisecond
-        of CPU per request (docs/benchmarks.md, "Through HTTP")."""
+        Read no further than the head says it goes: a server may follow a body with an empty
+        last message, and a request without a body (a GET) still has one to receive; under
+        granian each was one more round trip between its threads and the event loop, about a
+        tenth of a millisecond of CPU per request (docs/benchmarks.md, "Through HTTP")."""
         limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
         length = _body_length(scope) if scope is not None else None
         if limit is not None and (length or 0) > limit:
@@ -266,7 +268,7 @@ class ClusterASGIHandler(ASGIHandler):
         """A request whose view may ask to hold its answer: listening for wake-ups from before
         the view runs, held after it on the event loop. A client that left meanwhile is sent
         the answer as it stands all the same: nobody reads it, but the server then logs the
-        request as answered rather than as a 500 (granian's word for "no response")."""
+        request as answered rather than as a 500 (what a server logs for "no response")."""
         started = time.perf_counter()
         async with wakeups.listening(wakeups.QUEUE) as listener:
             response = await sync_to_async(self._respond)(scope, body, self.api_handler)

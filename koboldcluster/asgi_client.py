@@ -1,7 +1,7 @@
 """Test clients that send every request through the entry production serves (issue 24).
 
-Django's and DRF's test clients hand a request straight to Django's handler, which granian
-never calls: the cluster's ASGI application (`koboldcluster.asgi`) answers the hottest API
+Django's and DRF's test clients hand a request straight to Django's handler, which the web
+server never calls: the cluster's ASGI application (`koboldcluster.asgi`) answers the hottest API
 requests on its direct lane, holds long-poll pops itself and runs the waiting endpoints on a
 chain of their own. `Client` and `APIClient` here keep the interface of Django's and DRF's
 (`get`/`post`/... with `format="json"` and `HTTP_*` extras, `credentials`, `force_login`,

@@ -4,7 +4,7 @@ The views of HELD_PATHS are ordinary synchronous views: they answer at once, as 
 waited. When the client asked to wait and there is nothing yet, the view attaches a `Hold` to
 its response (`attach`), whose `until_news` takes a wake-up listener (`koboldcluster.wakeups`):
 awaiting it holds the request without a thread or a database connection and updates the response in
-place. The cluster's ASGI handler (`koboldcluster/asgi.py`, the one entry: granian,
+place. The cluster's ASGI handler (`koboldcluster/asgi.py`, the one entry: the web server,
 `manage.py runserver` and the tests' clients all call it) awaits it after the view has run,
 with a listener to `"queue"` entered before the view ran, so that no wake-up between the
 view's reading and the wait is missed: the view runs in the request's one step on the sync

@@ -126,7 +126,7 @@ def _child_env(extra: dict[str, str]) -> dict[str, str]:
 
 
 class ClusterProcess(ManagedProcess):
-    """The cluster's web server (scripts/web.sh: granian, ASGI) on a free port."""
+    """The cluster's web server (scripts/web.sh: uvicorn, ASGI) on a free port."""
 
     # Seconds a start may take, however loaded the machine: past it the start fails, with the
     # process output in the message.

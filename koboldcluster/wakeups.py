@@ -56,7 +56,7 @@ RELAYED_TOPICS = frozenset({QUEUE})
 _UNKNOWN = object()
 _recheckers: dict[str, Callable[[], Hashable]] = {}
 _news_listeners: dict[str, list[Callable[[], None]]] = {}
-# One hub per event loop: granian runs one loop per process; `manage.py runserver` (WSGI) runs
+# One hub per event loop: uvicorn runs one loop per process; `manage.py runserver` (WSGI) runs
 # each async view in a loop of its own.
 _hubs: dict[asyncio.AbstractEventLoop, _Hub] = {}
 _hubs_lock = threading.Lock()

@@ -11,7 +11,7 @@ its own copy of one freshly migrated SQLite database, and the benchmark's reques
 HTTP (benchmarks/through_http.py: create, pop, submit, status, idle pop over one
 kept-alive connection) go to them in alternating batches, so that the load falls on each
 alike. Prints, per server, the web server's CPU per request of each kind and per thread of
-its worker (`/proc/<pid>/task/<tid>/schedstat`: granian's runtime and callback threads, the
+its worker (`/proc/<pid>/task/<tid>/schedstat`: the server's own threads, the
 event loop, the sync thread). docs/benchmarks.md, "Through HTTP". Never part of the tests.
 """
 
@@ -157,7 +157,7 @@ def report(servers: list[dict[str, Any]]) -> None:
 
 
 def stop(process: subprocess.Popen) -> None:
-    """Stop the server's process group (granian's master and workers)."""
+    """Stop the server's process group (the server's master and workers)."""
     try:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(30)

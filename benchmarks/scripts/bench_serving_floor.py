@@ -3,7 +3,7 @@
 
     .venv/bin/python benchmarks/scripts/bench_serving_floor.py [--requests 4000] [--repeat 3]
 
-It starts `scripts/web.sh` (granian with the cluster's flags, one worker, access log off)
+It starts `scripts/web.sh` (uvicorn with the cluster's flags, one worker, access log off)
 serving `benchmarks/floor_app.py`, an application that reads the body and answers a small JSON
 object without doing anything else, and sends it GETs and POSTs of the benchmark's size over
 one kept-alive connection (benchmarks/through_http.py's way), reading the web server's CPU

@@ -1,4 +1,4 @@
-"""End to end: what a front-end sees while it waits, through the real server (granian).
+"""End to end: what a front-end sees while it waits, through the real server (uvicorn).
 
 - A stream waiting for its first token sends SSE keep-alive comments (a proxy with an idle
   time-out would otherwise cut it), and its time-out error gives its place in the queue.

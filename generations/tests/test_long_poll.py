@@ -325,7 +325,8 @@ def test_a_pop_whose_client_leaves_stops_waiting_and_claims_nothing(
             sent.append(message)
 
         body_messages = [{"type": "http.request", "body": body, "more_body": False}]
-        if last_message_apart:  # as granian sends a body: its bytes, then an empty last message
+        # As a server may send a body (granian did): its bytes, then an empty last message.
+        if last_message_apart:
             body_messages = [
                 {"type": "http.request", "body": b"", "more_body": False},
                 {"type": "http.request", "body": body, "more_body": True},
@@ -349,7 +350,7 @@ def test_a_pop_whose_client_leaves_stops_waiting_and_claims_nothing(
 
     run(main)
     # Nobody reads it, but the pop is answered as it stands (its ordinary empty answer), so
-    # that the server logs it answered rather than as a 500 (granian's "no response").
+    # that the server logs it answered rather than as a 500 (a server's "no response").
     assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
     assert json.loads(sent[1]["body"])["id"] is None
     assert not Job.objects.exists()  # the prompt waits for a server that is still there

@@ -1,6 +1,6 @@
 """End to end: tokens stream from the backend through the bridge and the cluster to clients.
 
-Real processes: the cluster (granian) and the project's bridge; the backend is the KoboldCpp
+Real processes: the cluster (uvicorn) and the project's bridge; the backend is the KoboldCpp
 double (a token of 4 characters every 50 ms) or FakeKoboldAI, which cannot stream. The
 clients are the real `openai` SDK and plain HTTP reading KoboldCpp's server-sent events.
 """

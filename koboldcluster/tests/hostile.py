@@ -1,8 +1,8 @@
 """What the hostile-input tests send and how they measure the server (issue 23).
 
 `server_cpu_seconds` reads the CPU time of every thread of every process of a server's
-process group (/proc/<pid>/task/<tid>/schedstat: nanoseconds on a CPU): granian's main
-process, its worker, the worker's event loop and sync threads. Read before and after a
+process group (/proc/<pid>/task/<tid>/schedstat: nanoseconds on a CPU): the web server's
+main process, its worker, the worker's event loop and sync threads. Read before and after a
 request, it is that request's CPU (plus the idle server's own ticks, a few microseconds).
 """
 

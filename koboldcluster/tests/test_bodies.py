@@ -83,8 +83,9 @@ def test_a_body_within_the_limit_is_read_as_sent():
 
 
 def test_a_declared_body_is_read_without_the_empty_last_message_after_it():
-    """granian sends a body's bytes, then an empty last message: each receive is a round trip
-    between its threads and the event loop, so the handler stops at the declared length."""
+    """A server may send a body's bytes, then an empty last message (granian did, each receive
+    a round trip between its threads and the event loop): the handler stops at the declared
+    length."""
     receive, received = _receive_of([b'{"a":', b" 1}"])
     scope = {"http_version": "1.1", "headers": [(b"content-length", b"8")]}
     body = asyncio.run(application.read_body(receive, scope))

@@ -3,7 +3,7 @@
 schemathesis draws requests from the live OpenAPI schema (valid and invalid ones) for every
 operation of the faces (/api/v1, /api/latest, /api/extra, /v1) and of the lane (the original
 API's /generate/*, the AI Horde's /api/v2/generate/text/*), sends them to the cluster as
-./run.sh serves it (granian), and checks each answer: no 5xx (but the designed 503 or 504 of a
+./run.sh serves it (uvicorn), and checks each answer: no 5xx (but the designed 503 or 504 of a
 front-end request that no server came for: there is none here), a documented status, content
 type and body. Bounded for CI: a fixed seed, EXAMPLES per operation (about 300 requests).
 koboldcluster/tests/test_schemathesis.py runs the whole schema the same way with the CLI.

@@ -1,6 +1,6 @@
 """No single request costs the server more than CPU_BOUND of CPU, whatever it sends (issue 23).
 
-A real server (granian, as ./run.sh starts it) gets the table of hostile requests of
+A real server (uvicorn, as ./run.sh starts it) gets the table of hostile requests of
 koboldcluster/tests/hostile.py: a megabyte in every text field of every face, lists of
 10,000, numbers past any column, model names made to cost, JSON nested past the parser.
 Each request's server CPU is read from /proc around it (not wall time: the machine is

@@ -28,8 +28,8 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
 
 
 def _through_the_app(requests: list[tuple[str, str, dict | None]], apikey: str = "") -> tuple:
-    """Send `requests` to the application on a loop of this thread, as granian's worker runs
-    it (not under async_to_sync, as the tests' client does): the loop's thread and answers."""
+    """Send `requests` to the application on a loop of this thread, as the web server's worker
+    runs it (not under async_to_sync, as the tests' client does): the loop's thread and answers."""
 
     async def main() -> tuple[int, list[httpx.Response]]:
         transport = httpx.ASGITransport(app=application)

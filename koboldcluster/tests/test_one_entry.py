@@ -1,9 +1,9 @@
 """One entry (issue 24): every request the suite sends takes the road production's takes.
 
 The `api` and `client` fixtures (koboldcluster/asgi_client.py) send their requests into the
-cluster's ASGI application, as granian does; `manage.py runserver` serves that application
-too. So a behaviour test's request is answered by the direct lane, held, or waited on exactly
-where a production request would be.
+cluster's ASGI application, as the web server (uvicorn) does; `manage.py runserver` serves
+that application too. So a behaviour test's request is answered by the direct lane, held, or
+waited on exactly where a production request would be.
 """
 
 from __future__ import annotations

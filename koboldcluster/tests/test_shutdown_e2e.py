@@ -1,7 +1,7 @@
 """End to end: a web server told to stop (SIGTERM, as systemd and run.sh's Ctrl-C do) answers
 every request it holds before it goes (koboldcluster/shutdown.py).
 
-The cluster is the real one (granian, as run.sh starts it). Servers hold long-poll pops, and
+The cluster is the real one (uvicorn, as run.sh starts it). Servers hold long-poll pops, and
 clients hold OpenAI and KoboldCpp streams for a model whose only server is idle; then the
 whole process group gets SIGTERM. Every pop must get its ordinary empty answer, every stream
 a proper end (an error event, and `[DONE]` for OpenAI), and nothing a 5xx.

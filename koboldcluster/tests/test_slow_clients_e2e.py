@@ -75,7 +75,7 @@ def test_idle_and_slow_header_connections_leave_other_requests_fast(web):
 
 @pytest.fixture
 def web_short_timeout() -> Iterator[ClusterProcess]:
-    process = ClusterProcess({"WEB_HEADER_TIMEOUT": "2"})
+    process = ClusterProcess({"WEB_HEADER_TIMEOUT": "2", "WEB_HEADER_LIMIT": "4096"})
     try:
         process.start()
         yield process
@@ -117,3 +117,19 @@ def test_the_server_closes_connections_that_do_not_finish_their_headers(web_shor
         for sock in (silent, slow, kept_alive):
             sock.close()
     assert all(seconds is not None for seconds in results.values()), results
+
+
+def test_a_request_head_over_the_limit_is_refused_and_its_connection_closed(web_short_timeout):
+    url = f"{web_short_timeout.url}/api/v2/status/heartbeat"
+    assert requests.get(url, headers={"X-Big": "a" * 3000}, timeout=10).status_code == 200
+    with socket.create_connection(("127.0.0.1", web_short_timeout.port), timeout=5) as sock:
+        # WEB_HEADER_LIMIT=4096, sent in pieces as a client may: refused before the head ends.
+        sock.sendall(b"GET /api/v2/status/heartbeat HTTP/1.1\r\nHost: x\r\n")
+        for _ in range(10):
+            with contextlib.suppress(OSError):  # closed by the server meanwhile
+                sock.sendall(b"X-Big: " + b"a" * 1000 + b"\r\n")
+        answer = b""
+        with contextlib.suppress(OSError):
+            while chunk := sock.recv(4096):
+                answer += chunk
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:100]

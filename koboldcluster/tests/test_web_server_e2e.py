@@ -1,4 +1,4 @@
-"""scripts/web.sh as ./run.sh starts it: what it tells granian (issue 27)."""
+"""scripts/web.sh as ./run.sh starts it: what it tells the web server (issue 27)."""
 
 from __future__ import annotations
 
@@ -54,3 +54,23 @@ def test_the_web_server_may_open_as_many_files_as_the_hard_limit_allows():
             assert line.split()[3] == expected  # the soft limit, raised to the hard one
     finally:
         web.stop()
+
+
+def test_a_client_cannot_pick_its_address_with_a_forwarded_header():
+    """uvicorn would take X-Forwarded-For from a peer on 127.0.0.1 as the client's address
+    (its `proxy_headers`): off, so that only KOBOLDCLUSTER_TRUSTED_PROXIES decides. Four
+    prompts from this machine, each claiming another address, against a limit of three an
+    address: the fourth is refused."""
+    env = {"KOBOLDCLUSTER_RATE_LIMITS": "on", "KOBOLDCLUSTER_RATE_SUBMIT_IP": "3/hour"}
+    body = {"prompt": "Hello", "params": {"n": 1}, "username": "eve"}
+    with started(ClusterProcess(env)) as (web,):
+        statuses = [
+            requests.post(
+                f"{web.url}/generate/prompt",
+                json=body,
+                headers={"X-Forwarded-For": f"11.{index}.27.{index}"},
+                timeout=10,
+            ).status_code
+            for index in range(4)
+        ]
+    assert 429 in statuses, statuses

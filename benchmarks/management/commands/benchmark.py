@@ -268,7 +268,7 @@ def _start_web(workers: str) -> Any:
 
 
 class _Driver:
-    """Requests straight into the ASGI application that `./run.sh` serves (granian hands it
+    """Requests straight into the ASGI application that `./run.sh` serves (the web server hands it
     the same scope and body), on one event loop: everything but the HTTP parsing."""
 
     def __init__(self) -> None:
