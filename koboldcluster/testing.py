@@ -125,6 +125,24 @@ def _child_env(extra: dict[str, str]) -> dict[str, str]:
     return env
 
 
+def _purge_kept_on_time() -> None:
+    """The purge's schedule as a running scheduler keeps it. `migrate` makes the schedules due
+    when the database was made, and a test's cluster runs no scheduler (a test that wants one
+    starts a SchedulerProcess): once the test database is older than the readiness check's
+    5 minutes (koboldcluster/scheduler_health.py), a cluster started on it would never be
+    ready, as happened to whichever end-to-end test a worker of the suite ran first after
+    that long. An overdue purge is moved to now; a test that wants it overdue sets that after
+    the cluster started. Where the caller may not use the database, there is none to fix."""
+    from django.utils import timezone
+    from django_q.models import Schedule
+
+    from koboldcluster.scheduler_health import OVERDUE, PURGE_FUNC
+
+    now = timezone.now()
+    with suppress(RuntimeError):  # pytest-django's "Database access not allowed"
+        Schedule.objects.filter(func=PURGE_FUNC, next_run__lt=now - OVERDUE).update(next_run=now)
+
+
 class ClusterProcess(ManagedProcess):
     """The cluster's web server (scripts/web.sh: uvicorn, ASGI) on a free port."""
 
@@ -156,6 +174,7 @@ class ClusterProcess(ManagedProcess):
 
     def start(self) -> None:
         """Start and wait until `/readyz` says ready; if it does not, stop it and raise."""
+        _purge_kept_on_time()
         super().start()
         try:
             self.wait_ready(self.start_timeout)

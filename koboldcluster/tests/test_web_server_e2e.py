@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import re
 import time
 
@@ -74,3 +75,22 @@ def test_a_client_cannot_pick_its_address_with_a_forwarded_header():
             for index in range(4)
         ]
     assert 429 in statuses, statuses
+
+
+def test_a_test_cluster_is_ready_on_a_database_older_than_the_schedulers_check():
+    """`migrate` made the purge due when the test database was made; without a scheduler it
+    is overdue 5 minutes later, and a test's cluster would never be ready
+    (koboldcluster.testing._purge_kept_on_time)."""
+    from datetime import timedelta
+
+    from django.core.management import call_command
+    from django.utils import timezone
+    from django_q.models import Schedule
+
+    from koboldcluster.scheduler_health import PURGE_FUNC, purge_on_time
+
+    call_command("ensure_schedules", stdout=io.StringIO())  # as migrate made them
+    Schedule.objects.filter(func=PURGE_FUNC).update(next_run=timezone.now() - timedelta(minutes=7))
+    assert not purge_on_time().ok
+    with started(ClusterProcess()) as (web,):
+        assert requests.get(f"{web.url}/readyz", timeout=10).status_code == 200
