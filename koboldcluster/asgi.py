@@ -177,11 +177,7 @@ class ClusterASGIHandler(ASGIHandler):
             await super().__call__(scope, receive, send)  # Django's refusal of the rest
             return
         # Without ThreadSensitiveContext: no thread per request (see the module docstring).
-        shutdown.request_started()
-        try:
-            await self.handle(scope, receive, send)
-        finally:
-            shutdown.request_finished()
+        await self.handle(scope, receive, send)
 
     async def handle(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         path = _SLASHES.sub("/", scope.get("path", ""))

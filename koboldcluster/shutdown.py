@@ -43,7 +43,6 @@ class ServerStopping(ApiError):
 class _State:
     def __init__(self) -> None:
         self.stopping = asyncio.Event()
-        self.in_flight = 0
 
 
 _state: _State | None = None
@@ -90,16 +89,6 @@ def begin() -> None:
     current = state()
     if current.stopping.is_set():
         return  # another signal of the same stop (systemd and Ctrl-C signal the whole group)
-    logger.info("stopping: answering %s requests in progress first", current.in_flight)
+    logger.info("stopping: answering the requests it holds first")
     current.stopping.set()
     wakeups.wake_everyone()
-
-
-def request_started() -> None:
-    current = state()
-    current.in_flight += 1
-
-
-def request_finished() -> None:
-    current = state()
-    current.in_flight -= 1
