@@ -12,6 +12,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.db import connections
 from django.utils import timezone
 
 from accounts.models import LedgerEntry
@@ -258,15 +259,20 @@ def serve_one(
             **server,
         }
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            job = api.post("/generate/pop", body, format="json").json()
-            if job.get("id"):
-                seen.append(job["payload"])
-                submit = {"id": job["id"], "password": SERVER_PASSWORD, "generation": text}
-                submit.update(submitted or {})
-                api.post("/generate/submit", submit, format="json")
-                return
-            time.sleep(0.05)
+        try:
+            while time.monotonic() < deadline:
+                job = api.post("/generate/pop", body, format="json").json()
+                if job.get("id"):
+                    seen.append(job["payload"])
+                    submit = {"id": job["id"], "password": SERVER_PASSWORD, "generation": text}
+                    submit.update(submitted or {})
+                    api.post("/generate/submit", submit, format="json")
+                    return
+                time.sleep(0.05)
+        finally:
+            # The thread's own connection: left open, it keeps PostgreSQL from dropping the
+            # test database at the end of the session.
+            connections.close_all()
 
     thread = threading.Thread(target=work, daemon=True)
     thread.start()
