@@ -5,11 +5,16 @@ from __future__ import annotations
 import io
 import re
 import time
+from datetime import timedelta
 
 import pytest
 import requests
+from django.core.management import call_command
+from django.utils import timezone
+from django_q.models import Schedule
 
 from benchmarks import procstat
+from koboldcluster.scheduler_health import PURGE_FUNC, purge_on_time
 from koboldcluster.testing import ClusterProcess, started, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -81,14 +86,6 @@ def test_a_test_cluster_is_ready_on_a_database_older_than_the_schedulers_check()
     """`migrate` made the purge due when the test database was made; without a scheduler it
     is overdue 5 minutes later, and a test's cluster would never be ready
     (koboldcluster.testing._purge_kept_on_time)."""
-    from datetime import timedelta
-
-    from django.core.management import call_command
-    from django.utils import timezone
-    from django_q.models import Schedule
-
-    from koboldcluster.scheduler_health import PURGE_FUNC, purge_on_time
-
     call_command("ensure_schedules", stdout=io.StringIO())  # as migrate made them
     Schedule.objects.filter(func=PURGE_FUNC).update(next_run=timezone.now() - timedelta(minutes=7))
     assert not purge_on_time().ok
